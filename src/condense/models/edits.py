@@ -1,0 +1,38 @@
+"""The structural edit log: how a saved model differs from its base architecture.
+
+Methods that change a model's structure (channel pruning, low-rank replacement, quantized module
+swaps) call `record_edit(model, kind, **params)` after applying the edit, and register a replay
+function under the same `kind` in `EDITS`. `load()` rebuilds the base architecture from its spec,
+replays the edits in order on the fresh module, and only then loads the weights strictly. The
+params must be plain JSON data (names, ints, lists), never module objects.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from condense.core.registry import Registry
+
+#: kind -> function(model, **params) that re-applies the edit to a freshly built module.
+EDITS: Registry[Callable[..., None]] = Registry("edit")
+
+
+def record_edit(model: nn.Module, kind: str, **params: Any) -> None:
+    """Append an edit to `model.condense_edits` (checked to be replayable)."""
+    EDITS.get(kind)
+    edits = getattr(model, "condense_edits", None)
+    if edits is None:
+        edits = []
+        model.condense_edits = edits  # type: ignore[assignment]
+    edits.append({"kind": kind, "params": copy.deepcopy(params)})
+
+
+def replay_edits(model: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
+    """Re-apply a recorded edit log to a freshly built base model (in order)."""
+    for edit in edits:
+        EDITS.get(edit["kind"])(model, **edit.get("params", {}))
+    model.condense_edits = copy.deepcopy(list(edits))  # type: ignore[assignment]
+    return model

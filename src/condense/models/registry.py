@@ -1,0 +1,71 @@
+"""Model zoo registry and architecture specs.
+
+A model is named either by a zoo name (`build_model("cnn", num_classes=10)`) or by an explicit
+`package.module:factory` the user wrote. Either way the spec (name + kwargs) is attached to the
+built module as `model.condense_spec`, so `save()` can record how to rebuild it without pickles.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from condense.core.errors import ConfigError, UnknownNameError
+from condense.core.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """How to build an architecture: a zoo name or `package.module:factory`, plus kwargs."""
+
+    name: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        if not isinstance(d, dict) or "name" not in d:
+            raise ConfigError(f"architecture spec must be a mapping with 'name', got {d!r}")
+        return cls(name=str(d["name"]), kwargs=dict(d.get("kwargs") or {}))
+
+    def build(self) -> nn.Module:
+        return build_model(self.name, **self.kwargs)
+
+
+def _import_factory(ref: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UnknownNameError(f"model {ref!r}: cannot import module {module_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UnknownNameError(f"model {ref!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name, or a user model from `package.module:factory`."""
+    factory = _import_factory(name) if ":" in name else MODELS.get(name)
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model {name!r}: bad arguments {kwargs}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r}: factory returned {type(model).__name__}, not a torch.nn.Module")
+    model.condense_spec = ModelSpec(name, dict(kwargs))  # type: ignore[assignment]
+    model.condense_edits = []  # type: ignore[assignment]
+    return model
+
+
+def model_spec(model: nn.Module) -> ModelSpec | None:
+    return getattr(model, "condense_spec", None)

@@ -1,0 +1,68 @@
+"""Training settings shared by every task that runs through `fit()`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    """Optimizer, schedule, length, device and bookkeeping for one `fit()` run.
+
+    Length is `epochs`, or `max_steps` optimizer steps when set (whichever ends first).
+    `warmup_steps` ramps the learning rate linearly from 0. `checkpoint_dir` enables an atomic
+    checkpoint at each epoch end and `resume`. `select_best` picks the weights returned at the
+    end by a *validation* metric (never test data); "last" keeps the final weights.
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_steps: int = 0
+    step_size: int = 10  # epochs between decays for schedule="step"
+    gamma: float = 0.1
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    drop_last: bool = False
+    select_best: Literal["val_accuracy", "val_loss", "last"] = "val_accuracy"
+    checkpoint_dir: str | None = None
+    log_file: str | None = None  # JSONL metrics log; default <checkpoint_dir>/metrics.jsonl
+    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses before stopping with an error
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"TrainConfig.grad_clip must be > 0, got {self.grad_clip}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"TrainConfig.threads must be >= 1, got {self.threads}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"TrainConfig.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
