@@ -8,7 +8,7 @@ from condense.core.errors import (
     RunError,
     UnknownNameError,
 )
-from condense.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_path
+from condense.core.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from condense.core.registry import Registry
 from condense.core.select import select_modules
 from condense.core.taps import FeatureTap

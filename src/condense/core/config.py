@@ -111,7 +111,7 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{field}: expected {len(args)} items, got {len(value)}")
-            items = [_coerce(v, a, f"{field}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            items = [_coerce(v, a, f"{field}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False))]
         else:
             item = args[0] if args else Any
             items = [_coerce(v, item, f"{field}[{i}]") for i, v in enumerate(value)]

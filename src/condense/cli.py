@@ -1,0 +1,258 @@
+"""The `condense` command line.
+
+Exit codes: 0 ok; 2 bad usage or config; 3 bad input file; 4 run failure; 130 interrupted.
+Every measuring command takes `--json` (machine-readable output on stdout).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUN, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+
+def _kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
+    """Parse `key=value` pairs; values are read as YAML scalars (numbers, bools, lists)."""
+    import yaml
+
+    from condense.core.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{field}: expected key=value, got {item!r}")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _print(obj: Any, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        json.dump(obj, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+
+
+def _data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None):
+    from condense.data import load_dataset
+
+    name = args.data
+    kwargs = _kv(args.data_arg, "--data-arg")
+    if name is None and meta and meta.get("data"):
+        name = meta["data"]["name"]
+        kwargs = {**meta["data"].get("kwargs", {}), **kwargs}
+    return load_dataset(name or "digits", **kwargs), name or "digits", kwargs
+
+
+def _load_model_arg(path: str, trust_pickle: bool):
+    """An artifact folder (or pickle with --trust-pickle) -> (model, metadata or None)."""
+    from condense.artifacts import load, read_metadata
+
+    p = Path(path)
+    meta = read_metadata(p) if p.is_dir() else None
+    return load(p, trust_pickle=trust_pickle), meta
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from condense.models import list_models
+
+    rows = list_models()
+    _print([{"name": n, "help": h} for n, h in rows], args.json, "\n".join(f"{n:14s} {h}" for n, h in rows))
+    return EXIT_OK
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from condense.data import list_datasets
+
+    rows = list_datasets()
+    _print([{"name": n, "help": h} for n, h in rows], args.json, "\n".join(f"{n:14s} {h}" for n, h in rows))
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from condense.artifacts import save
+    from condense.core.seed import seed_everything
+    from condense.data import AugmentConfig, build_augment
+    from condense.evaluate import evaluate
+    from condense.models import build_model
+    from condense.train import TrainConfig, train_model
+
+    splits, data_name, data_kwargs = _data_from(args)
+    train_kwargs = _kv(args.set, "--set")
+    cfg = TrainConfig.from_dict(
+        {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+         "optimizer": args.optimizer, "checkpoint_dir": str(Path(args.out) / "checkpoint"), **train_kwargs},
+        where="condense train",
+    )
+    seed_everything(cfg.seed)
+    model_kwargs = {"in_channels": splits.input_shape[0], "image_size": splits.input_shape[-1],
+                    "num_classes": splits.num_classes, **_kv(args.model_arg, "--model-arg")}
+    if len(splits.input_shape) == 1:
+        model_kwargs = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes,
+                        **_kv(args.model_arg, "--model-arg")}
+    model = build_model(args.model, **model_kwargs)
+    augment = build_augment(AugmentConfig.from_dict(_kv(args.augment, "--augment"), where="--augment"))
+    result = train_model(model, splits.train, cfg, splits.val, augment=augment, resume=args.resume)
+    metrics = evaluate(result.model, splits.test)
+    save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "train_config": cfg.to_dict()})
+    summary = {"artifact": str(args.out), "test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch,
+               "val_accuracy": result.best_metric}
+    _print(summary, args.json, f"saved {args.out}  test accuracy {metrics['accuracy']:.4f} (best epoch {result.best_epoch} on validation)")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from condense.evaluate import evaluate
+
+    meta = None
+    target: Any = args.model
+    if not str(args.model).endswith(".onnx"):
+        target, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = _data_from(args, meta)
+    data = getattr(splits, args.split)
+    metrics = evaluate(target, data, threads=args.threads)
+    text = (f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  "
+            f"loss {metrics['loss']:.4f}  (n={metrics['n']}, runtime {metrics.get('runtime')})")
+    _print(metrics, args.json, text)
+    return EXIT_OK
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from condense.evaluate import profile
+
+    model, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = _data_from(args, meta)
+    example = splits.test.inputs[:1]
+    result = profile(model, example, runtimes=tuple(args.runtimes), batch_sizes=tuple(args.batch_sizes),
+                     threads=args.threads, artifact_path=args.model)
+    _print(result, args.json, _profile_text(result))
+    return EXIT_OK
+
+
+def _profile_text(p: dict[str, Any]) -> str:
+    lines = [f"params {p['params']:,}  nonzero {p['nonzero_params']:,}  FLOPs/sample {p['flops']:,}  MACs/sample {p['macs']:,}"]
+    if p.get("artifact_bytes") is not None:
+        lines.append(f"artifact bytes on disk {p['artifact_bytes']:,}")
+    for rt, by_bs in p.get("latency", {}).items():
+        for bs, lat in by_bs.items():
+            lines.append(f"{rt:12s} batch {bs:>4}: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f} ms")
+    lines.append(f"threads {p.get('threads')}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from condense.export import export_onnx
+
+    model, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = _data_from(args, meta)
+    res = export_onnx(model, splits.test.inputs[:1], args.out, atol=args.atol)
+    info = {"path": str(res.path), "bytes": res.bytes, "exporter": res.exporter, "max_abs_diff": res.max_abs_diff}
+    _print(info, args.json, f"wrote {res.path} ({res.bytes:,} bytes, {res.exporter} exporter); max |onnx - torch| = {res.max_abs_diff:.2e}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from condense.demo import run_demo
+
+    report = run_demo(args.out, epochs=args.epochs, quiet=args.json)
+    if args.json:
+        _print(report, True)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="condense", description="Make trained PyTorch models small and fast, and prove it.")
+    from condense import __version__
+
+    p.add_argument("--version", action="version", version=f"condense {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_opts(sp: argparse.ArgumentParser, default: str | None = None) -> None:
+        sp.add_argument("--data", default=default, help="dataset name (see `condense datasets`); default: the model's own")
+        sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option, e.g. root=/data/cifar (repeatable)")
+
+    def model_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
+        sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+
+    sp = sub.add_parser("demo", help="run the whole chain on the bundled digits data")
+    sp.add_argument("--out", default="condense-demo", help="run folder (default: ./condense-demo)")
+    sp.add_argument("--epochs", type=int, default=None, help="teacher epochs (default: the demo's setting)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("train", help="train a zoo model on a dataset and save the artifact")
+    sp.add_argument("--model", default="cnn", help="zoo name or package.module:factory")
+    sp.add_argument("--model-arg", action="append", metavar="K=V", help="model option, e.g. width=16 (repeatable)")
+    data_opts(sp, "digits")
+    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--lr", type=float, default=3e-3)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--optimizer", default="adamw")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--set", action="append", metavar="K=V", help="any other TrainConfig field, e.g. schedule=step")
+    sp.add_argument("--augment", action="append", metavar="K=V", help="augmentation, e.g. shift=1 or noise=0.05")
+    sp.add_argument("--out", required=True, help="artifact folder to write")
+    sp.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
+    sp.add_argument("model", help="artifact folder or .onnx file")
+    sp.add_argument("--trust-pickle", action="store_true")
+    data_opts(sp)
+    sp.add_argument("--split", choices=["test", "val", "train"], default="test")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("profile", help="params, bytes on disk, FLOPs/MACs, latency per runtime")
+    model_opts(sp)
+    data_opts(sp)
+    sp.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
+    sp.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 256])
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_profile)
+
+    sp = sub.add_parser("export", help="export to ONNX (fp32) with a parity check against PyTorch")
+    model_opts(sp)
+    data_opts(sp)
+    sp.add_argument("--out", required=True, help="path of the .onnx file to write")
+    sp.add_argument("--atol", type=float, default=1e-4)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_export)
+
+    for name, fn, help_ in (("models", cmd_models, "list the model zoo"), ("datasets", cmd_datasets, "list data sources")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(fn=fn)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from condense.core.errors import CondenseError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
+        return int(e.code or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except CondenseError as e:
+        print(f"condense: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("condense: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

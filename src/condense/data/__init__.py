@@ -1,0 +1,67 @@
+"""Data sources, splits, batching and augmentations.
+
+Sources are registered in `DATASETS` by explicit import below; each is a loader
+`fn(*, seed=0, val_fraction=0.1, test_fraction=0.2, labelled_fraction=None, **options) -> Splits`.
+Nothing is ever downloaded: file-based sources read what the user already has on disk.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from condense.core.errors import ConfigError, did_you_mean
+from condense.core.registry import Registry
+from condense.data import cifar10, digits, imagefolder, mnist, tabular
+from condense.data.augment import Augment, AugmentConfig, build_augment
+from condense.data.base import ArrayDataset, Splits, iterate_batches, make_splits, num_batches
+
+DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
+
+DATASETS.register("digits", digits.load_digits)
+DATASETS.register("cifar10", cifar10.load_cifar10)
+DATASETS.register("mnist", mnist.load_mnist)
+DATASETS.register("imagefolder", imagefolder.load_imagefolder)
+DATASETS.register("csv", tabular.load_csv)
+DATASETS.register("jsonl", tabular.load_jsonl)
+DATASETS.register("breast_cancer", tabular.load_breast_cancer)
+
+
+def dataset_options(name: str) -> list[str]:
+    """The keyword options the source `name` accepts."""
+    sig = inspect.signature(DATASETS.get(name))
+    return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def load_dataset(name: str, **kwargs: Any) -> Splits:
+    """Load the registered source `name` with its options (unknown options are a ConfigError)."""
+    loader = DATASETS.get(name)
+    options = dataset_options(name)
+    for key in kwargs:
+        if key not in options:
+            raise ConfigError(
+                f"dataset {name!r}: unknown option {key!r}{did_you_mean(key, options)}; "
+                f"options: {', '.join(options)}"
+            )
+    return loader(**kwargs)
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """[(name, one-line help)] for every registered source, sorted by name."""
+    return [(n, DATASETS.help(n)) for n in DATASETS.names()]
+
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "Augment",
+    "AugmentConfig",
+    "Splits",
+    "build_augment",
+    "dataset_options",
+    "iterate_batches",
+    "list_datasets",
+    "load_dataset",
+    "make_splits",
+    "num_batches",
+]

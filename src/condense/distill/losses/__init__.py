@@ -1,0 +1,72 @@
+"""Distillation losses: one file each, a pure function plus a thin `nn.Module` wrapper.
+
+Every module follows one call convention so a task can combine them (`CombinedLoss`):
+`forward_inputs(LossInputs) -> scalar`, a class attribute `needs` (subset of "logits",
+"features", "targets", "index"), `feature_layers()` naming the module outputs to tap, and a
+`materialize(LossInputs)` hook that creates lazily-shaped parameters (call it before building
+the optimizer). Registration is by the explicit imports below.
+"""
+from __future__ import annotations
+
+from condense.core.registry import Registry
+from condense.distill.losses.attention import AttentionLoss, attention_loss, attention_map
+from condense.distill.losses.base import NEEDS, DistillLoss, FeatureLoss, LossInputs
+from condense.distill.losses.ce import CELoss, ce_loss
+from condense.distill.losses.combined import CombinedLoss, build_losses
+from condense.distill.losses.crd import CRDLoss, crd_info_nce
+from condense.distill.losses.dkd import DKDLoss, dkd_loss, dkd_parts
+from condense.distill.losses.fitnet import FitNetLoss, fitnet_loss
+from condense.distill.losses.hard_kd import HardKDLoss, hard_kd_loss
+from condense.distill.losses.pkt import PKTLoss, pkt_loss
+from condense.distill.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
+from condense.distill.losses.soft_kd import (
+    SoftKDLoss,
+    average_teacher_probs,
+    soft_kd_from_probs,
+    soft_kd_loss,
+)
+
+LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
+LOSSES.register("soft_kd", SoftKDLoss, help="Hinton soft-target KD: T^2 KL(teacher || student) at temperature T")
+LOSSES.register("hard_kd", HardKDLoss, help="cross-entropy against the teacher's argmax")
+LOSSES.register("ce", CELoss, help="cross-entropy against ground-truth labels")
+LOSSES.register("fitnet", FitNetLoss, help="FitNets hint: MSE(projector(student feature), teacher feature)")
+LOSSES.register("attention", AttentionLoss, help="attention transfer on spatial attention maps")
+LOSSES.register("rkd", RKDLoss, help="relational KD: distance- and angle-wise structure")
+LOSSES.register("pkt", PKTLoss, help="probabilistic knowledge transfer: KL of cosine-kernel probabilities")
+LOSSES.register("crd", CRDLoss, help="contrastive representation distillation with a memory bank")
+LOSSES.register("dkd", DKDLoss, help="decoupled KD: alpha * TCKD + beta * NCKD")
+
+__all__ = [
+    "LOSSES",
+    "NEEDS",
+    "AttentionLoss",
+    "CELoss",
+    "CRDLoss",
+    "CombinedLoss",
+    "DKDLoss",
+    "DistillLoss",
+    "FeatureLoss",
+    "FitNetLoss",
+    "HardKDLoss",
+    "LossInputs",
+    "PKTLoss",
+    "RKDLoss",
+    "SoftKDLoss",
+    "attention_loss",
+    "attention_map",
+    "average_teacher_probs",
+    "build_losses",
+    "ce_loss",
+    "crd_info_nce",
+    "dkd_loss",
+    "dkd_parts",
+    "fitnet_loss",
+    "hard_kd_loss",
+    "pkt_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "rkd_loss",
+    "soft_kd_from_probs",
+    "soft_kd_loss",
+]

@@ -1,0 +1,22 @@
+"""Evaluation and profiling: metrics on PyTorch or ONNX Runtime, params, FLOPs, bytes, latency."""
+from condense.evaluate.metrics import classification_metrics, evaluate, predict_logits
+from condense.evaluate.profile import (
+    count_flops,
+    count_parameters,
+    latency_table,
+    measure_latency,
+    path_bytes,
+    profile,
+)
+
+__all__ = [
+    "classification_metrics",
+    "count_flops",
+    "count_parameters",
+    "evaluate",
+    "latency_table",
+    "measure_latency",
+    "path_bytes",
+    "predict_logits",
+    "profile",
+]

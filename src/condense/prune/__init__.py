@@ -1,0 +1,89 @@
+"""Pruning: unstructured masks, N:M, gradual schedules, structured channel removal, slimming.
+
+`prune(model, config)` is the one verb; a method is a config dataclass plus a handler in
+`PRUNERS`. Scoring, surgery and schedules are separate modules (`importance`, `graph` +
+`surgery`, `schedule`); `sensitivity` allocates per-layer ratios and `report` says honestly what
+a pruned model saves. Importing this package registers the edit-log kinds `prune_channels`,
+`prune_masks` and `prune_unmask` used by `load()`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from condense.core.errors import ConfigError
+from condense.prune import structured, unstructured  # noqa: F401  (registers the methods)
+from condense.prune.config import (
+    PRUNERS,
+    ChannelConfig,
+    MagnitudeConfig,
+    NMConfig,
+    PruneConfig,
+    PruneContext,
+    RandomConfig,
+    SlimmingConfig,
+)
+from condense.prune.graph import Group, PruneGraphError, dependency_groups
+from condense.prune.masks import make_permanent, sparsity_report
+from condense.prune.report import count_macs, pruning_report
+from condense.prune.schedule import (
+    GradualPruningCallback,
+    SlimmingCallback,
+    cubic_sparsity,
+    linear_sparsity,
+)
+from condense.prune.sensitivity import allocate_ratios, layer_sensitivity
+
+__all__ = [
+    "PRUNERS",
+    "ChannelConfig",
+    "GradualPruningCallback",
+    "Group",
+    "MagnitudeConfig",
+    "NMConfig",
+    "PruneConfig",
+    "PruneGraphError",
+    "RandomConfig",
+    "SlimmingCallback",
+    "SlimmingConfig",
+    "allocate_ratios",
+    "count_macs",
+    "cubic_sparsity",
+    "dependency_groups",
+    "layer_sensitivity",
+    "linear_sparsity",
+    "make_permanent",
+    "prune",
+    "pruning_report",
+    "sparsity_report",
+]
+
+
+def prune(
+    model: nn.Module,
+    config: PruneConfig | dict[str, Any],
+    example_inputs: Any = None,
+    targets: Sequence[str] | str | None = None,
+    ignore: Sequence[str] | str | None = None,
+    data: Iterable[dict[str, Any]] | None = None,
+) -> nn.Module:
+    """Prune `model` in place with the method `config` names and return it.
+
+    `targets` / `ignore` select layers (exact names, `re:<regex>`, type names). Structured
+    methods need `example_inputs` (one batch-shaped tensor or tuple; derived from
+    `model.condense_spec` for zoo models) and, for Taylor importance, `data` (batches of
+    `{"input", "target"}`). Unstructured methods only mask (see `make_permanent`, `report`).
+    """
+    if isinstance(config, dict):
+        config = PruneConfig.from_dict(config)
+    if not isinstance(config, PruneConfig):
+        raise ConfigError(f"prune: config must be a PruneConfig or a mapping, got {type(config).__name__}")
+    if type(config) is PruneConfig:  # the bare base: re-parse into the method's own config
+        config = PruneConfig.from_dict(config.to_dict())
+    pruner = PRUNERS.get(config.method)
+    if not isinstance(config, pruner.config):
+        raise ConfigError(f"prune: method {config.method!r} takes a {pruner.config.__name__}, got {type(config).__name__}")
+    ctx = PruneContext(example_inputs=example_inputs, targets=targets, ignore=ignore, data=data)
+    return pruner.run(model, config, ctx)

@@ -1,0 +1,157 @@
+"""Pruning configs: one small dataclass per method, plus the `PRUNERS` registry of handlers.
+
+`PruneConfig.from_dict({"method": "channel", "ratio": 0.5})` dispatches on `method` to the
+method's own config class, so a recipe stage and the Python API take the same objects and a key
+that the chosen method does not read is an error (not silently ignored).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+from torch import nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+from condense.core.registry import Registry
+
+
+def check_ratio(value: float, field: str) -> None:
+    """A pruning ratio is the fraction removed: in [0, 1) (1.0 would remove everything)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{field} must be in [0, 1) (the fraction removed), got {value!r}")
+
+
+@dataclasses.dataclass
+class PruneConfig(Config):
+    """Base of every pruning config; `from_dict` picks the subclass named by `method`."""
+
+    method: str = "magnitude"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> PruneConfig:
+        if cls is PruneConfig:
+            data = dict(data or {})
+            method = str(data.get("method", "magnitude"))
+            _ensure_registered()
+            sub = PRUNERS.get(method).config
+            return sub.from_dict({**data, "method": method}, where=where)
+        return super().from_dict(data, where)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass
+class MagnitudeConfig(PruneConfig):
+    """Unstructured magnitude pruning (Han et al. 2015): zero the `ratio` smallest |w|.
+
+    `scope="layer"` removes `ratio` of every selected layer's weights; `"global"` ranks all
+    selected weights together (one threshold), so layers end with different sparsities.
+    """
+
+    method: Literal["magnitude"] = "magnitude"
+    ratio: float = 0.5
+    scope: Literal["layer", "global"] = "global"
+
+    def validate(self) -> None:
+        check_ratio(self.ratio, "MagnitudeConfig.ratio")
+
+
+@dataclasses.dataclass
+class RandomConfig(PruneConfig):
+    """Unstructured random pruning: the baseline any scorer has to beat."""
+
+    method: Literal["random"] = "random"
+    ratio: float = 0.5
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_ratio(self.ratio, "RandomConfig.ratio")
+
+
+@dataclasses.dataclass
+class NMConfig(PruneConfig):
+    """N:M semi-structured sparsity (Mishra et al. 2021): keep the `n` largest of every `m`
+    consecutive input weights of each output row (2:4 by default)."""
+
+    method: Literal["nm"] = "nm"
+    n: int = 2
+    m: int = 4
+
+    def validate(self) -> None:
+        if self.m < 1 or not 0 < self.n < self.m:
+            raise ConfigError(f"NMConfig needs 0 < n < m, got n={self.n}, m={self.m}")
+
+
+Importance = Literal["l1", "l2", "bn_gamma", "taylor", "random"]
+
+
+@dataclasses.dataclass
+class ChannelConfig(PruneConfig):
+    """Structured channel pruning that physically removes channels and neurons.
+
+    `ratio` is the fraction of channels removed from every selected dependency group
+    (`scope="layer"`) or from all selected groups together (`scope="global"`, ranked by
+    normalised importance; no group loses more than `max_group_ratio`). `ratios` overrides the
+    ratio per group: keys are selection patterns (exact name, `re:<regex>`, type name) matched
+    against the group's producer layers. Kept widths are rounded to multiples of `round_to`.
+    Importance: "l1" (Li et al. 2017), "l2", "bn_gamma" (Liu et al. 2017), "taylor"
+    (Molchanov et al. 2019; needs `data`), "random".
+    """
+
+    method: Literal["channel"] = "channel"
+    ratio: float = 0.5
+    scope: Literal["layer", "global"] = "layer"
+    importance: Importance = "l1"
+    round_to: int = 1
+    ratios: dict[str, float] | None = None
+    max_group_ratio: float = 0.9
+    taylor_batches: int = 4
+    seed: int = 0
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check_ratio(self.ratio, f"{name}.ratio")
+        check_ratio(self.max_group_ratio, f"{name}.max_group_ratio")
+        for key, r in (self.ratios or {}).items():
+            check_ratio(r, f"{name}.ratios[{key!r}]")
+        if self.round_to < 1:
+            raise ConfigError(f"{name}.round_to must be >= 1, got {self.round_to}")
+        if self.taylor_batches < 1:
+            raise ConfigError(f"{name}.taylor_batches must be >= 1, got {self.taylor_batches}")
+
+
+@dataclasses.dataclass
+class SlimmingConfig(ChannelConfig):
+    """Network slimming (Liu et al. 2017): prune channels with the smallest BatchNorm |gamma|,
+    ranked globally, after training with `SlimmingCallback`'s L1 penalty on gamma."""
+
+    method: Literal["slimming"] = "slimming"  # type: ignore[assignment]
+    scope: Literal["layer", "global"] = "global"
+    importance: Literal["bn_gamma"] = "bn_gamma"  # type: ignore[assignment]
+
+
+@dataclasses.dataclass
+class PruneContext:
+    """What `prune()` hands a handler besides the config."""
+
+    example_inputs: Any = None
+    targets: Any = None
+    ignore: Any = None
+    data: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruner:
+    """A registered method: its config class and `run(model, config, context) -> model`."""
+
+    config: type[PruneConfig]
+    run: Callable[[nn.Module, Any, PruneContext], nn.Module]
+
+
+PRUNERS: Registry[Pruner] = Registry("pruning method")
+
+
+def _ensure_registered() -> None:
+    """Import the handler modules (explicitly) so `PRUNERS` is filled."""
+    import condense.prune.structured  # noqa: F401
+    import condense.prune.unstructured  # noqa: F401

@@ -1,0 +1,119 @@
+"""Quantization: primitives, observers, fake-quant, static PTQ and real int8 ONNX export.
+
+One verb, `quantize(model, config, calibration=None, targets=None, ignore=None)`, dispatches on the
+method through the `QUANTIZERS` registry. Methods register themselves when their file is imported
+below (explicit imports, nothing walks the package).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+
+# -- registered methods: each import registers one method in QUANTIZERS -------------------------
+from condense.quantize import ptq  # noqa: F401  "static"
+from condense.quantize.fake_quant import (
+    FakeQuantize,
+    QuantWrapper,
+    quant_wrappers,
+    set_quant_mode,
+)
+from condense.quantize.fold import fold_batchnorm
+from condense.quantize.observers import OBSERVERS, Observer, make_observer
+from condense.quantize.onnx_int8 import Int8ExportResult, export_int8_onnx, ort_latency_comparison
+from condense.quantize.primitives import (
+    QuantSpec,
+    compute_qparams,
+    dequantize,
+    fake_quantize,
+)
+from condense.quantize.primitives import quantize as quantize_tensor
+from condense.quantize.ptq import QuantizeConfig, QuantReport, quantize_static
+from condense.quantize.registry import QUANTIZERS, QuantMethod
+
+# Registration points for the other methods (each file registers itself on import, e.g.
+# `QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, quantize_dynamic))`); add the
+# import here once the file registers:
+#   from condense.quantize import dynamic      # "dynamic"
+#   from condense.quantize import weight_only  # "weight_only"
+#   from condense.quantize import qat          # "qat"
+
+__all__ = [
+    "OBSERVERS",
+    "QUANTIZERS",
+    "FakeQuantize",
+    "Int8ExportResult",
+    "Observer",
+    "QuantMethod",
+    "QuantReport",
+    "QuantSpec",
+    "QuantWrapper",
+    "QuantizeConfig",
+    "compute_qparams",
+    "dequantize",
+    "export_int8_onnx",
+    "fake_quantize",
+    "fold_batchnorm",
+    "make_observer",
+    "ort_latency_comparison",
+    "quant_wrappers",
+    "quantize",
+    "quantize_static",
+    "quantize_tensor",
+    "resolve_config",
+    "set_quant_mode",
+]
+
+
+def resolve_config(config: Config | dict[str, Any] | None) -> tuple[str, Config]:
+    """(method name, parsed config) for `quantize`.
+
+    None -> static PTQ defaults. A mapping names its method under "method" (default "static") and
+    is parsed by that method's config class ("method" is passed on only to QuantizeConfig
+    subclasses). A config object selects the method registered for its class (by its `method`
+    field when several methods share the class).
+    """
+    if config is None:
+        return "static", QuantizeConfig()
+    if isinstance(config, dict):
+        data = dict(config)
+        method = str(data.get("method", "static"))
+        cls = QUANTIZERS.get(method).config_cls
+        if not issubclass(cls, QuantizeConfig):
+            data.pop("method", None)
+        return method, cls.from_dict(data, where=f"quantize ({method})")
+    if not isinstance(config, Config):
+        raise ConfigError(f"quantize: config must be a Config, a mapping or None, got {type(config).__name__}")
+    matches = [n for n in QUANTIZERS.names() if isinstance(config, QUANTIZERS.get(n).config_cls)]
+    method = getattr(config, "method", None)
+    if method in matches:
+        return str(method), config
+    if isinstance(config, QuantizeConfig):
+        entry = QUANTIZERS.get(config.method)
+        raise ConfigError(f"quantize: method {config.method!r} takes a {entry.config_cls.__name__}, not a QuantizeConfig")
+    if len(matches) == 1:
+        return matches[0], config
+    if not matches:
+        raise ConfigError(f"quantize: no registered quantization method takes a {type(config).__name__}")
+    raise ConfigError(f"quantize: {type(config).__name__} fits several methods ({', '.join(matches)}); set its method")
+
+
+def quantize(
+    model: nn.Module,
+    config: Config | dict[str, Any] | None = None,
+    calibration: Any = None,
+    targets: list[str] | str | None = None,
+    ignore: list[str] | str | None = None,
+) -> nn.Module:
+    """Quantize a copy of `model` with the method the config names (the caller's model is untouched).
+
+    `calibration`: a tensor (N, ...), a dataset with `.inputs`, or an iterable of batches (tensors
+    or {"input": tensor} dicts); required by static PTQ. `targets` / `ignore` (module names,
+    `re:<regex>` or type names like "Conv2d") override the config's own fields.
+    """
+    method, cfg = resolve_config(config)
+    return QUANTIZERS.get(method).handler(model, cfg, calibration, targets, ignore)
+

@@ -1,0 +1,260 @@
+"""Dynamic int8: int8 weights, activations quantized on the fly per batch, for Linear-heavy models.
+
+Two paths:
+
+* PyTorch: `quantize_dynamic_torch` wraps `torch.ao.quantization.quantize_dynamic` (Linear ->
+  `DynamicQuantizedLinear`, fbgemm/x86 kernels). In torch 2.13 it still exists and works but is
+  deprecated (it warns that torch.ao.quantization moves to torchao); we silence that warning and
+  raise RunError if a later torch has removed it.
+* ONNX Runtime: `quantize_dynamic_onnx` runs `onnxruntime.quantization.quantize_dynamic` on an
+  fp32 ONNX file: MatMul -> DynamicQuantizeLinear + MatMulInteger (+ per-channel scale Mul),
+  optionally Gather on constant tables (embeddings: uint8 table + DequantizeLinear) and Conv ->
+  ConvInteger. ORT's dynamic mode has no Gemm handler of its own: it rewrites every Gemm into
+  MatMul + Add first (`ONNXQuantizer.replace_gemm_with_matmul`), so "Gemm" here means "MatMul".
+
+Dynamic quantization is not always faster: ORT's ConvInteger path on CPU can be several times
+*slower* than fp32 Conv (measured on this project's machines), and small MatMuls gain little
+because the per-batch DynamicQuantizeLinear costs as much as it saves. `measure_speedup` times
+both files in ORT (median over repeats after warm-up), and `check_dynamic_speed` warns or, with
+`refuse_slowdown=True`, raises RunError when int8 is slower than fp32.
+(Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-
+Only Inference", for the integer arithmetic; ORT docs, "Quantize ONNX models", for the modes.)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError, InputFileError, RunError
+from condense.core.io import atomic_path
+from condense.core.select import select_modules
+
+__all__ = [
+    "DYNAMIC_OP_TYPES",
+    "check_dynamic_speed",
+    "measure_speedup",
+    "quantize_dynamic_onnx",
+    "quantize_dynamic_torch",
+]
+
+#: op types ORT's dynamic (IntegerOps) quantizer can handle; "Gemm" is accepted as an alias of
+#: "MatMul" because ORT turns Gemm into MatMul + Add before quantizing in dynamic mode.
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather", "Conv", "Attention", "LSTM", "EmbedLayerNormalization")
+
+
+@contextlib.contextmanager
+def _quiet_ort() -> Iterator[None]:
+    """ORT's quantizer logs a 'consider pre-processing' warning on the root logger; hide it."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch path
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_dynamic_torch(
+    model: nn.Module, targets: Sequence[str] | None = None, ignore: Sequence[str] | None = None
+) -> nn.Module:
+    """A copy of `model` with the selected nn.Linear layers as torch dynamic-int8 Linear.
+
+    Uses the deprecated-but-present `torch.ao.quantization.quantize_dynamic` (qint8 weights,
+    per-tensor). The result runs only in PyTorch eager on CPU; for deployment prefer the ONNX path.
+    """
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as e:  # pragma: no cover - depends on the torch version
+        raise RunError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic: {e}") from e
+    chosen = select_modules(model, targets, ignore, default=("Linear",))
+    names = {n for n, m in chosen.items() if type(m) is nn.Linear}
+    skipped = sorted(set(chosen) - names)
+    if skipped:
+        warnings.warn(f"dynamic int8 (torch) skipped non-Linear modules: {', '.join(skipped)}", stacklevel=2)
+    if not names:
+        raise ConfigError("dynamic int8 (torch): no nn.Linear among the selected modules")
+    model = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        return quantize_dynamic(model, names, dtype=torch.qint8)
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX Runtime path
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_dynamic_onnx(
+    fp32_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    per_channel: bool = True,
+    op_types: Sequence[str] = ("MatMul", "Gemm"),
+    reduce_range: bool = False,
+    weight_type: str = "qint8",
+    nodes_to_exclude: Sequence[str] = (),
+    extra_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Dynamic-int8 quantize an fp32 ONNX file with ONNX Runtime; write `out_path` atomically.
+
+    op_types: which ops get int8 weights ("MatMul"/"Gemm" for Linear layers, "Gather" for
+    embedding tables, "Conv" for convolutions -- often slower, see the module docstring).
+    per_channel: one weight scale per output channel (recommended; per-tensor loses accuracy on
+    layers with uneven rows). weight_type: "qint8" or "quint8". reduce_range: 7-bit weights,
+    for CPUs without VNNI where u8*s8 products could saturate. extra_options: passed to ORT
+    (e.g. {"MatMulConstBOnly": True}, the default for dynamic mode).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = Path(fp32_path)
+    if not src.is_file():
+        raise InputFileError(f"ONNX file not found: {src}")
+    bad = [o for o in op_types if o not in DYNAMIC_OP_TYPES]
+    if bad or not op_types:
+        raise ConfigError(
+            f"quantize_dynamic_onnx: op_types {bad or list(op_types)} not supported; "
+            f"choose from {', '.join(DYNAMIC_OP_TYPES)}"
+        )
+    wt = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}.get(weight_type)
+    if wt is None:
+        raise ConfigError(f"quantize_dynamic_onnx: weight_type must be 'qint8' or 'quint8', got {weight_type!r}")
+    ops = sorted({"MatMul" if o == "Gemm" else o for o in op_types})
+    import onnx
+
+    try:
+        model = onnx.load(str(src))
+    except Exception as e:
+        raise InputFileError(f"cannot read ONNX file {src}: {e}") from e
+    # Stale shape annotations (the dynamo exporter writes one for every tensor) clash with ORT's
+    # Gemm -> MatMul rewrite (it transposes B in place); ORT re-infers them anyway.
+    del model.graph.value_info[:]
+    target = Path(out_path)
+    with atomic_path(target) as tmp:
+        onnx_tmp = tmp.with_name(tmp.name + ".onnx")  # ORT wants to choose its own file name
+        try:
+            with _quiet_ort():
+                quantize_dynamic(
+                    model,
+                    onnx_tmp,
+                    op_types_to_quantize=ops,
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    weight_type=wt,
+                    nodes_to_exclude=list(nodes_to_exclude),
+                    extra_options=dict(extra_options or {}),
+                )
+            if not onnx_tmp.is_file():
+                raise RunError(f"onnxruntime quantize_dynamic wrote no file for {src}")
+            os.replace(onnx_tmp, tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                onnx_tmp.unlink()
+    return target
+
+
+def _session(path: str | os.PathLike[str], threads: int | None) -> Any:
+    from condense.export.onnx import onnx_session
+
+    return onnx_session(path, threads=threads)
+
+
+def _feed(session: Any, inputs: Any) -> dict[str, np.ndarray]:
+    if isinstance(inputs, Mapping):
+        return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+                for k, v in inputs.items()}
+    from condense.export.onnx import ort_input
+
+    return ort_input(session, inputs)
+
+
+def _median_ms(session: Any, feed: dict[str, np.ndarray], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def measure_speedup(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    inputs: Any,
+    threads: int | None = None,
+    *,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, float]:
+    """Median ORT latency of both files on the same inputs; `ratio` = int8 / fp32 (< 1 is faster).
+
+    `inputs`: an array / tensor for a single-input model, or a `{input name: array}` mapping.
+    The two sessions are timed in alternating rounds so machine noise hits both alike.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError("measure_speedup: repeats must be >= 1 and warmup >= 0")
+    s32, s8 = _session(fp32_path, threads), _session(int8_path, threads)
+    f32, f8 = _feed(s32, inputs), _feed(s8, inputs)
+    rounds = 3
+    per = max(1, repeats // rounds)
+    t32, t8 = [], []
+    for r in range(rounds):
+        t32.append(_median_ms(s32, f32, per, warmup if r == 0 else 1))
+        t8.append(_median_ms(s8, f8, per, warmup if r == 0 else 1))
+    fp32_ms, int8_ms = statistics.median(t32), statistics.median(t8)
+    return {
+        "fp32_ms": fp32_ms,
+        "int8_ms": int8_ms,
+        "ratio": int8_ms / fp32_ms,
+        "threads": float(threads or 0),
+        "repeats": float(per * rounds),
+    }
+
+
+def check_dynamic_speed(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    inputs: Any,
+    threads: int | None = None,
+    *,
+    refuse_slowdown: bool = False,
+    max_ratio: float = 1.0,
+    repeats: int = 30,
+    warmup: int = 5,
+) -> dict[str, float]:
+    """Measure int8 vs fp32 in ORT and warn (or raise RunError with `refuse_slowdown`) on a slow-down.
+
+    A slow-down is `int8_ms / fp32_ms > max_ratio`. Returns the `measure_speedup` numbers.
+    """
+    res = measure_speedup(fp32_path, int8_path, inputs, threads, repeats=repeats, warmup=warmup)
+    if res["ratio"] > max_ratio:
+        msg = (
+            f"dynamic int8 is slower than fp32 on this CPU in onnxruntime: {res['int8_ms']:.3f} ms vs "
+            f"{res['fp32_ms']:.3f} ms (int8/fp32 = {res['ratio']:.2f}x, threads={threads or 'default'}); "
+            "dynamic quantization helps large MatMuls, not convolutions -- keep the fp32 model or "
+            "use static (QDQ) int8"
+        )
+        if refuse_slowdown:
+            raise RunError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return res

@@ -1,0 +1,467 @@
+"""Quantization-aware training (QAT) with learned step sizes, observer freezing and BN folding.
+
+`prepare_qat(model, QATConfig)` returns a copy whose selected Conv1d / Conv2d / Linear layers are
+`QATWrapper`s: the input activation (per tensor) and the weight (per output channel) pass through
+`LSQFakeQuantize` (Esser et al. 2020, "Learned Step Size Quantization", see `lsq.py`); the bias is
+fake-quantized to int32 with scale `s_in * s_w` as an integer kernel adds it. Train it with the one
+`fit()` loop (any task: supervised, or distillation from the float model as teacher), with two
+schedule callbacks:
+
+* `FreezeObserversCallback(at_epoch=... | at_step=...)`: from then on the step sizes stop being
+  learned (LSQ) or tracked (observer mode); the weights keep training on a fixed grid.
+* `FreezeBatchNormCallback(at_epoch=...)`: BatchNorm layers go to eval mode -- running statistics
+  stop updating and normalisation uses them, as at deployment (Jacob et al. 2018 sec. 3.2;
+  Krishnamoorthi 2018, "Quantizing deep convolutional networks for efficient inference", sec. 3.2).
+
+BatchNorm folding happens at convert time, not during training: `convert_qat` folds each BN into
+the layer before it (`W' = W * f`, `b' = (b - mean) * f + beta`, `f = gamma / sqrt(var + eps)`)
+and multiplies that layer's per-channel weight step by `|f|`. Because the weight grid is symmetric
+per output channel with zero point 0 (and round-half-even is odd-symmetric), `Q(W * f) = f * Q(W)`
+exactly, so the folded integer model computes what the QAT model computed in eval mode. Freeze BN
+some epochs before the end so the weights adapt to the running statistics they will be folded with.
+
+`convert_qat(model, example)` returns the same `QuantWrapper` layers (with `FakeQuantize` scale /
+zero-point buffers, mode "quantize") that static PTQ produces, so the QDQ ONNX exporter handles
+both. Module swaps are logged ("qat", "fold_bn", "qat_convert") so `load()` can rebuild either the
+in-training or the converted model before loading weights strictly.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError, RunError
+from condense.core.select import select_modules
+from condense.models.edits import EDITS, record_edit
+from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper, replace_module
+from condense.quantize.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
+from condense.quantize.lsq import LSQFakeQuantize
+from condense.quantize.primitives import QuantSpec, fake_quantize
+from condense.train.callbacks import Callback, FitState
+
+__all__ = [
+    "FreezeBatchNormCallback",
+    "FreezeObserversCallback",
+    "QATConfig",
+    "QATWrapper",
+    "convert_qat",
+    "freeze_batchnorm",
+    "freeze_qat_scales",
+    "prepare_qat",
+]
+
+QAT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+def _check_bits(value: int | None, field: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not 2 <= value <= 8:
+        raise ConfigError(f"QATConfig.{field} must be in 2..8, got {value}")
+
+
+@dataclasses.dataclass
+class QATConfig(Config):
+    """QAT settings.
+
+    bits: weight bits (2..8). act_bits: activation bits. first_last_bits: bits (weights and
+    activations) of the first and last selected layers in module order (None: same as the rest).
+    quantize_activations: False trains weight-only QAT. learn_scales: LSQ (True) or observer-style
+    tracked steps (False). per_channel: one weight step per output channel. targets / ignore: the
+    layer-selection language (default Conv1d, Conv2d, Linear).
+    """
+
+    bits: int = 4
+    act_bits: int = 8
+    first_last_bits: int | None = 8
+    quantize_activations: bool = True
+    learn_scales: bool = True
+    per_channel: bool = True
+    targets: list[str] | None = None
+    ignore: list[str] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_bits(self.bits, "bits")
+        _check_bits(self.act_bits, "act_bits")
+        _check_bits(self.first_last_bits, "first_last_bits")
+
+
+class QATWrapper(nn.Module):
+    """A Conv / Linear layer trained on LSQ fake-quantized input, weight and (int32) bias.
+
+    The float layer stays at `.module`; the quantizers are `.input_fq` (None when activations are
+    not quantized) and `.weight_fq` -- the same attribute names as the PTQ `QuantWrapper`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        bits: int,
+        act_bits: int | None,
+        *,
+        learn_scales: bool = True,
+        per_channel: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, QAT_TYPES):
+            raise ConfigError(f"QATWrapper: {type(module).__name__} has no quantized form")
+        self.module = module
+        self.bits = bits
+        self.act_bits = act_bits
+        self.input_fq = (
+            LSQFakeQuantize(act_bits, "activation", learn_scale=learn_scales) if act_bits else None
+        )
+        self.weight_fq = LSQFakeQuantize(
+            bits, "weight", per_channel=per_channel,
+            num_channels=module.weight.shape[0] if per_channel else None, learn_scale=learn_scales,
+        )
+
+    def quantized_weight(self) -> Tensor:
+        return self.weight_fq(self.module.weight)
+
+    def quantized_bias(self) -> Tensor | None:
+        b = self.module.bias
+        if b is None or self.input_fq is None:
+            return b
+        scale = (self.input_fq.scale.detach().abs() * self.weight_fq.scale.detach().abs()).expand_as(b)
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        return fake_quantize(b, scale.clamp_min(1e-12), zero, INT32_MIN, INT32_MAX, axis=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_fq is not None:
+            x = self.input_fq(x)
+        w, b = self.quantized_weight(), self.quantized_bias()
+        if isinstance(self.module, nn.Linear):
+            return F.linear(x, w, b)
+        return self.module._conv_forward(x, w, b)
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "act_bits": self.act_bits,
+            "learn_scales": self.weight_fq.learn_scale,
+            "per_channel": self.weight_fq.per_channel,
+        }
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, act_bits={self.act_bits}"
+
+
+def qat_wrappers(model: nn.Module) -> dict[str, QATWrapper]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QATWrapper)}
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: Any = None) -> nn.Module:
+    """A copy of `model` with the selected layers wrapped for QAT (the caller's model is untouched).
+
+    Step sizes are initialised on the first batch seen; pass `calibration` (a tensor or batches)
+    to initialise them from one batch right away (deterministic, and before the optimizer's
+    first step).
+    """
+    config = config or QATConfig()
+    was_training = model.training
+    model = copy.deepcopy(model)
+    chosen = select_modules(model, config.targets, config.ignore, default=("Conv1d", "Conv2d", "Linear"))
+    names, skipped = [], []
+    for n, m in chosen.items():
+        if isinstance(m, (QATWrapper, QuantWrapper)) or any(n.startswith(p + ".") for p in names):
+            continue
+        (names if type(m) in QAT_TYPES else skipped).append(n)
+    if skipped:
+        warnings.warn(
+            "QAT skipped modules with no quantized form: "
+            + ", ".join(f"{n} ({type(chosen[n]).__name__})" for n in skipped),
+            stacklevel=2,
+        )
+    if not names:
+        raise ConfigError("prepare_qat: no Conv1d / Conv2d / Linear among the selected modules")
+    layers: dict[str, dict[str, Any]] = {}
+    for i, n in enumerate(names):
+        edge = config.first_last_bits is not None and i in (0, len(names) - 1)
+        bits = config.first_last_bits if edge else config.bits
+        act_bits = (config.first_last_bits if edge else config.act_bits) if config.quantize_activations else None
+        w = QATWrapper(chosen[n], bits, act_bits, learn_scales=config.learn_scales,
+                       per_channel=config.per_channel)
+        replace_module(model, n, w)
+        layers[n] = w.spec()
+    record_edit(model, "qat", layers=layers)
+    if calibration is not None:
+        from condense.quantize.gptq import calibration_batches, run_batch
+
+        batch = calibration_batches(calibration, 1)[0]
+        model.eval()
+        with torch.no_grad():
+            run_batch(model, batch)
+    model.train(was_training)
+    return model
+
+
+def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    for name, spec in layers.items():
+        m = model.get_submodule(name)
+        w = QATWrapper(m, spec["bits"], spec["act_bits"], learn_scales=spec["learn_scales"],
+                       per_channel=spec["per_channel"])
+        replace_module(model, name, w.to(m.weight.device))
+        for fq in (w.input_fq, w.weight_fq):
+            if fq is not None:
+                fq.initialized.fill_(True)  # the loaded state carries the trained steps
+
+
+EDITS.register("qat", _replay_qat)
+
+
+# --------------------------------------------------------------------------------------------
+# schedule callbacks
+# --------------------------------------------------------------------------------------------
+
+
+def freeze_qat_scales(model: nn.Module, *, weights: bool = True, activations: bool = True,
+                      frozen: bool = True) -> int:
+    """Freeze (or unfreeze) the step sizes of every QAT quantizer; returns how many changed."""
+    n = 0
+    for w in qat_wrappers(model).values():
+        if weights:
+            w.weight_fq.freeze(frozen)
+            n += 1
+        if activations and w.input_fq is not None:
+            w.input_fq.freeze(frozen)
+            n += 1
+    return n
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Put every BatchNorm in eval mode (running statistics fixed and used); returns the count."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            n += 1
+    return n
+
+
+def _check_schedule(name: str, at_epoch: int | None, at_step: int | None) -> None:
+    if (at_epoch is None) == (at_step is None):
+        raise ConfigError(f"{name}: give exactly one of at_epoch or at_step")
+    for field, v in (("at_epoch", at_epoch), ("at_step", at_step)):
+        if v is not None and v < 0:
+            raise ConfigError(f"{name}: {field} must be >= 0, got {v}")
+
+
+class FreezeObserversCallback(Callback):
+    """From epoch `at_epoch` (0-based) or optimizer step `at_step` on, stop learning/tracking steps.
+
+    `weights` / `activations` choose which quantizers freeze. Stateless: the condition is
+    re-checked every epoch and step, so resuming from a checkpoint freezes again.
+    """
+
+    def __init__(self, at_epoch: int | None = None, at_step: int | None = None, *,
+                 weights: bool = True, activations: bool = True) -> None:
+        _check_schedule("FreezeObserversCallback", at_epoch, at_step)
+        self.at_epoch, self.at_step = at_epoch, at_step
+        self.weights, self.activations = weights, activations
+        self.frozen = False
+
+    def _due(self, state: FitState) -> bool:
+        if self.at_epoch is not None:
+            return state.epoch >= self.at_epoch
+        return state.step >= int(self.at_step)  # type: ignore[arg-type]
+
+    def _apply(self, state: FitState) -> None:
+        if not self.frozen and self._due(state):
+            freeze_qat_scales(state.task.eval_model(), weights=self.weights, activations=self.activations)
+            self.frozen = True
+
+    def on_epoch_begin(self, state: FitState) -> None:
+        self._apply(state)
+
+    def on_step_begin(self, state: FitState) -> None:
+        self._apply(state)
+
+
+class FreezeBatchNormCallback(Callback):
+    """From epoch `at_epoch` (or step `at_step`) on, BatchNorm layers run in eval mode.
+
+    Re-applied at every epoch and step start because the loop puts the model back in train mode
+    at each epoch and after validation. Folding itself happens in `convert_qat`.
+    """
+
+    def __init__(self, at_epoch: int | None = None, at_step: int | None = None) -> None:
+        _check_schedule("FreezeBatchNormCallback", at_epoch, at_step)
+        self.at_epoch, self.at_step = at_epoch, at_step
+
+    def _apply(self, state: FitState) -> None:
+        due = state.epoch >= self.at_epoch if self.at_epoch is not None else state.step >= int(self.at_step)  # type: ignore[arg-type]
+        if due:
+            freeze_batchnorm(state.task.eval_model())
+
+    def on_epoch_begin(self, state: FitState) -> None:
+        self._apply(state)
+
+    def on_step_begin(self, state: FitState) -> None:
+        self._apply(state)
+
+
+# --------------------------------------------------------------------------------------------
+# convert
+# --------------------------------------------------------------------------------------------
+
+
+def _bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
+    """(wrapper, bn) pairs adjacent inside an nn.Sequential (its output feeds only the next child)."""
+    pairs = []
+    for pname, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        kids = list(parent.named_children())
+        for (a, ma), (b, mb) in zip(kids, kids[1:], strict=False):
+            if isinstance(ma, QATWrapper) and isinstance(mb, BATCHNORMS) and not isinstance(ma.module, nn.Linear):
+                pre = f"{pname}." if pname else ""
+                pairs.append((pre + a, pre + b))
+    return pairs
+
+
+def _bn_pairs_traced(model: nn.Module, example: Tensor) -> list[tuple[str, str]]:
+    was = model.training
+    model.eval()
+    try:
+        calls, _ = trace_calls(model, example, leaf_types=(QATWrapper,))
+    finally:
+        model.train(was)
+    # find_bn_pairs only knows plain layers: present each wrapper call as its float layer.
+    for c in calls:
+        if isinstance(c.module, QATWrapper):
+            c.module = c.module.module
+    inner = {n for n, m in model.named_modules() if isinstance(m, QATWrapper)}
+    return [(a, b) for a, b in find_bn_pairs([c for c in calls if not _inside(c.name, inner)]) if a in inner]
+
+
+def _inside(name: str, wrappers: set[str]) -> bool:
+    return any(name.startswith(w + ".") for w in wrappers)
+
+
+def _act_spec(bits: int, signed: bool) -> QuantSpec:
+    if signed:
+        return QuantSpec(bits=bits, symmetric=True, per_channel=False, signed=True)
+    return QuantSpec(bits=bits, symmetric=False, per_channel=False, signed=False)
+
+
+def _make_quant_wrapper(layer: nn.Module, spec: dict[str, Any]) -> QuantWrapper:
+    w = QuantWrapper(
+        layer,
+        QuantSpec.weight(spec["bits"], per_channel=spec["per_channel"]),
+        _act_spec(spec["act_bits"], spec["act_signed"]),
+    )
+    w.set_mode("quantize")
+    return w
+
+
+@torch.no_grad()
+def convert_qat(model: nn.Module, example: Tensor | None = None) -> nn.Module:
+    """Freeze a QAT model into fixed-scale `QuantWrapper` layers with BatchNorm folded (a copy).
+
+    `example` (one input batch) lets a traced forward pass find every BN that directly follows a
+    wrapped conv; without it only conv -> BN pairs adjacent in an `nn.Sequential` are folded and
+    any other BatchNorm is left in float (warned). Weight-only QAT (no activation quantizers)
+    converts Linear layers to packed `QuantizedLinear` (one float32 step per output row) and bakes
+    the fake-quantized weights of convolutions into float layers (no packed conv form).
+    """
+    wrappers = qat_wrappers(model)
+    if not wrappers:
+        raise ConfigError("convert_qat: the model holds no QAT layers (run prepare_qat first)")
+    for n, w in wrappers.items():
+        for fq in (w.input_fq, w.weight_fq):
+            if fq is not None and not bool(fq.initialized):
+                raise RunError(f"convert_qat: layer {n!r} never ran, so its step sizes are not initialised")
+    was_training = model.training
+    model = copy.deepcopy(model).eval()
+    wrappers = qat_wrappers(model)
+    pairs = _bn_pairs_traced(model, example) if example is not None else _bn_pairs_sequential(model)
+    folded_bns = {b for _, b in pairs}
+    others = [n for n, m in model.named_modules() if isinstance(m, BATCHNORMS) and n not in folded_bns]
+    if others:
+        hint = "" if example is not None else " (pass `example` to find non-Sequential pairs)"
+        warnings.warn(f"convert_qat: BatchNorm left unfolded, in float: {', '.join(others)}{hint}", stacklevel=2)
+
+    for wname, bn_name in pairs:
+        w, bn = wrappers[wname], model.get_submodule(bn_name)
+        f = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) * torch.rsqrt(
+            bn.running_var + bn.eps
+        )
+        fq = w.weight_fq
+        fq.scale.data = fq.scale.data.abs() * (f.abs() if fq.per_channel else f.abs().mean())
+        if not fq.per_channel:
+            warnings.warn(f"convert_qat: {wname} has a per-tensor weight step; BN folding is approximate", stacklevel=2)
+        fold_bn_into(w.module, bn)
+        replace_module(model, bn_name, nn.Identity())
+    if pairs:
+        record_edit(model, "fold_bn", pairs=[[f"{a}.module", b] for a, b in pairs])
+
+    layers: dict[str, dict[str, Any]] = {}
+    for name, w in wrappers.items():
+        spec = {**w.spec(), "act_signed": None if w.input_fq is None else bool(w.input_fq.signed)}
+        if w.input_fq is None:
+            new = _weight_only_form(w, name)
+            spec["weight_only"] = new.spec() if hasattr(new, "spec") else None
+        else:
+            new = _make_quant_wrapper(w.module, spec)
+            new.weight_fq.scale.copy_(w.weight_fq.scale.detach().abs().reshape(new.weight_fq.scale.shape))
+            new.input_fq.scale.copy_(w.input_fq.scale.detach().abs().reshape(new.input_fq.scale.shape))
+            new.weight_fq.zero_point.zero_()
+            new.input_fq.zero_point.zero_()
+        replace_module(model, name, new)
+        layers[name] = spec
+    record_edit(model, "qat_convert", layers=layers)
+    model.train(was_training)
+    return model
+
+
+def _weight_only_form(w: QATWrapper, name: str) -> nn.Module:
+    """Weight-only QAT layer -> packed QuantizedLinear (Linear) or float layer with Q(W) (conv)."""
+    from condense.quantize.weight_only import QuantizedLinear, QuantizedWeight
+
+    layer, fq = w.module, w.weight_fq
+    s = fq.scale.detach().abs().clamp_min(1e-8)
+    s_rows = s.reshape(-1, 1) if fq.per_channel else s.expand(layer.weight.shape[0]).reshape(-1, 1)
+    if isinstance(layer, nn.Linear):
+        q = torch.clamp(torch.round(layer.weight / s_rows), -fq.qn, fq.qp).to(torch.int16)
+        qw = QuantizedWeight(q, s_rows.float(), None, fq.bits, 0, True)
+        return QuantizedLinear.from_quantized(layer, qw)
+    warnings.warn(f"convert_qat: {name} ({type(layer).__name__}) has no packed weight-only form; "
+                  "its fake-quantized weights are stored in float", stacklevel=3)
+    layer.weight.copy_(fq(layer.weight).detach())
+    return layer
+
+
+def _replay_qat_convert(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    from condense.quantize.weight_only import QuantizedLinear
+
+    for name, spec in layers.items():
+        m = model.get_submodule(name)
+        layer = m.module if isinstance(m, QATWrapper) else m
+        if spec["act_signed"] is None:
+            wo = spec.get("weight_only")
+            if wo is not None:
+                wo = dict(wo)
+                new: nn.Module = QuantizedLinear(
+                    wo.pop("in_features"), wo.pop("out_features"), wo.pop("bias"), **wo
+                )
+            else:
+                new = layer
+        else:
+            new = _make_quant_wrapper(layer, spec)
+        replace_module(model, name, new)
+
+
+EDITS.register("qat_convert", _replay_qat_convert)

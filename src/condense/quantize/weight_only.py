@@ -1,0 +1,512 @@
+"""Weight-only low-bit quantization of Linear layers, packed so the bytes on disk really drop.
+
+Each selected `nn.Linear` is replaced by a `QuantizedLinear` that stores its weight as packed
+2..8-bit integers (`packing.pack_rows`: int4 two per byte, int2 four per byte) plus one scale
+(fp16 by default) per group of `group_size` consecutive input features, and a packed zero point
+per group when asymmetric. Forward dequantizes on the fly (`w = (q - z) * s`) and runs a float
+matmul: the win is memory and bytes on disk (about bits/32 of fp32 plus ~2/group_size bytes per
+weight for fp16 scales), not arithmetic speed on a CPU.
+
+Rounding is round-to-nearest ("rtn", optionally with a per-group clipping range chosen by a
+weight-MSE grid search) or error-compensating GPTQ ("gptq", Frantar et al. 2022, "GPTQ: Accurate
+Post-Training Quantization for Generative Pre-trained Transformers", arXiv:2210.17323; see
+`gptq.py`), which needs calibration inputs. Group-wise scales follow the same paper and
+Dettmers & Zettlemoyer 2023, "The case for 4-bit precision: k-bit Inference Scaling Laws".
+
+The swap is logged with `record_edit(model, "weight_only", layers=...)`; the replay function
+registered here turns the same module names of a freshly built model into empty
+`QuantizedLinear` shells of the right shapes, so `load_state_dict(strict=True)` works.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError, did_you_mean
+from condense.core.select import select_modules
+from condense.models.edits import EDITS, record_edit
+from condense.quantize.packing import int_range, pack_rows, packed_numel, unpack_rows
+
+__all__ = [
+    "QuantizedLinear",
+    "QuantizedWeight",
+    "WeightOnlyConfig",
+    "dequantize_groups",
+    "group_qparams",
+    "quantize_groups",
+    "quantize_weight_only",
+    "quantized_linear_nbytes",
+    "rtn_quantize",
+]
+
+_SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _check_bits(bits: int, field: str) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ConfigError(f"{field}: bits must be an integer in 2..8, got {bits!r}")
+
+
+@dataclasses.dataclass
+class WeightOnlyConfig(Config):
+    """Weight-only quantization of Linear layers.
+
+    bits: 2..8. group_size: consecutive input features sharing one scale (0 = one scale per
+    output row). symmetric: signed integers, no zero point; else unsigned with a zero point per
+    group. method: "rtn" (round to nearest) or "gptq" (needs calibration inputs). clip_search:
+    choose each group's clipping range among shrunken min/max by weight MSE (cheap, helps at
+    <= 4 bits). layer_bits: per-layer overrides `{module name: bits}` (mixed precision).
+    percdamp / block_size / sequential: GPTQ settings (damping as a fraction of mean diag(H),
+    lazy-update block width, quantize layers one after another on already-quantized inputs).
+    max_calibration_batches: use at most this many calibration batches (None = all).
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = True
+    method: Literal["rtn", "gptq"] = "rtn"
+    scale_dtype: Literal["float16", "float32"] = "float16"
+    clip_search: bool = True
+    targets: list[str] | None = None
+    ignore: list[str] = dataclasses.field(default_factory=list)
+    layer_bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    percdamp: float = 0.01
+    block_size: int = 128
+    sequential: bool = True
+    max_calibration_batches: int | None = None
+
+    def validate(self) -> None:
+        _check_bits(self.bits, "WeightOnlyConfig.bits")
+        for name, b in self.layer_bits.items():
+            _check_bits(b, f"WeightOnlyConfig.layer_bits[{name!r}]")
+        if self.group_size < 0:
+            raise ConfigError(f"WeightOnlyConfig.group_size must be >= 0 (0 = per row), got {self.group_size}")
+        if not 0.0 < self.percdamp < 1.0:
+            raise ConfigError(f"WeightOnlyConfig.percdamp must be in (0, 1), got {self.percdamp}")
+        if self.block_size < 1:
+            raise ConfigError(f"WeightOnlyConfig.block_size must be >= 1, got {self.block_size}")
+        if self.max_calibration_batches is not None and self.max_calibration_batches < 1:
+            raise ConfigError("WeightOnlyConfig.max_calibration_batches must be >= 1 or null")
+
+
+# --------------------------------------------------------------------------------------------
+# Group-wise quantization math
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class QuantizedWeight:
+    """Integer weight `q` (out, in), per-group `scales` (out, n_groups) and `zeros` (asym only)."""
+
+    q: Tensor
+    scales: Tensor
+    zeros: Tensor | None
+    bits: int
+    group_size: int
+    symmetric: bool
+
+    def dequantize(self) -> Tensor:
+        return dequantize_groups(self.q, self.scales, self.zeros, self.group_size)
+
+
+def _n_groups(in_features: int, group_size: int) -> int:
+    return 1 if group_size <= 0 else math.ceil(in_features / group_size)
+
+
+def _round_scale(scale: Tensor, scale_dtype: torch.dtype) -> Tensor:
+    """Scales as they will be stored (fp16 rounding included), never zero."""
+    tiny = torch.finfo(scale_dtype).smallest_normal if scale_dtype == torch.float32 else 2.0**-24
+    return scale.clamp_min(tiny).to(scale_dtype).to(torch.float32)
+
+
+def _qparams_from_range(
+    lo: Tensor, hi: Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    if symmetric:
+        qmax = int_range(bits, True)[1]
+        scale = _round_scale(torch.maximum(lo.abs(), hi.abs()) / qmax, scale_dtype)
+        return scale, torch.zeros_like(scale)
+    qmax = (1 << bits) - 1
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)  # the range holds 0 so z is an integer in range
+    scale = _round_scale((hi - lo) / qmax, scale_dtype)
+    zero = torch.round(-lo / scale).clamp(0, qmax)
+    return scale, zero
+
+
+def _fake(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> Tensor:
+    qmin, qmax = int_range(bits, symmetric)
+    return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def group_qparams(
+    w: Tensor,
+    bits: int,
+    symmetric: bool = True,
+    *,
+    clip_search: bool = True,
+    scale_dtype: torch.dtype = torch.float16,
+    grid: int = 20,
+    max_shrink: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """Scale and zero point `(rows, 1)` for each row of `w` (one row = one group).
+
+    With `clip_search`, the range is `[p*min, p*max]` for the `p` in `linspace(1, 1-max_shrink)`
+    with the smallest squared rounding error per row (the "mse" option of the GPTQ reference
+    code); clipping a few outliers buys finer steps for all other weights.
+    """
+    w = w.float()
+    lo = w.min(dim=1, keepdim=True).values
+    hi = w.max(dim=1, keepdim=True).values
+    best_s, best_z = _qparams_from_range(lo, hi, bits, symmetric, scale_dtype)
+    if not clip_search:
+        return best_s, best_z
+    best_err = (_fake(w, best_s, best_z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
+    for p in torch.linspace(1.0, 1.0 - max_shrink, grid)[1:].tolist():
+        s, z = _qparams_from_range(lo * p, hi * p, bits, symmetric, scale_dtype)
+        err = (_fake(w, s, z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def quantize_to_int(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> Tensor:
+    """Integers `clamp(round(w / s) + z)` in the signed (symmetric) or unsigned range."""
+    qmin, qmax = int_range(bits, symmetric)
+    return torch.clamp(torch.round(w.float() / scale) + zero, qmin, qmax).to(torch.int16)
+
+
+def _grouped(w: Tensor, group_size: int) -> tuple[Tensor, int]:
+    """(out, in) -> (out * n_groups, group) with zero padding of the last group."""
+    out_f, in_f = w.shape
+    if group_size <= 0:
+        return w, in_f
+    ng = _n_groups(in_f, group_size)
+    pad = ng * group_size - in_f
+    if pad:
+        w = torch.cat([w, w.new_zeros(out_f, pad)], dim=1)
+    return w.reshape(out_f * ng, group_size), group_size
+
+
+def quantize_groups(
+    w: Tensor,
+    bits: int,
+    group_size: int,
+    symmetric: bool = True,
+    *,
+    clip_search: bool = True,
+    scale_dtype: torch.dtype = torch.float16,
+) -> QuantizedWeight:
+    """Round-to-nearest group-wise quantization of a 2-D weight `(out, in)`."""
+    _check_bits(bits, "quantize_groups")
+    w = w.detach().float()
+    out_f, in_f = w.shape
+    ng = _n_groups(in_f, group_size)
+    g, glen = _grouped(w, group_size)
+    if group_size > 0 and in_f % group_size:
+        # Padding zeros must not widen the last group's range: fill them with a real value.
+        last = g.view(out_f, ng, glen)[:, -1]
+        valid = in_f - (ng - 1) * group_size
+        last[:, valid:] = last[:, :1]
+    scale, zero = group_qparams(g, bits, symmetric, clip_search=clip_search, scale_dtype=scale_dtype)
+    q = quantize_to_int(g, scale, zero, bits, symmetric).reshape(out_f, ng * glen)[:, :in_f]
+    scales = scale.reshape(out_f, ng).to(scale_dtype)
+    zeros = None if symmetric else zero.reshape(out_f, ng).to(torch.int16)
+    return QuantizedWeight(q.contiguous(), scales, zeros, bits, group_size, symmetric)
+
+
+def dequantize_groups(q: Tensor, scales: Tensor, zeros: Tensor | None, group_size: int) -> Tensor:
+    """Float weight `(q - z) * s` with each group's scale repeated over its columns."""
+    in_f = q.shape[1]
+    glen = in_f if group_size <= 0 else group_size
+    s = scales.float().repeat_interleave(glen, dim=1)[:, :in_f]
+    qf = q.float()
+    if zeros is not None:
+        qf = qf - zeros.float().repeat_interleave(glen, dim=1)[:, :in_f]
+    return qf * s
+
+
+def rtn_quantize(
+    weight: Tensor,
+    bits: int,
+    group_size: int = 128,
+    symmetric: bool = True,
+    *,
+    clip_search: bool = True,
+    scale_dtype: torch.dtype = torch.float16,
+) -> QuantizedWeight:
+    """Round-to-nearest weight quantization (the baseline GPTQ improves on)."""
+    return quantize_groups(
+        weight, bits, group_size, symmetric, clip_search=clip_search, scale_dtype=scale_dtype
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+
+
+def quantized_linear_nbytes(
+    in_features: int,
+    out_features: int,
+    bits: int,
+    group_size: int,
+    symmetric: bool = True,
+    bias: bool = True,
+    scale_bytes: int = 2,
+    bias_bytes: int = 4,
+) -> int:
+    """Bytes of a QuantizedLinear's state (packed weight, scales, zero points, bias)."""
+    ng = _n_groups(in_features, group_size)
+    n = out_features * packed_numel(in_features, bits) + out_features * ng * scale_bytes
+    if not symmetric:
+        n += out_features * packed_numel(ng, bits)
+    if bias:
+        n += out_features * bias_bytes
+    return n
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear layer whose weight is stored as packed low-bit integers with group-wise scales.
+
+    Buffers: `qweight` uint8 `(out, ceil(in*bits/8))` (each row packed on its own), `scales`
+    `(out, n_groups)` in fp16 or fp32, `qzeros` uint8 `(out, ceil(n_groups*bits/8))` when
+    asymmetric. `bias` stays a float parameter (same state-dict key as `nn.Linear`). The weight
+    is dequantized in every forward; `bits`, `group_size` and `symmetric` are constructor
+    arguments (recorded in the edit log), not state.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        bits: int = 4,
+        group_size: int = 128,
+        symmetric: bool = True,
+        scale_dtype: torch.dtype | str = torch.float16,
+    ) -> None:
+        super().__init__()
+        _check_bits(bits, "QuantizedLinear")
+        if isinstance(scale_dtype, str):
+            scale_dtype = _SCALE_DTYPES[scale_dtype]
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        self.symmetric = symmetric
+        ng = _n_groups(in_features, group_size)
+        self.register_buffer(
+            "qweight", torch.zeros(out_features, packed_numel(in_features, bits), dtype=torch.uint8)
+        )
+        self.register_buffer("scales", torch.ones(out_features, ng, dtype=scale_dtype))
+        if symmetric:
+            self.qzeros: Tensor | None = None
+        else:
+            self.register_buffer(
+                "qzeros", torch.zeros(out_features, packed_numel(ng, bits), dtype=torch.uint8)
+            )
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @property
+    def n_groups(self) -> int:
+        return _n_groups(self.in_features, self.group_size)
+
+    @classmethod
+    def from_quantized(cls, linear: nn.Linear, qw: QuantizedWeight) -> QuantizedLinear:
+        """Build from a float Linear (for shapes and bias) and its quantized weight."""
+        mod = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            bits=qw.bits,
+            group_size=qw.group_size,
+            symmetric=qw.symmetric,
+            scale_dtype=qw.scales.dtype,
+        )
+        dev = linear.weight.device
+        mod.to(dev)
+        mod.qweight.copy_(pack_rows(qw.q.to(dev), qw.bits, signed=qw.symmetric))
+        mod.scales.copy_(qw.scales.to(dev))
+        if qw.zeros is not None:
+            mod.qzeros.copy_(pack_rows(qw.zeros.to(dev), qw.bits, signed=False))
+        if linear.bias is not None:
+            mod.bias.data.copy_(linear.bias.detach().float())
+        return mod
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        bits: int = 4,
+        group_size: int = 128,
+        symmetric: bool = True,
+        *,
+        clip_search: bool = True,
+        scale_dtype: torch.dtype = torch.float16,
+    ) -> QuantizedLinear:
+        """Round-to-nearest quantization of `linear`'s weight."""
+        qw = rtn_quantize(
+            linear.weight, bits, group_size, symmetric, clip_search=clip_search, scale_dtype=scale_dtype
+        )
+        return cls.from_quantized(linear, qw)
+
+    def int_weight(self) -> Tensor:
+        """The unpacked integer weight `(out, in)` (int8 signed or uint8 unsigned)."""
+        return unpack_rows(self.qweight, self.bits, self.in_features, signed=self.symmetric)
+
+    def zero_points(self) -> Tensor | None:
+        if self.qzeros is None:
+            return None
+        return unpack_rows(self.qzeros, self.bits, self.n_groups, signed=False)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        w = dequantize_groups(self.int_weight(), self.scales, self.zero_points(), self.group_size)
+        return w.to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def spec(self) -> dict[str, Any]:
+        """Plain data that rebuilds an empty shell of this module (for the edit log)."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "scale_dtype": str(self.scales.dtype).removeprefix("torch."),
+        }
+
+    def extra_repr(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, bits={self.bits}, group_size={self.group_size}, {kind}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The verb
+# --------------------------------------------------------------------------------------------
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at qualified `name`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def select_linears(
+    model: nn.Module, targets: list[str] | None, ignore: list[str], *, what: str = "weight-only"
+) -> dict[str, nn.Linear]:
+    """Selected modules that have a weight-only form; others are skipped with a warning."""
+    chosen = select_modules(model, targets, ignore, default=("Linear",))
+    mha_children = {
+        f"{n}.{c}" if n else c
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
+        for c, _ in m.named_children()
+    }
+    out: dict[str, nn.Linear] = {}
+    skipped: dict[str, str] = {}
+    for name, mod in chosen.items():
+        if isinstance(mod, QuantizedLinear):
+            skipped[name] = "already quantized"
+        elif type(mod) is not nn.Linear:
+            skipped[name] = f"{type(mod).__name__} has no {what} quantized form"
+        elif name in mha_children:
+            skipped[name] = "nn.MultiheadAttention reads this weight directly"
+        else:
+            out[name] = mod
+    if skipped:
+        lines = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        warnings.warn(f"{what} quantization skipped {len(skipped)} module(s): {lines}", stacklevel=3)
+    if not out:
+        raise ConfigError(f"{what} quantization: no quantizable nn.Linear among the selected modules")
+    return out
+
+
+def layer_bits_for(config: WeightOnlyConfig, names: Iterable[str]) -> dict[str, int]:
+    names = list(names)
+    for key in config.layer_bits:
+        if key not in names:
+            raise ConfigError(
+                f"WeightOnlyConfig.layer_bits: {key!r} is not a selected Linear layer"
+                f"{did_you_mean(key, names)}"
+            )
+    return {n: config.layer_bits.get(n, config.bits) for n in names}
+
+
+def quantize_weight_only(
+    model: nn.Module, config: WeightOnlyConfig | None = None, calibration: Any = None
+) -> nn.Module:
+    """Return a copy of `model` with the selected Linear layers replaced by `QuantizedLinear`.
+
+    `calibration` (an iterable of batches: tensors, `{"input": x}` dicts, keyword dicts for
+    Hugging Face models, or tuples of positional inputs) is required for `method="gptq"` and
+    ignored by "rtn". The caller's model is never modified.
+    """
+    config = config or WeightOnlyConfig()
+    was_training = model.training
+    model = copy.deepcopy(model)
+    linears = select_linears(model, config.targets, config.ignore)
+    bits = layer_bits_for(config, linears)
+    scale_dtype = _SCALE_DTYPES[config.scale_dtype]
+    if config.method == "gptq":
+        from condense.quantize.gptq import gptq_quantize_model
+
+        gptq_quantize_model(model, bits, config, calibration)
+    else:
+        for name, lin in linears.items():
+            q = QuantizedLinear.from_linear(
+                lin, bits[name], config.group_size, config.symmetric,
+                clip_search=config.clip_search, scale_dtype=scale_dtype,
+            )
+            set_module(model, name, q)
+    layers = {name: model.get_submodule(name).spec() for name in linears}
+    record_edit(model, "weight_only", layers=layers)
+    model.train(was_training)
+    return model
+
+
+def _replay_weight_only(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    """Swap the named Linear layers of a fresh model for empty QuantizedLinear shells."""
+    for name, spec in layers.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"weight_only replay: the model has no module {name!r}") from None
+        if isinstance(old, nn.Linear) and (old.in_features, old.out_features) != (
+            spec["in_features"], spec["out_features"]
+        ):
+            raise ConfigError(
+                f"weight_only replay: {name!r} is {old.in_features}->{old.out_features}, "
+                f"the log says {spec['in_features']}->{spec['out_features']}"
+            )
+        shell = QuantizedLinear(
+            spec["in_features"], spec["out_features"], spec["bias"],
+            bits=spec["bits"], group_size=spec["group_size"], symmetric=spec["symmetric"],
+            scale_dtype=spec.get("scale_dtype", "float16"),
+        )
+        ref = next(old.parameters(), None)
+        if ref is not None:
+            shell.to(ref.device)
+        set_module(model, name, shell)
+
+
+EDITS.register("weight_only", _replay_weight_only)

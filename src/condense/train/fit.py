@@ -1,0 +1,319 @@
+"""`fit()`: the one training loop of condense.
+
+Supervised training, fine-tuning after pruning, distillation, self-supervised pretraining and QAT
+all run through this function; what differs is the Task (what a step computes) and the callbacks
+(schedules). The loop owns the device, bf16 autocast on CUDA, the optimizer and LR schedule,
+gradient clipping, validation and best-weight selection (on validation data only), progress
+output, the metrics log, atomic per-epoch checkpoints, exact resume, and the non-finite-loss guard.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError, NonFiniteLossError, RunError
+from condense.core.io import append_jsonl
+from condense.data.base import ArrayDataset, iterate_batches, num_batches
+from condense.train.callbacks import Callback, FitState
+from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from condense.train.config import TrainConfig
+from condense.train.optim import build_optimizer, build_scheduler
+from condense.train.task import Task
+
+Validator = Callable[[nn.Module, ArrayDataset, torch.device], dict[str, float]]
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What happened in a `fit()` run. `model` holds the selected (best or last) weights."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    best_metric: float | None
+    epochs_run: int
+    steps: int
+    resumed_from_epoch: int = 0
+    skipped_nonfinite_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_metric": self.best_metric,
+            "epochs_run": self.epochs_run,
+            "steps": self.steps,
+            "resumed_from_epoch": self.resumed_from_epoch,
+            "skipped_nonfinite_steps": self.skipped_nonfinite_steps,
+        }
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def default_validator(model: nn.Module, data: ArrayDataset, device: torch.device) -> dict[str, float]:
+    """Classification loss and accuracy of `model` on labelled `data`."""
+    from condense.evaluate.metrics import evaluate
+
+    m = evaluate(model, data, device=device, topk=(1,))
+    return {"loss": float(m["loss"]), "accuracy": float(m["accuracy"])}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _all_finite(modules: dict[str, nn.Module]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for m in modules.values() for t in m.state_dict().values() if t.is_floating_point())
+
+
+class _Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise, or nothing."""
+
+    def __init__(self, mode: str, total_steps: int) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self.bar = None
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def advance(self, n: int, loss: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        if self.mode == "off":
+            return
+        parts = [f"epoch {record['epoch']}"]
+        for k, v in record.items():
+            if k != "epoch" and isinstance(v, float):
+                parts.append(f"{k}={v:.4g}")
+        line = " ".join(parts)
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _trained_modules(task: Task) -> dict[str, nn.Module]:
+    fn = getattr(task, "trained_modules", None)
+    return fn() if callable(fn) else task.modules()
+
+
+def fit(
+    task: Task,
+    train_data: ArrayDataset,
+    config: TrainConfig,
+    val_data: ArrayDataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    resume: bool = False,
+    validator: Validator | None = None,
+) -> FitResult:
+    """Train `task` on `train_data` as `config` says; return the selected model and the history.
+
+    With `config.checkpoint_dir`, an atomic checkpoint is written at each epoch end; `resume=True`
+    continues from it (same seed and config -> bit-identical weights on CPU to an uninterrupted
+    run). `validator(model, val_data, device)` returns metrics (default: classification loss and
+    accuracy); the task may provide its own as `task.validate`. Best weights are selected on
+    validation data only.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"fit() needs a TrainConfig, got {type(config).__name__}")
+    if len(train_data) == 0:
+        raise ConfigError("fit(): the training data is empty")
+    if resume and not config.checkpoint_dir:
+        raise ConfigError("resume needs TrainConfig.checkpoint_dir")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = choose_device(config.device)
+    use_amp = device.type == "cuda" and config.amp in ("auto", "bf16")
+    if config.amp == "bf16" and device.type != "cuda":
+        use_amp = torch.cuda.is_available()  # bf16 autocast on CPU is slower; only honour it on CUDA
+    validator = validator or getattr(task, "validate", None) or default_validator
+    has_val = val_data is not None and len(val_data) > 0
+    select = config.select_best if has_val else "last"
+
+    torch.manual_seed(config.seed)
+    for m in task.modules().values():
+        m.to(device)
+    steps_per_epoch = num_batches(len(train_data), config.batch_size, config.drop_last)
+    total_steps = config.epochs * steps_per_epoch
+    epochs = config.epochs
+    if config.max_steps is not None:
+        total_steps = config.max_steps
+        epochs = math.ceil(config.max_steps / steps_per_epoch)
+    optimizer = build_optimizer(task.trainable_parameters(), config)
+    scheduler = build_scheduler(optimizer, config, total_steps, steps_per_epoch)
+    state = FitState(task, config, optimizer, device, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+
+    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    log_path = Path(config.log_file) if config.log_file else (ckpt_dir / "metrics.jsonl" if ckpt_dir else None)
+    history: list[dict[str, Any]] = []
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    start_epoch = 0
+    skipped_total = 0
+    if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
+        ck = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, task, optimizer, scheduler, callbacks, config, device)
+        start_epoch, state.step = ck["epoch"], ck["step"]
+        history, best_metric, best_epoch = ck["history"], ck["best_metric"], ck["best_epoch"]
+        best_state, skipped_total = ck["best_state"], ck["skipped_nonfinite_steps"]
+
+    eval_model = task.eval_model()
+    progress = _Progress(config.progress, total_steps)
+    progress.advance(state.step)
+    for cb in callbacks:
+        cb.on_fit_begin(state)
+    consecutive_bad = 0
+    try:
+        for epoch in range(start_epoch, epochs):
+            if state.step >= total_steps or state.stop:
+                break
+            state.epoch = epoch
+            task.train(True)
+            for cb in callbacks:
+                cb.on_epoch_begin(state)
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+            t0 = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            counted = 0
+            for batch in iterate_batches(train_data, config.batch_size, shuffle=True, generator=gen, drop_last=config.drop_last):
+                if state.step >= total_steps or state.stop:
+                    break
+                batch = _to_device(batch, device)
+                for cb in callbacks:
+                    cb.on_step_begin(state)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = task.step(batch)
+                loss = out["loss"]
+                if not bool(torch.isfinite(loss)):
+                    consecutive_bad += 1
+                    skipped_total += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if consecutive_bad >= config.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"training loss was non-finite ({float(loss.detach())}) for {consecutive_bad} steps in a row "
+                            f"(epoch {epoch}, step {state.step}); lower the learning rate or check the data "
+                            f"(TrainConfig.max_nonfinite_steps={config.max_nonfinite_steps})"
+                        )
+                    continue
+                consecutive_bad = 0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for cb in callbacks:
+                    cb.on_after_backward(state)
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(task.trainable_parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                state.last_output = out
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.numel() == 1:
+                        sums[k] = sums.get(k, 0) + v.detach().float()
+                    elif isinstance(v, (int, float)):
+                        sums[k] = sums.get(k, 0) + torch.tensor(float(v))
+                counted += 1
+                progress.advance(1)
+                for cb in callbacks:
+                    cb.on_step_end(state)
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step}
+            record.update({f"train_{k}": float(v) / max(counted, 1) for k, v in sums.items()})
+            record["lr"] = float(optimizer.param_groups[0]["lr"])
+            record["epoch_time_s"] = time.perf_counter() - t0
+            if has_val:
+                task.train(False)
+                for k, v in validator(eval_model, val_data, device).items():
+                    record[f"val_{k}"] = float(v)
+                task.train(True)
+            state.epoch_metrics = record
+            for cb in callbacks:
+                cb.on_epoch_end(state)
+            if select != "last":
+                key = "val_accuracy" if select == "val_accuracy" else "val_loss"
+                if key not in record:
+                    raise ConfigError(f"select_best={select!r} but the validator returned no {key[4:]!r}")
+                value = record[key]
+                better = best_metric is None or (value > best_metric if key == "val_accuracy" else value < best_metric)
+                if better:
+                    best_metric, best_epoch = value, epoch + 1
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
+            history.append(record)
+            if log_path is not None:
+                append_jsonl(log_path, record)
+            progress.epoch(record)
+            if ckpt_dir is not None:
+                trained = _trained_modules(task)
+                if not _all_finite(trained):
+                    raise RunError(f"weights became non-finite at epoch {epoch + 1}; no checkpoint written to {ckpt_dir}")
+                save_checkpoint(
+                    ckpt_dir / CHECKPOINT_NAME, task, optimizer, scheduler, callbacks, config,
+                    epoch=epoch + 1, step=state.step, history=history, best_metric=best_metric,
+                    best_epoch=best_epoch, best_state=best_state, skipped_nonfinite_steps=skipped_total,
+                )
+    finally:
+        progress.close()
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    task.train(False)
+    if select != "last" and best_state is not None:
+        eval_model.load_state_dict(best_state)
+    return FitResult(
+        model=eval_model,
+        history=history,
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        epochs_run=len(history),
+        steps=state.step,
+        resumed_from_epoch=start_epoch,
+        skipped_nonfinite_steps=skipped_total,
+    )
+
+
+def train_model(
+    model: nn.Module,
+    train_data: ArrayDataset,
+    config: TrainConfig,
+    val_data: ArrayDataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    *,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Supervised training of `model` through `fit()` (the `condense train` verb)."""
+    from condense.train.supervised import SupervisedTask
+
+    task = SupervisedTask(model, label_smoothing=config.label_smoothing, augment=augment)
+    return fit(task, train_data, config, val_data, callbacks, resume=resume)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """A deep copy that keeps condense's spec and edit log."""
+    return copy.deepcopy(model)

@@ -1,0 +1,42 @@
+"""Shared fixtures: small real data (sklearn digits, bundled) and tiny models."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def digits_splits():
+    from sklearn.datasets import load_digits
+
+    from condense.data.base import make_splits
+
+    d = load_digits()
+    return make_splits("digits", d.images[:, None] / 16.0, d.target, seed=0)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(64, 32)
+        self.act = nn.ReLU()
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.act(self.fc1(self.flatten(x))))
+
+
+def tiny_factory(num_classes: int = 10) -> nn.Module:
+    return TinyNet(num_classes)
+
+
+@pytest.fixture
+def tiny_model():
+    from condense.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model("conftest:tiny_factory", num_classes=10)

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+import torch
+
+from condense.artifacts import META_NAME, WEIGHTS_NAME, load, save
+from condense.core.errors import ConfigError, InputFileError, UnknownNameError
+
+
+def test_round_trip_identical_outputs(tmp_path, tiny_model):
+    x = torch.randn(5, 1, 8, 8)
+    folder = save(tiny_model, tmp_path / "m", metrics={"acc": 0.5})
+    meta = json.loads((folder / META_NAME).read_text())
+    assert meta["architecture"] == {"name": "conftest:tiny_factory", "kwargs": {"num_classes": 10}}
+    assert meta["edits"] == [] and meta["metrics"] == {"acc": 0.5}
+    loaded = load(folder)
+    tiny_model.eval()
+    assert torch.equal(loaded(x), tiny_model(x))
+
+
+def test_save_refuses_model_without_spec(tmp_path):
+    with pytest.raises(ConfigError, match="no architecture spec"):
+        save(torch.nn.Linear(2, 2), tmp_path / "m")
+
+
+def test_truncated_and_corrupt_weights(tmp_path, tiny_model):
+    folder = save(tiny_model, tmp_path / "m")
+    w = folder / WEIGHTS_NAME
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match=r"model.safetensors: truncated"):
+        load(folder)
+    w.write_bytes(data[:-4] + b"\x00\x01\x02\x03")
+    with pytest.raises(InputFileError, match="sha256"):
+        load(folder)
+    # without the recorded hash, the safetensors reader itself must reject a truncated file
+    meta = json.loads((folder / META_NAME).read_text())
+    meta["files"] = {}
+    (folder / META_NAME).write_text(json.dumps(meta))
+    w.write_bytes(data[:100])
+    with pytest.raises(InputFileError, match="not a readable safetensors"):
+        load(folder)
+
+
+def test_missing_and_incomplete(tmp_path, tiny_model):
+    with pytest.raises(InputFileError, match="no such artifact folder"):
+        load(tmp_path / "nope")
+    folder = save(tiny_model, tmp_path / "m")
+    (folder / META_NAME).unlink()
+    with pytest.raises(InputFileError, match="incomplete"):
+        load(folder)
+
+
+def test_unknown_architecture_and_wrong_weights(tmp_path, tiny_model):
+    folder = save(tiny_model, tmp_path / "m")
+    meta_path = folder / META_NAME
+    meta = json.loads(meta_path.read_text())
+    meta["architecture"] = {"name": "conftest:tiny_factry", "kwargs": {}}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UnknownNameError, match="no callable 'tiny_factry'"):
+        load(folder)
+    meta["architecture"] = {"name": "conftest:tiny_factory", "kwargs": {"num_classes": 3}}
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputFileError, match=r"weights do not fit the architecture .*classifier"):
+        load(folder)
+
+
+def test_pickle_refused_unless_trusted(tmp_path, tiny_model):
+    p = tmp_path / "model.pt"
+    torch.save(tiny_model, p)
+    with pytest.raises(InputFileError, match="refusing to load a pickle"):
+        load(p)
+    m = load(p, trust_pickle=True)
+    assert isinstance(m, torch.nn.Module)
