@@ -112,7 +112,7 @@ def test_unknown_name_suggests_close_match() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"width": 0}, {"image_size": 0}, {"num_classes": "ten"}, {"dropout": 1.5}, {"no_such_arg": 1}],
+    [{"width": 0}, {"image_size": 0}, {"num_classes": "ten"}, {"dropout": 1.5}, {"dropout": "x"}, {"no_such_arg": 1}],
 )
 def test_bad_kwargs_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

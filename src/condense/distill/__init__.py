@@ -1,5 +1,148 @@
-"""Knowledge distillation: losses (one per file, in `condense.distill.losses`) and adapters.
+"""Knowledge distillation: a teacher (or several) teaches a student through the one `fit()` loop.
 
-The `distill(student, teachers, data, cfg)` verb and its task are added by the integrator; this
-package init stays light and imports nothing heavy.
+    student = condense.distill(student, teacher, splits.train, DistillConfig(alpha=0.9, temperature=4))
+
+Losses live one per file in `condense.distill.losses`; the task in `task.py`; the teacher-output
+cache in `cache.py`.
 """
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError
+from condense.data.base import ArrayDataset
+from condense.distill.cache import TeacherCache
+from condense.distill.config import DistillConfig
+from condense.distill.losses import LOSSES, build_losses
+from condense.distill.task import DistillTask, combine_teachers
+from condense.train.callbacks import Callback
+from condense.train.fit import FitResult, choose_device, fit
+
+
+def _as_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+    if isinstance(teachers, nn.Module):
+        return [teachers]
+    teachers = list(teachers)
+    if not teachers:
+        raise ConfigError("distill(): the teacher list is empty; give at least one teacher")
+    if not all(isinstance(t, nn.Module) for t in teachers):
+        raise ConfigError("distill(): every teacher must be a torch.nn.Module")
+    return teachers
+
+
+def build_task(
+    student: nn.Module,
+    teachers: nn.Module | Sequence[nn.Module],
+    train_data: ArrayDataset,
+    config: DistillConfig,
+) -> DistillTask:
+    """Validate the setting, build the losses and (when views are fixed) the teacher cache."""
+    teachers = _as_list(teachers)
+    if len(train_data) == 0:
+        raise ConfigError("distill(): the training data is empty")
+    losses = build_losses(config.loss_specs())
+    if "targets" in losses.needs and not train_data.labelled:
+        raise ConfigError(
+            "distill(): the losses use ground-truth labels (ce / dkd) but the training data is unlabelled; "
+            "set alpha: 1 for label-free distillation"
+        )
+    if config.mixup and "targets" in losses.needs:
+        raise ConfigError("distill(): mixup is for label-free function matching; drop the label losses (alpha: 1)")
+    if config.cache == "on" and config.views_vary:
+        raise ConfigError("distill(): cache='on' but augmentation/mixup change the teacher's inputs every epoch")
+    for t in teachers:
+        t.eval()
+    cache = None
+    if config.cache != "off" and not config.views_vary and ("logits" in losses.needs or losses.feature_layers()[1]):
+        folder = config.cache_dir
+        if folder is None and config.train.checkpoint_dir:
+            folder = str(Path(config.train.checkpoint_dir) / "teacher_cache")
+        cache = TeacherCache.build(
+            teachers, train_data, losses.feature_layers()[1], config.feature_teacher,
+            folder=folder, device=choose_device(config.train.device),
+        )
+    task = DistillTask(student, teachers, losses, config, cache)
+    first = train_data.batch(torch.arange(min(len(train_data), config.train.batch_size)))
+    task.check_shapes(first)
+    task.materialize(first)
+    return task
+
+
+def distill_fit(
+    student: nn.Module,
+    teachers: nn.Module | Sequence[nn.Module],
+    train_data: ArrayDataset,
+    config: DistillConfig | None = None,
+    val_data: ArrayDataset | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+) -> FitResult:
+    """Like `distill`, but return the whole FitResult (history, best epoch)."""
+    config = config or DistillConfig()
+    task = build_task(student, teachers, train_data, config)
+    try:
+        return fit(task, train_data, config.train, val_data, callbacks, resume=resume)
+    finally:
+        task.close()
+
+
+def distill(
+    student: nn.Module,
+    teachers: nn.Module | Sequence[nn.Module],
+    train_data: ArrayDataset,
+    config: DistillConfig | None = None,
+    val_data: ArrayDataset | None = None,
+    *,
+    callbacks: Sequence[Callback] = (),
+    resume: bool = False,
+) -> nn.Module:
+    """Train `student` to imitate `teachers` (one module or a list); return the student.
+
+    Teachers stay frozen in eval mode; only the student and the losses' adapters are trained.
+    The best weights are chosen on `val_data` (labelled) when given.
+    """
+    return distill_fit(student, teachers, train_data, config, val_data, callbacks=callbacks, resume=resume).model
+
+
+def born_again(
+    model: nn.Module,
+    train_data: ArrayDataset,
+    config: DistillConfig | None = None,
+    val_data: ArrayDataset | None = None,
+    *,
+    generations: int = 2,
+) -> list[nn.Module]:
+    """Born-again networks (Furlanello et al. 2018): each generation, a freshly initialised copy of
+    the same architecture is distilled from the previous generation. Returns every generation."""
+    from condense.models.registry import model_spec
+
+    spec = model_spec(model)
+    if spec is None:
+        raise ConfigError("born_again(): the model needs an architecture spec (build it with build_model)")
+    if generations < 1:
+        raise ConfigError(f"born_again(): generations must be >= 1, got {generations}")
+    out, teacher = [], model
+    for g in range(generations):
+        torch.manual_seed((config or DistillConfig()).train.seed + 7919 * (g + 1))
+        student = spec.build()
+        teacher = distill(student, teacher, train_data, config, val_data)
+        out.append(teacher)
+    return out
+
+
+__all__ = [
+    "LOSSES",
+    "DistillConfig",
+    "DistillTask",
+    "TeacherCache",
+    "born_again",
+    "build_task",
+    "combine_teachers",
+    "distill",
+    "distill_fit",
+]

@@ -1,7 +1,7 @@
 """A small plain CNN (conv-BN-ReLU stages, global average pooling), plus the zoo's shared helpers.
 
-The helpers (`check_int`, `as_hw`, `halve`, `ConvBNAct`, `init_weights`) are used by every zoo
-file; they live here because the conv-BN-activation block is this file's building block.
+The helpers (`check_int`, `check_dropout`, `as_hw`, `halve`, `ConvBNAct`, `init_weights`) are
+used by every zoo file; they live here because conv-BN-activation is this file's building block.
 """
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def check_int(model: str, field: str, value: object, minimum: int = 1) -> int:
     if value < minimum:
         raise ConfigError(f"model {model!r}: {field} must be >= {minimum}, got {value}")
     return value
+
+
+def check_dropout(model: str, value: object) -> float:
+    """Return `value` as a float probability in [0, 1), or raise ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"model {model!r}: dropout must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def as_hw(model: str, image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -113,8 +120,7 @@ class CNN(nn.Module):
         width = check_int("cnn", "width", width)
         depth = check_int("cnn", "depth", depth)
         stages = check_int("cnn", "stages", stages)
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"model 'cnn': dropout must be in [0, 1), got {dropout!r}")
+        dropout = check_dropout("cnn", dropout)
 
         blocks: list[nn.Module] = []
         channels = in_channels
@@ -130,7 +136,7 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.dropout = nn.Dropout(float(dropout))
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 

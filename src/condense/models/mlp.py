@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError
-from condense.models.cnn import as_hw, check_int
+from condense.models.cnn import as_hw, check_dropout, check_int
 from condense.models.registry import MODELS
 
 
@@ -39,8 +39,7 @@ class MLP(nn.Module):
         if not isinstance(hidden, Sequence) or isinstance(hidden, str):
             raise ConfigError(f"model 'mlp': hidden must be a list of layer sizes, got {hidden!r}")
         sizes = [check_int("mlp", f"hidden[{i}]", h) for i, h in enumerate(hidden)]
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"model 'mlp': dropout must be in [0, 1), got {dropout!r}")
+        dropout = check_dropout("mlp", dropout)
 
         self.flatten = nn.Flatten(1)
         layers: list[nn.Module] = []
@@ -48,7 +47,7 @@ class MLP(nn.Module):
             block = nn.Sequential()
             block.add_module("fc", nn.Linear(features, size))
             block.add_module("act", nn.ReLU(inplace=False))
-            block.add_module("drop", nn.Dropout(float(dropout)))
+            block.add_module("drop", nn.Dropout(dropout))
             layers.append(block)
             features = size
         self.features = nn.Sequential(*layers)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError
-from condense.models.cnn import ConvBNAct, as_hw, check_int, halve, init_weights
+from condense.models.cnn import ConvBNAct, as_hw, check_dropout, check_int, halve, init_weights
 from condense.models.registry import MODELS
 
 # expansion t, output channels c, repeats n, stride s (Table 2 of the paper; stem has stride 2 too)
@@ -79,8 +79,7 @@ class MobileNetV2(nn.Module):
         num_classes = check_int("mobilenetv2", "num_classes", num_classes)
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or width_mult <= 0:
             raise ConfigError(f"model 'mobilenetv2': width_mult must be a positive number, got {width_mult!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"model 'mobilenetv2': dropout must be in [0, 1), got {dropout!r}")
+        dropout = check_dropout("mobilenetv2", dropout)
 
         # Stride-2 positions: the stem, then the first block of every setting with s == 2.
         n_strided = 1 + sum(1 for *_, s in _SETTINGS if s == 2)
@@ -104,7 +103,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.dropout = nn.Dropout(float(dropout))
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(last_channels, num_classes)
         init_weights(self)
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError
-from condense.models.cnn import ConvBNAct, as_hw, check_int, init_weights
+from condense.models.cnn import ConvBNAct, as_hw, check_dropout, check_int, init_weights
 from condense.models.registry import MODELS
 
 #: Named layer configs: ints are 3x3 conv-BN-ReLU output channels, "M" a 2x2 max pool.
@@ -49,8 +49,7 @@ class VGG(nn.Module):
             cfg = CONFIGS[cfg]
         if not isinstance(cfg, Sequence) or not any(_is_channels(v) for v in cfg):
             raise ConfigError(f"model 'vgg': cfg must list at least one channel count, got {cfg!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ConfigError(f"model 'vgg': dropout must be in [0, 1), got {dropout!r}")
+        dropout = check_dropout("vgg", dropout)
 
         layers: list[nn.Module] = []
         channels = in_channels
@@ -67,7 +66,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.dropout = nn.Dropout(float(dropout))
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 

@@ -24,25 +24,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from condense.core.config import Config
 from condense.core.errors import ConfigError, InputFileError, RunError
 from condense.core.io import atomic_path
 from condense.core.select import select_modules
+from condense.quantize.registry import QUANTIZERS, QuantMethod
 
 __all__ = [
     "DYNAMIC_OP_TYPES",
+    "DynamicConfig",
+    "export_dynamic_int8",
     "check_dynamic_speed",
     "measure_speedup",
     "quantize_dynamic_onnx",
@@ -52,6 +58,37 @@ __all__ = [
 #: op types ORT's dynamic (IntegerOps) quantizer can handle; "Gemm" is accepted as an alias of
 #: "MatMul" because ORT turns Gemm into MatMul + Add before quantizing in dynamic mode.
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather", "Conv", "Attention", "LSTM", "EmbedLayerNormalization")
+
+
+@dataclasses.dataclass
+class DynamicConfig(Config):
+    """Dynamic int8 settings.
+
+    `quantize(model, DynamicConfig())` runs the PyTorch path (targets / ignore select Linear
+    layers). The ONNX fields (per_channel, op_types, reduce_range, weight_type, refuse_slowdown,
+    max_ratio, threads) drive `export_dynamic_int8` / `quantize_dynamic_onnx`, the deployment path.
+    """
+
+    per_channel: bool = True
+    op_types: list[str] = dataclasses.field(default_factory=lambda: ["MatMul", "Gemm"])
+    reduce_range: bool = False
+    weight_type: Literal["qint8", "quint8"] = "qint8"
+    refuse_slowdown: bool = False
+    max_ratio: float = 1.0
+    threads: int | None = None
+    targets: list[str] | None = None
+    ignore: list[str] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        bad = [o for o in self.op_types if o not in DYNAMIC_OP_TYPES]
+        if bad or not self.op_types:
+            raise ConfigError(
+                f"DynamicConfig.op_types: {bad or 'empty'} not supported; choose from {', '.join(DYNAMIC_OP_TYPES)}"
+            )
+        if self.max_ratio <= 0:
+            raise ConfigError(f"DynamicConfig.max_ratio must be > 0, got {self.max_ratio}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"DynamicConfig.threads must be >= 1, got {self.threads}")
 
 
 @contextlib.contextmanager
@@ -258,3 +295,59 @@ def check_dynamic_speed(
             raise RunError(msg)
         warnings.warn(msg, stacklevel=2)
     return res
+
+
+def export_dynamic_int8(
+    model: nn.Module,
+    example: torch.Tensor,
+    out_path: str | os.PathLike[str],
+    config: DynamicConfig | None = None,
+    *,
+    check_speed: bool = True,
+    keep_fp32: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """fp32 ONNX export (with parity check) -> ORT dynamic int8 at `out_path` -> speed check.
+
+    Returns `{"path", "bytes", "fp32_bytes", "max_abs_diff" (int8 vs fp32 ORT on `example`),
+    "speed" (measure_speedup numbers or None)}`. With `config.refuse_slowdown` a measured
+    slow-down raises RunError and `out_path` is removed again; otherwise it is warned about.
+    """
+    from condense.export.onnx import export_onnx, onnx_file_bytes, ort_run
+
+    cfg = config or DynamicConfig()
+    with tempfile.TemporaryDirectory(prefix=".dyn-", dir=Path(out_path).parent if Path(out_path).parent.exists() else None) as tmp:
+        fp32 = Path(keep_fp32) if keep_fp32 is not None else Path(tmp) / "model_fp32.onnx"
+        export_onnx(model, example, fp32)
+        out = quantize_dynamic_onnx(
+            fp32, out_path, per_channel=cfg.per_channel, op_types=cfg.op_types,
+            reduce_range=cfg.reduce_range, weight_type=cfg.weight_type,
+        )
+        s32, s8 = _session(fp32, cfg.threads), _session(out, cfg.threads)
+        diff = float(np.abs(ort_run(s32, example) - ort_run(s8, example)).max())
+        speed = None
+        if check_speed:
+            try:
+                speed = check_dynamic_speed(
+                    fp32, out, example, cfg.threads, refuse_slowdown=cfg.refuse_slowdown, max_ratio=cfg.max_ratio
+                )
+            except RunError:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(out).unlink()
+                raise
+        return {
+            "path": str(out),
+            "bytes": onnx_file_bytes(out),
+            "fp32_bytes": onnx_file_bytes(fp32),
+            "max_abs_diff": diff,
+            "speed": speed,
+        }
+
+
+def dynamic_handler(model: nn.Module, config: DynamicConfig, calibration: Any, targets: Any, ignore: Any) -> nn.Module:
+    """`quantize()` entry: the PyTorch dynamic-int8 path (calibration is not needed and ignored)."""
+    t = config.targets if targets is None else ([targets] if isinstance(targets, str) else list(targets))
+    i = config.ignore if ignore is None else ([ignore] if isinstance(ignore, str) else list(ignore))
+    return quantize_dynamic_torch(model, t, i)
+
+
+QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, dynamic_handler))

@@ -32,7 +32,6 @@ from condense.quantize.weight_only import (
     quantize_to_int,
     set_module,
 )
-from condense.quantize.packing import int_range
 
 if TYPE_CHECKING:
     from condense.quantize.weight_only import WeightOnlyConfig
@@ -49,11 +48,9 @@ def calibration_batches(calibration: Any, limit: int | None = None) -> list[Any]
     """Materialise a calibration source (tensor, dataset with `.inputs`, iterable of batches)."""
     if calibration is None:
         raise ConfigError("calibration data is required (got None)")
-    if isinstance(calibration, Tensor):
-        batches: list[Any] = [calibration]
-    elif hasattr(calibration, "inputs") and isinstance(getattr(calibration, "inputs"), Tensor):
-        x = calibration.inputs
-        batches = [x[i : i + 64] for i in range(0, len(x), 64)]
+    tensor = calibration if isinstance(calibration, Tensor) else getattr(calibration, "inputs", None)
+    if isinstance(tensor, Tensor):  # (N, ...) samples, or a dataset holding them
+        batches: list[Any] = [tensor[i : i + 64] for i in range(0, len(tensor), 64)] if tensor.dim() else [tensor]
     elif isinstance(calibration, dict):
         batches = [calibration]
     else:
@@ -184,7 +181,6 @@ def gptq_quantize(
     Hinv = _inverse_cholesky(H, percdamp)
     gs = cols if group_size <= 0 else group_size
     ng = _n_groups(cols, group_size)
-    qmin, qmax = int_range(bits, symmetric)
     Q = torch.zeros(rows, cols, dtype=torch.int16, device=W.device)
     scales = torch.zeros(rows, ng, dtype=torch.float32, device=W.device)
     zeros = torch.zeros(rows, ng, dtype=torch.float32, device=W.device)

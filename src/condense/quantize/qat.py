@@ -44,6 +44,7 @@ from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper, rep
 from condense.quantize.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
 from condense.quantize.lsq import LSQFakeQuantize
 from condense.quantize.primitives import QuantSpec, fake_quantize
+from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.train.callbacks import Callback, FitState
 
 __all__ = [
@@ -173,12 +174,26 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
     config = config or QATConfig()
     was_training = model.training
     model = copy.deepcopy(model)
-    chosen = select_modules(model, config.targets, config.ignore, default=("Conv1d", "Conv2d", "Linear"))
-    names, skipped = [], []
+    targets = config.targets
+    if targets is None:
+        targets = [t.__name__ for t in QAT_TYPES if any(type(m) is t for m in model.modules())]
+        if not targets:
+            raise ConfigError("prepare_qat: the model has no Conv1d / Conv2d / Linear layer")
+    chosen = select_modules(model, targets, config.ignore)
+    ignored = set(select_modules(model, config.ignore, None, field="ignore")) if config.ignore else set()
+    names: list[str] = []
+    skipped: list[str] = []
     for n, m in chosen.items():
         if isinstance(m, (QATWrapper, QuantWrapper)) or any(n.startswith(p + ".") for p in names):
             continue
-        (names if type(m) in QAT_TYPES else skipped).append(n)
+        if type(m) in QAT_TYPES:
+            names.append(n)
+        elif any(True for _ in m.children()):  # a selected container: its supported layers
+            names += [f"{n}.{c}" for c, sub in m.named_modules()
+                      if c and type(sub) in QAT_TYPES and f"{n}.{c}" not in ignored]
+        else:
+            skipped.append(n)
+    names = list(dict.fromkeys(names))
     if skipped:
         warnings.warn(
             "QAT skipped modules with no quantized form: "
@@ -192,7 +207,7 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
         edge = config.first_last_bits is not None and i in (0, len(names) - 1)
         bits = config.first_last_bits if edge else config.bits
         act_bits = (config.first_last_bits if edge else config.act_bits) if config.quantize_activations else None
-        w = QATWrapper(chosen[n], bits, act_bits, learn_scales=config.learn_scales,
+        w = QATWrapper(model.get_submodule(n), bits, act_bits, learn_scales=config.learn_scales,
                        per_channel=config.per_channel)
         replace_module(model, n, w)
         layers[n] = w.spec()
@@ -219,7 +234,18 @@ def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
                 fq.initialized.fill_(True)  # the loaded state carries the trained steps
 
 
+def qat_handler(model: nn.Module, config: QATConfig, calibration: Any, targets: Any, ignore: Any) -> nn.Module:
+    """`quantize()` entry: `prepare_qat` (train the result with `fit()`, then `convert_qat`)."""
+    changes: dict[str, Any] = {}
+    if targets is not None:
+        changes["targets"] = [targets] if isinstance(targets, str) else list(targets)
+    if ignore is not None:
+        changes["ignore"] = [ignore] if isinstance(ignore, str) else list(ignore)
+    return prepare_qat(model, config.replace(**changes) if changes else config, calibration)
+
+
 EDITS.register("qat", _replay_qat)
+QUANTIZERS.register("qat", QuantMethod(QATConfig, qat_handler))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ per group when asymmetric. Forward dequantizes on the fly (`w = (q - z) * s`) an
 matmul: the win is memory and bytes on disk (about bits/32 of fp32 plus ~2/group_size bytes per
 weight for fp16 scales), not arithmetic speed on a CPU.
 
-Rounding is round-to-nearest ("rtn", optionally with a per-group clipping range chosen by a
+Rounding (`algorithm`) is round-to-nearest ("rtn", optionally with a per-group clipping range chosen by a
 weight-MSE grid search) or error-compensating GPTQ ("gptq", Frantar et al. 2022, "GPTQ: Accurate
 Post-Training Quantization for Generative Pre-trained Transformers", arXiv:2210.17323; see
 `gptq.py`), which needs calibration inputs. Group-wise scales follow the same paper and
@@ -35,6 +35,8 @@ from condense.core.errors import ConfigError, did_you_mean
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
 from condense.quantize.packing import int_range, pack_rows, packed_numel, unpack_rows
+from condense.quantize.primitives import quantize as quantize_tensor
+from condense.quantize.registry import QUANTIZERS, QuantMethod
 
 __all__ = [
     "QuantizedLinear",
@@ -62,7 +64,9 @@ class WeightOnlyConfig(Config):
 
     bits: 2..8. group_size: consecutive input features sharing one scale (0 = one scale per
     output row). symmetric: signed integers, no zero point; else unsigned with a zero point per
-    group. method: "rtn" (round to nearest) or "gptq" (needs calibration inputs). clip_search:
+    group. algorithm: "rtn" (round to nearest) or "gptq" (needs calibration inputs); it is not
+    called `method` because `quantize()` reads a mapping's "method" key as the quantizer name
+    ("weight_only"). clip_search:
     choose each group's clipping range among shrunken min/max by weight MSE (cheap, helps at
     <= 4 bits). layer_bits: per-layer overrides `{module name: bits}` (mixed precision).
     percdamp / block_size / sequential: GPTQ settings (damping as a fraction of mean diag(H),
@@ -73,7 +77,7 @@ class WeightOnlyConfig(Config):
     bits: int = 4
     group_size: int = 128
     symmetric: bool = True
-    method: Literal["rtn", "gptq"] = "rtn"
+    algorithm: Literal["rtn", "gptq"] = "rtn"
     scale_dtype: Literal["float16", "float32"] = "float16"
     clip_search: bool = True
     targets: list[str] | None = None
@@ -183,7 +187,7 @@ def group_qparams(
 def quantize_to_int(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> Tensor:
     """Integers `clamp(round(w / s) + z)` in the signed (symmetric) or unsigned range."""
     qmin, qmax = int_range(bits, symmetric)
-    return torch.clamp(torch.round(w.float() / scale) + zero, qmin, qmax).to(torch.int16)
+    return quantize_tensor(w, scale, zero, qmin, qmax).to(torch.int16)
 
 
 def _grouped(w: Tensor, group_size: int) -> tuple[Tensor, int]:
@@ -415,7 +419,16 @@ def select_linears(
     model: nn.Module, targets: list[str] | None, ignore: list[str], *, what: str = "weight-only"
 ) -> dict[str, nn.Linear]:
     """Selected modules that have a weight-only form; others are skipped with a warning."""
+    if targets is None and not any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise ConfigError(f"{what} quantization: the model has no nn.Linear layer")
     chosen = select_modules(model, targets, ignore, default=("Linear",))
+    ignored = set(select_modules(model, ignore, None, field="ignore")) if ignore else set()
+    for name, mod in list(chosen.items()):
+        if not isinstance(mod, nn.Linear) and any(True for _ in mod.children()):
+            del chosen[name]  # a selected container stands for the Linear layers inside it
+            for sub, m in mod.named_modules():
+                if sub and isinstance(m, nn.Linear) and f"{name}.{sub}" not in ignored:
+                    chosen.setdefault(f"{name}.{sub}", m)
     mha_children = {
         f"{n}.{c}" if n else c
         for n, m in model.named_modules()
@@ -458,7 +471,7 @@ def quantize_weight_only(
     """Return a copy of `model` with the selected Linear layers replaced by `QuantizedLinear`.
 
     `calibration` (an iterable of batches: tensors, `{"input": x}` dicts, keyword dicts for
-    Hugging Face models, or tuples of positional inputs) is required for `method="gptq"` and
+    Hugging Face models, or tuples of positional inputs) is required for `algorithm="gptq"` and
     ignored by "rtn". The caller's model is never modified.
     """
     config = config or WeightOnlyConfig()
@@ -467,7 +480,7 @@ def quantize_weight_only(
     linears = select_linears(model, config.targets, config.ignore)
     bits = layer_bits_for(config, linears)
     scale_dtype = _SCALE_DTYPES[config.scale_dtype]
-    if config.method == "gptq":
+    if config.algorithm == "gptq":
         from condense.quantize.gptq import gptq_quantize_model
 
         gptq_quantize_model(model, bits, config, calibration)
@@ -509,4 +522,17 @@ def _replay_weight_only(model: nn.Module, layers: dict[str, dict[str, Any]]) -> 
         set_module(model, name, shell)
 
 
+def weight_only_handler(
+    model: nn.Module, config: WeightOnlyConfig, calibration: Any, targets: Any, ignore: Any
+) -> nn.Module:
+    """`quantize()` entry: `targets` / `ignore`, when given, override the config's fields."""
+    changes: dict[str, Any] = {}
+    if targets is not None:
+        changes["targets"] = [targets] if isinstance(targets, str) else list(targets)
+    if ignore is not None:
+        changes["ignore"] = [ignore] if isinstance(ignore, str) else list(ignore)
+    return quantize_weight_only(model, config.replace(**changes) if changes else config, calibration)
+
+
 EDITS.register("weight_only", _replay_weight_only)
+QUANTIZERS.register("weight_only", QuantMethod(WeightOnlyConfig, weight_only_handler))

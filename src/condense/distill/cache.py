@@ -1,0 +1,170 @@
+"""Teacher-output cache: compute teacher logits (and tapped features) once, reuse them.
+
+Outputs are stored on disk as NumPy shards (`<key>-<shard>.npy`) that are memory-mapped when read,
+keyed by each sample's stable dataset index, with a `cache.json` holding the fingerprint of the
+teachers (weights + architecture) and of the data, written last. A cache whose fingerprint does
+not match is refused with a clear error (never silently reused); without a folder the cache
+lives in memory for one run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from condense.core.errors import InputFileError
+from condense.core.io import atomic_path, atomic_write_json
+from condense.core.taps import FeatureTap
+from condense.data.base import ArrayDataset, iterate_batches
+
+SHARD = 4096
+FORMAT = "condense-teacher-cache/1"
+
+
+def module_fingerprint(model: nn.Module) -> str:
+    """Hash of a module's architecture (repr) and every tensor in its state_dict."""
+    h = hashlib.sha256(repr(model).encode())
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class TeacherCache:
+    """Per-sample teacher outputs: `lookup(index) -> {"logits/0": ..., "feat/0/layer": ...}`."""
+
+    def __init__(self, arrays: dict[str, list[np.ndarray]], indices: np.ndarray, folder: Path | None = None) -> None:
+        order = np.argsort(indices)
+        self.sorted_indices = indices[order]
+        self._order = order
+        self.arrays = arrays
+        self.folder = folder
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.arrays)
+
+    def lookup(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = index.detach().cpu().numpy()
+        n = len(self.sorted_indices)
+        pos = np.minimum(np.searchsorted(self.sorted_indices, idx), n - 1)
+        bad = self.sorted_indices[pos] != idx
+        if bad.any():
+            where = f" {self.folder}" if self.folder else ""
+            raise InputFileError(f"teacher cache{where}: no entry for sample indices {idx[bad][:5].tolist()}")
+        rows = self._order[pos]
+        return {k: torch.from_numpy(_gather(shards, rows)) for k, shards in self.arrays.items()}
+
+    @classmethod
+    def build(
+        cls,
+        teachers: Sequence[nn.Module],
+        data: ArrayDataset,
+        feature_layers: Sequence[str] = (),
+        feature_teacher: int = 0,
+        *,
+        folder: str | Path | None = None,
+        device: torch.device | None = None,
+        batch_size: int = 512,
+    ) -> TeacherCache:
+        """Load a matching cache from `folder`, or compute it (and write it there)."""
+        device = device or torch.device("cpu")
+        fp = {
+            "format": FORMAT,
+            "teachers": [module_fingerprint(t) for t in teachers],
+            "data": data.fingerprint(),
+            "features": list(feature_layers),
+            "feature_teacher": feature_teacher,
+        }
+        if folder is not None:
+            meta_path = Path(folder) / "cache.json"
+            if meta_path.exists():
+                return cls._open(Path(folder), fp)
+        arrays = cls._compute(teachers, data, feature_layers, feature_teacher, device, batch_size)
+        indices = data.indices.numpy().astype(np.int64)
+        if folder is None:
+            return cls({k: [a] for k, a in arrays.items()}, indices)
+        return cls._write(Path(folder), fp, arrays, indices)
+
+    @staticmethod
+    def _compute(teachers, data, feature_layers, feature_teacher, device, batch_size) -> dict[str, np.ndarray]:
+        out: dict[str, list[np.ndarray]] = {}
+        taps = [FeatureTap(t, list(feature_layers), detach=True) if i == feature_teacher and feature_layers else None
+                for i, t in enumerate(teachers)]
+        try:
+            with torch.inference_mode():
+                for batch in iterate_batches(data, batch_size):
+                    x = batch["input"].to(device)
+                    for i, t in enumerate(teachers):
+                        t.eval()
+                        logits = t(x)
+                        out.setdefault(f"logits/{i}", []).append(logits.float().cpu().numpy())
+                        if taps[i] is not None:
+                            for name in feature_layers:
+                                out.setdefault(f"feat/{i}/{name}", []).append(taps[i][name].float().cpu().numpy())
+        finally:
+            for tap in taps:
+                if tap is not None:
+                    tap.remove()
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    @classmethod
+    def _write(cls, folder: Path, fp: dict[str, Any], arrays: dict[str, np.ndarray], indices: np.ndarray) -> TeacherCache:
+        folder.mkdir(parents=True, exist_ok=True)
+        files: dict[str, list[str]] = {}
+        for i, (key, arr) in enumerate(arrays.items()):
+            files[key] = []
+            for s, start in enumerate(range(0, len(arr), SHARD)):
+                name = f"t{i:02d}-{s:04d}.npy"
+                with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, arr[start : start + SHARD])
+                files[key].append(name)
+        with atomic_path(folder / "indices.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, indices)
+        atomic_write_json(folder / "cache.json", {**fp, "files": files, "n": int(len(indices))})
+        return cls._open(folder, fp)
+
+    @classmethod
+    def _open(cls, folder: Path, fp: dict[str, Any]) -> TeacherCache:
+        meta_path = folder / "cache.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputFileError(f"{meta_path}: unreadable teacher cache metadata ({e})") from None
+        for key in ("format", "teachers", "data", "features", "feature_teacher"):
+            if meta.get(key) != fp[key]:
+                what = {"teachers": "another teacher", "data": "other data", "features": "other feature taps"}.get(key, f"another {key}")
+                raise InputFileError(
+                    f"{meta_path}: this teacher cache was built for {what} ({key}: {meta.get(key)!r}, "
+                    f"now {fp[key]!r}); delete the folder or point cache_dir elsewhere"
+                )
+        try:
+            indices = np.load(folder / "indices.npy")
+            arrays = {}
+            for key, names in meta["files"].items():
+                arrays[key] = [np.load(folder / n, mmap_mode="r") for n in names]
+        except (OSError, ValueError) as e:
+            raise InputFileError(f"{folder}: teacher cache shard unreadable ({e})") from None
+        if any(sum(len(a) for a in shards) != len(indices) for shards in arrays.values()):
+            raise InputFileError(f"{folder}: teacher cache shards disagree with indices.npy in length")
+        return cls(arrays, indices.astype(np.int64), folder)
+
+
+def _gather(shards: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows from a list of equal-sized shards (all but the last hold SHARD rows; only the needed rows are read)."""
+    if len(shards) == 1:
+        return np.ascontiguousarray(shards[0][rows])
+    size = len(shards[0])
+    out = np.empty((len(rows), *shards[0].shape[1:]), dtype=shards[0].dtype)
+    for s in np.unique(rows // size):
+        sel = rows // size == s
+        out[sel] = shards[s][rows[sel] - s * size]
+    return out

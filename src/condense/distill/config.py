@@ -1,0 +1,74 @@
+"""Distillation settings: which losses, how teachers combine, caching, views."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+from condense.data.augment import AugmentConfig
+from condense.train.config import TrainConfig
+
+
+@dataclasses.dataclass
+class DistillConfig(Config):
+    """How a student learns from one or more frozen teachers.
+
+    Either give `losses` explicitly (a list of `{"name", "weight", **hyper-parameters}`, see
+    `condense.distill.losses.LOSSES`), or leave it empty and set `alpha` and `temperature`:
+    the classic Hinton mix `alpha * soft_kd(T) + (1 - alpha) * ce` (alpha = 1: label-free).
+    `hard: true` uses the teacher's argmax instead of its soft targets.
+
+    Multi-teacher (`teacher_mix`): "mean" averages the teachers' softened probabilities,
+    "weighted" uses `teacher_weights`, "confidence" weights each teacher per sample by
+    softmax(-entropy) of its prediction (confident teachers count more). Feature losses read
+    the teacher numbered `feature_teacher`.
+
+    `cache`: "auto" computes teacher outputs once and reuses them when the inputs the teacher
+    sees are fixed (no augmentation, no mixup); "on" insists (error if impossible); "off" never.
+    `augment` + `mixup` give consistent-view distillation ("function matching", Beyer et al.
+    2022): teacher and student see the same augmented (optionally mixed-up) view.
+    """
+
+    losses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    alpha: float = 0.9
+    temperature: float = 4.0
+    hard: bool = False
+    teacher_mix: Literal["mean", "weighted", "confidence"] = "mean"
+    teacher_weights: list[float] | None = None
+    feature_teacher: int = 0
+    cache: Literal["auto", "on", "off"] = "auto"
+    cache_dir: str | None = None
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    mixup: float = 0.0  # Beta(mixup, mixup) mixing coefficient; 0 = off
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"DistillConfig.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"DistillConfig.temperature must be > 0, got {self.temperature}")
+        if self.mixup < 0:
+            raise ConfigError(f"DistillConfig.mixup must be >= 0, got {self.mixup}")
+        if self.teacher_mix == "weighted" and not self.teacher_weights:
+            raise ConfigError("DistillConfig.teacher_weights is required when teacher_mix='weighted'")
+        if self.teacher_weights is not None and (any(w < 0 for w in self.teacher_weights) or sum(self.teacher_weights) <= 0):
+            raise ConfigError(f"DistillConfig.teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}")
+        if self.feature_teacher < 0:
+            raise ConfigError(f"DistillConfig.feature_teacher must be >= 0, got {self.feature_teacher}")
+
+    def loss_specs(self) -> list[dict[str, Any]]:
+        """The loss list this config means (explicit `losses`, else the alpha / temperature mix)."""
+        if self.losses:
+            return [dict(s) for s in self.losses]
+        kd = {"name": "hard_kd"} if self.hard else {"name": "soft_kd", "temperature": self.temperature}
+        specs = [{**kd, "weight": self.alpha}]
+        if self.alpha < 1.0:
+            specs.append({"name": "ce", "weight": 1.0 - self.alpha})
+        return [s for s in specs if s["weight"] > 0]
+
+    @property
+    def views_vary(self) -> bool:
+        """True when the teacher's input changes between epochs (augmentation or mixup)."""
+        a = self.augment
+        return bool(a.shift or a.hflip or a.noise or self.mixup)

@@ -1,0 +1,160 @@
+"""The distillation task: frozen teachers teach a student through the one `fit()` loop."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.errors import ConfigError
+from condense.core.taps import FeatureTap
+from condense.data.augment import build_augment
+from condense.distill.cache import TeacherCache
+from condense.distill.config import DistillConfig
+from condense.distill.losses import CombinedLoss, LossInputs
+from condense.train.task import TaskBase
+
+
+def combine_teachers(
+    logits: Sequence[torch.Tensor], mode: str, temperature: float, weights: Sequence[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix several teachers' soft targets; return (probabilities at T, per-sample weights (B, K)).
+
+    "mean": equal weights; "weighted": fixed `weights` (normalised); "confidence": per sample,
+    softmax over teachers of minus the entropy of each teacher's (T = 1) prediction, so a
+    confident teacher counts more on the samples it is sure of. Weights sum to 1 per sample.
+    """
+    k, b = len(logits), logits[0].shape[0]
+    probs_t = torch.stack([F.softmax(t.float() / temperature, dim=-1) for t in logits], dim=1)  # (B, K, C)
+    if mode == "confidence":
+        p1 = torch.stack([F.softmax(t.float(), dim=-1) for t in logits], dim=1)
+        entropy = -(p1 * p1.clamp_min(1e-12).log()).sum(-1)  # (B, K)
+        w = F.softmax(-entropy, dim=1)
+    elif mode == "weighted":
+        if weights is None or len(weights) != k:
+            raise ConfigError(f"teacher_weights must give one weight per teacher ({k}), got {weights!r}")
+        w = torch.tensor(weights, dtype=probs_t.dtype, device=probs_t.device)
+        w = (w / w.sum()).expand(b, k)
+    else:
+        w = torch.full((b, k), 1.0 / k, dtype=probs_t.dtype, device=probs_t.device)
+    return (w.unsqueeze(-1) * probs_t).sum(1), w
+
+
+class DistillTask(TaskBase):
+    """Student + adapters are trained; teachers are frozen (eval mode, no grad, BN stats untouched).
+
+    Teacher outputs come from a `TeacherCache` when one is given (fixed views), else from a live
+    forward pass on the same (augmented / mixed-up) view the student sees.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers: Sequence[nn.Module],
+        losses: CombinedLoss,
+        config: DistillConfig,
+        cache: TeacherCache | None = None,
+    ) -> None:
+        if not teachers:
+            raise ConfigError("distillation needs at least one teacher; the teacher list is empty")
+        if config.feature_teacher >= len(teachers):
+            raise ConfigError(f"feature_teacher={config.feature_teacher} but only {len(teachers)} teacher(s) given")
+        super().__init__(student, {"losses": losses}, {f"teacher{i}": t for i, t in enumerate(teachers)})
+        self.teachers = list(teachers)
+        self.losses = losses
+        self.config = config
+        self.cache = cache
+        self.augment = build_augment(config.augment)
+        self.needs = losses.needs
+        s_layers, t_layers = losses.feature_layers()
+        self.student_layers, self.teacher_layers = s_layers, t_layers
+        self.student_tap = FeatureTap(student, s_layers) if s_layers else None
+        self.teacher_tap = None
+        if t_layers and cache is None:
+            self.teacher_tap = FeatureTap(self.teachers[config.feature_teacher], t_layers, detach=True)
+        self._beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
+
+    # -- building the loss inputs -------------------------------------------------------------
+    def _view(self, x: torch.Tensor) -> torch.Tensor:
+        if self.augment is not None and self.model.training:
+            x = self.augment(x)
+        if self._beta is not None and self.model.training:
+            lam = self._beta.sample().to(x.device)
+            perm = torch.randperm(x.shape[0]).to(x.device)
+            x = lam * x + (1 - lam) * x[perm]
+        return x
+
+    def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        if self.cache is not None:
+            got = {k: v.to(x.device, non_blocking=True) for k, v in self.cache.lookup(index).items()}
+            logits = [got[f"logits/{i}"] for i in range(len(self.teachers))]
+            prefix = f"feat/{self.config.feature_teacher}/"
+            feats = {k[len(prefix):]: v for k, v in got.items() if k.startswith(prefix)}
+            return logits, feats
+        need_logits = "logits" in self.needs or len(self.teachers) > 1
+        need_feats = bool(self.teacher_layers)
+        logits: list[torch.Tensor] = []
+        feats: dict[str, torch.Tensor] = {}
+        if not (need_logits or need_feats):
+            return logits, feats
+        with torch.no_grad():
+            for i, t in enumerate(self.teachers):
+                if need_logits or i == self.config.feature_teacher:
+                    logits.append(t(x).detach())
+        if self.teacher_tap is not None:
+            feats = dict(self.teacher_tap.features)
+        return logits, feats
+
+    def loss_inputs(self, batch: dict[str, torch.Tensor]) -> LossInputs:
+        x = self._view(batch["input"])
+        t_logits, t_feats = self._teacher_outputs(x, batch["index"])
+        s_logits = self.model(x)
+        s_feats = dict(self.student_tap.features) if self.student_tap is not None else {}
+        inp = LossInputs(student_logits=s_logits, targets=batch.get("target"), student_features=s_feats,
+                         teacher_features=t_feats, index=batch["index"])
+        if len(t_logits) == 1:
+            inp.teacher_logits = t_logits[0]
+        elif len(t_logits) > 1:
+            probs, _ = combine_teachers(t_logits, self.config.teacher_mix, self.config.temperature, self.config.teacher_weights)
+            inp.teacher_probs = probs
+            # logits whose softmax at T equals the mixture, for losses that read logits (e.g. DKD)
+            inp.teacher_logits = self.config.temperature * probs.clamp_min(1e-12).log()
+        if "targets" in self.needs and inp.targets is None:
+            raise ConfigError("the distillation losses use ground-truth labels (ce / dkd), but the data is unlabelled; "
+                              "use alpha: 1 (label-free) or label-free losses")
+        return inp
+
+    def check_shapes(self, batch: dict[str, torch.Tensor]) -> None:
+        """Fail early (with names) when teachers and student disagree on the number of classes."""
+        x = batch["input"][:2]
+        was = self.model.training
+        self.model.eval()  # no BatchNorm statistics are touched by this check
+        with torch.no_grad():
+            s = self.model(x)
+            for i, t in enumerate(self.teachers):
+                out = t(x)
+                if out.shape[-1] != s.shape[-1]:
+                    raise ConfigError(
+                        f"teacher {i} predicts {out.shape[-1]} classes but the student predicts {s.shape[-1]}; "
+                        "distillation needs the same classes"
+                    )
+        self.model.train(was)
+
+    def materialize(self, batch: dict[str, torch.Tensor]) -> None:
+        """Create lazily-shaped adapters from one batch (before the optimizer is built)."""
+        was = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            self.losses.materialize(self.loss_inputs(batch))
+        self.model.train(was)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        total, logs = self.losses(self.loss_inputs(batch))
+        return {"loss": total, **logs}
+
+    def close(self) -> None:
+        for tap in (self.student_tap, self.teacher_tap):
+            if tap is not None:
+                tap.remove()
