@@ -107,6 +107,75 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (never executes anything)."""
+    import yaml
+
+    from condense.core.errors import ConfigError, InputFileError
+
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such {what} file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what} settings, got {type(data).__name__}")
+    return data
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from condense.artifacts import save
+    from condense.core.seed import seed_everything
+    from condense.distill import DistillConfig, distill_fit
+    from condense.evaluate import evaluate
+    from condense.models import build_model
+
+    teachers, metas = [], []
+    for t in args.teacher:
+        model, meta = _load_model_arg(t, args.trust_pickle)
+        teachers.append(model)
+        metas.append(meta)
+    splits, data_name, data_kwargs = _data_from(args, metas[0])
+    raw = _yaml_mapping(args.config, "distillation config")
+    for key, value in (("alpha", args.alpha), ("temperature", args.temperature)):
+        if value is not None:
+            raw[key] = value
+    train = dict(raw.get("train") or {})
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            train[key] = value
+    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
+    raw["train"] = train
+    cfg = DistillConfig.from_dict(raw, where=args.config or "condense distill")
+    seed_everything(cfg.train.seed)
+    kwargs = {"in_channels": splits.input_shape[0], "image_size": splits.input_shape[-1],
+              "num_classes": splits.num_classes, **_kv(args.student_arg, "--student-arg")}
+    if len(splits.input_shape) == 1:
+        kwargs = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes,
+                  **_kv(args.student_arg, "--student-arg")}
+    student = build_model(args.student, **kwargs)
+    train_data = splits.train
+    if args.transfer == "train+unlabelled" and splits.unlabelled is not None:
+        import torch
+
+        from condense.data.base import ArrayDataset
+
+        train_data = ArrayDataset(torch.cat([splits.train.inputs, splits.unlabelled.inputs]), None,
+                                  torch.cat([splits.train.indices, splits.unlabelled.indices]))
+    result = distill_fit(student, teachers, train_data, cfg, splits.val, resume=args.resume)
+    metrics = evaluate(result.model, splits.test)
+    save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
+                "teachers": list(args.teacher)})
+    summary = {"artifact": str(args.out), "test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch}
+    _print(summary, args.json, f"saved {args.out}  student test accuracy {metrics['accuracy']:.4f}")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from condense.evaluate import evaluate
 
@@ -202,6 +271,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("distill", help="distill one or more teacher artifacts into a new student")
+    sp.add_argument("--teacher", action="append", required=True, help="teacher artifact folder (repeat for multi-teacher)")
+    sp.add_argument("--trust-pickle", action="store_true")
+    sp.add_argument("--student", default="cnn", help="student zoo name or package.module:factory")
+    sp.add_argument("--student-arg", action="append", metavar="K=V", help="student option, e.g. width=8")
+    data_opts(sp)
+    sp.add_argument("--config", help="YAML file with DistillConfig fields (losses, alpha, temperature, teacher_mix, train: ...)")
+    sp.add_argument("--alpha", type=float, default=None, help="weight of the teacher's signal (1 = label-free)")
+    sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--transfer", choices=["train", "train+unlabelled"], default="train",
+                    help="transfer set: labelled train split, or also the unlabelled part (needs alpha 1)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_distill)
 
     sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
     sp.add_argument("model", help="artifact folder or .onnx file")

@@ -1,0 +1,117 @@
+"""The `condense` CLI: commands work end to end and bad input gives one line and the documented exit code."""
+import json
+import pickle
+
+import pytest
+
+from condense.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_and_datasets_json(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    assert code == 0 and {"cnn", "resnet", "mobilenetv2", "vgg", "mlp"} <= {r["name"] for r in json.loads(out)}
+    code, out, _ = run(capsys, "datasets", "--json")
+    assert code == 0 and {"digits", "cifar10", "mnist", "imagefolder", "csv"} <= {r["name"] for r in json.loads(out)}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "mlp"
+    code = main(["train", "--model", "mlp", "--model-arg", "hidden=[32]", "--epochs", "2", "--out", str(out), "--json"])
+    assert code == 0
+    return out
+
+
+def test_train_eval_profile_export_distill(capsys, trained, tmp_path):
+    code, out, _ = run(capsys, "eval", str(trained), "--json")
+    m = json.loads(out)
+    assert code == 0 and 0.5 < m["accuracy"] <= 1 and len(m["confusion_matrix"]) == 10
+    code, out, _ = run(capsys, "profile", str(trained), "--batch-sizes", "1", "4", "--json")
+    p = json.loads(out)
+    assert code == 0 and set(p["latency"]) == {"torch", "onnxruntime"} and p["artifact_bytes"] > 0
+    onnx = tmp_path / "m.onnx"
+    code, out, _ = run(capsys, "export", str(trained), "--out", str(onnx), "--json")
+    assert code == 0 and onnx.exists() and json.loads(out)["max_abs_diff"] < 1e-4
+    code, out, _ = run(capsys, "eval", str(onnx), "--data", "digits", "--json")
+    assert code == 0 and json.loads(out)["accuracy"] == pytest.approx(m["accuracy"], abs=0.01)
+    code, out, _ = run(capsys, "distill", "--teacher", str(trained), "--student", "mlp", "--student-arg", "hidden=[8]",
+                       "--epochs", "4", "--lr", "0.01", "--out", str(tmp_path / "student"), "--json")
+    assert code == 0 and json.loads(out)["test_accuracy"] > 0.3
+
+
+def test_unknown_model_is_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--model", "resnett", "--epochs", "1", "--out", str(tmp_path / "x"))
+    assert code == 2 and "did you mean: resnet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_data_folder_is_exit_3(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", "cifar10", "--data-arg", f"root={tmp_path / 'nope'}",
+                       "--epochs", "1", "--out", str(tmp_path / "x"))
+    assert code == 3 and "nope" in err
+
+
+def test_bad_cifar_pickle_is_refused_exit_3(capsys, tmp_path):
+    import os
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": Evil(), b"labels": [0]}, fh)
+    code, _, err = run(capsys, "train", "--data", "cifar10", "--data-arg", f"root={root}", "--epochs", "1",
+                       "--out", str(tmp_path / "x"))
+    assert code == 3 and "data_batch_1" in err and not sentinel.exists()
+
+
+def test_truncated_artifact_and_wrong_architecture_exit_3(capsys, trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    w = broken / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:50])
+    code, _, err = run(capsys, "eval", str(broken))
+    assert code == 3 and "model.safetensors" in err
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    meta = json.loads((other / "condense.json").read_text())
+    meta["architecture"]["kwargs"]["hidden"] = [16]
+    (other / "condense.json").write_text(json.dumps(meta))
+    code, _, err = run(capsys, "eval", str(other))
+    assert code == 3 and "do not fit the architecture" in err
+
+
+def test_loss_turning_nan_is_exit_4(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--model", "mlp", "--epochs", "3", "--lr", "1e30", "--optimizer", "sgd",
+                       "--set", "max_nonfinite_steps=2", "--out", str(tmp_path / "x"))
+    assert code == 4 and "non-finite" in err
+
+
+def test_pickle_needs_trust_flag(capsys, trained, tmp_path):
+    import torch
+
+    from condense.artifacts import load
+
+    p = tmp_path / "m.pt"
+    torch.save(load(trained), p)
+    code, _, err = run(capsys, "eval", str(p), "--data", "digits")
+    assert code == 3 and "--trust-pickle" in err
+    code, _, _ = run(capsys, "eval", str(p), "--data", "digits", "--trust-pickle")
+    assert code == 0
+
+
+def test_bad_usage_is_exit_2(capsys):
+    assert main(["train"]) == 2
+    assert main(["frobnicate"]) == 2
