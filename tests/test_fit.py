@@ -131,3 +131,34 @@ def test_bad_inputs(digits_splits, tiny_model):
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="did you mean: sgd"):
         TrainConfig.from_dict({"optimizer": "sgdd"})
+
+
+class SignalAt(Callback):
+    """Simulates SIGTERM arriving during a given optimizer step."""
+
+    def __init__(self, step: int | None):
+        self.at = step
+
+    def on_step_begin(self, state):
+        from condense.train.signals import STOP
+
+        if self.at is not None and state.step == self.at:
+            STOP.signum = 15
+
+
+def test_signal_stops_at_step_boundary_and_resumes_exactly(tmp_path, digits_splits):
+    from condense.train.signals import STOP, Interrupted
+
+    ref = fit(SupervisedTask(_model()), digits_splits.train, _cfg(epochs=3, checkpoint_dir=str(tmp_path / "a")),
+              digits_splits.val, [SignalAt(None)])
+    cfg = _cfg(epochs=3, checkpoint_dir=str(tmp_path / "b"))
+    try:
+        with pytest.raises(Interrupted, match="SIGTERM at epoch 2") as info:
+            fit(SupervisedTask(_model()), digits_splits.train, cfg, digits_splits.val, [SignalAt(25)])
+    finally:
+        STOP.clear()
+    assert info.value.exit_code == 143
+    resumed = fit(SupervisedTask(_model()), digits_splits.train, cfg, digits_splits.val, [SignalAt(None)], resume=True)
+    for (k, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    assert [h["train_loss"] for h in ref.history] == [h["train_loss"] for h in resumed.history]

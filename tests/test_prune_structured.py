@@ -11,12 +11,28 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.models import build_model, replay_edits
-from condense.prune import ChannelConfig, PruneGraphError, SlimmingConfig, count_macs, dependency_groups, prune
+from condense.prune import (
+    ChannelConfig,
+    PruneGraphError,
+    SlimmingConfig,
+    count_macs,
+    dependency_groups,
+    prune,
+)
 from condense.prune.graph import record_shapes, trace
 from condense.prune.report import count_params
 
 ZOO = ["mlp", "cnn", "resnet", "mobilenetv2", "vgg"]
 SHAPES = [(1, 8), (3, 32)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is fastest and immune to oversubscription on busy CI."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _build(name: str, c: int, s: int) -> nn.Module:

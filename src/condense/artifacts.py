@@ -152,12 +152,19 @@ def load(path: str | Path, *, trust_pickle: bool = False, map_location: str | to
     except (SafetensorError, OSError, ValueError) as e:
         raise InputFileError(f"{weights}: not a readable safetensors file ({e})") from None
     spec = ModelSpec.from_dict(meta["architecture"])
+    register_edit_handlers()
     model = spec.build()
     replay_edits(model, meta.get("edits", []))
     load_state_strict(model, state, source=str(weights))
     model.condense_spec = spec  # type: ignore[assignment]
     model.eval()
     return model
+
+
+def register_edit_handlers() -> None:
+    """Import the packages whose structural edits `load()` may replay (they register in EDITS)."""
+    import condense.prune  # noqa: F401  prune_channels, prune_masks, prune_unmask
+    import condense.quantize  # noqa: F401  quantize_static, weight_only, qat, ...
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -61,14 +61,18 @@ def measure(model: nn.Module, name: str, folder: Path, splits: Splits, *, repeat
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text before/after table (latency is the median in ms)."""
-    head = ["stage", "acc", "params", "bytes(st)", "bytes(onnx)", "MFLOPs", "torch b1", "torch b256", "ort b1", "ort b256"]
+    batches = sorted({int(b) for r in rows for by in r["latency_ms"].values() for b in by}) or list(LATENCY_BATCHES)
+    runtimes = [rt for rt in ("torch", "onnxruntime") if any(rt in r["latency_ms"] for r in rows)]
+    short = {"torch": "torch", "onnxruntime": "ort"}
+    head = ["stage", "acc", "params", "bytes(st)", "bytes(onnx)", "MFLOPs",
+            *(f"{short[rt]} b{bs} ms" for rt in runtimes for bs in batches)]
     lines = []
     for r in rows:
         lat = r["latency_ms"]
         lines.append([
             r["stage"], f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}", f"{r['bytes_safetensors']:,}",
             f"{r['bytes_onnx']:,}", f"{r['flops'] / 1e6:.2f}",
-            *(f"{lat.get(rt, {}).get(str(bs), float('nan')):.3f}" for rt in ("torch", "onnxruntime") for bs in LATENCY_BATCHES),
+            *(f"{lat.get(rt, {}).get(str(bs), float('nan')):.3f}" for rt in runtimes for bs in batches),
         ])
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False)))  # noqa: E731

@@ -84,11 +84,20 @@ def distill_fit(
 ) -> FitResult:
     """Like `distill`, but return the whole FitResult (history, best epoch)."""
     config = config or DistillConfig()
-    task = build_task(student, teachers, train_data, config)
+    teachers = _as_list(teachers)
+    # teachers are frozen only while they teach: give them back as they came (mode, requires_grad)
+    saved = [(t.training, [p.requires_grad for p in t.parameters()]) for t in teachers]
     try:
-        return fit(task, train_data, config.train, val_data, callbacks, resume=resume)
+        task = build_task(student, teachers, train_data, config)
+        try:
+            return fit(task, train_data, config.train, val_data, callbacks, resume=resume)
+        finally:
+            task.close()
     finally:
-        task.close()
+        for t, (mode, flags) in zip(teachers, saved, strict=True):
+            t.train(mode)
+            for p, flag in zip(t.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
 
 
 def distill(

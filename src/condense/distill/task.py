@@ -42,6 +42,23 @@ def combine_teachers(
     return (w.unsqueeze(-1) * probs_t).sum(1), w
 
 
+def _mix_temperature(losses: CombinedLoss, config: DistillConfig) -> float:
+    """The temperature at which several teachers are mixed: the one the logit losses use.
+
+    The mixture is consumed as soft targets at the losses' own temperature, so it must be made at
+    that temperature (with explicit `losses` the config's `temperature` field is otherwise unused).
+    """
+    temps = {float(t.temperature) for t in losses.terms.values() if "logits" in t.needs and hasattr(t, "temperature")}
+    if not config.losses or not temps:
+        return config.temperature
+    if len(temps) > 1:
+        raise ConfigError(
+            f"multi-teacher distillation mixes the teachers at one temperature, but the losses use {sorted(temps)}; "
+            "give every logit loss the same temperature"
+        )
+    return temps.pop()
+
+
 class DistillTask(TaskBase):
     """Student + adapters are trained; teachers are frozen (eval mode, no grad, BN stats untouched).
 
@@ -75,6 +92,7 @@ class DistillTask(TaskBase):
         if t_layers and cache is None:
             self.teacher_tap = FeatureTap(self.teachers[config.feature_teacher], t_layers, detach=True)
         self._beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
+        self.mix_temperature = _mix_temperature(losses, config) if len(self.teachers) > 1 else config.temperature
 
     # -- building the loss inputs -------------------------------------------------------------
     def _view(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,10 +135,10 @@ class DistillTask(TaskBase):
         if len(t_logits) == 1:
             inp.teacher_logits = t_logits[0]
         elif len(t_logits) > 1:
-            probs, _ = combine_teachers(t_logits, self.config.teacher_mix, self.config.temperature, self.config.teacher_weights)
+            probs, _ = combine_teachers(t_logits, self.config.teacher_mix, self.mix_temperature, self.config.teacher_weights)
             inp.teacher_probs = probs
             # logits whose softmax at T equals the mixture, for losses that read logits (e.g. DKD)
-            inp.teacher_logits = self.config.temperature * probs.clamp_min(1e-12).log()
+            inp.teacher_logits = self.mix_temperature * probs.clamp_min(1e-12).log()
         if "targets" in self.needs and inp.targets is None:
             raise ConfigError("the distillation losses use ground-truth labels (ce / dkd), but the data is unlabelled; "
                               "use alpha: 1 (label-free) or label-free losses")

@@ -34,7 +34,7 @@ from condense.prune.schedule import (
     cubic_sparsity,
     linear_sparsity,
 )
-from condense.prune.sensitivity import allocate_ratios, layer_sensitivity
+from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
 
 __all__ = [
     "PRUNERS",
@@ -52,6 +52,7 @@ __all__ = [
     "count_macs",
     "cubic_sparsity",
     "dependency_groups",
+    "estimate_cost",
     "layer_sensitivity",
     "linear_sparsity",
     "make_permanent",

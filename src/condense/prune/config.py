@@ -45,12 +45,14 @@ class MagnitudeConfig(PruneConfig):
     """Unstructured magnitude pruning (Han et al. 2015): zero the `ratio` smallest |w|.
 
     `scope="layer"` removes `ratio` of every selected layer's weights; `"global"` ranks all
-    selected weights together (one threshold), so layers end with different sparsities.
+    selected weights together (one threshold), so layers end with different sparsities. Global
+    ranks raw magnitudes: a layer initialised at a small scale (the zoo's classifiers, N(0, 0.01))
+    can be wiped out; leave it out with `ignore=["classifier"]` (a warning names such layers).
     """
 
     method: Literal["magnitude"] = "magnitude"
     ratio: float = 0.5
-    scope: Literal["layer", "global"] = "global"
+    scope: Literal["layer", "global"] = "layer"
 
     def validate(self) -> None:
         check_ratio(self.ratio, "MagnitudeConfig.ratio")

@@ -24,44 +24,27 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from condense.core.errors import ConfigError
+from condense.prune.fxops import (
+    CAT,
+    CONVS,
+    ELEMENTWISE,
+    FLATTEN,
+    NORMS,
+    PASS_MODULES,
+    REDUCE,
+    RESHAPE,
+    SPATIAL,
+    PruneGraphError,
+    ShapeRecorder,
+    describe,
+    node_arg,
+    record_shapes,
+    trace,
+)
 
 Desc = tuple[tuple[int, int], ...]  # (space id, expand) segments along the channel dim
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
-)
-ELEMENTWISE = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
-    operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.abs, torch.exp,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, F.relu, F.relu6, F.leaky_relu, F.elu,
-    F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.dropout,
-    F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
-    "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "neg", "abs", "exp", "relu",
-    "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "contiguous", "clone",
-    "detach", "float", "to", "type_as",
-}
-SPATIAL = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
-}
-REDUCE = {torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"}
-FLATTEN = {torch.flatten, "flatten"}
-RESHAPE = {torch.reshape, "view", "reshape"}
-CAT = {torch.cat, torch.concat, torch.concatenate}
-
-
-class PruneGraphError(ConfigError):
-    """The model's channel coupling cannot be resolved for structured pruning."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,79 +131,8 @@ def _width(desc: Desc, spaces: _Spaces) -> int:
     return sum(spaces.size[s] * e for s, e in desc)
 
 
-def _shape_of(value: Any) -> tuple[int, ...] | None:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
-
-
-def _holds_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_holds_tensor(v) for v in value.values())
-    return False
-
-
-class _Recorder(fx.Interpreter):
-    """Runs the traced graph once, keeping every node's output shape (not the values)."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
-        self.nested: set[fx.Node] = set()
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        shape = _shape_of(out)
-        if shape is not None:
-            self.shapes[n] = shape
-        elif _holds_tensor(out):
-            self.nested.add(n)
-        return out
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    try:
-        return fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means we cannot see the graph
-        raise PruneGraphError(
-            f"structured pruning: torch.fx cannot trace {type(model).__name__} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "data-dependent control flow on tensors is not supported"
-        ) from None
-
-
-def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> _Recorder:
-    rec = _Recorder(gm)
-    modes = {m: m.training for m in gm.modules()}
-    gm.eval()
-    try:
-        with torch.no_grad():
-            rec.run(*inputs)
-    except Exception as e:  # noqa: BLE001
-        raise PruneGraphError(f"structured pruning: the model fails on the example inputs ({type(e).__name__}: {e})") from None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    return rec
-
-
-def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
-    """'node add (operator.add) in module features.0.0' style text for errors."""
-    if node.op == "call_module":
-        kind = f"module {node.target!r} ({type(modules[node.target]).__name__})" if modules else f"module {node.target!r}"
-    elif node.op == "call_method":
-        kind = f"method .{node.target}()"
-    else:
-        kind = f"function {getattr(node.target, '__module__', '') or ''}.{getattr(node.target, '__name__', node.target)}"
-    stack = node.meta.get("nn_module_stack") or {}
-    where = f" inside {list(stack)[-1]!r}" if stack and node.op != "call_module" else ""
-    return f"node '{node.name}' ({kind}){where}"
-
-
 class _Builder:
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, rec: _Recorder) -> None:
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, rec: ShapeRecorder) -> None:
         self.model, self.gm, self.rec = model, gm, rec
         self.modules = dict(gm.named_modules())
         self.spaces = _Spaces()
@@ -239,7 +151,7 @@ class _Builder:
         sb = [(self.spaces.size[s], e) for s, e in b]
         if sa != sb:
             raise self.fail(node, f"its operands' channels are laid out differently ({sa} vs {sb})")
-        for (s1, _), (s2, _) in zip(a, b):
+        for (s1, _), (s2, _) in zip(a, b, strict=True):
             self.spaces.union(s1, s2, describe(node, self.modules))
 
     def run(self) -> list[Group]:
@@ -278,7 +190,7 @@ class _Builder:
         if t in REDUCE:
             return self.reduce(node)
         if t in FLATTEN:
-            return self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+            return self.flatten(node, node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1))
         if t in RESHAPE:
             return self.reshape(node)
         if t in CAT:
@@ -325,7 +237,7 @@ class _Builder:
     def reduce(self, node: fx.Node) -> Desc:
         x, d = self.first(node)
         sx = self.shape(x)
-        dims = _arg(node, 1, "dim", None)
+        dims = node_arg(node, 1, "dim", None)
         dims = [dims] if isinstance(dims, int) else dims
         if not dims or any((k % len(sx)) in (0, 1) for k in dims):
             raise self.fail(node, f"it reduces over the batch or channel dim (dim={dims})")
@@ -358,7 +270,7 @@ class _Builder:
     def cat(self, node: fx.Node) -> Desc:
         tensors = node.args[0] if node.args else node.kwargs["tensors"]
         so = self.shape(node)
-        dim = _arg(node, 1, "dim", 0) % len(so)
+        dim = node_arg(node, 1, "dim", 0) % len(so)
         descs: list[Desc] = []
         for t in tensors:
             d = self.desc.get(t) if isinstance(t, fx.Node) else None
@@ -444,12 +356,6 @@ def _dim_size(m: nn.Module, dim: str) -> int:
     if isinstance(m, NORMS):
         return m.num_features
     return m.in_channels if dim == "in" else m.out_channels
-
-
-def _arg(node: fx.Node, pos: int, key: str, default: Any) -> Any:
-    if len(node.args) > pos:
-        return node.args[pos]
-    return node.kwargs.get(key, default)
 
 
 def dependency_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[Group]:

@@ -70,6 +70,19 @@ def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if get_mask(m) is not None}
 
 
+def _unparametrize(module: nn.Module) -> None:
+    """`remove_parametrizations(..., leave_parametrized=True)` on `weight`, without side effects on copies.
+
+    torch deletes the `weight` property from the module's *class*, and `copy.deepcopy` of a
+    parametrized module shares that dynamically created class; baking the masks of a copy would
+    silently break the original (and vice versa). Give the module a private class first.
+    """
+    cls = module.__class__
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Bake every mask into a plain dense `weight` (zeros kept) and remove the parametrizations.
 
@@ -79,7 +92,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
     names = list(masked_layers(model))
     modules = dict(model.named_modules())
     for name in names:
-        parametrize.remove_parametrizations(modules[name], "weight", leave_parametrized=True)
+        _unparametrize(modules[name])
     if names:
         record_edit(model, "prune_unmask", modules=names)
     return model
@@ -118,7 +131,7 @@ def _replay_unmask(model: nn.Module, modules: list[str]) -> None:
     for name in modules:
         if name not in named or get_mask(named[name]) is None:
             raise ConfigError(f"prune_unmask replay: {name!r} is not a masked layer")
-        parametrize.remove_parametrizations(named[name], "weight", leave_parametrized=True)
+        _unparametrize(named[name])
 
 
 EDITS.register("prune_masks", _replay_masks)

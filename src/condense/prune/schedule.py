@@ -68,7 +68,7 @@ class GradualPruningCallback(Callback):
         frequency: int = 100,
         schedule: Literal["cubic", "linear"] = "cubic",
         method: Literal["magnitude", "random"] = "magnitude",
-        scope: Literal["layer", "global"] = "global",
+        scope: Literal["layer", "global"] = "layer",
         targets: Sequence[str] | str | None = None,
         ignore: Sequence[str] | str | None = None,
         seed: int = 0,

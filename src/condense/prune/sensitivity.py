@@ -185,7 +185,7 @@ def allocate_ratios(sensitivity: dict[str, Any], global_target: float, budget: s
     def at(tol: float) -> dict[str, float]:
         out = {}
         for name, mono in drops.items():
-            ok = [r for r, d in zip(grid, mono) if d <= tol]
+            ok = [r for r, d in zip(grid, mono, strict=True) if d <= tol]
             out[name] = max(ok) if ok else 0.0
         return out
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, RunError
 from condense.core.select import select_modules
-from condense.prune.config import PRUNERS, ChannelConfig, Pruner, PruneContext, SlimmingConfig
+from condense.prune.config import PRUNERS, ChannelConfig, PruneContext, Pruner, SlimmingConfig
 from condense.prune.graph import CONVS, Group, dependency_groups
 from condense.prune.importance import group_scores
 from condense.prune.selection import select_layers
@@ -54,10 +54,17 @@ def _names(model: nn.Module, patterns: Sequence[str] | str | None, field: str) -
 
 
 def eligible_groups(model: nn.Module, groups: list[Group], ctx: PruneContext) -> list[Group]:
-    """Prunable groups with a selected producer and no ignored member."""
+    """Prunable groups with a selected producer, none of whose output-side layers is ignored.
+
+    `ignore` keeps a layer's output channels (and its BatchNorm's); its input channels still
+    shrink when the layer feeding it is pruned.
+    """
     selected = set(select_layers(model, ctx.targets, ctx.ignore, CONVS + (nn.Linear,), "channel pruning"))
     ignored = _names(model, ctx.ignore, "ignore")
-    out = [g for g in groups if g.prunable and selected & set(g.producers) and not ignored & set(g.modules)]
+    out = [
+        g for g in groups
+        if g.prunable and selected & set(g.producers) and not ignored & {m.module for m in g.members if m.role != "in"}
+    ]
     if not out:
         fixed = "; ".join(f"{g.root}: {g.reason}" for g in groups if not g.prunable)
         raise ConfigError(f"channel pruning: no prunable channel group in the selection (not prunable: {fixed or 'none'})")

@@ -17,8 +17,8 @@ from condense.prune.config import (
     PRUNERS,
     MagnitudeConfig,
     NMConfig,
-    Pruner,
     PruneContext,
+    Pruner,
     RandomConfig,
 )
 from condense.prune.masks import MASKABLE, get_mask, raw_weight, set_masks
@@ -54,6 +54,12 @@ def masks_from_scores(scores: dict[str, torch.Tensor], ratio: float, scope: str)
         size = scores[n].numel()
         out[n] = mask[start:start + size].view_as(scores[n]).to(scores[n].device)
         start += size
+    dead = [n for n in names if not bool(out[n].any())]
+    if dead:
+        warnings.warn(
+            f"global pruning at {ratio:.0%} removes every weight of {', '.join(dead)}; "
+            "use scope='layer' or ignore these layers", stacklevel=3,
+        )
     return out
 
 

@@ -13,8 +13,13 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 
-# -- registered methods: each import registers one method in QUANTIZERS -------------------------
-from condense.quantize import ptq  # noqa: F401  "static"
+# -- registered methods: each import registers its method in QUANTIZERS (and its edit replays) --
+from condense.quantize import (
+    dynamic,  # noqa: F401  "dynamic"
+    ptq,  # noqa: F401  "static"
+    qat,  # noqa: F401  "qat"
+    weight_only,  # noqa: F401  "weight_only"
+)
 from condense.quantize.fake_quant import (
     FakeQuantize,
     QuantWrapper,
@@ -34,12 +39,8 @@ from condense.quantize.primitives import quantize as quantize_tensor
 from condense.quantize.ptq import QuantizeConfig, QuantReport, quantize_static
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 
-# Registration points for the other methods (each file registers itself on import, e.g.
-# `QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, quantize_dynamic))`); add the
-# import here once the file registers:
-#   from condense.quantize import dynamic      # "dynamic"
-#   from condense.quantize import weight_only  # "weight_only"
-#   from condense.quantize import qat          # "qat"
+# A new method registers itself in its own file
+# (`QUANTIZERS.register("name", QuantMethod(ItsConfig, its_handler))`) and is imported above.
 
 __all__ = [
     "OBSERVERS",

@@ -120,12 +120,16 @@ class LSQFakeQuantize(nn.Module):
     # -- lifecycle -------------------------------------------------------------------------
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
-        """LSQ init `s = 2 mean|x| / sqrt(Qp)` (and the activation grid's sign) from `x`."""
+        """LSQ init `s = 2 mean|x| / sqrt(Qp)` (observer mode: `max|x| / Qp`) and the grid's sign."""
         x = x.detach().float()
         if self.kind == "activation":
             self.signed.fill_(bool(x.numel()) and bool(x.min() < 0))
-        mean_abs = x.abs().mean(dim=self._reduce_dims(x)) if x.numel() else torch.ones_like(self.scale)
-        s = 2.0 * mean_abs / math.sqrt(self.qp)
+        if not x.numel():
+            s = torch.ones_like(self.scale)
+        elif self.learn_scale:
+            s = 2.0 * x.abs().mean(dim=self._reduce_dims(x)) / math.sqrt(self.qp)
+        else:  # observer mode starts from the observed range
+            s = x.abs().amax(dim=self._reduce_dims(x)) / self.qp
         self.scale.data.copy_(s.clamp_min(1e-8).reshape(self.scale.shape))
         self.initialized.fill_(True)
 

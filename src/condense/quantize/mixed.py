@@ -3,7 +3,8 @@
 1. Sensitivity: quantize ONE Linear layer at a time to each candidate bit width (weight-only
    round-to-nearest, `weight_only.py`), everything else in float, and record the drop of the
    user's metric `eval_fn(model)` (higher is better; pass `higher_is_better=False` for a loss).
-2. Choice: pick one bit width per layer to minimise the summed drops subject to the total bytes
+2. Choice: pick one bit width per layer to minimise the summed drops (negative drops, i.e.
+   noise, count as 0; ties go to more bits) subject to the total bytes
    (packed weights + scales + zero points + bias of the quantized layers, plus every other tensor
    of the model at its current size) staying within the budget -- a multiple-choice knapsack,
    solved exactly by dynamic programming over bytes rounded *up* to a grid of `resolution` units
@@ -247,7 +248,12 @@ def mixed_precision(
         raise ConfigError(
             f"size budget {budget} bytes is below the {fixed} bytes of the layers that are not quantized"
         )
-    bits = solve_bits(sens, sizes, budget - fixed, solver=config.solver, resolution=config.resolution)
+    # A negative drop (quantized scored better) is measurement noise, not a reason to go lower;
+    # a tiny penalty per missing bit makes spare budget go to higher precision.
+    scale = max((abs(v) for s in sens.values() for v in s.values()), default=0.0)
+    eps = 1e-6 * scale + 1e-12
+    cost = {n: {b: max(v, 0.0) + eps * (8 - b) for b, v in s.items()} for n, s in sens.items()}
+    bits = solve_bits(cost, sizes, budget - fixed, solver=config.solver, resolution=config.resolution)
     est = fixed + sum(sizes[n][b] for n, b in bits.items())
     return MixedPrecisionPlan(
         bits=bits,

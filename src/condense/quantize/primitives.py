@@ -98,10 +98,10 @@ def compute_qparams(min_val: Tensor, max_val: Tensor, spec: QuantSpec) -> tuple[
     qmin, qmax = spec.qmin, spec.qmax
     if spec.symmetric:
         amax = torch.maximum(-lo, hi)
-        scale = amax / ((qmax - qmin) / 2)
         zp_value = 0 if spec.signed else (qmin + qmax + 1) // 2
+        # the shorter side of the grid must still reach max|x| (no clipping at either end)
+        scale = torch.clamp(amax / min(qmax - zp_value, zp_value - qmin), min=_eps())
         zero_point = torch.full_like(scale, zp_value, dtype=torch.int32)
-        scale = torch.clamp(scale, min=_eps())
     else:
         scale = torch.clamp((hi - lo) / float(qmax - qmin), min=_eps())
         zero_point = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condense.core.config import Config
-from condense.core.errors import ConfigError
+from condense.core.errors import CondenseError, ConfigError
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
 from condense.quantize.fake_quant import (
@@ -178,6 +178,8 @@ def _run(model: nn.Module, x: Tensor, i: int, fn: Any = None) -> Any:
     """Forward `x` (or `fn(model, x)`); a failure is reported as a calibration shape error."""
     try:
         return model(x) if fn is None else fn(model, x)
+    except CondenseError:
+        raise
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(
@@ -200,13 +202,20 @@ def _select(model: nn.Module, targets: Any, ignore: Any) -> tuple[list[str], lis
     for name, m in chosen.items():
         if isinstance(m, SUPPORTED_TYPES):
             names.append(name)
-        elif any(True for _ in m.children()):
+            continue
+        kind = type(m).__name__
+        has_children = any(True for _ in m.children())
+        if has_children:  # a selected container: its supported layers
             names += [f"{name}.{n}" for n, c in m.named_modules() if n and isinstance(c, SUPPORTED_TYPES)
                       and f"{name}.{n}" not in ignored]
-        else:
-            skipped.append({"name": name, "type": type(m).__name__,
-                            "reason": f"{type(m).__name__} has no quantized form (static PTQ quantizes "
+        if any(True for _ in m.parameters(recurse=False)):
+            skipped.append({"name": name, "type": kind, "kind": "unsupported",
+                            "reason": f"{kind} has no quantized form (static PTQ quantizes "
                                       "Conv1d, Conv2d and Linear); left in float"})
+        elif not has_children:
+            skipped.append({"name": name, "type": kind, "kind": "no_weights",
+                            "reason": "no weights to quantize (activations are quantized at the "
+                                      "inputs / outputs of quantized layers)"})
     return list(dict.fromkeys(names)), skipped
 
 
@@ -233,7 +242,7 @@ def _plan(model: nn.Module, names: list[str], calls: list[Any], output: Any, cfg
     order = [n for n in first_call if n in set(names)]
     for n in names:
         if n not in first_call:
-            skipped.append({"name": n, "type": type(model.get_submodule(n)).__name__,
+            skipped.append({"name": n, "type": type(model.get_submodule(n)).__name__, "kind": "not_run",
                             "reason": "not called as a module on the calibration input (unused, or its "
                                       "parent reads its weight directly); left in float"})
     if not order:
@@ -314,12 +323,11 @@ def quantize_static(
     if first is None:
         raise ConfigError("empty calibration set: give at least one non-empty batch of inputs")
     first = first.to(device)
-    _run(qmodel, first, 0, lambda m, x: trace_calls(m, x))  # shape check before any surgery
-    pairs = fold_batchnorm(qmodel, first)
+    pairs = _run(qmodel, first, 0, fold_batchnorm)  # its trace is also the input-shape check
     folded = {bn for _, bn in pairs}
     for d in skipped:
         if d["name"] in folded:
-            d["reason"] = _FOLDED
+            d["kind"], d["reason"] = "folded", _FOLDED
     calls, output = trace_calls(qmodel, first)
     plan = _plan(qmodel, names, calls, output, cfg, skipped)
 
@@ -358,7 +366,7 @@ def quantize_static(
         calibration_batches=n_batches,
     )
     qmodel.condense_quant_report = report  # type: ignore[assignment]
-    real_skips = [d for d in skipped if d["reason"] != _FOLDED]
+    real_skips = [d for d in skipped if d["kind"] in ("unsupported", "not_run")]
     if real_skips:
         warnings.warn("static quantization skipped: " + "; ".join(f"{d['name']}: {d['reason']}" for d in real_skips),
                       stacklevel=2)

@@ -376,7 +376,12 @@ class QuantizedLinear(nn.Module):
         return unpack_rows(self.qzeros, self.bits, self.n_groups, signed=False)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        w = dequantize_groups(self.int_weight(), self.scales, self.zero_points(), self.group_size)
+        # Unpack as unsigned (uint8 shifts / masks only) and sign-extend in float: every op has an
+        # ONNX Runtime kernel, so the model exports with its weights still packed.
+        q = unpack_rows(self.qweight, self.bits, self.in_features, signed=False).float()
+        if self.symmetric:
+            q = q - (q >= 2 ** (self.bits - 1)).float() * float(2**self.bits)
+        w = dequantize_groups(q, self.scales, self.zero_points(), self.group_size)
         return w.to(dtype)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from condense.train.callbacks import Callback, FitState
 from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from condense.train.config import TrainConfig
 from condense.train.optim import build_optimizer, build_scheduler
+from condense.train.signals import STOP, Interrupted
 from condense.train.task import Task
 
 Validator = Callable[[nn.Module, ArrayDataset, torch.device], dict[str, float]]
@@ -180,11 +181,25 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 0
     skipped_total = 0
+    skip_batches = 0  # batches of `start_epoch` already done (a mid-epoch checkpoint)
+    partial: dict[str, Any] = {}
     if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
         ck = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, task, optimizer, scheduler, callbacks, config, device)
         start_epoch, state.step = ck["epoch"], ck["step"]
         history, best_metric, best_epoch = ck["history"], ck["best_metric"], ck["best_epoch"]
         best_state, skipped_total = ck["best_state"], ck["skipped_nonfinite_steps"]
+        skip_batches, partial = ck.get("batch_in_epoch", 0), ck.get("partial") or {}
+
+    def checkpoint(epoch_done: int, batch_in_epoch: int = 0, sums: dict[str, Any] | None = None, counted: int = 0) -> None:
+        trained = _trained_modules(task)
+        if not _all_finite(trained):
+            raise RunError(f"weights became non-finite at epoch {epoch_done + 1}; no checkpoint written to {ckpt_dir}")
+        save_checkpoint(
+            ckpt_dir / CHECKPOINT_NAME, task, optimizer, scheduler, callbacks, config,
+            epoch=epoch_done, step=state.step, history=history, best_metric=best_metric,
+            best_epoch=best_epoch, best_state=best_state, skipped_nonfinite_steps=skipped_total,
+            batch_in_epoch=batch_in_epoch, partial={"sums": sums or {}, "counted": counted},
+        )
 
     eval_model = task.eval_model()
     progress = _Progress(config.progress, total_steps)
@@ -204,7 +219,12 @@ def fit(
             t0 = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             counted = 0
-            for batch in iterate_batches(train_data, config.batch_size, shuffle=True, generator=gen, drop_last=config.drop_last):
+            skip = skip_batches if epoch == start_epoch else 0
+            if skip:
+                sums, counted = dict(partial.get("sums", {})), int(partial.get("counted", 0))
+            for i_batch, batch in enumerate(iterate_batches(train_data, config.batch_size, shuffle=True, generator=gen, drop_last=config.drop_last)):
+                if i_batch < skip:
+                    continue
                 if state.step >= total_steps or state.stop:
                     break
                 batch = _to_device(batch, device)
@@ -244,6 +264,13 @@ def fit(
                 progress.advance(1)
                 for cb in callbacks:
                     cb.on_step_end(state)
+                if STOP.requested:
+                    where = "no checkpoint (no checkpoint_dir)"
+                    if ckpt_dir is not None:
+                        checkpoint(epoch, i_batch + 1, sums, counted)
+                        where = f"checkpoint {ckpt_dir / CHECKPOINT_NAME}"
+                    name = "SIGINT" if STOP.signum == 2 else "SIGTERM" if STOP.signum == 15 else f"signal {STOP.signum}"
+                    raise Interrupted(STOP.signum or 2, f"stopped on {name} at epoch {epoch + 1}, step {state.step}; {where}")
             record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step}
             record.update({f"train_{k}": float(v) / max(counted, 1) for k, v in sums.items()})
             record["lr"] = float(optimizer.param_groups[0]["lr"])
@@ -270,14 +297,7 @@ def fit(
                 append_jsonl(log_path, record)
             progress.epoch(record)
             if ckpt_dir is not None:
-                trained = _trained_modules(task)
-                if not _all_finite(trained):
-                    raise RunError(f"weights became non-finite at epoch {epoch + 1}; no checkpoint written to {ckpt_dir}")
-                save_checkpoint(
-                    ckpt_dir / CHECKPOINT_NAME, task, optimizer, scheduler, callbacks, config,
-                    epoch=epoch + 1, step=state.step, history=history, best_metric=best_metric,
-                    best_epoch=best_epoch, best_state=best_state, skipped_nonfinite_steps=skipped_total,
-                )
+                checkpoint(epoch + 1)
     finally:
         progress.close()
     for cb in callbacks:

@@ -1,0 +1,3 @@
+from condense.cli import main
+import sys
+sys.exit(main())

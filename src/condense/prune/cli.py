@@ -1,0 +1,191 @@
+"""`condense prune` and `condense sensitivity`: pruning from the command line.
+
+Wired into the main parser by `condense.prune.cli.register(sub)` in `condense.cli.build_parser`.
+Both commands follow the CLI's conventions: an artifact folder in, `--json` for machine-readable
+output, exit codes from the `CondenseError` subclasses (2 bad config, 3 bad input file, 4 run failure).
+
+    condense prune runs/teacher --method channel --target-macs 0.25 --round-to 8 --recover distill --out runs/pruned
+    condense sensitivity runs/teacher --ratios 0.1 0.3 0.5 0.7 0.9 --budget macs --target 0.5
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+#: command-line option -> the config field it sets (only passed when given).
+_PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to"}
+
+
+def _prune_config(args: argparse.Namespace) -> Any:
+    """Build the method's config from the options the user gave; an option the method does not
+    take (e.g. --importance with magnitude) is a ConfigError naming it."""
+    from condense.cli import _kv
+    from condense.core.errors import ConfigError
+    from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
+
+    _ensure_registered()
+    fields = {f.name for f in dataclasses.fields(PRUNERS.get(args.method).config)}
+    raw: dict[str, Any] = {"method": args.method}
+    for opt, field in _PRUNE_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is None:
+            continue
+        if field not in fields:
+            raise ConfigError(f"--{opt.replace('_', '-')} does not apply to method {args.method!r} (its options: {', '.join(sorted(fields - {'method'}))})")
+        raw[field] = value
+    raw.update(_kv(args.set, "--set"))
+    return PruneConfig.from_dict(raw, where="condense prune")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from condense.artifacts import save
+    from condense.cli import EXIT_OK, _data_from, _load_model_arg, _print
+    from condense.core.errors import ConfigError
+    from condense.core.seed import seed_everything
+    from condense.evaluate import evaluate
+    from condense.prune.recover import RecoverConfig, prune_and_recover
+    from condense.prune.report import pruning_report
+
+    pcfg = _prune_config(args)
+    if args.target_macs is not None and args.ratio is not None:
+        raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
+    model, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, data_name, data_kwargs = _data_from(args, meta)
+    train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "progress": "off" if args.json else "auto"}
+    if args.lr is not None:
+        train["lr"] = args.lr
+    rcfg = RecoverConfig.from_dict(
+        {"method": args.recover, "alpha": args.alpha, "temperature": args.temperature, "train": train}, where="condense prune"
+    )
+    seed_everything(rcfg.train.seed)
+    example = splits.test.inputs[:1]
+    before = evaluate(model, splits.test)
+    reference = copy.deepcopy(model)  # the unpruned model: the report's reference and the distillation teacher
+    model, info = prune_and_recover(
+        model, pcfg, rcfg, splits.train, splits.val, example, args.targets, args.ignore,
+        target_macs=args.target_macs, teacher=reference if rcfg.method == "distill" else None,
+    )
+    after = evaluate(model, splits.test)
+    report = pruning_report(model, example, reference=reference)
+    save(model, args.out, metrics={"test": after, "test_before": before, "prune": info, "report": report},
+         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "prune_config": info["prune"],
+                "recover_config": rcfg.to_dict(), "source": str(args.model)})
+    summary = {
+        "artifact": str(args.out), "method": pcfg.method, "channel_ratio": info.get("channel_ratio"),
+        "test_accuracy_before": before["accuracy"], "test_accuracy": after["accuracy"],
+        "val_accuracy": info["val_accuracy"], "params": report["model"]["params"],
+        "params_before": report["reference"]["params"], "macs": report["model"]["macs"],
+        "macs_before": report["reference"]["macs"], "macs_fraction": info["macs_fraction"],
+        "bytes_on_disk": report["model"]["bytes_on_disk"], "bytes_before": report["reference"]["bytes_on_disk"],
+        "sparsity": report["sparsity"], "notes": report["notes"],
+    }
+    if "compressed_size_estimate" in report:
+        summary["compressed_size_estimate"] = report["compressed_size_estimate"]
+    text = (
+        f"saved {args.out}  ({pcfg.method}, recover {rcfg.method})\n"
+        f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n"
+        f"params {summary['params_before']:,} -> {summary['params']:,}   MACs {summary['macs_before']:,} -> {summary['macs']:,} "
+        f"({summary['macs_fraction']:.1%})   bytes {summary['bytes_before']:,} -> {summary['bytes_on_disk']:,}"
+        + (f"\nsparsity {summary['sparsity']:.1%}" if summary["sparsity"] > 0.01 else "")
+        + "".join(f"\nnote: {n}" for n in report["notes"])
+    )
+    _print(summary, args.json, text)
+    return EXIT_OK
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from condense.cli import EXIT_OK, _data_from, _load_model_arg, _print
+    from condense.core.io import atomic_write_json
+    from condense.evaluate import evaluate
+    from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
+
+    model, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = _data_from(args, meta)
+    data = getattr(splits, args.split)
+    budget = args.budget or ("params" if args.method == "magnitude" else "macs")
+
+    def metric(m: Any) -> float:
+        return float(evaluate(m, data)["accuracy"])
+
+    table = layer_sensitivity(
+        model, metric, ratios=args.ratios, method=args.method, example_inputs=splits.test.inputs[:1],
+        importance=args.importance, round_to=args.round_to, targets=args.targets, ignore=args.ignore,
+    )
+    out: dict[str, Any] = {"split": args.split, "table": {k: v for k, v in table.items() if k != "layers"}}
+    if args.target is not None:
+        ratios = allocate_ratios(table, args.target, budget)
+        base = table["macs"] if budget == "macs" else table["params"]
+        est = estimate_cost(table, ratios, budget)
+        out["allocation"] = {"target": args.target, "budget": budget, "ratios": ratios,
+                             "estimated": est, "estimated_fraction_kept": est / max(base, 1)}
+    if args.out:
+        atomic_write_json(Path(args.out), {**out, "table": table})
+    _print(out, args.json, _sensitivity_text(table, out, args.split))
+    return EXIT_OK
+
+
+def _sensitivity_text(table: dict[str, Any], out: dict[str, Any], split: str) -> str:
+    ratios = table["ratios"]
+    width = max([len("layer / group")] + [len(e["name"]) for e in table["entries"]])
+    head = f"{'layer / group':{width}s}  {'size':>7s}  " + "  ".join(f"r={r:<5g}" for r in ratios)
+    lines = [f"{split} accuracy vs pruning ratio ({table['method']}; unpruned {table['baseline']:.4f})", head, "-" * len(head)]
+    for e in table["entries"]:
+        lines.append(f"{e['name']:{width}s}  {e['size']:>7d}  " + "  ".join(f"{m:7.4f}" for m in e["metric"]))
+    alloc = out.get("allocation")
+    if alloc:
+        lines.append("")
+        lines.append(f"allocation removing >= {alloc['target']:.0%} of the {alloc['budget']} "
+                     f"(estimated {alloc['estimated']:,} kept, {alloc['estimated_fraction_kept']:.1%}):")
+        lines += [f"  {name:{width}s}  ratio {r:g}" for name, r in alloc["ratios"].items()]
+    return "\n".join(lines)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `prune` and `sensitivity` to the `condense` subcommands."""
+    from condense.prune.sensitivity import DEFAULT_RATIOS
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
+        sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+        sp.add_argument("--data", default=None, help="dataset name; default: the one the model was trained on")
+        sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
+        sp.add_argument("--targets", nargs="+", default=None, help="layers to prune: names, re:<regex> or types (Conv2d, Linear)")
+        sp.add_argument("--ignore", nargs="+", default=None, help="layers to leave alone (same language as --targets)")
+        sp.add_argument("--json", action="store_true")
+
+    sp = sub.add_parser("prune", help="prune an artifact (masks or physical channel removal) and recover its accuracy")
+    common(sp)
+    sp.add_argument("--method", default="channel", help="channel | slimming | magnitude | random | nm (default: channel)")
+    sp.add_argument("--ratio", type=float, default=None, help="fraction removed (channels, or weights for masks)")
+    sp.add_argument("--target-macs", type=float, default=None,
+                    help="fraction of the original MACs to KEEP (0.25 = remove 75%%); chooses the channel ratio")
+    sp.add_argument("--scope", choices=["layer", "global"], default=None)
+    sp.add_argument("--importance", choices=["l1", "l2", "bn_gamma", "taylor", "random"], default=None)
+    sp.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this (e.g. 8)")
+    sp.add_argument("--set", action="append", metavar="K=V", help="any other field of the method's config, e.g. n=2 m=4")
+    sp.add_argument("--recover", choices=["finetune", "distill", "none"], default="finetune",
+                    help="finetune on labels, distill from the unpruned model, or none")
+    sp.add_argument("--epochs", type=int, default=5, help="recovery epochs")
+    sp.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 1e-3)")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--alpha", type=float, default=0.9, help="distill: weight of the teacher's soft targets")
+    sp.add_argument("--temperature", type=float, default=4.0, help="distill: softmax temperature")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="artifact folder to write")
+    sp.set_defaults(fn=cmd_prune)
+
+    sp = sub.add_parser("sensitivity", help="accuracy vs pruning ratio per layer, and a per-layer ratio allocation")
+    common(sp)
+    sp.add_argument("--method", choices=["channel", "magnitude"], default="channel")
+    sp.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
+    sp.add_argument("--importance", choices=["l1", "l2", "bn_gamma", "random"], default="l1")
+    sp.add_argument("--round-to", type=int, default=1)
+    sp.add_argument("--split", choices=["val", "train", "test"], default="val",
+                    help="split the accuracy is measured on (default val: keep test data for the final number)")
+    sp.add_argument("--budget", choices=["macs", "params"], default=None, help="default: macs (channel), params (magnitude)")
+    sp.add_argument("--target", type=float, default=0.5, help="fraction of the budget to remove in the allocation")
+    sp.add_argument("--out", default=None, help="also write the full table (with the cost model) to this JSON file")
+    sp.set_defaults(fn=cmd_sensitivity)

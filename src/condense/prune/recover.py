@@ -1,0 +1,353 @@
+"""Recovery after pruning: fine-tune, or distill from the unpruned model; iterative cycles; MAC targets.
+
+    model, info = prune_and_recover(model, ChannelConfig(round_to=8),
+                                    RecoverConfig(method="distill", train=TrainConfig(epochs=5)),
+                                    splits.train, splits.val, target_macs=0.25)
+
+* `prune_and_recover` prunes once and recovers through the one `fit()` loop: plain fine-tuning
+  (`train_model`) or distillation from a deep copy of the model as it was before pruning
+  (`condense.distill.distill_fit`; Hinton KD, `alpha * soft_kd(T) + (1 - alpha) * ce`).
+  Unstructured masks are parametrizations, so pruned weights stay exactly zero while training
+  (their gradient is masked); this is checked after recovery, then `make_permanent` bakes them in.
+* `iterative_prune` repeats prune -> recover along a list of steps (Han et al. 2015's iterative
+  pruning), always distilling from the original dense model.
+* `macs_ratio_to_channel_ratio` turns "keep 25 % of the MACs" into the uniform channel ratio that
+  does it (bisection on the exact Conv/Linear cost model of `sensitivity.estimate_cost`, or on real
+  pruned copies for global scope), so callers can ask for a MAC budget directly (`target_macs`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError, RunError
+from condense.data.base import ArrayDataset, iterate_batches
+from condense.prune.config import ChannelConfig, MagnitudeConfig, NMConfig, PruneConfig, PruneContext, RandomConfig
+from condense.prune.graph import dependency_groups
+from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
+from condense.prune.report import count_macs, count_params
+from condense.prune.sensitivity import _layer_costs, estimate_cost
+from condense.prune.structured import eligible_groups, example_tuple, group_ratios
+from condense.train.config import TrainConfig
+
+Patterns = Sequence[str] | str | None
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(epochs=5, lr=1e-3)
+
+
+@dataclasses.dataclass
+class RecoverConfig(Config):
+    """How a pruned model gets its accuracy back.
+
+    `method`: "finetune" (cross-entropy on the labels), "distill" (from the unpruned model:
+    `alpha * soft_kd(temperature) + (1 - alpha) * ce`), or "none". `train` holds the optimizer,
+    epochs and seed of the recovery run. `keep_masks=True` leaves unstructured masks installed
+    (for further pruning); by default they are made permanent so the model saves and exports.
+    """
+
+    method: Literal["finetune", "distill", "none"] = "finetune"
+    alpha: float = 0.9
+    temperature: float = 4.0
+    train: TrainConfig = dataclasses.field(default_factory=_default_train)
+    keep_masks: bool = False
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"RecoverConfig.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"RecoverConfig.temperature must be > 0, got {self.temperature}")
+
+    def distill_config(self) -> Any:
+        from condense.distill.config import DistillConfig
+
+        return DistillConfig(alpha=self.alpha, temperature=self.temperature, train=self.train)
+
+
+def _prune_config(config: PruneConfig | dict[str, Any]) -> PruneConfig:
+    if isinstance(config, dict):
+        return PruneConfig.from_dict(config)
+    if not isinstance(config, PruneConfig):
+        raise ConfigError(f"prune config must be a PruneConfig or a mapping, got {type(config).__name__}")
+    return PruneConfig.from_dict(config.to_dict()) if type(config) is PruneConfig else config
+
+
+def _recover_config(config: RecoverConfig | dict[str, Any] | None) -> RecoverConfig:
+    if config is None:
+        return RecoverConfig()
+    if isinstance(config, dict):
+        return RecoverConfig.from_dict(config)
+    if not isinstance(config, RecoverConfig):
+        raise ConfigError(f"recover config must be a RecoverConfig or a mapping, got {type(config).__name__}")
+    return config
+
+
+def _inputs(model: nn.Module, example_inputs: Any, data: ArrayDataset | None) -> tuple[torch.Tensor, ...]:
+    """Batch-1 example inputs: given, else the first training sample, else from the model's spec."""
+    if example_inputs is None and data is not None and len(data):
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return (data.inputs[:1].to(device),)
+    return example_tuple(model, example_inputs)
+
+
+# ----------------------------------------------------------------------------- MAC targets
+
+
+def macs_ratio_to_channel_ratio(
+    model: nn.Module,
+    target_macs: float,
+    config: ChannelConfig | dict[str, Any] | None = None,
+    example_inputs: Any = None,
+    targets: Patterns = None,
+    ignore: Patterns = None,
+    data: Any = None,
+) -> float:
+    """The smallest channel `ratio` for `config` whose pruned model keeps at most `target_macs`
+    (a fraction, e.g. 0.25 = remove 75 %) of the model's MACs. `model` is not changed.
+
+    Layer scope: bisection on the exact per-layer Conv/Linear cost model (no pruning needed;
+    `ratios` overrides and `round_to` are honoured). Global scope: bisection on real pruned copies.
+    Widths move in steps (integers, multiples of `round_to`), so the result lands on the nearest
+    achievable MAC count at or below the target. Raises ConfigError when even the largest ratio
+    that leaves a channel in every group keeps more than the target.
+    """
+    cfg = _prune_config(config or {"method": "channel"})
+    if not isinstance(cfg, ChannelConfig):
+        raise ConfigError(
+            f"target_macs needs a structured method (channel / slimming), got {cfg.method!r}: "
+            "unstructured masks do not reduce dense MACs"
+        )
+    if not 0.0 < float(target_macs) < 1.0:
+        raise ConfigError(f"target_macs is the fraction of MACs kept, in (0, 1); got {target_macs!r}")
+    inputs = example_tuple(model, example_inputs)
+    ctx = PruneContext(inputs, targets, ignore, data)
+    groups = eligible_groups(model, dependency_groups(model, inputs), ctx)
+    overrides = group_ratios(model, groups, cfg)
+    dense = count_macs(model, inputs)
+    goal = float(target_macs) * dense
+    # every group keeps >= 1 channel while size * (1 - r) >= 0.5, and a ratio stays < 1
+    hi = min([1.0 - 0.5 / g.size for g in groups if overrides[g.root] is None] + [cfg.max_group_ratio if cfg.scope == "global" else 0.999])
+
+    if cfg.scope == "layer":
+        table = {
+            "method": "channel", "macs": dense, "params": count_params(model), "round_to": cfg.round_to,
+            "entries": [{"name": g.root, "size": g.size} for g in groups], "layers": _layer_costs(model, inputs, groups),
+        }
+
+        def cost(r: float) -> float:
+            return estimate_cost(table, {g.root: overrides[g.root] if overrides[g.root] is not None else r for g in groups}, "macs")
+    else:
+        from condense.prune import prune
+
+        def cost(r: float) -> float:
+            trial = copy.deepcopy(model)
+            prune(trial, cfg.replace(ratio=r), inputs, targets, ignore, data)
+            return count_macs(trial, inputs)
+
+    if cost(hi) > goal:
+        raise ConfigError(
+            f"target_macs {target_macs}: even channel ratio {hi:.3f} keeps {cost(hi) / dense:.1%} of the MACs "
+            "(unprunable layers, overrides or round_to set a floor); ask for a larger fraction"
+        )
+    lo = 0.0
+    if cost(lo) <= goal:
+        return 0.0
+    for _ in range(20 if cfg.scope == "global" else 40):
+        mid = (lo + hi) / 2
+        if cost(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    return float(hi)
+
+
+# ----------------------------------------------------------------------------- one cycle
+
+
+def _numbers(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    return {"macs": count_macs(model, inputs), "params": count_params(model),
+            "sparsity": sparsity_report(model)["global"]["sparsity"]}
+
+
+def _val_accuracy(model: nn.Module, data: ArrayDataset | None) -> float | None:
+    if data is None or len(data) == 0 or data.targets is None:
+        return None
+    from condense.evaluate import evaluate
+
+    return float(evaluate(model, data)["accuracy"])
+
+
+def check_masks_held(model: nn.Module) -> int:
+    """Raise RunError if a masked layer computes with a non-zero weight where its mask is 0.
+
+    Returns the number of masked-out weights checked.
+    """
+    checked = 0
+    with torch.no_grad():
+        for name, m in masked_layers(model).items():
+            off = get_mask(m).mask == 0  # type: ignore[union-attr]
+            leaked = int((m.weight[off] != 0).sum())
+            if leaked:
+                raise RunError(f"masks did not hold during recovery: {leaked} pruned weights of {name!r} became non-zero")
+            checked += int(off.sum())
+    return checked
+
+
+def prune_and_recover(
+    model: nn.Module,
+    prune_config: PruneConfig | dict[str, Any],
+    recover_config: RecoverConfig | dict[str, Any] | None,
+    train_data: ArrayDataset | None,
+    val_data: ArrayDataset | None = None,
+    example_inputs: Any = None,
+    targets: Patterns = None,
+    ignore: Patterns = None,
+    *,
+    target_macs: float | None = None,
+    teacher: nn.Module | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune `model` (in place) and recover its accuracy; return `(model, info)`.
+
+    `target_macs` (structured methods only) replaces the config's `ratio` by the channel ratio
+    that keeps that fraction of the MACs (`macs_ratio_to_channel_ratio`). For "distill" the
+    teacher is `teacher`, by default a frozen deep copy of `model` taken before pruning.
+    `info` holds the configs, the chosen ratio, MACs / params / sparsity before and after,
+    validation accuracy (dense, pruned, recovered; when `val_data` is given) and the fit history.
+    """
+    pcfg = _prune_config(prune_config)
+    rcfg = _recover_config(recover_config)
+    if rcfg.method != "none" and (train_data is None or len(train_data) == 0):
+        raise ConfigError(f"recovery {rcfg.method!r} needs training data")
+    inputs = _inputs(model, example_inputs, train_data)
+    if rcfg.method == "distill" and teacher is None:
+        teacher = copy.deepcopy(model)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    info: dict[str, Any] = {"recover": rcfg.to_dict(), "dense": _numbers(model, inputs), "val_accuracy": {}}
+    info["val_accuracy"]["dense"] = _val_accuracy(model, val_data)
+    if target_macs is not None:
+        if not isinstance(pcfg, ChannelConfig):
+            raise ConfigError(f"target_macs needs a structured method (channel / slimming), got {pcfg.method!r}")
+        data = _taylor_batches(pcfg, train_data, rcfg)
+        ratio = macs_ratio_to_channel_ratio(model, target_macs, pcfg, inputs, targets, ignore, data)
+        pcfg = pcfg.replace(ratio=ratio)
+        info["target_macs"] = float(target_macs)
+        info["channel_ratio"] = ratio
+    info["prune"] = pcfg.to_dict()
+
+    from condense.prune import prune
+
+    prune(model, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg))
+    info["pruned"] = _numbers(model, inputs)
+    info["macs_fraction"] = info["pruned"]["macs"] / max(info["dense"]["macs"], 1)
+    info["params_fraction"] = info["pruned"]["params"] / max(info["dense"]["params"], 1)
+    info["val_accuracy"]["pruned"] = _val_accuracy(model, val_data)
+
+    if rcfg.method == "finetune":
+        from condense.train.fit import train_model
+
+        result = train_model(model, train_data, rcfg.train, val_data)  # type: ignore[arg-type]
+    elif rcfg.method == "distill":
+        from condense.distill import distill_fit
+
+        result = distill_fit(model, teacher, train_data, rcfg.distill_config(), val_data)  # type: ignore[arg-type]
+    else:
+        result = None
+    if result is not None:
+        model = result.model
+        info["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "steps": result.steps,
+                       "history": result.history}
+    if masked_layers(model):
+        info["masked_weights_checked"] = check_masks_held(model)
+        if not rcfg.keep_masks:
+            make_permanent(model)
+    info["recovered"] = _numbers(model, inputs)
+    info["val_accuracy"]["recovered"] = _val_accuracy(model, val_data)
+    return model, info
+
+
+def _taylor_batches(cfg: PruneConfig, data: ArrayDataset | None, rcfg: RecoverConfig) -> list[dict[str, Any]] | None:
+    """The first few training batches, for Taylor importance (which needs gradients)."""
+    if not isinstance(cfg, ChannelConfig) or cfg.importance != "taylor" or data is None:
+        return None
+    return list(islice(iterate_batches(data, rcfg.train.batch_size), cfg.taylor_batches))
+
+
+# ----------------------------------------------------------------------------- iterative
+
+
+def iterative_prune(
+    model: nn.Module,
+    prune_config: PruneConfig | dict[str, Any],
+    recover_config: RecoverConfig | dict[str, Any] | None,
+    train_data: ArrayDataset,
+    val_data: ArrayDataset | None = None,
+    *,
+    steps: Sequence[float],
+    by: Literal["ratio", "macs"] = "ratio",
+    example_inputs: Any = None,
+    targets: Patterns = None,
+    ignore: Patterns = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Prune -> recover cycles (Han et al. 2015): one `prune_and_recover` per step.
+
+    `by="ratio"`: `steps` are increasing *cumulative* ratios of the original model (fraction of
+    weights masked, or of each group's original channels removed), e.g. `[0.5, 0.75, 0.9]`.
+    `by="macs"` (structured only): decreasing fractions of the original MACs kept, e.g.
+    `[0.75, 0.5, 0.25]`. Distillation always learns from the original, unpruned model. Masks are
+    kept between steps and made permanent at the end (unless `keep_masks`).
+    """
+    pcfg = _prune_config(prune_config)
+    rcfg = _recover_config(recover_config)
+    steps = [float(s) for s in steps]
+    if not steps:
+        raise ConfigError("iterative_prune: steps is empty")
+    if isinstance(pcfg, NMConfig):
+        raise ConfigError("iterative_prune: N:M sparsity is fixed by n and m; there is nothing to iterate")
+    if by not in ("ratio", "macs"):
+        raise ConfigError(f"iterative_prune: by must be 'ratio' or 'macs', got {by!r}")
+    if by == "macs":
+        if not isinstance(pcfg, ChannelConfig):
+            raise ConfigError("iterative_prune: by='macs' needs a structured method (channel / slimming)")
+        if any(not 0 < s < 1 for s in steps) or any(b >= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ConfigError(f"iterative_prune: MAC steps must decrease within (0, 1), got {steps}")
+    elif any(not 0 <= s < 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ConfigError(f"iterative_prune: ratio steps must increase within [0, 1), got {steps}")
+    inputs = _inputs(model, example_inputs, train_data)
+    dense_macs = count_macs(model, inputs)
+    teacher = copy.deepcopy(model) if rcfg.method == "distill" else None
+    step_rcfg = rcfg.replace(keep_masks=True)
+    history: list[dict[str, Any]] = []
+    removed = 0.0
+    for i, s in enumerate(steps):
+        last = i == len(steps) - 1
+        rc = rcfg if last else step_rcfg
+        if by == "macs":
+            model, info = prune_and_recover(
+                model, pcfg, rc, train_data, val_data, inputs, targets, ignore,
+                target_macs=min(s * dense_macs / count_macs(model, inputs), 0.999999), teacher=teacher,
+            )
+        else:
+            if isinstance(pcfg, ChannelConfig):  # channel ratios apply to the current width
+                step_cfg = pcfg.replace(ratio=1.0 - (1.0 - s) / (1.0 - removed))
+            elif isinstance(pcfg, (MagnitudeConfig, RandomConfig)):  # masks count every weight
+                step_cfg = pcfg.replace(ratio=s)
+            else:  # pragma: no cover - a future method
+                raise ConfigError(f"iterative_prune: method {pcfg.method!r} is not supported")
+            model, info = prune_and_recover(model, step_cfg, rc, train_data, val_data, inputs, targets, ignore, teacher=teacher)
+            removed = s
+        info["step"] = s
+        history.append(info)
+    final = {"steps": history, "by": by, "dense_macs": dense_macs, "macs_fraction": count_macs(model, inputs) / max(dense_macs, 1),
+             "val_accuracy": history[-1]["val_accuracy"].get("recovered")}
+    return model, final

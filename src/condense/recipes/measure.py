@@ -1,0 +1,90 @@
+"""One measured row per model: the same numbers for every stage of a run and of the demo."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from condense.artifacts import artifact_bytes, save
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+from condense.data.base import Splits
+from condense.evaluate import evaluate, profile
+from condense.export import export_onnx
+
+
+@dataclasses.dataclass
+class MeasureConfig(Config):
+    """How stages are measured: latency batch sizes, repeats and threads (recorded in each row)."""
+
+    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [1, 256])
+    repeats: int = 20
+    warmup: int = 5
+    threads: int | None = None
+    runtimes: list[str] = dataclasses.field(default_factory=lambda: ["torch", "onnxruntime"])
+
+    def validate(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"measure.batch_sizes must be integers >= 1, got {self.batch_sizes}")
+        if self.repeats < 3:
+            raise ConfigError(f"measure.repeats must be >= 3 (medians need repeats), got {self.repeats}")
+
+
+def measure_model(
+    model: nn.Module,
+    stage: str,
+    folder: Path,
+    splits: Splits,
+    cfg: MeasureConfig | None = None,
+    *,
+    deployed_onnx: Path | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save `model` into `folder`, export (or take) its ONNX, and measure it on the test split.
+
+    `deployed_onnx` is the file a deployment runs (e.g. the int8 ONNX of a quantized model); by
+    default a fp32 ONNX export with a parity check is written as `model.onnx`.
+    """
+    cfg = cfg or MeasureConfig()
+    folder.mkdir(parents=True, exist_ok=True)
+    save(model, folder, **(metadata or {}))
+    example = splits.test.inputs[:1]
+    notes: list[str] = []
+    if deployed_onnx is None:
+        exported = export_onnx(model, example, folder / "model.onnx")
+        onnx_path, onnx_diff = exported.path, exported.max_abs_diff
+    else:
+        onnx_path, onnx_diff = Path(deployed_onnx), None
+    torch_metrics = evaluate(model, splits.test)
+    onnx_metrics = evaluate(onnx_path, splits.test, threads=cfg.threads)
+    prof = profile(model, example, runtimes=tuple(cfg.runtimes), batch_sizes=tuple(cfg.batch_sizes),
+                   threads=cfg.threads, onnx_path=onnx_path, artifact_path=folder / "model.safetensors",
+                   warmup=cfg.warmup, repeats=cfg.repeats)
+    row = {
+        "stage": stage,
+        "accuracy": torch_metrics["accuracy"],
+        "onnx_accuracy": onnx_metrics["accuracy"],
+        "f1_macro": torch_metrics["f1_macro"],
+        "params": prof["params"],
+        "nonzero_params": prof["nonzero_params"],
+        "bytes_safetensors": artifact_bytes(folder / "model.safetensors"),
+        "bytes_onnx": artifact_bytes(onnx_path),
+        "onnx_file": onnx_path.name,
+        "flops": prof["flops"],
+        "macs": prof["macs"],
+        "onnx_max_abs_diff": onnx_diff,
+        "latency_ms": {rt: {bs: v["p50_ms"] for bs, v in by.items() if "p50_ms" in v} for rt, by in prof["latency"].items()},
+        "latency_p90_ms": {rt: {bs: v["p90_ms"] for bs, v in by.items() if "p90_ms" in v} for rt, by in prof["latency"].items()},
+        "threads": prof.get("threads"),
+        "environment": prof.get("environment"),
+        "notes": notes,
+    }
+    if prof["nonzero_params"] < 0.9 * prof["params"]:
+        notes.append(f"{prof['params'] - prof['nonzero_params']:,} weights are zero but stored densely: "
+                     "bytes on disk and latency do not shrink from these zeros")
+    meta = dict(metadata or {})
+    meta["metrics"] = {**meta.get("metrics", {}), "test": torch_metrics, "onnx_test": onnx_metrics, "profile": prof}
+    save(model, folder, **meta)
+    return row

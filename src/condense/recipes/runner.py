@@ -1,0 +1,125 @@
+"""Run a recipe into a run folder, stage by stage, resumably.
+
+    run/
+      recipe.yaml          the resolved recipe (what `resume` re-reads)
+      01-teacher/          model.safetensors, condense.json, model.onnx, metrics.json,
+                           checkpoint/ (training stages), DONE (written last)
+      02-student/ ...
+      report.json          every stage's measured row, in order
+      DONE                 the whole run finished
+
+A stage folder without DONE is unfinished: `resume` runs it again, continuing its training from
+the last checkpoint (epoch end, or the step where SIGINT / SIGTERM stopped it). Each stage's
+input models are always read back from the earlier stages' artifacts on disk, so a resumed run
+and an uninterrupted one compute exactly the same thing.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from condense import __version__
+from condense.artifacts import load
+from condense.core.errors import ConfigError, InputFileError
+from condense.core.io import atomic_write_json, atomic_write_text
+from condense.core.seed import seed_everything
+from condense.data import load_dataset
+from condense.recipes.measure import MeasureConfig, measure_model
+from condense.recipes.schema import Recipe, load_recipe
+from condense.recipes.stages import STAGES, StageContext, validate_recipe
+from condense.train.signals import stop_on_signals
+
+RESOLVED = "recipe.yaml"
+DONE = "DONE"
+
+
+def stage_dir(run: Path, i: int, name: str) -> Path:
+    return run / f"{i + 1:02d}-{name}"
+
+
+def _say(msg: str) -> None:
+    print(f"[condense] {msg}", file=sys.stderr, flush=True)
+
+
+def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Validate `recipe_path` completely, then run it into the new folder `out`."""
+    recipe = load_recipe(recipe_path)
+    validate_recipe(recipe)
+    run = Path(out)
+    if run.exists() and any(run.iterdir()):
+        raise ConfigError(f"{run}: the run folder exists and is not empty; use `condense resume {run}` "
+                          "to continue it, or choose another --out (nothing was changed)")
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / RESOLVED, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return _execute(load_recipe(run / RESOLVED), run, quiet=quiet)
+
+
+def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Continue the run in `out`: finished stages are skipped, the unfinished one continues."""
+    run = Path(out)
+    if not (run / RESOLVED).is_file():
+        raise InputFileError(f"{run / RESOLVED}: missing; {run} is not a condense run folder")
+    recipe = load_recipe(run / RESOLVED)
+    validate_recipe(recipe)
+    return _execute(recipe, run, quiet=quiet)
+
+
+def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
+    say = (lambda m: None) if quiet else _say
+    configs = validate_recipe(recipe)
+    measure_cfg = MeasureConfig.from_dict(recipe.measure, where=f"{recipe.path} measure")
+    data_kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
+    data_kwargs.setdefault("seed", recipe.seed)
+    splits = load_dataset(recipe.data["name"], **data_kwargs)
+    rows: list[dict[str, Any]] = []
+    t_run = time.perf_counter()
+    with stop_on_signals():
+        for i, (spec, cfg) in enumerate(zip(recipe.stages, configs, strict=True)):
+            folder = stage_dir(run, i, spec.name)
+            if (folder / DONE).exists():
+                say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, skipped")
+                rows.append(json.loads((folder / "metrics.json").read_text()))
+                continue
+            resuming = folder.exists()
+            say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}){' (resuming)' if resuming else ''}")
+            folder.mkdir(parents=True, exist_ok=True)
+            seed_everything(recipe.seed + 7919 * (i + 1))
+            model = None
+            if spec.source is not None:
+                j = next(k for k, s in enumerate(recipe.stages) if s.name == spec.source)
+                model = load(stage_dir(run, j, spec.source))
+            teachers = []
+            for t in spec.teachers:
+                j = next(k for k, s in enumerate(recipe.stages) if s.name == t)
+                teachers.append(load(stage_dir(run, j, t)))
+            ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
+            t0 = time.perf_counter()
+            out = STAGES.get(spec.kind).handler(ctx, cfg)
+            train_s = time.perf_counter() - t0
+            meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
+                    "recipe": recipe.to_dict()}
+            row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
+                                metadata=meta)
+            row.update({"kind": spec.kind, "stage_time_s": round(train_s, 2), "info": out.info})
+            row["notes"] = [*row.get("notes", []), *out.notes]
+            if "report" in out.info and isinstance(out.info["report"], dict):
+                row["per_layer"] = out.info["report"].get("per_layer")
+            atomic_write_json(folder / "metrics.json", row)
+            atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+            rows.append(row)
+            say(f"  {spec.name}: test accuracy {row['accuracy']:.4f}, params {row['params']:,}, "
+                f"{row['bytes_onnx']:,} bytes ONNX")
+    report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__,
+              "wall_time_s": round(time.perf_counter() - t_run, 1)}
+    atomic_write_json(run / "report.json", report)
+    from condense.report import write_report
+
+    paths = write_report(run)
+    report["html"], report["illusions"] = str(paths.html), paths.illusions
+    atomic_write_text(run / DONE, "ok\n")
+    return report

@@ -1,0 +1,219 @@
+"""Recipes are typed data: YAML (safe loader) -> `Recipe` of ordered `StageSpec`s.
+
+    version: 1
+    name: digits-chain
+    seed: 0
+    data: {name: digits}                  # any load_dataset options beside `name`
+    stages:
+      - name: teacher
+        kind: train
+        model: {name: cnn, kwargs: {}}    # build a fresh model (else: the previous stage's output)
+        train: {epochs: 15, lr: 0.003}
+      - name: student
+        kind: distill
+        model: {name: cnn, kwargs: {width: 8}}
+        teacher: teacher                  # stage name(s) whose models teach
+        config: {alpha: 0.9, temperature: 4}
+        train: {epochs: 30}
+      - {name: pruned, kind: prune, from: student, config: {method: channel, ratio: 0.5, round_to: 8}}
+
+Every mapping is checked against the config dataclass of its kind; an unknown or misspelled key
+is an error naming the file, the line and a close valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError, InputFileError, did_you_mean
+
+STAGE_KEYS = ("name", "kind", "from", "model", "teacher", "config", "train", "recover", "measure")
+TOP_KEYS = ("version", "name", "seed", "data", "stages", "measure")
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """One stage as written: kind + config (+ training settings), and where its model comes from."""
+
+    name: str
+    kind: str
+    source: str | None  # stage name whose output is the input model; None = build `model`
+    model: dict[str, Any] | None
+    teachers: list[str]
+    config: dict[str, Any]
+    train: dict[str, Any]
+    recover: dict[str, Any]
+    measure: bool
+    line: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.source is not None:
+            out["from"] = self.source
+        if self.model is not None:
+            out["model"] = self.model
+        if self.teachers:
+            out["teacher"] = list(self.teachers)
+        for key in ("config", "train", "recover"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        out["measure"] = self.measure
+        return out
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    seed: int
+    data: dict[str, Any]
+    stages: list[StageSpec]
+    path: str
+    measure: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "name": self.name, "seed": self.seed, "data": self.data,
+                "measure": self.measure, "stages": [s.to_dict() for s in self.stages]}
+
+    def stage(self, name: str) -> StageSpec:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"{self.path}: no stage named {name!r}{did_you_mean(name, [s.name for s in self.stages])}")
+
+
+class _Lines:
+    """Line numbers (1-based) of YAML nodes, looked up by key path."""
+
+    def __init__(self, node: yaml.Node | None) -> None:
+        self.root = node
+
+    def line(self, *path: str | int) -> int:
+        node, best = self.root, (self.root.start_mark.line + 1 if self.root is not None else 1)
+        for key in path:
+            if isinstance(node, yaml.MappingNode):
+                nxt = None
+                for k, v in node.value:
+                    if k.value == key:
+                        best, nxt = k.start_mark.line + 1, v
+                        break
+                node = nxt
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+                best = node.start_mark.line + 1
+            else:
+                node = None
+            if node is None:
+                break
+        return best
+
+
+def check_keys(cls: type[Config], data: Any, where: str, lines: _Lines, path: tuple[str | int, ...]) -> None:
+    """Reject unknown keys in `data` (and nested Config fields), with file:line and a close key."""
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:{lines.line(*path)}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{where}:{lines.line(*path, key)}: unknown key {key!r} for {cls.__name__}"
+                f"{did_you_mean(str(key), list(fields))}; valid keys: {', '.join(fields)}"
+            )
+        hint = hints[key]
+        if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
+            check_keys(hint, value, where, lines, (*path, key))
+
+
+def parse_config(cls: type[Config], data: dict[str, Any] | None, where: str, lines: _Lines, path: tuple[str | int, ...]) -> Config:
+    """check_keys, then build the dataclass; value errors are prefixed with file:line."""
+    check_keys(cls, data or {}, where, lines, path)
+    try:
+        return cls.from_dict(data or {})
+    except ConfigError as e:
+        raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
+
+
+def read_yaml(path: str | Path) -> tuple[Any, _Lines]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such recipe file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    return data, _Lines(node)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and structurally validate a recipe (stage configs are checked by `validate_recipe`)."""
+    where = str(path)
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:1: a recipe is a mapping with 'stages', got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{where}:{lines.line(key)}: unknown top-level key {key!r}{did_you_mean(str(key), TOP_KEYS)}")
+    if data.get("version", 1) != 1:
+        raise ConfigError(f"{where}:{lines.line('version')}: unsupported recipe version {data.get('version')!r} (expected 1)")
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        raise ConfigError(f"{where}:{lines.line('stages')}: 'stages' must be a non-empty list")
+    data_cfg = data.get("data") or {"name": "digits"}
+    if not isinstance(data_cfg, dict) or "name" not in data_cfg:
+        raise ConfigError(f"{where}:{lines.line('data')}: 'data' must be a mapping with a 'name' (e.g. digits)")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}:{lines.line('seed')}: seed must be an integer, got {seed!r}")
+    stages: list[StageSpec] = []
+    for i, raw in enumerate(raw_stages):
+        line = lines.line("stages", i)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}:{line}: stage {i + 1} must be a mapping with 'kind'")
+        for key in raw:
+            if key not in STAGE_KEYS:
+                raise ConfigError(f"{where}:{lines.line('stages', i, key)}: unknown stage key {key!r}{did_you_mean(str(key), STAGE_KEYS)}; valid: {', '.join(STAGE_KEYS)}")
+        kind = raw.get("kind")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{where}:{line}: stage {i + 1} has no 'kind'")
+        name = str(raw.get("name") or f"{kind}{i + 1}")
+        if any(s.name == name for s in stages):
+            raise ConfigError(f"{where}:{line}: two stages are named {name!r}")
+        source = raw.get("from", "previous")
+        model = raw.get("model")
+        if model is not None:
+            if not isinstance(model, dict) or "name" not in model or set(model) - {"name", "kwargs"}:
+                raise ConfigError(f"{where}:{lines.line('stages', i, 'model')}: 'model' must be {{name: ..., kwargs: {{...}}}}")
+            source = None if "from" not in raw else source
+        if source == "previous":
+            source = stages[-1].name if stages else None
+        elif source in ("none", None):
+            source = None
+        elif not any(s.name == source for s in stages):
+            raise ConfigError(f"{where}:{lines.line('stages', i, 'from')}: 'from: {source}' names no earlier stage"
+                              f"{did_you_mean(str(source), [s.name for s in stages])}")
+        teachers = raw.get("teacher") or []
+        teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+        for t in teachers:
+            if not any(s.name == t for s in stages):
+                raise ConfigError(f"{where}:{lines.line('stages', i, 'teacher')}: teacher {t!r} names no earlier stage"
+                                  f"{did_you_mean(str(t), [s.name for s in stages])}")
+        for key in ("config", "train", "recover"):
+            if raw.get(key) is not None and not isinstance(raw[key], dict):
+                raise ConfigError(f"{where}:{lines.line('stages', i, key)}: '{key}' must be a mapping")
+        stages.append(StageSpec(name=name, kind=kind, source=source, model=model, teachers=teachers,
+                                config=dict(raw.get("config") or {}), train=dict(raw.get("train") or {}),
+                                recover=dict(raw.get("recover") or {}), measure=bool(raw.get("measure", True)), line=line))
+    measure = data.get("measure") or {}
+    recipe = Recipe(name=str(data.get("name") or Path(path).stem), seed=seed, data=dict(data_cfg), stages=stages,
+                    path=where, measure=dict(measure))
+    recipe._lines = lines  # type: ignore[attr-defined]
+    return recipe

@@ -1,0 +1,300 @@
+"""Stage kinds: each is a config check plus a handler that turns input models into an output model.
+
+A kind whose method is not built yet is listed in `PLANNED` and rejected with a clear message.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+from condense.core.registry import Registry
+from condense.data.augment import AugmentConfig, build_augment
+from condense.data.base import Splits
+from condense.models.registry import build_model
+from condense.recipes.schema import Recipe, StageSpec, _Lines, check_keys, parse_config
+from condense.train.config import TrainConfig
+
+PLANNED = {
+    "factorize": "low-rank factorization is not built yet",
+}
+
+
+@dataclasses.dataclass
+class TrainStageConfig(Config):
+    """`train` / `finetune` stage options besides the TrainConfig under `train:`."""
+
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+
+@dataclasses.dataclass
+class ExportStageConfig(Config):
+    """`export` stage: fp32 ONNX (parity-checked) of its input, and int8 when the input is quantized."""
+
+    opset: int = 18
+    atol: float = 1e-4
+
+
+@dataclasses.dataclass
+class EmptyConfig(Config):
+    """A stage kind with no options."""
+
+
+@dataclasses.dataclass
+class StageContext:
+    recipe: Recipe
+    spec: StageSpec
+    index: int
+    folder: Path
+    splits: Splits
+    model: nn.Module | None  # the input model (a copy the stage may change)
+    teachers: list[nn.Module]
+    resume: bool
+
+
+@dataclasses.dataclass
+class StageOutput:
+    model: nn.Module
+    deployed_onnx: Path | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class StageKind:
+    config_cls: type[Config]
+    handler: Callable[[StageContext, Config], StageOutput]
+    trains: bool = False  # has a `train:` section (TrainConfig), checkpointed and resumable
+    needs_input: bool = True
+
+
+STAGES: Registry[StageKind] = Registry("stage kind")
+
+
+def _train_config(ctx: StageContext) -> TrainConfig:
+    raw = {"seed": ctx.recipe.seed + ctx.index, "progress": "log", **ctx.spec.train}
+    raw["checkpoint_dir"] = str(ctx.folder / "checkpoint")
+    return TrainConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} train")
+
+
+def model_kwargs_for(splits: Splits, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Fill input/class shape arguments of a zoo model from the data (explicit kwargs win)."""
+    if len(splits.input_shape) == 1:
+        base = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes}
+    else:
+        base = {"in_channels": splits.input_shape[0], "image_size": splits.input_shape[-1], "num_classes": splits.num_classes}
+    return {**base, **kwargs}
+
+
+def build_stage_model(ctx: StageContext) -> nn.Module:
+    spec = ctx.spec.model or {}
+    torch.manual_seed(ctx.recipe.seed + 1000 * (ctx.index + 1))
+    name = spec["name"]
+    kwargs = dict(spec.get("kwargs") or {})
+    return build_model(name, **(model_kwargs_for(ctx.splits, kwargs) if ":" not in name else kwargs))
+
+
+def _input(ctx: StageContext) -> nn.Module:
+    if ctx.model is None:
+        raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: stage {ctx.spec.name!r} ({ctx.spec.kind}) needs an input model; "
+                          "give it 'model:' or 'from: <stage>'")
+    return ctx.model
+
+
+def run_train(ctx: StageContext, cfg: TrainStageConfig) -> StageOutput:
+    from condense.train.fit import train_model
+
+    model = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
+    tc = _train_config(ctx)
+    res = train_model(model, ctx.splits.train, tc, ctx.splits.val, augment=build_augment(cfg.augment), resume=ctx.resume)
+    return StageOutput(res.model, info={"fit": res.to_dict(), "train_config": tc.to_dict()})
+
+
+def run_distill(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.distill import distill_fit
+
+    if not ctx.teachers:
+        raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: distill stage {ctx.spec.name!r} needs 'teacher: <stage name>'")
+    student = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
+    dc = cfg.replace(train=_train_config(ctx).to_dict())
+    res = distill_fit(student, ctx.teachers, ctx.splits.train, dc, ctx.splits.val, resume=ctx.resume)
+    return StageOutput(res.model, info={"fit": res.to_dict(), "distill_config": dc.to_dict()})
+
+
+def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.prune import make_permanent, pruning_report
+    from condense.prune.recover import RecoverConfig, prune_and_recover
+
+    model = _input(ctx)
+    example = ctx.splits.test.inputs[:1]
+    raw = {"method": "none", **ctx.spec.recover}
+    if raw["method"] != "none":
+        raw["train"] = _train_config(ctx).to_dict()
+    rc = RecoverConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} recover")
+    pruned, info = prune_and_recover(model, cfg, rc, ctx.splits.train, ctx.splits.val, example_inputs=example,
+                                     resume=ctx.resume)
+    make_permanent(pruned)
+    return StageOutput(pruned, info={"prune": _jsonable(info), "report": _jsonable(pruning_report(pruned, example))})
+
+
+def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.quantize import quantize
+
+    model = _input(ctx)
+    qmodel = quantize(model, cfg, calibration=ctx.splits.train)
+    out = StageOutput(qmodel, info={"quantize_config": cfg.to_dict()})
+    out.notes.append("torch latency of this stage is the PyTorch fake-quant simulation, not a deployment runtime; "
+                     "the deployed model is the ONNX file run by onnxruntime")
+    if getattr(cfg, "method", "static") in ("static", "qat"):
+        from condense.quantize import export_int8_onnx
+
+        res = export_int8_onnx(qmodel, ctx.splits.test.inputs[:1], ctx.folder / "model.int8.onnx",
+                               heldout=ctx.splits.test.inputs)
+        out.deployed_onnx = Path(res.path)
+        out.info["int8_export"] = _jsonable(res.to_dict())
+        out.notes.extend(res.notes)
+    report = getattr(qmodel, "condense_quant_report", None)
+    if report is not None:
+        out.info["quant_report"] = _jsonable(report.to_dict() if hasattr(report, "to_dict") else report)
+    return out
+
+
+def run_export(ctx: StageContext, cfg: ExportStageConfig) -> StageOutput:
+    from condense.export import export_onnx
+    from condense.quantize import export_int8_onnx, quant_wrappers
+
+    model = _input(ctx)
+    example = ctx.splits.test.inputs[:1]
+    if quant_wrappers(model):
+        res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx", heldout=ctx.splits.test.inputs, opset=cfg.opset)
+        return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())}, notes=list(res.notes))
+    res = export_onnx(model, example, ctx.folder / "model.onnx", opset=cfg.opset, atol=cfg.atol)
+    return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())})
+
+
+def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.quantize import export_int8_onnx, quant_wrappers
+    from condense.tune import tune
+
+    cfg = cfg.replace(train={**cfg.train.to_dict(), **ctx.spec.train}) if ctx.spec.train else cfg
+    result = tune(_input(ctx), ctx.splits, cfg)
+    out = StageOutput(result.model, info={"tune": _jsonable(result.to_dict())}, notes=[result.message])
+    if quant_wrappers(result.model):
+        res = export_int8_onnx(result.model, ctx.splits.test.inputs[:1], ctx.folder / "model.int8.onnx",
+                               heldout=ctx.splits.test.inputs)
+        out.deployed_onnx = Path(res.path)
+    return out
+
+
+def run_evaluate(ctx: StageContext, cfg: EmptyConfig) -> StageOutput:
+    return StageOutput(_input(ctx))
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+
+
+def _quant_config_cls() -> type[Config]:
+    from condense.quantize import QuantizeConfig
+
+    return QuantizeConfig
+
+
+def _distill_config_cls() -> type[Config]:
+    from condense.distill.config import DistillConfig
+
+    return DistillConfig
+
+
+def _tune_config_cls() -> type[Config]:
+    from condense.tune import TuneConfig
+
+    return TuneConfig
+
+
+def _prune_config_cls() -> type[Config]:
+    from condense.prune import PruneConfig
+
+    return PruneConfig
+
+
+STAGES.register("train", StageKind(TrainStageConfig, run_train, trains=True, needs_input=False))
+STAGES.register("finetune", StageKind(TrainStageConfig, run_train, trains=True))
+STAGES.register("distill", StageKind(EmptyConfig, run_distill, trains=True, needs_input=False))
+STAGES.register("prune", StageKind(EmptyConfig, run_prune, trains=True))
+STAGES.register("quantize", StageKind(EmptyConfig, run_quantize))
+STAGES.register("export", StageKind(ExportStageConfig, run_export))
+STAGES.register("evaluate", StageKind(EmptyConfig, run_evaluate))
+STAGES.register("tune", StageKind(EmptyConfig, run_tune, trains=True))
+_LAZY_CONFIG = {"distill": _distill_config_cls, "prune": _prune_config_cls, "quantize": _quant_config_cls,
+                "tune": _tune_config_cls}
+
+
+def parse_stage_config(recipe: Recipe, i: int) -> Config:
+    """Parse stage `i`'s `config:` into its kind's config object (errors carry file:line)."""
+    spec = recipe.stages[i]
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    if spec.kind in PLANNED:
+        raise ConfigError(f"{recipe.path}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
+    kind = STAGES.get(spec.kind) if spec.kind in STAGES else None
+    if kind is None:
+        known = sorted([*STAGES.names(), *PLANNED])
+        from condense.core.errors import did_you_mean
+
+        raise ConfigError(f"{recipe.path}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
+                          f"known: {', '.join(known)}")
+    cls = _LAZY_CONFIG[spec.kind]() if spec.kind in _LAZY_CONFIG else kind.config_cls
+    where = recipe.path
+    path: tuple[str | int, ...] = ("stages", i, "config")
+    if spec.kind == "prune":
+        # method-dispatched config: PruneConfig.from_dict picks the method's own dataclass
+        try:
+            cfg = cls.from_dict(spec.config)
+        except ConfigError as e:
+            raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
+    elif spec.kind == "quantize":
+        from condense.quantize import QUANTIZERS
+
+        method = spec.config.get("method", "static")
+        try:
+            qcls = QUANTIZERS.get(method).config_cls
+        except ConfigError as e:
+            raise ConfigError(f"{where}:{lines.line(*path, 'method')}: {e}") from None
+        cfg = parse_config(qcls, spec.config, where, lines, path)
+    elif spec.kind == "distill":
+        if "train" in spec.config:
+            raise ConfigError(f"{where}:{lines.line(*path, 'train')}: put training settings in the stage's 'train:', not in 'config:'")
+        cfg = parse_config(cls, spec.config, where, lines, path)
+    else:
+        cfg = parse_config(cls, spec.config, where, lines, path)
+    if spec.train:
+        if not kind.trains:
+            raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: stage kind {spec.kind!r} does not train; remove 'train:'")
+        check_keys(TrainConfig, spec.train, where, lines, ("stages", i, "train"))
+        parse_config(TrainConfig, spec.train, where, lines, ("stages", i, "train"))
+    if spec.recover and spec.kind != "prune":
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only prune stages take 'recover:'")
+    if spec.recover:
+        from condense.prune.recover import RecoverConfig
+
+        check_keys(RecoverConfig, {k: v for k, v in spec.recover.items() if k != "train"}, where, lines, ("stages", i, "recover"))
+    if kind.needs_input and spec.source is None and spec.model is None:
+        raise ConfigError(f"{where}:{spec.line}: stage {spec.name!r} ({spec.kind}) has no input model (it is first, or 'from: none')")
+    if spec.kind == "distill" and not spec.teachers:
+        raise ConfigError(f"{where}:{spec.line}: distill stage {spec.name!r} needs 'teacher: <earlier stage name>'")
+    if spec.kind in ("train",) and spec.model is None and spec.source is None:
+        raise ConfigError(f"{where}:{spec.line}: train stage {spec.name!r} needs 'model: {{name: ...}}' or an input stage")
+    return cfg
+
+
+def validate_recipe(recipe: Recipe) -> list[Config]:
+    """Parse every stage's config; return them in order (raises on the first problem)."""
+    return [parse_stage_config(recipe, i) for i in range(len(recipe.stages))]

@@ -1,0 +1,148 @@
+"""Recipes: validation with file:line errors, every shipped recipe validates, runs resume exactly after SIGKILL."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from condense.core.errors import ConfigError
+from condense.recipes import load_recipe, validate_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "src/condense/recipes").glob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    assert len(SHIPPED) >= 2
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    validate_recipe(load_recipe(path))
+
+
+def test_init_template_validates(tmp_path):
+    from condense.cli import main
+
+    assert main(["init", str(tmp_path / "r.yaml")]) == 0
+    validate_recipe(load_recipe(tmp_path / "r.yaml"))
+    assert main(["init", str(tmp_path / "r.yaml")]) == 2  # never overwrites without --force
+
+
+BASE = """\
+name: t
+data: {name: digits}
+stages:
+  - name: teacher
+    kind: train
+    model: {name: mlp, kwargs: {hidden: [32]}}
+    train: {epochs: 2}
+"""
+
+
+def _check(tmp_path, text, pattern):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        validate_recipe(load_recipe(p))
+
+
+def test_misspelled_keys_name_file_line_and_close_key(tmp_path):
+    _check(tmp_path, BASE.replace("epochs: 2", "epocs: 2"), r"r.yaml:7: unknown key 'epocs' for TrainConfig.*did you mean: epochs")
+    _check(tmp_path, BASE + "  - {name: s, kind: distill, teacher: teacher, model: {name: mlp}, config: {temprature: 2}}\n",
+           r"r.yaml:8: unknown key 'temprature'.*did you mean: temperature")
+    _check(tmp_path, BASE.replace("kind: train", "kind: trian"), r"r.yaml:4: unknown stage kind 'trian'.*did you mean: train")
+    _check(tmp_path, BASE + "  - {kind: prune, from: techer, config: {method: channel, ratio: 0.5}}\n",
+           r"'from: techer' names no earlier stage.*did you mean: teacher")
+    _check(tmp_path, BASE + "  - {kind: factorize}\n", r"r.yaml:8: stage kind 'factorize' is not available")
+    _check(tmp_path, BASE + "  - {kind: quantize, config: {method: static, weight_bits: 9}}\n", r"r.yaml:8: .*weight_bits must be in 2..8")
+    _check(tmp_path, BASE.replace("name: t\n", "name: t\nstages_: []\n"), r"unknown top-level key 'stages_'.*did you mean: stages")
+    _check(tmp_path, BASE + "  - {kind: distill, model: {name: mlp}}\n", r"needs 'teacher: <earlier stage name>'")
+
+
+def test_yaml_is_read_safely(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("!!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(p)
+    assert not (tmp_path / "pwned").exists()
+
+
+KILL_RECIPE = """\
+name: kill-test
+seed: 3
+data: {name: digits}
+measure: {batch_sizes: [1, 8], repeats: 3, warmup: 1}
+stages:
+  - name: teacher
+    kind: train
+    model: {name: mlp, kwargs: {hidden: [64]}}
+    train: {epochs: 25, lr: 0.003, batch_size: 32}
+  - name: student
+    kind: distill
+    model: {name: mlp, kwargs: {hidden: [16]}}
+    teacher: teacher
+    config: {alpha: 0.9, temperature: 4}
+    train: {epochs: 25, lr: 0.005, batch_size: 32}
+  - name: int8
+    kind: quantize
+    config: {method: static, calibration_samples: 128}
+"""
+
+
+def _condense(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "condense.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+
+def _digest(run: Path) -> dict:
+    out = {}
+    for d in sorted(p for p in run.iterdir() if p.is_dir()):
+        out[d.name] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+        out[d.name + ":acc"] = json.loads((d / "metrics.json").read_text())["accuracy"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("kill")
+    (base / "r.yaml").write_text(KILL_RECIPE)
+    proc = _condense("run", str(base / "r.yaml"), "--out", str(base / "ref"))
+    assert proc.wait(timeout=600) == 0
+    return base, _digest(base / "ref")
+
+
+def _kill_when(proc, path: Path, timeout=300):
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"run ended (code {proc.returncode}) before {path} appeared")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail(f"{path} did not appear")
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("point", ["01-teacher/checkpoint/last.ckpt", "02-student/checkpoint/last.ckpt", "02-student/DONE"])
+def test_sigkill_then_resume_matches_uninterrupted(reference_run, point):
+    base, ref = reference_run
+    run = base / ("killed-" + point.replace("/", "_"))
+    _kill_when(_condense("run", str(base / "r.yaml"), "--out", str(run)), run / point)
+    assert not (run / "DONE").exists()
+    assert _condense("resume", str(run)).wait(timeout=600) == 0
+    assert (run / "DONE").exists()
+    assert _digest(run) == ref
+
+
+def test_run_refuses_existing_folder(reference_run):
+    from condense.cli import main
+
+    base, _ = reference_run
+    assert main(["run", str(base / "r.yaml"), "--out", str(base / "ref")]) == 2
