@@ -17,7 +17,7 @@ The split is fixed (`load_dataset("digits", labelled_fraction=0.1, seed=0)`: 129
 batch order, augmentation and view draws). Best weights are picked on the labelled val split
 in every supervised / KD stage; numbers are test accuracy. One teacher is trained per seed.
 
-    python benchmarks/label_efficiency.py --seeds 5 --json benchmarks/results/label_efficiency.json
+    python benchmarks/label_efficiency.py --seeds 5 --ssl-distill --json benchmarks/results/label_efficiency.json
 """
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps of every student stage")
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--method", default="simclr", help="pretraining method: simclr | byol | mae")
     ap.add_argument("--pretrain-epochs", type=int, default=40)
@@ -100,7 +101,7 @@ def main() -> None:
                            optimizer="adamw", schedule="cosine", seed=seed, progress="off")
 
     def teacher_cfg(seed: int) -> TrainConfig:
-        return TrainConfig(epochs=100_000, max_steps=args.steps, batch_size=args.batch_size, lr=3e-3,
+        return TrainConfig(epochs=100_000, max_steps=args.teacher_steps, batch_size=args.batch_size, lr=3e-3,
                            seed=seed, progress="off")
 
     def pretrain_cfg(seed: int) -> PretrainConfig:

@@ -6,10 +6,11 @@ training seed varies, 0..N-1):
 
 * dense: trained once per seed and model (`--dense-epochs`, AdamW, cosine, best-on-validation);
 * structured channel pruning (L1, layer scope, `round_to` 8) removing >= 50 % and >= 75 % of the
-  MACs (`target_macs` 0.5 / 0.25 picks the channel ratio), recovered by fine-tuning or by
-  distillation from the unpruned model (`--recover-epochs`, last epoch kept);
-* control: the same pruned architecture (edit log replayed on a fresh model, re-initialised)
-  trained from scratch for dense + recovery epochs;
+  MACs (`target_macs` 0.5 / 0.25 picks the channel ratio), BatchNorm statistics re-estimated on
+  8 batches, then recovered by fine-tuning or by distillation from the unpruned model
+  (alpha 0.9, T 4; `--recover-epochs`, last epoch kept);
+* control: the 75 % pruned architecture (edit log replayed on a fresh model, re-initialised with
+  the zoo's init) trained from scratch for dense + recovery epochs (`--scratch-all`: 50 % too);
 * unstructured magnitude masks (layer scope; the first conv, 9 weights per filter, left dense),
   one iterative chain 50 % -> 80 % -> 90 %, fine-tuned `--unstructured-epochs` after each step.
 
@@ -17,8 +18,9 @@ Accuracy is on the held-out test split (mean +- std over seeds; "delta" is paire
 Params, MACs and bytes on disk (safetensors written by `condense.save`) come from seed 0 (every
 seed gets the same widths). Latency: `condense.evaluate.profile` (torch eager and onnxruntime,
 batch 1 and 256, median after warm-up) with ONE intra-op thread for stability, on seed 0's
-models, `--latency-rounds` rounds interleaved across models; each model's figure is the median of
-its per-round medians, and ratios are pruned / unpruned of the same model.
+models loaded back with `condense.load`; one model per set of layer shapes (dense, ch50, ch75,
+mag90), `--latency-rounds` rounds interleaved; a model's latency is the median of its per-round
+medians and its ratio the median over rounds of (its median / the dense median of that round).
 
     python benchmarks/prune_digits.py                      # full run (5 seeds, both models)
     python benchmarks/prune_digits.py --quick              # smoke run (1 seed, 1 epoch, cnn)
@@ -85,12 +87,15 @@ def run_unit(model_name: str, seed: int, args: dict[str, Any], save_dir: str | N
     for prefix, keep in STRUCTURED.items():
         for method in ("finetune", "distill"):
             t0 = time.perf_counter()
-            rcfg = RecoverConfig(method=method, alpha=args["alpha"], temperature=args["temperature"], train=rec_train)
+            rcfg = RecoverConfig(method=method, alpha=args["alpha"], temperature=args["temperature"], train=rec_train,
+                                 bn_batches=args["bn_batches"])
             pruned, info = prune_and_recover(copy.deepcopy(dense), ChannelConfig(importance="l1", round_to=args["round_to"]),
                                              rcfg, splits.train, splits.val, x1, target_macs=keep)
-            before = info["val_accuracy"]["pruned"]
+            va = info["val_accuracy"]
             record(f"{prefix}-{'ft' if method == 'finetune' else 'kd'}", pruned, t0, channel_ratio=info["channel_ratio"],
-                   val_accuracy_before_recovery=before)
+                   val_accuracy_pruned=va["pruned"], val_accuracy_bn_recalibrated=va.get("pruned_bn_recalibrated"))
+        if prefix != "ch75" and not args["scratch_all"]:
+            continue
         # control: the pruned architecture, re-initialised, trained from scratch for dense + recovery epochs
         t0 = time.perf_counter()
         torch.manual_seed(10_000 + seed)
@@ -118,7 +123,8 @@ def run_unit(model_name: str, seed: int, args: dict[str, Any], save_dir: str | N
     for ratio in UNSTRUCTURED:
         t0 = time.perf_counter()
         current, info = prune_and_recover(
-            current, MagnitudeConfig(ratio=ratio, scope="layer"), RecoverConfig(method="finetune", train=u_train, keep_masks=True),
+            current, MagnitudeConfig(ratio=ratio, scope="layer"), RecoverConfig(method="finetune", train=u_train, keep_masks=True,
+                                                                                  bn_batches=args["bn_batches"]),
             splits.train, splits.val, x1, ignore=[FIRST_CONV[model_name]],
         )
         snapshot = copy.deepcopy(current)
@@ -131,35 +137,59 @@ def run_unit(model_name: str, seed: int, args: dict[str, Any], save_dir: str | N
                compressed_size_estimate=rep.get("compressed_size_estimate"), notes=rep["notes"])
 
     if save_dir is not None:  # seed 0's models, for bytes on disk and latency
-        for name, model in models.items():
+        for name in PROFILED:
+            model = models[name]
             save(model, Path(save_dir) / model_name / name, metrics={"test_accuracy": rows[name]["test_accuracy"]})
     return {"model": model_name, "seed": seed, "rows": rows, "wall_s": round(time.perf_counter() - t_unit, 1)}
 
 
 def profile_models(folder: Path, names: list[str], rounds: int, repeats: int, threads: int) -> dict[str, Any]:
-    """Bytes on disk and latency (median over interleaved rounds of profile()'s medians)."""
+    """Bytes on disk and latency of the saved models (`names[0]` is the dense reference).
+
+    Each model is loaded back with `condense.load` (edit log replayed) and exported to ONNX once
+    (parity-checked); then `rounds` rounds profile every model in turn. A model's latency is the
+    median of its per-round medians; its ratio is the median over rounds of (its median / the
+    dense model's median in the same round), so slow spells on the shared machine hit both.
+    """
     from condense.artifacts import load
     from condense.data import load_dataset
     from condense.evaluate import profile
+    from condense.export import export_onnx
 
     x1 = load_dataset("digits", seed=0).test.inputs[:1]
     loaded = {n: load(folder / n) for n in names}
+    onnx = {n: export_onnx(loaded[n], x1, folder / n / "model.onnx") for n in names}
     per: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in names}
     for _ in range(rounds):
         for n in names:
             p = profile(loaded[n], x1, runtimes=("torch", "onnxruntime"), batch_sizes=(1, 256), threads=threads,
-                        warmup=5, repeats=repeats)
+                        onnx_path=onnx[n].path, warmup=5, repeats=repeats)
             for rt, by in p["latency"].items():
                 for bs, lat in by.items():
                     per[n].setdefault(rt, {}).setdefault(bs, []).append(lat["p50_ms"])
+    base = per[names[0]]
     out = {}
     for n in names:
         out[n] = {
             "bytes_safetensors": (folder / n / "model.safetensors").stat().st_size,
+            "bytes_onnx": onnx[n].bytes,
             "latency_ms": {rt: {bs: statistics.median(v) for bs, v in by.items()} for rt, by in per[n].items()},
+            "latency_ratio": {rt: {bs: statistics.median(a / b for a, b in zip(v, base[rt][bs], strict=True)) for bs, v in by.items()}
+                              for rt, by in per[n].items()},
             "latency_rounds_ms": per[n],
         }
     return out
+
+
+#: rows whose layer shapes equal a profiled row's: latency is measured once per shape set.
+PROFILED = ("dense", "ch50-kd", "ch75-kd", "mag90-ft")
+
+
+def _twin(row: str) -> str:
+    """The profiled row with the same layer shapes (masked rows are dense-shaped, like mag90-ft)."""
+    if row.startswith("mag"):
+        return "mag90-ft"
+    return row.split("-")[0] + "-kd" if row.startswith("ch") else "dense"
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -187,15 +217,14 @@ def aggregate(units: list[dict[str, Any]], prof: dict[str, dict[str, Any]]) -> d
             for key in ("channel_ratio", "sparsity", "nonzero_params", "compressed_size_estimate", "notes"):
                 if key in seed0[n]:
                     r[key] = seed0[n][key]
-            if "val_accuracy_before_recovery" in seed0[n]:
-                r["val_accuracy_before_recovery"] = _mean_std([u["rows"][n]["val_accuracy_before_recovery"] for u in mine])
-            p = prof.get(model_name, {}).get(n)
+            for key in ("val_accuracy_pruned", "val_accuracy_bn_recalibrated"):
+                if seed0[n].get(key) is not None:
+                    r[key] = _mean_std([u["rows"][n][key] for u in mine])
+            twin = n if n in prof.get(model_name, {}) else _twin(n)
+            p = prof.get(model_name, {}).get(twin)
             if p:
-                base = prof[model_name]["dense"]
-                r["bytes_safetensors"] = p["bytes_safetensors"]
-                r["latency_ms"] = p["latency_ms"]
-                r["latency_ratio"] = {rt: {bs: v / base["latency_ms"][rt][bs] for bs, v in by.items()} for rt, by in p["latency_ms"].items()}
-                r["latency_rounds_ms"] = p["latency_rounds_ms"]
+                r.update(p)
+                r["latency_measured_on"] = twin
             rows[n] = r
         out[model_name] = {"seeds": [u["seed"] for u in mine], "rows": rows}
     return out
@@ -206,7 +235,7 @@ def check_targets(models: dict[str, Any]) -> list[dict[str, Any]]:
     for m, res in models.items():
         rows = res["rows"]
 
-        def add(what: str, value: float, threshold: float, ok: bool) -> None:
+        def add(what: str, value: float, threshold: float, ok: bool, m: str = m) -> None:
             checks.append({"model": m, "check": what, "value": value, "threshold": threshold, "pass": bool(ok)})
 
         d = rows["ch75-kd"]["delta_vs_dense_pt"]["mean"]
@@ -233,14 +262,19 @@ def markdown(models: dict[str, Any]) -> str:
         for n, r in res["rows"].items():
             acc, d = r["test_accuracy"], r["delta_vs_dense_pt"]
             lat = r.get("latency_ratio", {})
-            cells = [f"{lat[rt][bs]:.2f}" if rt in lat else "–" for rt in ("torch", "onnxruntime") for bs in ("1", "256")]
+            mark = "" if r.get("latency_measured_on") == n else "†"
+            cells = [f"{lat[rt][bs]:.2f}{mark}" if rt in lat else "–" for rt in ("torch", "onnxruntime") for bs in ("1", "256")]
             params = f"{r['params']:,}" + (f" ({r['nonzero_params']:,} ≠0)" if "nonzero_params" in r else "")
             bytes_ = f"{r['bytes_safetensors']:,}" if "bytes_safetensors" in r else "–"
-            if "compressed_size_estimate" in r and r["compressed_size_estimate"]:
-                bytes_ += f" (CSR est. {r['compressed_size_estimate']['csr_estimate']:,})"
+            est = r.get("compressed_size_estimate")
+            if est:
+                bytes_ += f" (est. compressed: bitmask {est['bitmask_estimate']:,} / CSR {est['csr_estimate']:,})"
             lines.append(f"| {m} | {n} | {100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} | "
                          f"{d['mean']:+.2f} ± {d['std']:.2f} | {params} | {r['macs']:,} ({100 * r['macs_fraction']:.1f} %) | "
                          f"{bytes_} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Latency columns: pruned / unpruned median latency (same model family, same round). "
+                 "† = same layer shapes as the measured row of its group (ch50-kd, ch75-kd, mag90-ft), not timed separately.")
     return "\n".join(lines)
 
 
@@ -258,9 +292,11 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--scratch-kd", action="store_true", help="also distill the pruned architecture from scratch")
+    ap.add_argument("--scratch-all", action="store_true", help="from-scratch control for the 50 %% rows too (default: 75 %% only)")
+    ap.add_argument("--bn-batches", type=int, default=8, help="BatchNorm recalibration batches after pruning (0: off)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training and latency")
     ap.add_argument("--latency-rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--jobs", type=int, default=1, help="worker processes for the training phase (one thread each)")
     ap.add_argument("--quick", action="store_true", help="smoke run: cnn, 1 seed, 1 epoch")
     ap.add_argument("--out", default=str(RESULTS))
@@ -271,7 +307,8 @@ def main() -> None:
     cfg = {k: v for k, v in vars(args).items() if k not in ("out",)}
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    work = tempfile.mkdtemp(prefix="prune-digits-")
+    tmp = tempfile.TemporaryDirectory(prefix="prune-digits-")
+    work = tmp.name
     units = [(m, s) for s in range(args.seeds) for m in sorted(args.models, key=lambda n: n != "resnet")]
     results: list[dict[str, Any]] = []
     if args.jobs > 1:
@@ -290,8 +327,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     prof = {}
     for m in args.models:
-        names = list(results[[u["model"] for u in results].index(m)]["rows"])
-        prof[m] = profile_models(Path(work) / m, names, args.latency_rounds, args.repeats, args.threads)
+        prof[m] = profile_models(Path(work) / m, list(PROFILED), args.latency_rounds, args.repeats, args.threads)
+    tmp.cleanup()
     models = aggregate(results, prof)
     from condense.evaluate.profile import environment
 

@@ -66,6 +66,12 @@ class DataFreeConfig(Config):
     seed: int = 0
     distill: DistillConfig = dataclasses.field(default_factory=_label_free)
 
+    def __post_init__(self) -> None:
+        # a partial `distill:` mapping (recipes) stays label-free unless it says otherwise
+        if isinstance(self.distill, dict) and "alpha" not in self.distill and "losses" not in self.distill:
+            self.distill = {**self.distill, "alpha": 1.0}
+        super().__post_init__()
+
     def validate(self) -> None:
         if not self.input_shape or any(s < 1 for s in self.input_shape):
             raise ConfigError(

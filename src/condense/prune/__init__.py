@@ -3,8 +3,9 @@
 `prune(model, config)` is the one verb; a method is a config dataclass plus a handler in
 `PRUNERS`. Scoring, surgery and schedules are separate modules (`importance`, `graph` +
 `surgery`, `schedule`); `sensitivity` allocates per-layer ratios and `report` says honestly what
-a pruned model saves. Importing this package registers the edit-log kinds `prune_channels`,
-`prune_masks` and `prune_unmask` used by `load()`.
+a pruned model saves; `recover` prunes and wins the accuracy back (fine-tune or distill from
+the unpruned model, iterative cycles, MAC targets). Importing this package registers the
+edit-log kinds `prune_channels`, `prune_masks` and `prune_unmask` used by `load()`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ from condense.prune.config import (
 )
 from condense.prune.graph import Group, PruneGraphError, dependency_groups
 from condense.prune.masks import make_permanent, sparsity_report
+from condense.prune.recover import (
+    RecoverConfig,
+    iterative_prune,
+    macs_ratio_to_channel_ratio,
+    prune_and_recover,
+    recalibrate_batchnorm,
+)
 from condense.prune.report import count_macs, pruning_report
 from condense.prune.schedule import (
     GradualPruningCallback,
@@ -46,6 +54,7 @@ __all__ = [
     "PruneConfig",
     "PruneGraphError",
     "RandomConfig",
+    "RecoverConfig",
     "SlimmingCallback",
     "SlimmingConfig",
     "allocate_ratios",
@@ -53,11 +62,15 @@ __all__ = [
     "cubic_sparsity",
     "dependency_groups",
     "estimate_cost",
+    "iterative_prune",
     "layer_sensitivity",
     "linear_sparsity",
+    "macs_ratio_to_channel_ratio",
     "make_permanent",
     "prune",
+    "prune_and_recover",
     "pruning_report",
+    "recalibrate_batchnorm",
     "sparsity_report",
 ]
 

@@ -54,11 +54,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
     model, meta = _load_model_arg(args.model, args.trust_pickle)
     splits, data_name, data_kwargs = _data_from(args, meta)
-    train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "progress": "off" if args.json else "auto"}
+    train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "select_best": "last",
+                             "progress": "off" if args.json else "auto"}
     if args.lr is not None:
         train["lr"] = args.lr
     rcfg = RecoverConfig.from_dict(
-        {"method": args.recover, "alpha": args.alpha, "temperature": args.temperature, "train": train}, where="condense prune"
+        {"method": args.recover, "alpha": args.alpha, "temperature": args.temperature, "bn_batches": args.bn_batches,
+         "train": train}, where="condense prune"
     )
     seed_everything(rcfg.train.seed)
     example = splits.test.inputs[:1]
@@ -173,6 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--alpha", type=float, default=0.9, help="distill: weight of the teacher's soft targets")
     sp.add_argument("--temperature", type=float, default=4.0, help="distill: softmax temperature")
+    sp.add_argument("--bn-batches", type=int, default=8, help="re-estimate BatchNorm statistics on this many batches first (0: off)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="artifact folder to write")
     sp.set_defaults(fn=cmd_prune)

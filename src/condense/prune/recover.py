@@ -29,7 +29,14 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError, RunError
 from condense.data.base import ArrayDataset, iterate_batches
-from condense.prune.config import ChannelConfig, MagnitudeConfig, NMConfig, PruneConfig, PruneContext, RandomConfig
+from condense.prune.config import (
+    ChannelConfig,
+    MagnitudeConfig,
+    NMConfig,
+    PruneConfig,
+    PruneContext,
+    RandomConfig,
+)
 from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
 from condense.prune.report import count_macs, count_params
@@ -41,7 +48,7 @@ Patterns = Sequence[str] | str | None
 
 
 def _default_train() -> TrainConfig:
-    return TrainConfig(epochs=5, lr=1e-3)
+    return TrainConfig(epochs=5, lr=1e-3, select_best="last")
 
 
 @dataclasses.dataclass
@@ -50,14 +57,21 @@ class RecoverConfig(Config):
 
     `method`: "finetune" (cross-entropy on the labels), "distill" (from the unpruned model:
     `alpha * soft_kd(temperature) + (1 - alpha) * ce`), or "none". `train` holds the optimizer,
-    epochs and seed of the recovery run. `keep_masks=True` leaves unstructured masks installed
-    (for further pruning); by default they are made permanent so the model saves and exports.
+    epochs and seed of the recovery run (default: 5 epochs, lr 1e-3, last epoch kept: a small
+    validation set saturates early and "best" would pick an under-recovered epoch).
+    `bn_batches`: before recovery, BatchNorm running statistics are re-estimated on this many
+    training batches (no gradients; 0 = off). Removing channels or weights shifts every later
+    layer's input distribution, so the stale statistics alone can take a pruned model to chance
+    accuracy (Li et al. 2020, "EagleEye", adaptive BN). `keep_masks=True` leaves unstructured
+    masks installed (for further pruning); by default they are made permanent so the model saves
+    and exports.
     """
 
     method: Literal["finetune", "distill", "none"] = "finetune"
     alpha: float = 0.9
     temperature: float = 4.0
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
+    bn_batches: int = 8
     keep_masks: bool = False
 
     def validate(self) -> None:
@@ -65,6 +79,8 @@ class RecoverConfig(Config):
             raise ConfigError(f"RecoverConfig.alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ConfigError(f"RecoverConfig.temperature must be > 0, got {self.temperature}")
+        if self.bn_batches < 0:
+            raise ConfigError(f"RecoverConfig.bn_batches must be >= 0, got {self.bn_batches}")
 
     def distill_config(self) -> Any:
         from condense.distill.config import DistillConfig
@@ -134,7 +150,8 @@ def macs_ratio_to_channel_ratio(
     dense = count_macs(model, inputs)
     goal = float(target_macs) * dense
     # every group keeps >= 1 channel while size * (1 - r) >= 0.5, and a ratio stays < 1
-    hi = min([1.0 - 0.5 / g.size for g in groups if overrides[g.root] is None] + [cfg.max_group_ratio if cfg.scope == "global" else 0.999])
+    hi = min([1.0 - 0.5 / g.size - 1e-6 for g in groups if overrides[g.root] is None]
+             + [cfg.max_group_ratio if cfg.scope == "global" else 0.999])
 
     if cfg.scope == "layer":
         table = {
@@ -185,6 +202,38 @@ def _val_accuracy(model: nn.Module, data: ArrayDataset | None) -> float | None:
     return float(evaluate(model, data)["accuracy"])
 
 
+def recalibrate_batchnorm(model: nn.Module, data: ArrayDataset, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running mean / variance on `batches` shuffled training batches.
+
+    Only the statistics change (cumulative average, no gradients, other layers in eval mode so
+    dropout is off); returns the number of samples seen (0 when the model has no BatchNorm).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches < 1 or len(data) == 0:
+        return 0
+    was = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in norms]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = 0
+    try:
+        model.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over the batches below
+            m.train()
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for batch in islice(iterate_batches(data, batch_size, shuffle=True, generator=gen), batches):
+                model(batch["input"].to(device))
+                seen += len(batch["input"])
+    finally:
+        for m, mom in zip(norms, momenta, strict=True):
+            m.momentum = mom
+        for m, mode in was.items():
+            m.training = mode
+    return seen
+
+
 def check_masks_held(model: nn.Module) -> int:
     """Raise RunError if a masked layer computes with a non-zero weight where its mask is 0.
 
@@ -227,7 +276,9 @@ def prune_and_recover(
     if rcfg.method != "none" and (train_data is None or len(train_data) == 0):
         raise ConfigError(f"recovery {rcfg.method!r} needs training data")
     inputs = _inputs(model, example_inputs, train_data)
-    if rcfg.method == "distill" and teacher is None:
+    if rcfg.method != "distill":
+        teacher = None
+    elif teacher is None:
         teacher = copy.deepcopy(model)
     if teacher is not None:
         teacher.eval()
@@ -252,6 +303,10 @@ def prune_and_recover(
     info["macs_fraction"] = info["pruned"]["macs"] / max(info["dense"]["macs"], 1)
     info["params_fraction"] = info["pruned"]["params"] / max(info["dense"]["params"], 1)
     info["val_accuracy"]["pruned"] = _val_accuracy(model, val_data)
+    if rcfg.bn_batches and train_data is not None:
+        info["bn_recalibration_samples"] = recalibrate_batchnorm(model, train_data, rcfg.bn_batches, rcfg.train.batch_size, rcfg.train.seed)
+        if info["bn_recalibration_samples"]:
+            info["val_accuracy"]["pruned_bn_recalibrated"] = _val_accuracy(model, val_data)
 
     if rcfg.method == "finetune":
         from condense.train.fit import train_model

@@ -59,7 +59,8 @@ class QuantizeConfig(Config):
     `keep_first_last_8bit`; `quantize_outputs` also quantizes each layer's output (after an
     absorbed ReLU) so an int8 runtime keeps data in int8 between layers, except the model's final
     output (float logits); `bias_correction`; `calibration_samples` (N, in one pass);
-    `targets` / `ignore` in the layer-selection language.
+    `targets` / `ignore` in the layer-selection language; `layer_bits` `{layer name: bits}` sets the
+    weight bits of single layers (mixed precision; wins over `weight_bits` and the 8-bit edges).
     """
 
     method: str = "static"
@@ -76,6 +77,7 @@ class QuantizeConfig(Config):
     calibration_samples: int = 512
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
+    layer_bits: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
         QUANTIZERS.get(self.method)
@@ -83,6 +85,9 @@ class QuantizeConfig(Config):
             bits = getattr(self, field)
             if not MIN_BITS <= bits <= MAX_BITS:
                 raise ConfigError(f"QuantizeConfig.{field} must be in {MIN_BITS}..{MAX_BITS}, got {bits}")
+        for name, bits in self.layer_bits.items():
+            if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+                raise ConfigError(f"QuantizeConfig.layer_bits[{name!r}] must be in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
         OBSERVERS.get(self.weight_observer)
         make_observer(self.observer, QuantSpec.activation(self.activation_bits), **self.observer_options)
         if self.calibration_samples < 1:
@@ -247,6 +252,10 @@ def _plan(model: nn.Module, names: list[str], calls: list[Any], output: Any, cfg
                                       "parent reads its weight directly); left in float"})
     if not order:
         raise ConfigError("static quantization: none of the selected layers runs on the calibration input")
+    unknown = sorted(set(cfg.layer_bits) - set(order))
+    if unknown:
+        raise ConfigError(f"QuantizeConfig.layer_bits names layers that are not quantized: {', '.join(unknown)} "
+                          f"(quantized layers: {', '.join(order)})")
     out_tensor = output if isinstance(output, Tensor) else None
     plan: dict[str, dict[str, Any]] = {}
     for n in order:
@@ -259,7 +268,7 @@ def _plan(model: nn.Module, names: list[str], calls: list[Any], output: Any, cfg
             act, act_module = FUSABLE_ACTS[type(readers[0].module)], readers[0].name
             final = readers[0].out is out_tensor
         plan[n] = {
-            "weight_bits": 8 if edge else cfg.weight_bits,
+            "weight_bits": cfg.layer_bits.get(n, 8 if edge else cfg.weight_bits),
             "activation_bits": 8 if edge else cfg.activation_bits,
             "act": act,
             "act_module": act_module,

@@ -121,10 +121,17 @@ def run_distill(ctx: StageContext, cfg: Config) -> StageOutput:
 
     if not ctx.teachers:
         raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: distill stage {ctx.spec.name!r} needs 'teacher: <stage name>'")
+    from condense.distill.losses import build_losses
+
     student = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
     dc = cfg.replace(train=_train_config(ctx).to_dict())
-    res = distill_fit(student, ctx.teachers, ctx.splits.train, dc, ctx.splits.val, resume=ctx.resume)
-    return StageOutput(res.model, info={"fit": res.to_dict(), "distill_config": dc.to_dict()})
+    transfer, notes = ctx.splits.train, []
+    if ctx.splits.unlabelled is not None and "targets" not in build_losses(dc.loss_specs()).needs:
+        transfer = all_training_images(ctx.splits)
+        notes.append(f"label-free distillation: the transfer set is all {len(transfer)} training images "
+                     f"({len(ctx.splits.train)} labelled + {len(ctx.splits.unlabelled)} unlabelled)")
+    res = distill_fit(student, ctx.teachers, transfer, dc, ctx.splits.val, resume=ctx.resume)
+    return StageOutput(res.model, info={"fit": res.to_dict(), "distill_config": dc.to_dict()}, notes=notes)
 
 
 def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -192,6 +199,25 @@ def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
     return out
 
 
+def all_training_images(splits: Splits) -> Any:
+    """Every training image without labels: the labelled split plus the unlabelled part."""
+    from condense.data.base import ArrayDataset
+
+    parts = [splits.train] + ([splits.unlabelled] if splits.unlabelled is not None else [])
+    return ArrayDataset(torch.cat([p.inputs for p in parts]), None, torch.cat([p.indices for p in parts]))
+
+
+def run_pretrain(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.ssl import pretrain_fit
+
+    model = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
+    pc = cfg.replace(train=_train_config(ctx).to_dict())
+    res = pretrain_fit(model, all_training_images(ctx.splits), pc, resume=ctx.resume)
+    return StageOutput(res.model, info={"fit": res.to_dict(), "pretrain_config": pc.to_dict()},
+                       notes=["self-supervised pretraining trains the encoder only; the classifier is untrained "
+                              "until a finetune stage, so this stage's accuracy is not meaningful"])
+
+
 def run_evaluate(ctx: StageContext, cfg: EmptyConfig) -> StageOutput:
     return StageOutput(_input(ctx))
 
@@ -220,6 +246,12 @@ def _tune_config_cls() -> type[Config]:
     return TuneConfig
 
 
+def _pretrain_config_cls() -> type[Config]:
+    from condense.ssl import PretrainConfig
+
+    return PretrainConfig
+
+
 def _prune_config_cls() -> type[Config]:
     from condense.prune import PruneConfig
 
@@ -234,8 +266,9 @@ STAGES.register("quantize", StageKind(EmptyConfig, run_quantize))
 STAGES.register("export", StageKind(ExportStageConfig, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig, run_evaluate))
 STAGES.register("tune", StageKind(EmptyConfig, run_tune, trains=True))
+STAGES.register("pretrain", StageKind(EmptyConfig, run_pretrain, trains=True, needs_input=False))
 _LAZY_CONFIG = {"distill": _distill_config_cls, "prune": _prune_config_cls, "quantize": _quant_config_cls,
-                "tune": _tune_config_cls}
+                "tune": _tune_config_cls, "pretrain": _pretrain_config_cls}
 
 
 def parse_stage_config(recipe: Recipe, i: int) -> Config:
@@ -269,7 +302,7 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
         except ConfigError as e:
             raise ConfigError(f"{where}:{lines.line(*path, 'method')}: {e}") from None
         cfg = parse_config(qcls, spec.config, where, lines, path)
-    elif spec.kind == "distill":
+    elif spec.kind in ("distill", "pretrain", "tune"):
         if "train" in spec.config:
             raise ConfigError(f"{where}:{lines.line(*path, 'train')}: put training settings in the stage's 'train:', not in 'config:'")
         cfg = parse_config(cls, spec.config, where, lines, path)
