@@ -5,7 +5,8 @@ Parts (all on data bundled with scikit-learn; nothing downloaded):
 * coreset  — digits. Teacher: zoo `cnn` default (~288K params) trained on the training labels.
   Student: `cnn` width=8 (~18K). Label-free distillation (alpha=1, T=4) on the full transfer set
   (all training images) vs on a 25 % coreset (k-center greedy / k-means on the teacher's
-  "flatten" embeddings, and a seeded random 25 %), all with the SAME number of optimizer steps.
+  "flatten" embeddings, optionally stratified by the teacher's predicted class; k-center on the raw
+  inputs; a seeded random 25 %), all with the SAME number of optimizer steps (630, last weights).
   Baselines: the student trained alone on all training labels, and on 10 % of them.
   Gain retention = (coreset - alone) / (full - alone).
 * ptq      — digits. Static PTQ (int8 weights + activations, simulated) of the teacher and of the
@@ -17,8 +18,9 @@ Parts (all on data bundled with scikit-learn; nothing downloaded):
   (whitened) inputs, fitted on the training split only; the PCA projection is a frozen module in
   front of the student, so the deployed student still takes the 30 raw features.
 
-    python benchmarks/data_reduction.py --parts coreset --seeds 0 1 2 3 4
-    python benchmarks/data_reduction.py --parts ptq tabular --seeds 0 1 2
+    python benchmarks/data_reduction.py --parts coreset --seeds 0 1 2 3
+    python benchmarks/data_reduction.py --parts ptq --seeds 0 1 2
+    python benchmarks/data_reduction.py --parts tabular --seeds 0 1 2 3 4
 
 Writes benchmarks/results/data_reduction_<part>.json. Keep `--threads 1` on shared machines.
 """
@@ -40,10 +42,17 @@ from condense.data.base import ArrayDataset
 from condense.distill import DistillConfig, distill
 from condense.evaluate import count_parameters, evaluate
 from condense.models import build_model
-from condense.reduce import CoresetConfig, PCAConfig, reduce_data, select_coreset
+from condense.reduce import CoresetConfig, PCAConfig, SelectConfig, reduce_data, select_coreset
 from condense.train import TrainConfig, train_model
 
 RESULTS = Path(__file__).parent / "results"
+CORESETS: dict[str, dict[str, Any]] = {
+    "k-center, teacher embeddings": {"strategy": "k_center"},
+    "k-means, teacher embeddings": {"strategy": "kmeans"},
+    "k-center, teacher embeddings, stratified by teacher prediction": {"strategy": "k_center", "stratify": "predicted"},
+    "k-center, raw inputs": {"strategy": "k_center", "on": "inputs"},
+    "random": {"strategy": "random"},
+}
 STEPS = 630  # = 30 epochs of the full digits training split at batch 64 (21 steps / epoch)
 
 
@@ -94,9 +103,9 @@ def part_coreset(seeds: list[int], fraction: float, cache: dict[int, Any]) -> di
         full_kd = kd(seed, teacher, splits.train)
         r["distill, full transfer set"] = acc(full_kd, test)
         cache[seed] = (splits, teacher, full_kd)
-        for strategy in ("k_center", "kmeans", "random"):
-            sel = select_coreset(splits.train, CoresetConfig(fraction=fraction, strategy=strategy, seed=seed), teacher)
-            name = f"distill, {int(fraction * 100)} % coreset ({strategy})"
+        for label, kw in CORESETS.items():
+            sel = select_coreset(splits.train, CoresetConfig(fraction=fraction, seed=seed, **kw), teacher)
+            name = f"distill, {int(fraction * 100)} % coreset: {label}"
             sizes[name] = len(sel.data)
             r[name] = acc(kd(seed, teacher, sel.data), test)
         for k, v in r.items():
@@ -201,11 +210,16 @@ def part_tabular(seeds: list[int], components: int, hidden: int) -> dict[str, An
             r[name] = acc(m, red.data.test)
             params[name] = count_parameters(m)["params"]
             r[f"{tag} explained variance (train)"] = red.info["explained_variance_ratio"]
+        sel = reduce_data(splits, SelectConfig(k=components, score="mutual_info", seed=seed))
+        name = f"tiny mlp {hidden} on {components} selected features (mutual info), distilled"
+        m = distill(nn.Sequential(sel.transform.as_module(), tiny(components)), teacher, splits.train.without_labels(), cfg)
+        r[name], params[name] = acc(m, test), count_parameters(m[1])["params"]
         for k, v in r.items():
             rows.setdefault(k, []).append(v)
         print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items()), flush=True)
     return {"per_seed": rows, "summary": {k: mean_std(v) for k, v in rows.items()}, "params": params,
-            "projection_constants": {"floats": components * (30 + 2), "note": "mean (30) + components (k x 30) + scale (k); buffers, not trained"}}
+            "projection_constants": {"pca_floats": 30 + components * 31, "selection_ints": components,
+                                     "note": "PCA: mean (30) + components (k x 30) + scale (k); buffers, not trained"}}
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict[str, float], dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=60)

@@ -18,20 +18,20 @@ import torch
 import torch.nn.functional as F
 
 from condense.data import load_dataset
-from condense.data.base import iterate_batches
+from condense.data.base import iterate_batches, num_batches
 from condense.models import build_model
 from condense.train import SupervisedTask, TrainConfig, fit
 from condense.train.optim import build_optimizer, build_scheduler
 
 
 def hand_loop(model, data, cfg: TrainConfig) -> None:
-    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    steps_per_epoch = num_batches(len(data), cfg.batch_size, cfg.drop_last)
     opt = build_optimizer(model.parameters(), cfg)
     sched = build_scheduler(opt, cfg, cfg.epochs * steps_per_epoch, steps_per_epoch)
     model.train()
     for epoch in range(cfg.epochs):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        for batch in iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen):
+        for batch in iterate_batches(data, cfg.batch_size, shuffle=True, generator=gen, drop_last=cfg.drop_last):
             loss = F.cross_entropy(model(batch["input"]), batch["target"])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,7 +10,9 @@ training seed varies, 0..N-1):
   8 batches, then recovered by fine-tuning or by distillation from the unpruned model
   (alpha 0.9, T 4; `--recover-epochs`, last epoch kept);
 * control: the 75 % pruned architecture (edit log replayed on a fresh model, re-initialised with
-  the zoo's init) trained from scratch for dense + recovery epochs (`--scratch-all`: 50 % too);
+  the zoo's init) trained from scratch for dense + recovery epochs (`--scratch-all`: 50 % too),
+  and the same architecture distilled from scratch from the dense model for as many epochs
+  (`ch75-scratch-kd`: does inheriting the pruned weights add anything beyond distillation?);
 * unstructured magnitude masks (layer scope; the first conv, 9 weights per filter, left dense),
   one iterative chain 50 % -> 80 % -> 90 %, fine-tuned `--unstructured-epochs` after each step.
 
@@ -22,7 +24,7 @@ models loaded back with `condense.load`; one model per set of layer shapes (dens
 mag90), `--latency-rounds` rounds interleaved; a model's latency is the median of its per-round
 medians and its ratio the median over rounds of (its median / the dense median of that round).
 
-    python benchmarks/prune_digits.py                      # full run (5 seeds, both models)
+    python benchmarks/prune_digits.py                      # full run (5 seeds, both models, 2 worker processes)
     python benchmarks/prune_digits.py --quick              # smoke run (1 seed, 1 epoch, cnn)
 """
 from __future__ import annotations
@@ -291,13 +293,14 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--round-to", type=int, default=8)
-    ap.add_argument("--scratch-kd", action="store_true", help="also distill the pruned architecture from scratch")
+    ap.add_argument("--no-scratch-kd", dest="scratch_kd", action="store_false",
+                    help="skip the second control (the 75 %% architecture distilled from the dense model, from scratch)")
     ap.add_argument("--scratch-all", action="store_true", help="from-scratch control for the 50 %% rows too (default: 75 %% only)")
     ap.add_argument("--bn-batches", type=int, default=8, help="BatchNorm recalibration batches after pruning (0: off)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training and latency")
-    ap.add_argument("--latency-rounds", type=int, default=3)
+    ap.add_argument("--latency-rounds", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes for the training phase (one thread each)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes for the training phase (one thread each)")
     ap.add_argument("--quick", action="store_true", help="smoke run: cnn, 1 seed, 1 epoch")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()

@@ -190,3 +190,25 @@ def test_coreset_larger_than_the_data_is_an_error(digits_splits):
         reduce_data(digits_splits.train, {"size": 3})
     with pytest.raises(ConfigError, match="did you mean"):
         reduce_data(digits_splits.train, {"method": "corset", "size": 3})
+
+
+def test_stratify_by_predicted_class_splits_the_budget(digits_splits):
+    from condense.reduce.coreset import predicted_classes, proportional_budgets
+
+    assert proportional_budgets([100, 10, 1], 10) == [8, 1, 1]
+    assert proportional_budgets([3, 0, 7], 10) == [3, 0, 7]
+    assert sum(proportional_budgets([5, 5, 5], 2)) == 2
+
+    class ByFirstPixel(torch.nn.Module):  # a "teacher" that predicts class = first pixel bucket
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x.flatten(1)[:, 10] > 0).long(), 2).float()
+
+    data = digits_splits.train
+    model = ByFirstPixel()
+    pred = predicted_classes(model, data)
+    res = select_coreset(data, CoresetConfig(size=50, on="inputs", stratify="predicted", cover_classes=False), model)
+    counts = np.bincount(pred[res.positions], minlength=2)
+    want = proportional_budgets(np.bincount(pred, minlength=2).tolist(), 50)
+    assert counts.tolist() == want and len(res.positions) == 50
+    with pytest.raises(ConfigError, match="stratify"):
+        select_coreset(data, CoresetConfig(size=5, on="inputs", stratify="predicted"))

@@ -176,6 +176,36 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from condense.artifacts import save
+    from condense.core.seed import seed_everything
+    from condense.models import build_model
+    from condense.recipes.stages import all_training_images, model_kwargs_for
+    from condense.ssl import PretrainConfig, pretrain_fit
+
+    splits, data_name, data_kwargs = _data_from(args)
+    raw = _yaml_mapping(args.config, "pretrain config")
+    if args.method:
+        raw["method"] = args.method
+    train = dict(raw.get("train") or {})
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            train[key] = value
+    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
+    raw["train"] = train
+    cfg = PretrainConfig.from_dict(raw, where=args.config or "condense pretrain")
+    seed_everything(cfg.train.seed)
+    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
+    result = pretrain_fit(model, all_training_images(splits), cfg, resume=args.resume)
+    save(result.model, args.out, metrics={"fit": result.to_dict()},
+         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "pretrain_config": cfg.to_dict()})
+    last = result.history[-1] if result.history else {}
+    _print({"artifact": args.out, "final_train_loss": last.get("train_loss")}, args.json,
+           f"saved {args.out} (self-supervised {cfg.method}; final loss {last.get('train_loss', float('nan')):.4f}); "
+           "fine-tune it on labelled data next: condense train --set ... or a finetune recipe stage")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from condense.evaluate import evaluate
 
@@ -373,6 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_distill)
 
+    sp = sub.add_parser("pretrain", help="self-supervised pretraining on every training image (no labels read)")
+    sp.add_argument("--model", default="cnn")
+    sp.add_argument("--model-arg", action="append", metavar="K=V")
+    data_opts(sp, "digits")
+    sp.add_argument("--method", choices=["simclr", "byol", "mae"], default=None)
+    sp.add_argument("--config", help="YAML file with PretrainConfig fields")
+    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_pretrain)
+
     sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
     sp.add_argument("model", help="artifact folder or .onnx file")
     sp.add_argument("--trust-pickle", action="store_true")
@@ -438,6 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="output folder (default: the run folder)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_report)
+
+    from condense.prune.cli import register as register_prune
+
+    register_prune(sub)
 
     for name, fn, help_ in (("models", cmd_models, "list the model zoo"), ("datasets", cmd_datasets, "list data sources")):
         sp = sub.add_parser(name, help=help_)

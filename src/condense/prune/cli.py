@@ -146,9 +146,7 @@ def _sensitivity_text(table: dict[str, Any], out: dict[str, Any], split: str) ->
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `prune` and `sensitivity` to the `condense` subcommands."""
-    from condense.prune.sensitivity import DEFAULT_RATIOS
-
+    """Add `prune` and `sensitivity` to the `condense` subcommands (imports nothing heavy itself)."""
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
         sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
@@ -183,7 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sensitivity", help="accuracy vs pruning ratio per layer, and a per-layer ratio allocation")
     common(sp)
     sp.add_argument("--method", choices=["channel", "magnitude"], default="channel")
-    sp.add_argument("--ratios", nargs="+", type=float, default=list(DEFAULT_RATIOS))
+    sp.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     sp.add_argument("--importance", choices=["l1", "l2", "bn_gamma", "random"], default="l1")
     sp.add_argument("--round-to", type=int, default=1)
     sp.add_argument("--split", choices=["val", "train", "test"], default="val",

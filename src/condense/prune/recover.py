@@ -262,12 +262,15 @@ def prune_and_recover(
     *,
     target_macs: float | None = None,
     teacher: nn.Module | None = None,
+    resume: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune `model` (in place) and recover its accuracy; return `(model, info)`.
 
     `target_macs` (structured methods only) replaces the config's `ratio` by the channel ratio
     that keeps that fraction of the MACs (`macs_ratio_to_channel_ratio`). For "distill" the
     teacher is `teacher`, by default a frozen deep copy of `model` taken before pruning.
+    `resume=True` continues the recovery run from `recover_config.train.checkpoint_dir`: pruning
+    is deterministic given the same dense model and config, so it is simply redone first.
     `info` holds the configs, the chosen ratio, MACs / params / sparsity before and after,
     validation accuracy (dense, pruned, recovered; when `val_data` is given) and the fit history.
     """
@@ -311,11 +314,11 @@ def prune_and_recover(
     if rcfg.method == "finetune":
         from condense.train.fit import train_model
 
-        result = train_model(model, train_data, rcfg.train, val_data)  # type: ignore[arg-type]
+        result = train_model(model, train_data, rcfg.train, val_data, resume=resume)  # type: ignore[arg-type]
     elif rcfg.method == "distill":
         from condense.distill import distill_fit
 
-        result = distill_fit(model, teacher, train_data, rcfg.distill_config(), val_data)  # type: ignore[arg-type]
+        result = distill_fit(model, teacher, train_data, rcfg.distill_config(), val_data, resume=resume)  # type: ignore[arg-type]
     else:
         result = None
     if result is not None:

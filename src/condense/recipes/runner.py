@@ -105,7 +105,8 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
                     "recipe": recipe.to_dict()}
             row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
                                 metadata=meta)
-            row.update({"kind": spec.kind, "stage_time_s": round(train_s, 2), "info": out.info})
+            row.update({"kind": spec.kind, "from": spec.source, "teacher": spec.teachers[0] if spec.teachers else None,
+                        "teachers": spec.teachers, "stage_time_s": round(train_s, 2), "info": out.info})
             row["notes"] = [*row.get("notes", []), *out.notes]
             if "report" in out.info and isinstance(out.info["report"], dict):
                 row["per_layer"] = out.info["report"].get("per_layer")

@@ -32,13 +32,21 @@ from condense.reduce.features import source_features
 
 @dataclasses.dataclass
 class CoresetConfig(Config):
-    """Choose `size` samples (or a `fraction` of the data; give exactly one) by `strategy`."""
+    """Choose `size` samples (or a `fraction` of the data; give exactly one) by `strategy`.
+
+    `on`: distances between the model's embeddings at `layer` ("embeddings") or between the
+    flattened raw inputs ("inputs"). `stratify: predicted` splits the budget over the classes the
+    model predicts (in proportion to their counts; still label-free) and runs the strategy inside
+    each, so a class that is compact in embedding space is not starved. `cover_classes`: top up
+    with one sample per ground-truth class missing from the selection (when labels are present).
+    """
 
     size: int | None = None
     fraction: float | None = None
     strategy: Literal["k_center", "kmeans", "random"] = "k_center"
     on: Literal["embeddings", "inputs"] = "embeddings"
     layer: str = "flatten"
+    stratify: Literal["none", "predicted"] = "none"
     cover_classes: bool = True
     seed: int = 0
     batch_size: int = 512
@@ -162,16 +170,66 @@ def cover_classes(
     return np.concatenate([positions, np.asarray(extra, dtype=np.int64)]), missing
 
 
+def proportional_budgets(counts: Sequence[int], k: int) -> list[int]:
+    """Split `k` over groups of sizes `counts` in proportion (largest remainders), at least 1 per
+    non-empty group while `k` allows, never more than a group holds."""
+    counts = [int(c) for c in counts]
+    n = sum(counts)
+    if not 0 < k <= n:
+        raise ConfigError(f"budget {k} must be in 1..{n}")
+    raw = [k * c / n for c in counts]
+    out = [min(c, max(1 if c and k >= sum(1 for x in counts if x) else 0, int(r))) for c, r in zip(counts, raw, strict=True)]
+    order = sorted(range(len(counts)), key=lambda i: (-(raw[i] - int(raw[i])), i))
+    while sum(out) < k:
+        for i in order:
+            if sum(out) < k and out[i] < counts[i]:
+                out[i] += 1
+    while sum(out) > k:
+        for i in reversed(order):
+            if sum(out) > k and out[i] > 1:
+                out[i] -= 1
+    return out
+
+
+@torch.no_grad()
+def predicted_classes(model: nn.Module, data: ArrayDataset, batch_size: int = 512) -> np.ndarray:
+    """The model's arg-max class for every sample (eval mode; the mode is restored after)."""
+    from condense.data.base import iterate_batches
+
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
+    was = model.training
+    model.eval()
+    try:
+        out = [model(b["input"].to(device)).argmax(-1).cpu() for b in iterate_batches(data, batch_size)]
+    finally:
+        model.train(was)
+    return torch.cat(out).numpy().astype(np.int64)
+
+
+def _pick(strategy: str, feats: torch.Tensor | None, n: int, k: int, seed: int) -> np.ndarray:
+    if strategy == "random":
+        return random_select(n, k, seed=seed)
+    return (k_center_greedy if strategy == "k_center" else kmeans_select)(feats, k, seed=seed)
+
+
 def select_coreset(data: ArrayDataset, config: CoresetConfig, model: nn.Module | None = None) -> CoresetResult:
     """Choose a coreset of `data` as `config` says (embeddings of `model` when `on: embeddings`)."""
     k = config.resolve_size(len(data))
-    if config.strategy == "random":
-        pos = random_select(len(data), k, seed=config.seed)
-        feats = None
-    else:
+    feats = None
+    if config.strategy != "random":
         feats = source_features(data, config.on, model, config.layer, "coreset", config.batch_size)
-        pick = k_center_greedy if config.strategy == "k_center" else kmeans_select
-        pos = pick(feats, k, seed=config.seed)
+    if config.stratify == "predicted":
+        if model is None:
+            raise ConfigError("coreset: stratify='predicted' needs the model's predictions; pass model=<teacher>")
+        pred = predicted_classes(model, data, config.batch_size)
+        groups = [np.flatnonzero(pred == c) for c in np.unique(pred)]
+        parts = []
+        for g, kg in zip(groups, proportional_budgets([len(g) for g in groups], k), strict=True):
+            if kg:
+                parts.append(g[_pick(config.strategy, None if feats is None else feats[g], len(g), kg, config.seed)])
+        pos = np.concatenate(parts)
+    else:
+        pos = _pick(config.strategy, feats, len(data), k, config.seed)
     added: list[int] = []
     if config.cover_classes and data.targets is not None and missing_classes(pos, data.targets):
         if feats is None:  # random: the top-up still takes the most typical sample of the class
@@ -182,6 +240,7 @@ def select_coreset(data: ArrayDataset, config: CoresetConfig, model: nn.Module |
         "strategy": config.strategy,
         "on": config.on,
         **({"layer": config.layer} if config.on == "embeddings" else {}),
+        "stratify": config.stratify,
         "requested": k,
         "size": int(len(pos)),
         "of": len(data),

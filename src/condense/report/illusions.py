@@ -138,6 +138,11 @@ def _reference(st: Stage, earlier: Sequence[Stage], kinds: Sequence[str | None],
     "teacher" stage name, else the latest train / pretrain stage, else the first stage)."""
     if not earlier:
         return None
+    source = st.row.get("from")  # the runner records each stage's input stage
+    if kind != "distill" and isinstance(source, str):
+        named_source = next((s for s in reversed(earlier) if s.name == source), None)
+        if named_source is not None:
+            return named_source
     if kind != "distill":
         return earlier[-1]
     teacher = st.row.get("teacher")

@@ -36,7 +36,10 @@ class TrainConfig(Config):
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
     threads: int | None = None  # torch CPU threads; None leaves torch's default
-    drop_last: bool = False
+    # Drop the last incomplete batch of each epoch (reshuffled every epoch, so no sample is lost
+    # for good): a tiny last batch gives BatchNorm noisy statistics and cost several points of
+    # accuracy on digits (docs/distillation.md, "why KD looked slow").
+    drop_last: bool = True
     select_best: Literal["val_accuracy", "val_loss", "last"] = "val_accuracy"
     checkpoint_dir: str | None = None
     log_file: str | None = None  # JSONL metrics log; default <checkpoint_dir>/metrics.jsonl
