@@ -180,13 +180,18 @@ def export_fp32(bert: nn.Module, tok: Any, path: Path) -> Path:
     return path
 
 
-def fuse(fp32: Path, out: Path) -> Path:
-    """onnxruntime.transformers optimizer: Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm fusions."""
+def fuse(fp32: Path, out: Path, attention: bool = True) -> Path:
+    """onnxruntime.transformers optimizer: SkipLayerNorm, BiasGelu, EmbedLayerNorm (and Attention) fusions."""
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
-    m = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=HEADS, hidden_size=HIDDEN, opt_level=0)
+    opts = FusionOptions("bert")
+    opts.enable_attention = attention
+    m = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=HEADS, hidden_size=HIDDEN, opt_level=0,
+                                 optimization_options=opts)
     ops = {n.op_type for n in m.model.graph.node}
-    if not {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= ops:
+    want = {"SkipLayerNormalization", "BiasGelu"} | ({"Attention", "EmbedLayerNormalization"} if attention else set())
+    if not want <= ops:
         raise RuntimeError(f"the transformer fusions did not apply (ops: {sorted(ops)})")
     m.save_model_to_file(str(out))
     return out
@@ -259,20 +264,25 @@ def smooth_and_split(src: Path, dst: Path, amax: dict[tuple[str, int], np.ndarra
     nodes = {n.name: n for n in g.node}
     attention = [n for n in g.node if n.op_type == "Attention"]
     gelu = {n.input[0]: n for n in g.node if n.op_type == "BiasGelu"}
-    if len(attention) != LAYERS:
+    if attention and len(attention) != LAYERS:
         raise RuntimeError(f"expected {LAYERS} fused Attention nodes, found {len(attention)}")
     new, keep_float = [], []
     for i in range(LAYERS):
         ffn1, ffn2 = _matmul(nodes, i, "intermediate/dense"), _matmul(nodes, i, "output/dense")
-        for key, node in (("qkv", attention[i]), ("ffn1", ffn1)):
+        qkv = [attention[i]] if attention else [_matmul(nodes, i, f"attention/self/{p}") for p in ("query", "key", "value")]
+        for key, group in (("qkv", qkv), ("ffn1", [ffn1])):
             if key not in smooth:
                 continue
-            w = arr(node.input[1])
-            s = np.maximum(np.maximum(amax[(key, i)], 1e-5) ** alpha / np.maximum(np.abs(w).max(1), 1e-5) ** (1 - alpha), 1e-5)
-            put(node.input[1], (w * s[:, None]).astype(np.float32))
+            # one s for the group (they read the same tensor): weight range = max over the group's rows
+            ws = [arr(node.input[1]) for node in group]
+            wmax = np.max([np.abs(w).max(1) for w in ws], axis=0)
+            s = np.maximum(np.maximum(amax[(key, i)], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-5)
+            for node, w in zip(group, ws, strict=True):
+                put(node.input[1], (w * s[:, None]).astype(np.float32))
             inv = put(f"smooth_{key}_{i}_inv", (1.0 / s).astype(np.float32))
-            new.append(helper.make_node("Mul", [node.input[0], inv], [f"smooth_{key}_{i}"], name=f"smooth_{key}_{i}_Mul"))
-            node.input[0] = f"smooth_{key}_{i}"
+            new.append(helper.make_node("Mul", [group[0].input[0], inv], [f"smooth_{key}_{i}"], name=f"smooth_{key}_{i}_Mul"))
+            for node in group:
+                node.input[0] = f"smooth_{key}_{i}"
         if outliers:
             idx = np.sort(np.argsort(-amax[("ffn2", i)])[:outliers])
             rest = np.setdiff1d(np.arange(arr(ffn2.input[1]).shape[0]), idx)

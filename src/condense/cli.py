@@ -80,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from condense.data import AugmentConfig, build_augment
     from condense.evaluate import evaluate
     from condense.models import build_model
+    from condense.recipes.stages import model_kwargs_for
     from condense.train import TrainConfig, train_model
 
     splits, data_name, data_kwargs = _data_from(args)
@@ -90,12 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         where="condense train",
     )
     seed_everything(cfg.seed)
-    model_kwargs = {"in_channels": splits.input_shape[0], "image_size": splits.input_shape[-1],
-                    "num_classes": splits.num_classes, **_kv(args.model_arg, "--model-arg")}
-    if len(splits.input_shape) == 1:
-        model_kwargs = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes,
-                        **_kv(args.model_arg, "--model-arg")}
-    model = build_model(args.model, **model_kwargs)
+    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
     augment = build_augment(AugmentConfig.from_dict(_kv(args.augment, "--augment"), where="--augment"))
     result = train_model(model, splits.train, cfg, splits.val, augment=augment, resume=args.resume)
     metrics = evaluate(result.model, splits.test)
@@ -127,12 +123,23 @@ def _yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
     return data
 
 
+def _train_overrides(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The `train:` mapping of a method config, with --epochs / --lr / --seed and a checkpoint folder."""
+    train = dict(raw.get("train") or {})
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            train[key] = value
+    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
+    return train
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
     from condense.artifacts import save
     from condense.core.seed import seed_everything
     from condense.distill import DistillConfig, distill_fit
     from condense.evaluate import evaluate
     from condense.models import build_model
+    from condense.recipes.stages import model_kwargs_for
 
     teachers, metas = [], []
     for t in args.teacher:
@@ -144,28 +151,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     for key, value in (("alpha", args.alpha), ("temperature", args.temperature)):
         if value is not None:
             raw[key] = value
-    train = dict(raw.get("train") or {})
-    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
-        if value is not None:
-            train[key] = value
-    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
-    raw["train"] = train
+    raw["train"] = _train_overrides(raw, args)
     cfg = DistillConfig.from_dict(raw, where=args.config or "condense distill")
     seed_everything(cfg.train.seed)
-    kwargs = {"in_channels": splits.input_shape[0], "image_size": splits.input_shape[-1],
-              "num_classes": splits.num_classes, **_kv(args.student_arg, "--student-arg")}
-    if len(splits.input_shape) == 1:
-        kwargs = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes,
-                  **_kv(args.student_arg, "--student-arg")}
-    student = build_model(args.student, **kwargs)
+    student = build_model(args.student, **model_kwargs_for(splits, _kv(args.student_arg, "--student-arg")))
     train_data = splits.train
     if args.transfer == "train+unlabelled" and splits.unlabelled is not None:
-        import torch
+        from condense.recipes.stages import all_training_images
 
-        from condense.data.base import ArrayDataset
-
-        train_data = ArrayDataset(torch.cat([splits.train.inputs, splits.unlabelled.inputs]), None,
-                                  torch.cat([splits.train.indices, splits.unlabelled.indices]))
+        train_data = all_training_images(splits)
     result = distill_fit(student, teachers, train_data, cfg, splits.val, resume=args.resume)
     metrics = evaluate(result.model, splits.test)
     save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
@@ -187,12 +181,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     raw = _yaml_mapping(args.config, "pretrain config")
     if args.method:
         raw["method"] = args.method
-    train = dict(raw.get("train") or {})
-    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
-        if value is not None:
-            train[key] = value
-    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
-    raw["train"] = train
+    raw["train"] = _train_overrides(raw, args)
     cfg = PretrainConfig.from_dict(raw, where=args.config or "condense pretrain")
     seed_everything(cfg.train.seed)
     model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
