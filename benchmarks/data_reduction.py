@@ -108,6 +108,7 @@ def part_coreset(seeds: list[int], fraction: float, cache: dict[int, Any]) -> di
             name = f"distill, {int(fraction * 100)} % coreset: {label}"
             sizes[name] = len(sel.data)
             r[name] = acc(kd(seed, teacher, sel.data), test)
+            r[f"{name} [fewest images of one class]"] = int(torch.bincount(sel.data.targets, minlength=10).min())
         for k, v in r.items():
             rows.setdefault(k, []).append(v)
         print(f"seed {seed} ({time.perf_counter() - t0:.0f}s): " + ", ".join(f"{k}={v:.4f}" for k, v in r.items()), flush=True)
@@ -120,7 +121,7 @@ def part_coreset(seeds: list[int], fraction: float, cache: dict[int, Any]) -> di
             "full_gain_points": 100 * (full - alone),
             **{k: {"gain_points": 100 * (summary[k]["mean"] - alone),
                    "retention": (summary[k]["mean"] - alone) / (full - alone) if abs(full - alone) > 1e-12 else None}
-               for k in summary if "coreset" in k},
+               for k in summary if "coreset" in k and "[" not in k},
         }
     return {"per_seed": rows, "summary": summary, "retention_of_gain": retention, "coreset_sizes": sizes,
             "transfer_set_size": len(cache[seeds[0]][0].train), "steps": STEPS}

@@ -228,22 +228,45 @@ def ort_latency_comparison(
 ) -> dict[str, Any]:
     """Median ORT latency of the int8 and fp32 files at each batch size (same threads, ORT_ENABLE_ALL).
 
-    Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32"}}, "notes"}; a note
-    says so in words wherever int8 is not faster than fp32 on this machine.
+    The two sessions run alternately, in a random order each round, so load from other processes
+    on a shared machine hits both alike (timing one file after the other lets a change of load
+    bias the ratio). Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32"}},
+    "notes"}; a note says so in words wherever int8 is not faster than fp32 on this machine.
     """
-    from condense.evaluate.profile import measure_latency
+    import gc
+    import random
+    import statistics
+    import time
 
+    if warmup < 1 or repeats < 3:
+        raise ConfigError(f"ort_latency_comparison: warmup must be >= 1 and repeats >= 3, got {warmup}, {repeats}")
     threads = threads or os.cpu_count() or 1
     x1 = _inputs(example)[:1].detach().cpu().numpy().astype(np.float32)
     sessions = {"fp32": ort_session(fp32_path, threads), "int8": ort_session(int8_path, threads)}
     out: dict[str, Any] = {"threads": threads, "batches": {}, "notes": []}
+    rng = random.Random(0)
     for bs in batch_sizes:
         feed = np.ascontiguousarray(np.repeat(x1, bs, axis=0))
-        row: dict[str, float] = {}
-        for kind, sess in sessions.items():
-            name = sess.get_inputs()[0].name
-            lat = measure_latency(lambda s=sess, n=name, f=feed: s.run(None, {n: f}), warmup=warmup, repeats=repeats)
-            row[f"{kind}_ms"] = float(lat["p50_ms"])
+        feeds = {kind: {sess.get_inputs()[0].name: feed} for kind, sess in sessions.items()}
+        runs = {kind: (lambda s=sess, f=feeds[kind]: s.run(None, f)) for kind, sess in sessions.items()}
+        for _ in range(warmup):
+            for run in runs.values():
+                run()
+        times: dict[str, list[float]] = {kind: [] for kind in runs}
+        order = list(runs)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(repeats):
+                rng.shuffle(order)
+                for kind in order:
+                    t0 = time.perf_counter()
+                    runs[kind]()
+                    times[kind].append((time.perf_counter() - t0) * 1e3)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        row: dict[str, float] = {f"{kind}_ms": float(statistics.median(v)) for kind, v in times.items()}
         row["int8_over_fp32"] = row["int8_ms"] / row["fp32_ms"]
         if row["int8_over_fp32"] >= 1.0:
             out["notes"].append(f"int8 is NOT faster than fp32 at batch {bs} on this CPU "
