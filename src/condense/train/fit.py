@@ -288,7 +288,14 @@ def fit(
                 if key not in record:
                     raise ConfigError(f"select_best={select!r} but the validator returned no {key[4:]!r}")
                 value = record[key]
-                better = best_metric is None or (value > best_metric if key == "val_accuracy" else value < best_metric)
+                if key == "val_accuracy":
+                    # A small validation set saturates: break accuracy ties by the lower validation
+                    # loss, else the first epoch to reach the plateau (often under-trained) would win.
+                    loss = record.get("val_loss", math.inf)
+                    best_loss = history[best_epoch - 1].get("val_loss", math.inf) if best_epoch else math.inf
+                    better = best_metric is None or value > best_metric or (value == best_metric and loss < best_loss)
+                else:
+                    better = best_metric is None or value < best_metric
                 if better:
                     best_metric, best_epoch = value, epoch + 1
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
