@@ -1,3 +1,5 @@
-from condense.cli import main
 import sys
+
+from condense.cli import main
+
 sys.exit(main())

@@ -69,6 +69,17 @@ def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     return _execute(recipe, run, quiet=quiet)
 
 
+def _stage_model(recipe: Recipe, run: Path, name: str | None):
+    """The model an earlier stage produced, read back from its artifact (None for no stage)."""
+    if name is None:
+        return None
+    j = next(k for k, s in enumerate(recipe.stages) if s.name == name)
+    folder = stage_dir(run, j, name)
+    if not STAGES.get(recipe.stages[j].kind).measured:  # a data stage passes its input model through
+        return _stage_model(recipe, run, recipe.stages[j].source)
+    return load(folder)
+
+
 def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
     say = (lambda m: None) if quiet else _say
     configs = validate_recipe(recipe)
@@ -81,6 +92,14 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
     with stop_on_signals():
         for i, (spec, cfg) in enumerate(zip(recipe.stages, configs, strict=True)):
             folder = stage_dir(run, i, spec.name)
+            kind = STAGES.get(spec.kind)
+            if (folder / DONE).exists() and not kind.measured:
+                # a data stage is cheap and deterministic: redo it so later stages see its data
+                say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, re-applied")
+                model = _stage_model(recipe, run, spec.source)
+                out = kind.handler(StageContext(recipe, spec, i, folder, splits, model, [], resume=True), cfg)
+                splits = out.splits or splits
+                continue
             if (folder / DONE).exists():
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, skipped")
                 rows.append(json.loads((folder / "metrics.json").read_text()))
@@ -89,18 +108,19 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
             say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}){' (resuming)' if resuming else ''}")
             folder.mkdir(parents=True, exist_ok=True)
             seed_everything(recipe.seed + 7919 * (i + 1))
-            model = None
-            if spec.source is not None:
-                j = next(k for k, s in enumerate(recipe.stages) if s.name == spec.source)
-                model = load(stage_dir(run, j, spec.source))
-            teachers = []
-            for t in spec.teachers:
-                j = next(k for k, s in enumerate(recipe.stages) if s.name == t)
-                teachers.append(load(stage_dir(run, j, t)))
+            model = _stage_model(recipe, run, spec.source)
+            teachers = [_stage_model(recipe, run, t) for t in spec.teachers]
             ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
             t0 = time.perf_counter()
-            out = STAGES.get(spec.kind).handler(ctx, cfg)
+            out = kind.handler(ctx, cfg)
             train_s = time.perf_counter() - t0
+            if not kind.measured:
+                splits = out.splits or splits
+                atomic_write_json(folder / "reduce.json", {"stage": spec.name, "kind": spec.kind, "info": out.info,
+                                                           "data": splits.summary()})
+                atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+                say(f"  {spec.name}: data now {splits.summary()}")
+                continue
             meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
                     "recipe": recipe.to_dict()}
             row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,

@@ -60,10 +60,11 @@ class StageContext:
 
 @dataclasses.dataclass
 class StageOutput:
-    model: nn.Module
+    model: nn.Module | None
     deployed_onnx: Path | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
+    splits: Splits | None = None  # data for the later stages (a reduce-data stage changes it)
 
 
 @dataclasses.dataclass
@@ -72,6 +73,7 @@ class StageKind:
     handler: Callable[[StageContext, Config], StageOutput]
     trains: bool = False  # has a `train:` section (TrainConfig), checkpointed and resumable
     needs_input: bool = True
+    measured: bool = True  # False: the stage changes data, not a model (no measured row)
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
@@ -218,6 +220,20 @@ def run_pretrain(ctx: StageContext, cfg: Config) -> StageOutput:
                               "until a finetune stage, so this stage's accuracy is not meaningful"])
 
 
+def run_reduce(ctx: StageContext, cfg: Config) -> StageOutput:
+    """Reduce the data the later stages see: PCA / feature selection of inputs, or a coreset of the
+    training split (on the input model's embeddings when the stage has `from:`)."""
+    from condense.reduce import reduce_data
+
+    result = reduce_data(ctx.splits, ctx.spec.config, model=ctx.model)
+    info = {"method": result.method, **_jsonable(result.info)}
+    if result.positions is not None:
+        info["positions"] = [int(p) for p in result.positions]
+    if result.transform is not None and hasattr(result.transform, "save"):
+        result.transform.save(ctx.folder / "transform.json")
+    return StageOutput(ctx.model, info=info, splits=result.data)
+
+
 def run_evaluate(ctx: StageContext, cfg: EmptyConfig) -> StageOutput:
     return StageOutput(_input(ctx))
 
@@ -267,6 +283,7 @@ STAGES.register("export", StageKind(ExportStageConfig, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig, run_evaluate))
 STAGES.register("tune", StageKind(EmptyConfig, run_tune, trains=True))
 STAGES.register("pretrain", StageKind(EmptyConfig, run_pretrain, trains=True, needs_input=False))
+STAGES.register("reduce-data", StageKind(EmptyConfig, run_reduce, needs_input=False, measured=False))
 _LAZY_CONFIG = {"distill": _distill_config_cls, "prune": _prune_config_cls, "quantize": _quant_config_cls,
                 "tune": _tune_config_cls, "pretrain": _pretrain_config_cls}
 
@@ -291,6 +308,13 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
         # method-dispatched config: PruneConfig.from_dict picks the method's own dataclass
         try:
             cfg = cls.from_dict(spec.config)
+        except ConfigError as e:
+            raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
+    elif spec.kind == "reduce-data":
+        from condense.reduce import resolve_config
+
+        try:
+            cfg = resolve_config(spec.config)[1]
         except ConfigError as e:
             raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
     elif spec.kind == "quantize":
