@@ -115,3 +115,19 @@ def test_pickle_needs_trust_flag(capsys, trained, tmp_path):
 def test_bad_usage_is_exit_2(capsys):
     assert main(["train"]) == 2
     assert main(["frobnicate"]) == 2
+
+
+def test_reduce_and_pretrain_commands(capsys, tmp_path):
+    code, out, _ = run(capsys, "reduce", "--data", "breast_cancer", "--method", "pca", "--set", "n_components=5",
+                       "--out", str(tmp_path / "pca"), "--json")
+    assert code == 0 and json.loads(out)["after"]["input_shape"] == [5] and (tmp_path / "pca" / "transform.json").exists()
+    code, out, _ = run(capsys, "reduce", "--method", "coreset", "--set", "fraction=0.25", "--set", "on=inputs",
+                       "--out", str(tmp_path / "core"), "--json")
+    r = json.loads(out)
+    assert code == 0 and r["after"]["train"] == len(r["positions"]) < r["before"]["train"]
+    code, _, err = run(capsys, "reduce", "--data", "breast_cancer", "--method", "pca", "--set", "n_components=99",
+                       "--out", str(tmp_path / "bad"))
+    assert code == 2 and "more than the 30 features" in err
+    code, out, _ = run(capsys, "pretrain", "--model", "cnn", "--model-arg", "width=4", "--method", "simclr",
+                       "--epochs", "1", "--out", str(tmp_path / "ssl"), "--json")
+    assert code == 0 and (tmp_path / "ssl" / "model.safetensors").exists()

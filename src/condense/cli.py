@@ -195,6 +195,32 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reduce(args: argparse.Namespace) -> int:
+    from condense.core.io import atomic_write_json
+    from condense.reduce import reduce_data
+
+    model, meta = (None, None)
+    if args.model:
+        model, meta = _load_model_arg(args.model, args.trust_pickle)
+    splits, data_name, data_kwargs = _data_from(args, meta)
+    raw = {**_yaml_mapping(args.config, "reduce config"), **_kv(args.set, "--set")}
+    if args.method:
+        raw["method"] = args.method
+    result = reduce_data(splits, raw, model=model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"method": result.method, "data": data_name, "before": splits.summary(), "after": result.data.summary(),
+               "info": result.info}
+    if result.positions is not None:
+        summary["positions"] = [int(p) for p in result.positions]
+    if result.transform is not None and hasattr(result.transform, "save"):
+        result.transform.save(out / "transform.json")
+    atomic_write_json(out / "reduce.json", summary)
+    _print(summary, args.json, f"{result.method}: {splits.summary()['train']} train samples x {splits.input_shape} -> "
+           f"{result.data.summary()['train']} x {result.data.input_shape}; wrote {out / 'reduce.json'}")
+    return EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from condense.evaluate import evaluate
 
@@ -405,6 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_pretrain)
+
+    sp = sub.add_parser("reduce", help="reduce data: PCA / feature selection of inputs, or a coreset of samples")
+    sp.add_argument("--model", default=None, help="artifact whose embeddings drive a coreset (optional)")
+    sp.add_argument("--trust-pickle", action="store_true")
+    data_opts(sp, "digits")
+    sp.add_argument("--method", choices=["pca", "select", "coreset"], default=None)
+    sp.add_argument("--config", help="YAML file with the method's fields")
+    sp.add_argument("--set", action="append", metavar="K=V", help="method option, e.g. n_components=8 or fraction=0.25")
+    sp.add_argument("--out", required=True, help="folder for reduce.json (+ transform.json)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_reduce)
 
     sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
     sp.add_argument("model", help="artifact folder or .onnx file")

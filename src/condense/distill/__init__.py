@@ -144,7 +144,19 @@ def born_again(
     return out
 
 
+def __getattr__(name: str):
+    """Data-free distillation lives in its own module (imported on first use)."""
+    if name in ("DataFreeConfig", "datafree_distill", "synthesize"):
+        from condense.distill import datafree
+
+        return getattr(datafree, name)
+    raise AttributeError(f"module 'condense.distill' has no attribute {name!r}")
+
+
 __all__ = [
+    "DataFreeConfig",
+    "datafree_distill",
+    "synthesize",
     "LOSSES",
     "DistillConfig",
     "DistillTask",
