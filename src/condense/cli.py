@@ -510,8 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_report)
 
     from condense.prune.cli import register as register_prune
+    from condense.quantize.cli import register as register_quantize
 
     register_prune(sub)
+    register_quantize(sub)
 
     for name, fn, help_ in (("models", cmd_models, "list the model zoo"), ("datasets", cmd_datasets, "list data sources")):
         sp = sub.add_parser(name, help=help_)
