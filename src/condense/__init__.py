@@ -6,77 +6,41 @@ The public API is a handful of verbs and their configs::
     splits = condense.load_dataset("digits")
     model = condense.build_model("cnn", in_channels=1, image_size=8, num_classes=10)
     result = condense.train_model(model, splits.train, condense.TrainConfig(epochs=10), splits.val)
-    condense.evaluate(result.model, splits.test)
-    condense.profile(result.model, splits.test.inputs[:1])
-    condense.save(result.model, "runs/teacher"); condense.load("runs/teacher")
-    condense.export_onnx(result.model, splits.test.inputs[:1], "teacher.onnx")
+    student = condense.distill(student, result.model, splits.train, condense.DistillConfig(alpha=0.9))
+    condense.prune(student, condense.PruneConfig.from_dict({"method": "channel", "ratio": 0.5}))
+    q = condense.quantize(student, condense.QuantizeConfig(), calibration=splits.train)
+    condense.evaluate(student, splits.test); condense.profile(student, splits.test.inputs[:1])
+    condense.save(student, "runs/student"); condense.load("runs/student")
 
-Names are imported lazily so `import condense` stays cheap and free of import cycles.
+The verbs are imported here, eagerly: several share their name with the subpackage that holds
+them (`condense.distill`, `prune`, `quantize`, `tune`), and importing them here makes the name
+on `condense` the verb, whatever is imported later.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
-_EXPORTS: dict[str, str] = {
-    # artifacts
-    "save": "condense.artifacts",
-    "load": "condense.artifacts",
-    # models and data
-    "build_model": "condense.models",
-    "ModelSpec": "condense.models",
-    "load_dataset": "condense.data",
-    "AugmentConfig": "condense.data",
-    # training
-    "fit": "condense.train",
-    "train_model": "condense.train",
-    "TrainConfig": "condense.train",
-    "SupervisedTask": "condense.train",
-    "Callback": "condense.train",
-    # methods
-    "distill": "condense.distill",
-    "DistillConfig": "condense.distill",
-    "prune": "condense.prune",
-    "PruneConfig": "condense.prune",
-    "quantize": "condense.quantize",
-    "QuantizeConfig": "condense.quantize",
-    "pretrain": "condense.ssl",
-    "PretrainConfig": "condense.ssl",
-    "ssl_distill": "condense.ssl",
-    "tune": "condense.tune",
-    "reduce_data": "condense.reduce",
-    "PCAConfig": "condense.reduce",
-    "SelectConfig": "condense.reduce",
-    "CoresetConfig": "condense.reduce",
-    "datafree_distill": "condense.distill.datafree",
-    "DataFreeConfig": "condense.distill.datafree",
-    "TuneConfig": "condense.tune",
-    "run_recipe": "condense.recipes",
-    "resume_run": "condense.recipes",
-    # measurement and export
-    "evaluate": "condense.evaluate",
-    "profile": "condense.evaluate",
-    "export_onnx": "condense.export",
-    # errors
-    "CondenseError": "condense.core.errors",
-    "ConfigError": "condense.core.errors",
-    "InputFileError": "condense.core.errors",
-    "RunError": "condense.core.errors",
-}
+from condense.artifacts import load, save  # noqa: E402
+from condense.core.errors import CondenseError, ConfigError, InputFileError, RunError  # noqa: E402
+from condense.data import AugmentConfig, load_dataset  # noqa: E402
+from condense.distill import DistillConfig, distill  # noqa: E402
+from condense.distill.datafree import DataFreeConfig, datafree_distill  # noqa: E402
+from condense.evaluate import evaluate, profile  # noqa: E402
+from condense.export import export_onnx  # noqa: E402
+from condense.models import ModelSpec, build_model  # noqa: E402
+from condense.prune import PruneConfig, prune  # noqa: E402
+from condense.quantize import QuantizeConfig, quantize  # noqa: E402
+from condense.recipes import resume_run, run_recipe  # noqa: E402
+from condense.reduce import CoresetConfig, PCAConfig, SelectConfig, reduce_data  # noqa: E402
+from condense.ssl import PretrainConfig, pretrain, ssl_distill  # noqa: E402
+from condense.train import Callback, SupervisedTask, TrainConfig, fit, train_model  # noqa: E402
+from condense.tune import TuneConfig, tune  # noqa: E402
 
-__all__ = ["__version__", *_EXPORTS]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'condense' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = [
+    "AugmentConfig", "Callback", "CondenseError", "ConfigError", "CoresetConfig", "DataFreeConfig",
+    "DistillConfig", "InputFileError", "ModelSpec", "PCAConfig", "PretrainConfig", "PruneConfig",
+    "QuantizeConfig", "RunError", "SelectConfig", "SupervisedTask", "TrainConfig", "TuneConfig",
+    "__version__", "build_model", "datafree_distill", "distill", "evaluate", "export_onnx", "fit",
+    "load", "load_dataset", "pretrain", "profile", "prune", "quantize", "reduce_data", "resume_run",
+    "run_recipe", "save", "ssl_distill", "train_model", "tune",
+]
