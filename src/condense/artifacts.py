@@ -65,7 +65,7 @@ def save(
     if any(True for _ in _parametrized(model)):
         raise ConfigError(
             "save(): the model still has parametrizations (e.g. pruning masks); call "
-            "condense.prune.make_permanent(model) first so the saved weights are the real ones"
+            "`from condense.prune import make_permanent; make_permanent(model)` first so the saved weights are the real ones"
         )
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
