@@ -62,7 +62,7 @@ def test_resume_is_bit_identical(tmp_path, digits_splits):
 
 def test_resume_with_changed_config_is_an_error(tmp_path, digits_splits):
     fit(SupervisedTask(_model()), digits_splits.train, _cfg(epochs=1, checkpoint_dir=str(tmp_path)), None)
-    with pytest.raises(ConfigError, match=r"changed: lr"):
+    with pytest.raises(ConfigError, match=r"changed: epochs \(1 -> 2\), lr"):
         fit(SupervisedTask(_model()), digits_splits.train, _cfg(epochs=2, lr=0.1, checkpoint_dir=str(tmp_path)), None, resume=True)
 
 

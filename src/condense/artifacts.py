@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from condense import __version__
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_path, atomic_write_json
+from condense.core.io import atomic_path, atomic_write_json, read_json
 from condense.models.edits import replay_edits
 from condense.models.registry import ModelSpec, model_spec
 
@@ -104,10 +103,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     meta_path = folder / META_NAME
     if not meta_path.exists():
         raise InputFileError(f"{meta_path}: missing (the artifact is incomplete or not a condense artifact)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputFileError(f"{meta_path}: not valid JSON ({e})") from None
+    meta = read_json(meta_path, "artifact metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputFileError(f"{meta_path}: expected format {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
     if "architecture" not in meta:

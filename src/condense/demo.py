@@ -12,7 +12,6 @@ from typing import Any
 
 from condense.core.errors import ConfigError
 
-DEMO_SEED = 0
 LATENCY_BATCHES = (1, 256)
 
 

@@ -92,6 +92,19 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
+    """Read a JSON file; a missing or unparsable file is an InputFileError naming it and `what` it is."""
+    from condense.core.errors import InputFileError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{p}: {what} not found")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputFileError(f"{p}: {what} is not valid JSON ({e})") from None
+
+
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one JSON line (a log; flushed and fsynced so a crash loses at most this line)."""
     p = Path(path)

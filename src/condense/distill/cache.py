@@ -9,7 +9,6 @@ lives in memory for one run.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import InputFileError
-from condense.core.io import atomic_path, atomic_write_json
+from condense.core.io import atomic_path, atomic_write_json, read_json
 from condense.core.taps import FeatureTap
 from condense.data.base import ArrayDataset, iterate_batches
 
@@ -135,10 +134,7 @@ class TeacherCache:
     @classmethod
     def _open(cls, folder: Path, fp: dict[str, Any]) -> TeacherCache:
         meta_path = folder / "cache.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputFileError(f"{meta_path}: unreadable teacher cache metadata ({e})") from None
+        meta = read_json(meta_path, "teacher cache metadata")
         for key in ("format", "teachers", "data", "features", "feature_teacher"):
             if meta.get(key) != fp[key]:
                 what = {"teachers": "another teacher", "data": "other data", "features": "other feature taps"}.get(key, f"another {key}")

@@ -9,7 +9,6 @@ Val / test are *transformed* with the training statistics, never used to fit.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +18,7 @@ from torch import nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_write_json
+from condense.core.io import atomic_write_json, read_json
 from condense.data.base import ArrayDataset
 from condense.reduce.features import source_features
 
@@ -167,15 +166,11 @@ class PCATransform:
 
     @classmethod
     def load(cls, path: str | Path) -> PCATransform:
-        p = Path(path)
-        if not p.is_file():
-            raise InputFileError(f"{p}: PCA transform file not found")
+        data = read_json(path, "PCA transform file")
         try:
-            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as e:
-            raise InputFileError(f"{p}: not valid JSON ({e.msg})") from None
+            return cls.from_dict(data)
         except InputFileError as e:
-            raise InputFileError(f"{p}: {e}") from None
+            raise InputFileError(f"{path}: {e}") from None
 
 
 def fit_pca(train: ArrayDataset, config: PCAConfig | None = None, model: nn.Module | None = None) -> PCATransform:

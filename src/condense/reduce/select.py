@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from torch import nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_write_json
+from condense.core.io import atomic_write_json, read_json
 from condense.data.base import ArrayDataset
 from condense.reduce.features import flat_inputs
 
@@ -115,15 +114,11 @@ class FeatureSelection:
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSelection:
-        p = Path(path)
-        if not p.is_file():
-            raise InputFileError(f"{p}: feature-selection file not found")
+        data = read_json(path, "feature-selection file")
         try:
-            return cls.from_dict(json.loads(p.read_text(encoding="utf-8")))
-        except json.JSONDecodeError as e:
-            raise InputFileError(f"{p}: not valid JSON ({e.msg})") from None
+            return cls.from_dict(data)
         except InputFileError as e:
-            raise InputFileError(f"{p}: {e}") from None
+            raise InputFileError(f"{path}: {e}") from None
 
 
 def fit_selection(train: ArrayDataset, config: SelectConfig | None = None) -> FeatureSelection:

@@ -20,7 +20,8 @@ from condense.train.task import Task
 
 CHECKPOINT_NAME = "last.ckpt"
 # Fields that may differ between the interrupted run and the resumed one without changing results.
-_RESUME_FREE = {"epochs", "max_steps", "checkpoint_dir", "log_file", "progress", "threads", "device"}
+# (epochs / max_steps are not among them: they set the length of the learning-rate schedule.)
+_RESUME_FREE = {"checkpoint_dir", "log_file", "progress", "threads", "device"}
 
 
 def _trained(task: Task) -> dict[str, Any]:

@@ -8,7 +8,6 @@ output, the metrics log, atomic per-epoch checkpoints, exact resume, and the non
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import sys
@@ -339,8 +338,3 @@ def train_model(
 
     task = SupervisedTask(model, label_smoothing=config.label_smoothing, augment=augment)
     return fit(task, train_data, config, val_data, callbacks, resume=resume)
-
-
-def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy that keeps condense's spec and edit log."""
-    return copy.deepcopy(model)
