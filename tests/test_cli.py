@@ -112,9 +112,11 @@ def test_pickle_needs_trust_flag(capsys, trained, tmp_path):
     assert code == 0
 
 
-def test_bad_usage_is_exit_2(capsys):
+def test_bad_usage_is_exit_2(capsys, tmp_path):
     assert main(["train"]) == 2
     assert main(["frobnicate"]) == 2
+    code, _, err = run(capsys, "train", "--model-arg", "hidden=[", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--model-arg: cannot read the value of 'hidden'" in err
 
 
 def test_reduce_and_pretrain_commands(capsys, tmp_path):

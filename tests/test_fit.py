@@ -54,7 +54,7 @@ def test_resume_is_bit_identical(tmp_path, digits_splits):
         fit(SupervisedTask(_model()), digits_splits.train, cfg_b, digits_splits.val, [StopAt(2)])
     resumed = fit(SupervisedTask(_model()), digits_splits.train, cfg_b, digits_splits.val, [StopAt(None)], resume=True)
     assert resumed.resumed_from_epoch == 2
-    for (k, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items(), strict=False):
+    for (k, a), (_, b) in zip(ref.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert [h["train_loss"] for h in ref.history] == [h["train_loss"] for h in resumed.history]
     assert (tmp_path / "b" / "metrics.jsonl").read_text().count("\n") == 4

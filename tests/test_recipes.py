@@ -63,6 +63,8 @@ def test_misspelled_keys_name_file_line_and_close_key(tmp_path):
     _check(tmp_path, BASE + "  - {kind: quantize, config: {method: static, weight_bits: 9}}\n", r"r.yaml:8: .*weight_bits must be in 2..8")
     _check(tmp_path, BASE.replace("name: t\n", "name: t\nstages_: []\n"), r"unknown top-level key 'stages_'.*did you mean: stages")
     _check(tmp_path, BASE + "  - {kind: distill, model: {name: mlp}}\n", r"needs 'teacher: <earlier stage name>'")
+    _check(tmp_path, BASE.replace("name: t\n", "name: t\nmeasure: [1, 2]\n"), r"'measure' must be a mapping")
+    _check(tmp_path, BASE.replace("train: {epochs: 2}", "train: [2]"), r"'train' must be a mapping")
 
 
 def test_yaml_is_read_safely(tmp_path):

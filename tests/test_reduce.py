@@ -55,6 +55,7 @@ def test_pca_matches_sklearn_and_is_fitted_on_train_only(cancer):
 def test_pca_roundtrip_module_and_variance_fraction(cancer, tmp_path):
     tf = fit_pca(cancer.train, PCAConfig(n_components=0.9))
     assert 1 <= tf.n_components < 30 and tf.explained_variance_ratio.sum() >= 0.9
+    assert tf.explained_variance_ratio[:-1].sum() < 0.9  # the smallest count that reaches 90 %
     path = tf.save(tmp_path / "pca.json")
     back = PCATransform.load(path)
     x = cancer.test.inputs

@@ -69,6 +69,7 @@ def save(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_NAME
+    (folder / META_NAME).unlink(missing_ok=True)  # written last again below: until then, incomplete
     with atomic_path(weights) as tmp:
         save_file(_plain_state(model), str(tmp), metadata={"format": "pt"})
     meta = {

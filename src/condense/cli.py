@@ -26,7 +26,10 @@ def _kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{field}: expected key=value, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else ""
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{field}: cannot read the value of {key!r} ({str(e).splitlines()[0]})") from None
     return out
 
 
@@ -530,8 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
         return int(e.code or 0)
+    from condense.train.signals import stop_on_signals
+
     try:
-        return int(args.fn(args) or 0)
+        with stop_on_signals():  # training commands stop at a step boundary with a checkpoint
+            return int(args.fn(args) or 0)
     except CondenseError as e:
         print(f"condense: error: {e}", file=sys.stderr)
         return e.exit_code

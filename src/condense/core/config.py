@@ -33,9 +33,9 @@ class Config:
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any] | None, where: str = "") -> C:
         """Build from a plain mapping; `where` (e.g. 'recipe.yaml:12 stage prune') prefixes errors."""
-        data = dict(data or {})
-        if not isinstance(data, dict):
+        if data is not None and not isinstance(data, dict):
             raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+        data = dict(data or {})
         names = [f.name for f in dataclasses.fields(cls) if f.init]
         prefix = f"{where}: " if where else ""
         for key in data:
@@ -87,14 +87,13 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
         args = get_args(hint)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, field)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{field}: expected {_name(hint)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(hint)

@@ -21,6 +21,7 @@ from condense.distill.losses import LOSSES, build_losses
 from condense.distill.task import DistillTask, combine_teachers
 from condense.train.callbacks import Callback
 from condense.train.fit import FitResult, choose_device, fit
+from condense.train.task import frozen_while_teaching
 
 
 def _as_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
@@ -54,8 +55,9 @@ def build_task(
         raise ConfigError("distill(): mixup is for label-free function matching; drop the label losses (alpha: 1)")
     if config.cache == "on" and config.views_vary:
         raise ConfigError("distill(): cache='on' but augmentation/mixup change the teacher's inputs every epoch")
+    device = choose_device(config.train.device)
     for t in teachers:
-        t.eval()
+        t.eval().to(device)  # where fit() will run them; the cache is computed there too
     cache = None
     if config.cache != "off" and not config.views_vary and ("logits" in losses.needs or losses.feature_layers()[1]):
         folder = config.cache_dir
@@ -63,7 +65,7 @@ def build_task(
             folder = str(Path(config.train.checkpoint_dir) / "teacher_cache")
         cache = TeacherCache.build(
             teachers, train_data, losses.feature_layers()[1], config.feature_teacher,
-            folder=folder, device=choose_device(config.train.device),
+            folder=folder, device=device,
         )
     task = DistillTask(student, teachers, losses, config, cache)
     first = train_data.batch(torch.arange(min(len(train_data), config.train.batch_size)))
@@ -85,19 +87,12 @@ def distill_fit(
     """Like `distill`, but return the whole FitResult (history, best epoch)."""
     config = config or DistillConfig()
     teachers = _as_list(teachers)
-    # teachers are frozen only while they teach: give them back as they came (mode, requires_grad)
-    saved = [(t.training, [p.requires_grad for p in t.parameters()]) for t in teachers]
-    try:
+    with frozen_while_teaching(teachers):
         task = build_task(student, teachers, train_data, config)
         try:
             return fit(task, train_data, config.train, val_data, callbacks, resume=resume)
         finally:
             task.close()
-    finally:
-        for t, (mode, flags) in zip(teachers, saved, strict=True):
-            t.train(mode)
-            for p, flag in zip(t.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
 
 
 def distill(

@@ -1,5 +1,10 @@
 """Data-free distillation: synthesize inputs from a teacher's BatchNorm statistics, then distill on them.
 
+The input synthesis is the one optimisation loop outside `fit()`, on purpose: it optimises a
+batch of *inputs* against a frozen network, with no data, epochs, validation or checkpoints, so
+none of the loop's machinery applies. The distillation on the synthesized set runs through
+`fit()` like every other training.
+
 DeepInversion (Yin et al. 2020, "Dreaming to Distill: Data-free Knowledge Transfer via
 DeepInversion", CVPR) optimises a batch of inputs, starting from Gaussian noise, so that
 

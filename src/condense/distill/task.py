@@ -13,7 +13,7 @@ from condense.core.taps import FeatureTap
 from condense.data.augment import build_augment
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
-from condense.distill.losses import CombinedLoss, LossInputs
+from condense.distill.losses import CombinedLoss, LossInputs, average_teacher_probs
 from condense.train.task import TaskBase
 
 
@@ -27,19 +27,21 @@ def combine_teachers(
     confident teacher counts more on the samples it is sure of. Weights sum to 1 per sample.
     """
     k, b = len(logits), logits[0].shape[0]
-    probs_t = torch.stack([F.softmax(t.float() / temperature, dim=-1) for t in logits], dim=1)  # (B, K, C)
     if mode == "confidence":
+        probs_t = torch.stack([F.softmax(t.float() / temperature, dim=-1) for t in logits], dim=1)  # (B, K, C)
         p1 = torch.stack([F.softmax(t.float(), dim=-1) for t in logits], dim=1)
         entropy = -(p1 * p1.clamp_min(1e-12).log()).sum(-1)  # (B, K)
         w = F.softmax(-entropy, dim=1)
-    elif mode == "weighted":
+        return (w.unsqueeze(-1) * probs_t).sum(1), w
+    if mode == "weighted":
         if weights is None or len(weights) != k:
             raise ConfigError(f"teacher_weights must give one weight per teacher ({k}), got {weights!r}")
-        w = torch.tensor(weights, dtype=probs_t.dtype, device=probs_t.device)
-        w = (w / w.sum()).expand(b, k)
+        fixed = torch.tensor([float(x) for x in weights])
     else:
-        w = torch.full((b, k), 1.0 / k, dtype=probs_t.dtype, device=probs_t.device)
-    return (w.unsqueeze(-1) * probs_t).sum(1), w
+        fixed = torch.ones(k)
+    fixed = fixed / fixed.sum()
+    probs = average_teacher_probs([t.float() for t in logits], temperature, fixed.tolist())
+    return probs, fixed.to(probs.device).expand(b, k)
 
 
 def _mix_temperature(losses: CombinedLoss, config: DistillConfig) -> float:

@@ -26,7 +26,7 @@ import yaml
 from condense import __version__
 from condense.artifacts import load
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_write_json, atomic_write_text
+from condense.core.io import atomic_write_json, atomic_write_text, read_json
 from condense.core.seed import seed_everything
 from condense.data import load_dataset
 from condense.recipes.measure import MeasureConfig, measure_model
@@ -102,7 +102,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
                 continue
             if (folder / DONE).exists():
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, skipped")
-                rows.append(json.loads((folder / "metrics.json").read_text()))
+                rows.append(read_json(folder / "metrics.json", "stage metrics"))
                 continue
             resuming = folder.exists()
             say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}){' (resuming)' if resuming else ''}")

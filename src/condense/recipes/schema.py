@@ -32,7 +32,7 @@ import yaml
 from condense.core.config import Config
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
 
-STAGE_KEYS = ("name", "kind", "from", "model", "teacher", "config", "train", "recover", "measure")
+STAGE_KEYS = ("name", "kind", "from", "model", "teacher", "config", "train", "recover")
 TOP_KEYS = ("version", "name", "seed", "data", "stages", "measure")
 
 
@@ -48,7 +48,6 @@ class StageSpec:
     config: dict[str, Any]
     train: dict[str, Any]
     recover: dict[str, Any]
-    measure: bool
     line: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +61,6 @@ class StageSpec:
         for key in ("config", "train", "recover"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
-        out["measure"] = self.measure
         return out
 
 
@@ -78,12 +76,6 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, "name": self.name, "seed": self.seed, "data": self.data,
                 "measure": self.measure, "stages": [s.to_dict() for s in self.stages]}
-
-    def stage(self, name: str) -> StageSpec:
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise ConfigError(f"{self.path}: no stage named {name!r}{did_you_mean(name, [s.name for s in self.stages])}")
 
 
 class _Lines:
@@ -211,8 +203,11 @@ def load_recipe(path: str | Path) -> Recipe:
                 raise ConfigError(f"{where}:{lines.line('stages', i, key)}: '{key}' must be a mapping")
         stages.append(StageSpec(name=name, kind=kind, source=source, model=model, teachers=teachers,
                                 config=dict(raw.get("config") or {}), train=dict(raw.get("train") or {}),
-                                recover=dict(raw.get("recover") or {}), measure=bool(raw.get("measure", True)), line=line))
+                                recover=dict(raw.get("recover") or {}), line=line))
     measure = data.get("measure") or {}
+    if not isinstance(measure, dict):
+        raise ConfigError(f"{where}:{lines.line('measure')}: 'measure' must be a mapping (batch_sizes, repeats, ...), "
+                          f"got {type(measure).__name__}")
     recipe = Recipe(name=str(data.get("name") or Path(path).stem), seed=seed, data=dict(data_cfg), stages=stages,
                     path=where, measure=dict(measure))
     recipe._lines = lines  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ from condense.ssl.config import PretrainConfig, SSLDistillConfig
 from condense.ssl.tasks import METHODS, SSLDistillTask, SSLTask
 from condense.train.callbacks import Callback
 from condense.train.fit import FitResult, fit
+from condense.train.task import frozen_while_teaching
 
 
 def as_unlabelled(data: Any, where: str) -> ArrayDataset:
@@ -124,12 +125,12 @@ def ssl_distill_fit(
         raise ConfigError("ssl_distill(): student and teacher must be torch.nn.Modules")
     data = as_unlabelled(unlabelled_data, "ssl_distill()")
     _check_batches(len(data), config.train, "ssl_distill()")
-    teacher.eval()
-    task = SSLDistillTask.build(student, teacher, config, data.inputs[: min(len(data), config.train.batch_size)])
-    try:
-        return fit(task, data, config.train, None, [*task.callbacks(), *callbacks], resume=resume)
-    finally:
-        task.close()
+    with frozen_while_teaching([teacher]):
+        task = SSLDistillTask.build(student, teacher, config, data.inputs[: min(len(data), config.train.batch_size)])
+        try:
+            return fit(task, data, config.train, None, [*task.callbacks(), *callbacks], resume=resume)
+        finally:
+            task.close()
 
 
 def ssl_distill(

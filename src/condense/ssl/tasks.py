@@ -148,7 +148,8 @@ class BYOLTask(SSLTask):
     def train(self, mode: bool = True) -> None:
         super().train(mode)
         # the target normalises with batch statistics as the online network does (BYOL's setup);
-        # its running statistics are overwritten by the EMA update, never learned on their own
+        # its own forward passes update its running statistics, and the EMA callback then blends
+        # them with the online network's (m * target + (1 - m) * online), as BYOL's reference code does
         self.target_model.train(mode)
         self.target_projector.train(mode)
 

@@ -16,17 +16,12 @@ from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import atomic_path
 from condense.train.callbacks import Callback
 from condense.train.config import TrainConfig
-from condense.train.task import Task
+from condense.train.task import Task, trained_modules
 
 CHECKPOINT_NAME = "last.ckpt"
 # Fields that may differ between the interrupted run and the resumed one without changing results.
 # (epochs / max_steps are not among them: they set the length of the learning-rate schedule.)
 _RESUME_FREE = {"checkpoint_dir", "log_file", "progress", "threads", "device"}
-
-
-def _trained(task: Task) -> dict[str, Any]:
-    fn = getattr(task, "trained_modules", None)
-    return fn() if callable(fn) else task.modules()
 
 
 def save_checkpoint(
@@ -40,7 +35,7 @@ def save_checkpoint(
 ) -> None:
     payload = {
         "format": "condense-checkpoint/1",
-        "modules": {k: m.state_dict() for k, m in _trained(task).items()},
+        "modules": {k: m.state_dict() for k, m in trained_modules(task).items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "callbacks": [cb.state_dict() for cb in callbacks],
@@ -77,7 +72,7 @@ def load_checkpoint(
             f"{path}: cannot resume with a different training config; changed: "
             + ", ".join(f"{k} ({old.get(k)!r} -> {new[k]!r})" for k in changed)
         )
-    modules = _trained(task)
+    modules = trained_modules(task)
     if set(ck["modules"]) != set(modules):
         raise InputFileError(f"{path}: checkpoint holds modules {sorted(ck['modules'])}, the task has {sorted(modules)}")
     for name, module in modules.items():

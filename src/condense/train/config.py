@@ -12,7 +12,7 @@ from condense.core.errors import ConfigError
 class TrainConfig(Config):
     """Optimizer, schedule, length, device and bookkeeping for one `fit()` run.
 
-    Length is `epochs`, or `max_steps` optimizer steps when set (whichever ends first).
+    Length is `epochs`, or exactly `max_steps` optimizer steps when set (it then replaces `epochs`).
     `warmup_steps` ramps the learning rate linearly from 0. `checkpoint_dir` enables an atomic
     checkpoint at each epoch end and `resume`. `select_best` picks the weights returned at the
     end by a *validation* metric (never test data); "last" keeps the final weights.

@@ -9,6 +9,7 @@ output, the metrics log, atomic per-epoch checkpoints, exact resume, and the non
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -20,14 +21,14 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, NonFiniteLossError, RunError
-from condense.core.io import append_jsonl
+from condense.core.io import append_jsonl, atomic_write_text
 from condense.data.base import ArrayDataset, iterate_batches, num_batches
 from condense.train.callbacks import Callback, FitState
 from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from condense.train.config import TrainConfig
 from condense.train.optim import build_optimizer, build_scheduler
 from condense.train.signals import STOP, Interrupted
-from condense.train.task import Task
+from condense.train.task import Task, trained_modules
 
 Validator = Callable[[nn.Module, ArrayDataset, torch.device], dict[str, float]]
 
@@ -120,11 +121,6 @@ class _Progress:
             self.bar.close()
 
 
-def _trained_modules(task: Task) -> dict[str, nn.Module]:
-    fn = getattr(task, "trained_modules", None)
-    return fn() if callable(fn) else task.modules()
-
-
 def fit(
     task: Task,
     train_data: ArrayDataset,
@@ -153,8 +149,6 @@ def fit(
         torch.set_num_threads(config.threads)
     device = choose_device(config.device)
     use_amp = device.type == "cuda" and config.amp in ("auto", "bf16")
-    if config.amp == "bf16" and device.type != "cuda":
-        use_amp = torch.cuda.is_available()  # bf16 autocast on CPU is slower; only honour it on CUDA
     validator = validator or getattr(task, "validate", None) or default_validator
     has_val = val_data is not None and len(val_data) > 0
     select = config.select_best if has_val else "last"
@@ -164,10 +158,9 @@ def fit(
         m.to(device)
     steps_per_epoch = num_batches(len(train_data), config.batch_size, config.drop_last)
     total_steps = config.epochs * steps_per_epoch
-    epochs = config.epochs
-    if config.max_steps is not None:
+    if config.max_steps is not None:  # an exact step budget: it replaces `epochs`
         total_steps = config.max_steps
-        epochs = math.ceil(config.max_steps / steps_per_epoch)
+    epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = build_optimizer(task.trainable_parameters(), config)
     scheduler = build_scheduler(optimizer, config, total_steps, steps_per_epoch)
     state = FitState(task, config, optimizer, device, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -190,7 +183,7 @@ def fit(
         skip_batches, partial = ck.get("batch_in_epoch", 0), ck.get("partial") or {}
 
     def checkpoint(epoch_done: int, batch_in_epoch: int = 0, sums: dict[str, Any] | None = None, counted: int = 0) -> None:
-        trained = _trained_modules(task)
+        trained = trained_modules(task)
         if not _all_finite(trained):
             raise RunError(f"weights became non-finite at epoch {epoch_done + 1}; no checkpoint written to {ckpt_dir}")
         save_checkpoint(
@@ -200,6 +193,8 @@ def fit(
             batch_in_epoch=batch_in_epoch, partial={"sums": sums or {}, "counted": counted},
         )
 
+    if log_path is not None:
+        atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
     eval_model = task.eval_model()
     progress = _Progress(config.progress, total_steps)
     progress.advance(state.step)

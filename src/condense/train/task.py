@@ -6,7 +6,8 @@ self-supervised pretraining and QAT are tasks; the loop never changes for them.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -82,6 +83,23 @@ class TaskBase:
         for m in self.frozen_modules.values():
             m.eval()
 
-    def to(self, device: torch.device) -> None:
-        for m in self.modules().values():
-            m.to(device)
+
+
+def trained_modules(task: Task) -> dict[str, nn.Module]:
+    """The task's modules whose weights training changes (checkpointed); all modules if it doesn't say."""
+    fn = getattr(task, "trained_modules", None)
+    return fn() if callable(fn) else task.modules()
+
+
+@contextlib.contextmanager
+def frozen_while_teaching(teachers: Sequence[nn.Module]) -> Iterator[None]:
+    """Teachers are frozen (eval mode, no grad) only while they teach: on exit each gets back the
+    train/eval mode and `requires_grad` flags it came with."""
+    saved = [(t.training, [p.requires_grad for p in t.parameters()]) for t in teachers]
+    try:
+        yield
+    finally:
+        for t, (mode, flags) in zip(teachers, saved, strict=True):
+            t.train(mode)
+            for p, flag in zip(t.parameters(), flags, strict=True):
+                p.requires_grad_(flag)

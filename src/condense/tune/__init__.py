@@ -119,15 +119,19 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def tune(model: nn.Module, splits: Splits, config: TuneConfig | None = None) -> TuneResult:
     """Search compression settings for `model`; return the Pareto set and the chosen model."""
-    from condense.prune import PruneConfig, make_permanent
-    from condense.prune.recover import RecoverConfig, prune_and_recover
-    from condense.quantize import QuantizeConfig, quantize
-
     cfg = config or TuneConfig()
     if len(splits.val) == 0:
         raise ConfigError("tune(): needs a labelled validation split to choose on (never the test split)")
     example = splits.test.inputs[:1]
-    work = Path(tempfile.mkdtemp(prefix="condense-tune-"))
+    with tempfile.TemporaryDirectory(prefix="condense-tune-") as tmp:
+        return _tune(model, splits, cfg, Path(tmp), example)
+
+
+def _tune(model: nn.Module, splits: Splits, cfg: TuneConfig, work: Path, example: torch.Tensor) -> TuneResult:
+    from condense.prune import PruneConfig, make_permanent
+    from condense.prune.recover import RecoverConfig, prune_and_recover
+    from condense.quantize import QuantizeConfig, quantize
+
     base_val = evaluate(model, splits.val)["accuracy"]
     base_onnx = _deploy(model, False, example, splits.val.inputs, work / "baseline")
     baseline = {"val_accuracy": base_val, "objective": _objective(model, base_onnx, example, cfg)}

@@ -35,7 +35,7 @@ class CombinedLoss(nn.Module):
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
                 raise ConfigError(f"loss {key!r}: weight must be a finite number >= 0, got {w!r}")
         if all(w == 0 for w in weights.values()):
-            raise ConfigError("distillation losses: every weight is 0")
+            raise ConfigError("distillation losses: every weight is 0; give at least one a weight > 0")
         self.terms = nn.ModuleDict(dict(terms))
         self.weights = {k: float(weights[k]) for k in terms}
 
@@ -126,11 +126,7 @@ def build_losses(specs: Sequence[Mapping[str, Any]], registry: Registry[type[Dis
             key, n = f"{name}_{n}", n + 1
         terms[key] = term
         weights[key] = float(weight)
-    if not terms:
-        raise ConfigError("distillation losses: the list is empty")
-    if all(w == 0 for w in weights.values()):
-        raise ConfigError("distillation losses: every weight is 0; give at least one a weight > 0")
-    return CombinedLoss(terms, weights)
+    return CombinedLoss(terms, weights)  # refuses an empty list and all-zero weights
 
 
 def _init_params(cls: type) -> dict[str, inspect.Parameter]:
