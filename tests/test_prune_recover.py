@@ -1,7 +1,6 @@
 """Recovery after pruning (fine-tune / distill), MAC targets, masks held in training, the CLI."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 
@@ -9,18 +8,18 @@ import pytest
 import torch
 
 from condense.artifacts import load, save
-from condense.core.errors import ConfigError
+from condense.core.errors import ConfigError, RunError
 from condense.data import load_dataset
 from condense.evaluate import evaluate
 from condense.models import build_model
 from condense.prune import ChannelConfig, MagnitudeConfig, count_macs, make_permanent, prune
-from condense.prune.cli import register
 from condense.prune.masks import get_mask, masked_layers, raw_weight
 from condense.prune.recover import (
     RecoverConfig,
     check_masks_held,
     iterative_prune,
     macs_ratio_to_channel_ratio,
+    mask_snapshot,
     prune_and_recover,
 )
 from condense.train import TrainConfig, train_model
@@ -120,7 +119,15 @@ def test_masks_hold_during_finetuning(dense_cnn, splits):
         assert off.float().mean() == pytest.approx(0.7, abs=0.01)
         assert torch.count_nonzero(m.weight[off]) == 0  # the computed weight stays exactly zero
         assert not torch.equal(raw_weight(m)[~off], before[n][~off])  # while the kept weights trained
-    assert check_masks_held(model) == info["masked_weights_checked"] > 0
+    expected = mask_snapshot(model)
+    assert check_masks_held(model, expected) == info["masked_weights_checked"] > 0
+    # the check fails when a mask changed or was lost
+    name = next(iter(expected))
+    changed = {**expected, name: torch.ones_like(expected[name])}
+    with pytest.raises(RunError, match=f"the mask of '{name}' changed"):
+        check_masks_held(model, changed)
+    with pytest.raises(RunError, match="masks lost"):
+        check_masks_held(model, {**expected, "no.such.layer": expected[name]})
 
 
 def test_make_permanent_on_a_copy_leaves_the_original_working(dense_cnn):
@@ -161,20 +168,10 @@ def test_pruned_artifact_round_trip_is_exact(dense_cnn, splits, tmp_path):
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """condense.cli.main with `prune` / `sensitivity` registered (whether or not build_parser does it yet)."""
+def cli_main():
+    """The real `condense` entry point (so an unwired `prune` / `sensitivity` command fails these tests)."""
     import condense.cli as c
 
-    original = c.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "prune" not in sub.choices:
-            register(sub)
-        return parser
-
-    monkeypatch.setattr(c, "build_parser", build)
     return c.main
 
 
@@ -222,3 +219,13 @@ def test_cli_sensitivity_table_and_allocation(cli_main, artifact, tmp_path, caps
     code = cli_main(["sensitivity", str(artifact), "--ratios", "0.5", "0.75", "--method", "magnitude", "--target", "0.4"])
     text = capsys.readouterr().out
     assert code == 0 and "accuracy vs pruning ratio" in text and "allocation" in text and "params" in text
+
+
+def test_taylor_scores_masked_layers_too(dense_cnn, splits):
+    from condense.prune.importance import taylor_grads
+    from condense.prune.masks import masked_layers
+
+    model = prune(copy.deepcopy(dense_cnn), MagnitudeConfig(ratio=0.5))
+    batches = [splits.train.batch(torch.arange(32))]
+    grads = taylor_grads(model, batches, 1)
+    assert set(masked_layers(model)) <= set(grads)  # a masked layer's weight is its parametrization's `original`

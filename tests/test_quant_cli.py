@@ -1,38 +1,21 @@
 """`condense quantize`: every method end to end on a tiny trained CNN, and bad input -> exit codes.
 
-Runs through `condense.cli.main` (same error -> exit code mapping). Until `quantize` is wired into
-`condense.cli.build_parser`, the tests give `main` a parser built with `condense.quantize.cli.register`.
+Runs through the real `condense.cli.main` (same parser, same error -> exit code mapping).
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import torch
 
 from condense.core.errors import ConfigError
-from condense.quantize.cli import register
-
-
-def _wired() -> bool:
-    from condense.cli import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return "quantize" in sub.choices
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
+def cli(capsys):
+    """The real `condense` entry point (so an unwired `quantize` command fails these tests)."""
     import condense.cli as C
-
-    if not _wired():
-        def build() -> argparse.ArgumentParser:
-            p = argparse.ArgumentParser(prog="condense")
-            register(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-            return p
-
-        monkeypatch.setattr(C, "build_parser", build)
 
     def run(*argv):
         code = C.main([str(a) for a in argv])

@@ -70,7 +70,12 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
     """
     if data is None:
         raise ConfigError("importance 'taylor' needs data: pass prune(..., data=batches of {'input', 'target'})")
-    params = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    params = {}  # module name -> its (raw) weight; a masked layer's is `parametrizations.weight.original`
+    for n, p in model.named_parameters():
+        for suffix in (".parametrizations.weight.original", ".weight"):
+            if n.endswith(suffix):
+                params[n[: -len(suffix)]] = p
+                break
     saved = {n: p.grad for n, p in params.items()}
     acc = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
@@ -98,7 +103,7 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
             p.grad = saved[n]
     if seen == 0:
         raise ConfigError("importance 'taylor': the data yielded no batch")
-    return {n[: -len(".weight")]: a for n, a in acc.items()}
+    return acc
 
 
 def taylor_score(grads: dict[str, torch.Tensor], group: Group) -> torch.Tensor:

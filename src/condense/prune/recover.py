@@ -234,15 +234,26 @@ def recalibrate_batchnorm(model: nn.Module, data: ArrayDataset, batches: int = 8
     return seen
 
 
-def check_masks_held(model: nn.Module) -> int:
-    """Raise RunError if a masked layer computes with a non-zero weight where its mask is 0.
+def mask_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every layer's pruning mask, to check later that training kept them."""
+    return {n: get_mask(m).mask.detach().clone() for n, m in masked_layers(model).items()}  # type: ignore[union-attr]
 
-    Returns the number of masked-out weights checked.
+
+def check_masks_held(model: nn.Module, expected: dict[str, torch.Tensor]) -> int:
+    """Raise RunError unless `model` still has exactly the masks of `expected` (same layers, same
+    zeros) and computes with zero weights where they are 0. Returns the masked-out weights checked.
     """
+    layers = masked_layers(model)
+    if set(layers) != set(expected):
+        lost, gained = sorted(set(expected) - set(layers)), sorted(set(layers) - set(expected))
+        raise RunError(f"masks did not hold during recovery: masks lost on {lost[:5]}, new masks on {gained[:5]}")
     checked = 0
     with torch.no_grad():
-        for name, m in masked_layers(model).items():
-            off = get_mask(m).mask == 0  # type: ignore[union-attr]
+        for name, m in layers.items():
+            mask = get_mask(m).mask  # type: ignore[union-attr]
+            if mask.shape != expected[name].shape or not torch.equal(mask.to(expected[name].device), expected[name]):
+                raise RunError(f"masks did not hold during recovery: the mask of {name!r} changed")
+            off = mask == 0
             leaked = int((m.weight[off] != 0).sum())
             if leaked:
                 raise RunError(f"masks did not hold during recovery: {leaked} pruned weights of {name!r} became non-zero")
@@ -311,6 +322,7 @@ def prune_and_recover(
         if info["bn_recalibration_samples"]:
             info["val_accuracy"]["pruned_bn_recalibrated"] = _val_accuracy(model, val_data)
 
+    masks_before = mask_snapshot(model)
     if rcfg.method == "finetune":
         from condense.train.fit import train_model
 
@@ -325,8 +337,8 @@ def prune_and_recover(
         model = result.model
         info["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "steps": result.steps,
                        "history": result.history}
-    if masked_layers(model):
-        info["masked_weights_checked"] = check_masks_held(model)
+    if masks_before or masked_layers(model):
+        info["masked_weights_checked"] = check_masks_held(model, masks_before)
         if not rcfg.keep_masks:
             make_permanent(model)
     info["recovered"] = _numbers(model, inputs)

@@ -172,9 +172,3 @@ def fake_quantize_spec(x: Tensor, scale: Tensor, zero_point: Tensor, spec: Quant
     """`fake_quantize` on `spec`'s grid (per-channel along `spec.ch_axis` when `spec.per_channel`)."""
     axis = spec.ch_axis if spec.per_channel else None
     return fake_quantize(x, scale, zero_point, spec.qmin, spec.qmax, axis)
-
-
-def quantize_spec(x: Tensor, scale: Tensor, zero_point: Tensor, spec: QuantSpec) -> Tensor:
-    """`quantize` on `spec`'s grid (per-channel along `spec.ch_axis` when `spec.per_channel`)."""
-    axis = spec.ch_axis if spec.per_channel else None
-    return quantize(x, scale, zero_point, spec.qmin, spec.qmax, axis)
