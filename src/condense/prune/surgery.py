@@ -23,12 +23,6 @@ from condense.models.edits import EDITS, record_edit
 from condense.prune.graph import CONVS, NORMS, Group, dependency_groups
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def _param(old: torch.Tensor, value: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad)
 
@@ -118,7 +112,7 @@ def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[
             else:  # pragma: no cover - graph.py only makes members of these types
                 raise ConfigError(f"channel pruning: cannot resize {name!r} ({type(m).__name__})")
         new.train(m.training)
-        _set_module(model, name, new)
+        model.set_submodule(name, new)
 
 
 def input_shapes(example_inputs: tuple[torch.Tensor, ...]) -> list[list[int]]:

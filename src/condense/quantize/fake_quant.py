@@ -236,13 +236,4 @@ def _channel_sum(t: Tensor) -> Tensor:
     return t.mean(dim=tuple(range(1, t.dim()))) if t.dim() > 1 else t
 
 
-def get_submodule_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    """(parent module, attribute name) of the submodule called `name`."""
-    parent_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), attr
 
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put `new` where the submodule `name` is (works for Sequential / ModuleList indices too)."""
-    parent, attr = get_submodule_parent(model, name)
-    setattr(parent, attr, new)

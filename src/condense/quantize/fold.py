@@ -145,9 +145,6 @@ def _ensure_bias(layer: nn.Module) -> None:
         layer.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device))
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
 @torch.no_grad()
@@ -178,7 +175,7 @@ def fold_batchnorm(model: nn.Module, example: Tensor, *, record: bool = True) ->
     pairs = find_bn_pairs(trace_calls(model, example)[0])
     for layer_name, bn_name in pairs:
         fold_bn_into(model.get_submodule(layer_name), model.get_submodule(bn_name))
-        _set(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
     if record and pairs:
         record_edit(model, "fold_bn", pairs=[list(p) for p in pairs])
     return pairs
@@ -187,7 +184,7 @@ def fold_batchnorm(model: nn.Module, example: Tensor, *, record: bool = True) ->
 def _replay_fold_bn(model: nn.Module, pairs: list[list[str]]) -> None:
     for layer_name, bn_name in pairs:
         _ensure_bias(model.get_submodule(layer_name))
-        _set(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
 
 
 EDITS.register("fold_bn", _replay_fold_bn)

@@ -30,7 +30,6 @@ from condense.quantize.weight_only import (
     _n_groups,
     group_qparams,
     quantize_to_int,
-    set_module,
 )
 
 if TYPE_CHECKING:
@@ -250,7 +249,7 @@ def gptq_quantize_model(
                 percdamp=config.percdamp, block_size=config.block_size,
                 clip_search=config.clip_search, scale_dtype=scale_dtype,
             )
-            set_module(model, name, QuantizedLinear.from_quantized(lin, qw))
+            model.set_submodule(name, QuantizedLinear.from_quantized(lin, qw))
         del stats
     model.train(was_training)
     return model

@@ -38,7 +38,6 @@ from condense.quantize.weight_only import (
     quantize_weight_only,
     quantized_linear_nbytes,
     select_linears,
-    set_module,
 )
 
 __all__ = ["MixedPrecisionConfig", "MixedPrecisionPlan", "apply_plan", "mixed_precision", "solve_bits"]
@@ -229,11 +228,11 @@ def mixed_precision(
         for b in sorted(set(config.candidate_bits), reverse=True):
             q = QuantizedLinear.from_linear(lin, b, config.group_size, config.symmetric,
                                             clip_search=config.clip_search, scale_dtype=scale_dtype)
-            set_module(work, name, q)
+            work.set_submodule(name, q)
             try:
                 score = float(eval_fn(work))
             finally:
-                set_module(work, name, lin)
+                work.set_submodule(name, lin)
             sens[name][b] = sign * (base - score)
             sizes[name][b] = quantized_linear_nbytes(
                 lin.in_features, lin.out_features, b, config.group_size, config.symmetric,

@@ -40,7 +40,6 @@ from condense.quantize.fake_quant import (
     SUPPORTED_TYPES,
     QuantWrapper,
     quant_wrappers,
-    replace_module,
     set_quant_mode,
 )
 from condense.quantize.fold import call_counts, consumers, fold_batchnorm, trace_calls
@@ -342,10 +341,10 @@ def quantize_static(
 
     for name, layer in plan.items():
         if layer["act_module"] is not None:
-            replace_module(qmodel, layer["act_module"], nn.Identity())
+            qmodel.set_submodule(layer["act_module"], nn.Identity())
         wrapper = _make_wrapper(qmodel.get_submodule(name), cfg, layer)
         wrapper.collect_input_mean = cfg.bias_correction
-        replace_module(qmodel, name, wrapper.to(device))
+        qmodel.set_submodule(name, wrapper.to(device))
 
     set_quant_mode(qmodel, "observe")
     n_samples, n_batches = 0, 0
@@ -397,10 +396,10 @@ def _replay_quantize_static(model: nn.Module, config: dict[str, Any], modules: l
         if layer.get("add_bias") and m.bias is None:
             m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))
         if layer.get("act_module"):
-            replace_module(model, layer["act_module"], nn.Identity())
+            model.set_submodule(layer["act_module"], nn.Identity())
         wrapper = _make_wrapper(m, cfg, layer)
         wrapper.set_mode("quantize")
-        replace_module(model, name, wrapper)
+        model.set_submodule(name, wrapper)
 
 
 EDITS.register("quantize_static", _replay_quantize_static)

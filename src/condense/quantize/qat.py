@@ -40,7 +40,7 @@ from condense.core.config import Config
 from condense.core.errors import ConfigError, RunError
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
-from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper, replace_module
+from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
 from condense.quantize.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
 from condense.quantize.lsq import LSQFakeQuantize
 from condense.quantize.primitives import QuantSpec, fake_quantize
@@ -209,7 +209,7 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
         act_bits = (config.first_last_bits if edge else config.act_bits) if config.quantize_activations else None
         w = QATWrapper(model.get_submodule(n), bits, act_bits, learn_scales=config.learn_scales,
                        per_channel=config.per_channel)
-        replace_module(model, n, w)
+        model.set_submodule(n, w)
         layers[n] = w.spec()
     record_edit(model, "qat", layers=layers)
     if calibration is not None:
@@ -228,7 +228,7 @@ def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
         m = model.get_submodule(name)
         w = QATWrapper(m, spec["bits"], spec["act_bits"], learn_scales=spec["learn_scales"],
                        per_channel=spec["per_channel"])
-        replace_module(model, name, w.to(m.weight.device))
+        model.set_submodule(name, w.to(m.weight.device))
         for fq in (w.input_fq, w.weight_fq):
             if fq is not None:
                 fq.initialized.fill_(True)  # the loaded state carries the trained steps
@@ -430,7 +430,7 @@ def convert_qat(model: nn.Module, example: Tensor | None = None) -> nn.Module:
         if not fq.per_channel:
             warnings.warn(f"convert_qat: {wname} has a per-tensor weight step; BN folding is approximate", stacklevel=2)
         fold_bn_into(w.module, bn)
-        replace_module(model, bn_name, nn.Identity())
+        model.set_submodule(bn_name, nn.Identity())
     if pairs:
         record_edit(model, "fold_bn", pairs=[[f"{a}.module", b] for a, b in pairs])
 
@@ -446,7 +446,7 @@ def convert_qat(model: nn.Module, example: Tensor | None = None) -> nn.Module:
             new.input_fq.scale.copy_(w.input_fq.scale.detach().abs().reshape(new.input_fq.scale.shape))
             new.weight_fq.zero_point.zero_()
             new.input_fq.zero_point.zero_()
-        replace_module(model, name, new)
+        model.set_submodule(name, new)
         layers[name] = spec
     record_edit(model, "qat_convert", layers=layers)
     model.train(was_training)
@@ -487,7 +487,7 @@ def _replay_qat_convert(model: nn.Module, layers: dict[str, dict[str, Any]]) -> 
                 new = layer
         else:
             new = _make_quant_wrapper(layer, spec)
-        replace_module(model, name, new)
+        model.set_submodule(name, new)
 
 
 EDITS.register("qat_convert", _replay_qat_convert)

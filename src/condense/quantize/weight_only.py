@@ -413,11 +413,6 @@ class QuantizedLinear(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule at qualified `name`."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
 
 
 def select_linears(
@@ -495,7 +490,7 @@ def quantize_weight_only(
                 lin, bits[name], config.group_size, config.symmetric,
                 clip_search=config.clip_search, scale_dtype=scale_dtype,
             )
-            set_module(model, name, q)
+            model.set_submodule(name, q)
     layers = {name: model.get_submodule(name).spec() for name in linears}
     record_edit(model, "weight_only", layers=layers)
     model.train(was_training)
@@ -524,7 +519,7 @@ def _replay_weight_only(model: nn.Module, layers: dict[str, dict[str, Any]]) -> 
         ref = next(old.parameters(), None)
         if ref is not None:
             shell.to(ref.device)
-        set_module(model, name, shell)
+        model.set_submodule(name, shell)
 
 
 def weight_only_handler(
