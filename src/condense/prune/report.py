@@ -8,8 +8,6 @@ Channel pruning changes the dense shapes, so its savings show up in every number
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from typing import Any
 
 import torch
@@ -55,18 +53,16 @@ def saved_bytes(model: nn.Module) -> int:
 
 def median_latency_ms(model: nn.Module, example_inputs: Any, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of an eval-mode forward in PyTorch eager, after warm-up."""
+    from condense.evaluate.profile import measure_latency as time_calls
+
     inputs = _inputs(example_inputs)
     was = model.training
     model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            model(*inputs)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-    model.train(was)
-    return statistics.median(times)
+    try:
+        with torch.no_grad():
+            return float(time_calls(lambda: model(*inputs), warmup=warmup, repeats=repeats)["p50_ms"])
+    finally:
+        model.train(was)
 
 
 def compressed_estimates(model: nn.Module) -> dict[str, int]:
@@ -80,10 +76,11 @@ def compressed_estimates(model: nn.Module) -> dict[str, int]:
                 dense += w.numel() * w.element_size()
                 csr += nnz * (w.element_size() + 4) + (rows + 1) * 4
                 bitmask += nnz * w.element_size() + math.ceil(w.numel() / 8)
-    other = sum(
-        t.numel() * t.element_size() for k, t in model.state_dict().items()
-        if not (k.endswith("weight") or k.endswith(".original") or k.endswith(".mask")) or t.dim() < 2
-    )
+    # everything except the maskable layers' weights (and their masks), which are counted above
+    counted = tuple(f"{n}.{suffix}" for n, m in model.named_modules() if isinstance(m, MASKABLE)
+                    for suffix in ("weight", "parametrizations.weight."))
+    other = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
+                if not (k.startswith(counted) and (k.endswith("weight") or k.endswith((".original", ".mask")))))
     return {"weights_dense": dense, "csr_estimate": csr + other, "bitmask_estimate": bitmask + other}
 
 
