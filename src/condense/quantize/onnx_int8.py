@@ -39,6 +39,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
+from condense.export.onnx import onnx_session
 from condense.quantize.fake_quant import quant_wrappers, set_quant_mode
 from condense.quantize.qdq_graph import insert_qdq, strip_metadata
 
@@ -74,20 +75,6 @@ class Int8ExportResult:
 
 
 # -- ONNX Runtime sessions ----------------------------------------------------------------------
-def ort_session(path: str | os.PathLike[str], threads: int | None = None, optimized_path: str | None = None) -> Any:
-    """A CPU session with ORT_ENABLE_ALL, sequential execution and `threads` intra-op threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    if optimized_path is not None:
-        opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _run(session: Any, x: torch.Tensor) -> np.ndarray:
@@ -164,7 +151,7 @@ def export_int8_onnx(
         # Checked in ORT before anything appears at `path`.
         optimized = work / "optimized.onnx"
         try:
-            session = ort_session(int8_file, threads, optimized_path=str(optimized))
+            session = onnx_session(int8_file, threads, optimized_path=str(optimized))
         except Exception as e:  # ORT raises its own exception types
             raise RunError(f"ONNX Runtime cannot load the int8 model for {target}: {e}") from e
         ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node) if optimized.is_file() else Counter()
@@ -242,7 +229,7 @@ def ort_latency_comparison(
         raise ConfigError(f"ort_latency_comparison: warmup must be >= 1 and repeats >= 3, got {warmup}, {repeats}")
     threads = threads or os.cpu_count() or 1
     x1 = _inputs(example)[:1].detach().cpu().numpy().astype(np.float32)
-    sessions = {"fp32": ort_session(fp32_path, threads), "int8": ort_session(int8_path, threads)}
+    sessions = {"fp32": onnx_session(fp32_path, threads), "int8": onnx_session(int8_path, threads)}
     out: dict[str, Any] = {"threads": threads, "batches": {}, "notes": []}
     rng = random.Random(0)
     for bs in batch_sizes:
