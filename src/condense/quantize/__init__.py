@@ -116,5 +116,9 @@ def quantize(
     `re:<regex>` or type names like "Conv2d") override the config's own fields.
     """
     method, cfg = resolve_config(config)
-    return QUANTIZERS.get(method).handler(model, cfg, calibration, targets, ignore)
+    overrides = {k: [v] if isinstance(v, str) else list(v) for k, v in (("targets", targets), ("ignore", ignore))
+                 if v is not None}
+    if overrides:  # every method's config has `targets` / `ignore`
+        cfg = cfg.replace(**overrides)
+    return QUANTIZERS.get(method).handler(model, cfg, calibration)
 

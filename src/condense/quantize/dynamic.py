@@ -343,11 +343,9 @@ def export_dynamic_int8(
         }
 
 
-def dynamic_handler(model: nn.Module, config: DynamicConfig, calibration: Any, targets: Any, ignore: Any) -> nn.Module:
+def dynamic_handler(model: nn.Module, config: DynamicConfig, calibration: Any) -> nn.Module:
     """`quantize()` entry: the PyTorch dynamic-int8 path (calibration is not needed and ignored)."""
-    t = config.targets if targets is None else ([targets] if isinstance(targets, str) else list(targets))
-    i = config.ignore if ignore is None else ([ignore] if isinstance(ignore, str) else list(ignore))
-    return quantize_dynamic_torch(model, t, i)
+    return quantize_dynamic_torch(model, config.targets, config.ignore)
 
 
 QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, dynamic_handler))

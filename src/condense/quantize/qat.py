@@ -234,18 +234,8 @@ def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
                 fq.initialized.fill_(True)  # the loaded state carries the trained steps
 
 
-def qat_handler(model: nn.Module, config: QATConfig, calibration: Any, targets: Any, ignore: Any) -> nn.Module:
-    """`quantize()` entry: `prepare_qat` (train the result with `fit()`, then `convert_qat`)."""
-    changes: dict[str, Any] = {}
-    if targets is not None:
-        changes["targets"] = [targets] if isinstance(targets, str) else list(targets)
-    if ignore is not None:
-        changes["ignore"] = [ignore] if isinstance(ignore, str) else list(ignore)
-    return prepare_qat(model, config.replace(**changes) if changes else config, calibration)
-
-
 EDITS.register("qat", _replay_qat)
-QUANTIZERS.register("qat", QuantMethod(QATConfig, qat_handler))
+QUANTIZERS.register("qat", QuantMethod(QATConfig, prepare_qat))  # train the result with fit(), then convert_qat
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@
 A method file registers itself at import time, and `condense/quantize/__init__.py` imports that
 file explicitly (nothing walks packages):
 
-    QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, quantize_dynamic))
+    QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, dynamic_handler))
 
-A handler is `handler(model, config, calibration, targets, ignore) -> nn.Module` and must return a
-new model (never mutate the caller's). `targets` / `ignore` (the layer-selection language) override
-the config's own fields when not None.
+A handler is `handler(model, config, calibration) -> nn.Module` and must return a new model (never
+mutate the caller's). `quantize()` has already applied its `targets` / `ignore` arguments to the
+config's fields of the same names.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.registry import Registry
 
-Handler = Callable[[nn.Module, Any, Any, Any, Any], nn.Module]
+Handler = Callable[[nn.Module, Any, Any], nn.Module]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -522,17 +522,5 @@ def _replay_weight_only(model: nn.Module, layers: dict[str, dict[str, Any]]) -> 
         model.set_submodule(name, shell)
 
 
-def weight_only_handler(
-    model: nn.Module, config: WeightOnlyConfig, calibration: Any, targets: Any, ignore: Any
-) -> nn.Module:
-    """`quantize()` entry: `targets` / `ignore`, when given, override the config's fields."""
-    changes: dict[str, Any] = {}
-    if targets is not None:
-        changes["targets"] = [targets] if isinstance(targets, str) else list(targets)
-    if ignore is not None:
-        changes["ignore"] = [ignore] if isinstance(ignore, str) else list(ignore)
-    return quantize_weight_only(model, config.replace(**changes) if changes else config, calibration)
-
-
 EDITS.register("weight_only", _replay_weight_only)
-QUANTIZERS.register("weight_only", QuantMethod(WeightOnlyConfig, weight_only_handler))
+QUANTIZERS.register("weight_only", QuantMethod(WeightOnlyConfig, quantize_weight_only))
