@@ -23,13 +23,11 @@ is an error naming the file, the line and a close valid key.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from condense.core.config import Config
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
 
 STAGE_KEYS = ("name", "kind", "from", "model", "teacher", "config", "train", "recover")
@@ -102,34 +100,6 @@ class _Lines:
             if node is None:
                 break
         return best
-
-
-def check_keys(cls: type[Config], data: Any, where: str, lines: _Lines, path: tuple[str | int, ...]) -> None:
-    """Reject unknown keys in `data` (and nested Config fields), with file:line and a close key."""
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}:{lines.line(*path)}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    hints = typing.get_type_hints(cls)
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"{where}:{lines.line(*path, key)}: unknown key {key!r} for {cls.__name__}"
-                f"{did_you_mean(str(key), list(fields))}; valid keys: {', '.join(fields)}"
-            )
-        hint = hints[key]
-        if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
-            check_keys(hint, value, where, lines, (*path, key))
-
-
-def parse_config(cls: type[Config], data: dict[str, Any] | None, where: str, lines: _Lines, path: tuple[str | int, ...]) -> Config:
-    """check_keys, then build the dataclass; value errors are prefixed with file:line."""
-    check_keys(cls, data or {}, where, lines, path)
-    try:
-        return cls.from_dict(data or {})
-    except ConfigError as e:
-        raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
 
 
 def read_yaml(path: str | Path) -> tuple[Any, _Lines]:

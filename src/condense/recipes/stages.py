@@ -18,7 +18,7 @@ from condense.core.registry import Registry
 from condense.data.augment import AugmentConfig, build_augment
 from condense.data.base import Splits
 from condense.models.registry import build_model
-from condense.recipes.schema import Recipe, StageSpec, _Lines, check_keys, parse_config
+from condense.recipes.schema import Recipe, StageSpec, _Lines
 from condense.train.config import TrainConfig
 
 PLANNED = {
@@ -69,7 +69,7 @@ class StageOutput:
 
 @dataclasses.dataclass
 class StageKind:
-    config_cls: type[Config]
+    parse: Callable[[dict[str, Any]], Config]  # the stage's `config:` mapping -> the verb's config object
     handler: Callable[[StageContext, Config], StageOutput]
     trains: bool = False  # has a `train:` section (TrainConfig), checkpointed and resumable
     needs_input: bool = True
@@ -225,7 +225,7 @@ def run_reduce(ctx: StageContext, cfg: Config) -> StageOutput:
     training split (on the input model's embeddings when the stage has `from:`)."""
     from condense.reduce import reduce_data
 
-    result = reduce_data(ctx.splits, ctx.spec.config, model=ctx.model)
+    result = reduce_data(ctx.splits, cfg, model=ctx.model)
     info = {"method": result.method, **_jsonable(result.info)}
     if result.positions is not None:
         info["positions"] = [int(p) for p in result.positions]
@@ -244,110 +244,111 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
-def _quant_config_cls() -> type[Config]:
-    from condense.quantize import QuantizeConfig
-
-    return QuantizeConfig
-
-
-def _distill_config_cls() -> type[Config]:
+def _parse_distill(raw: dict[str, Any]) -> Config:
     from condense.distill.config import DistillConfig
 
-    return DistillConfig
+    return DistillConfig.from_dict(raw)
 
 
-def _tune_config_cls() -> type[Config]:
-    from condense.tune import TuneConfig
-
-    return TuneConfig
-
-
-def _pretrain_config_cls() -> type[Config]:
-    from condense.ssl import PretrainConfig
-
-    return PretrainConfig
-
-
-def _prune_config_cls() -> type[Config]:
+def _parse_prune(raw: dict[str, Any]) -> Config:
     from condense.prune import PruneConfig
 
-    return PruneConfig
+    return PruneConfig.from_dict(raw)  # picks the method's own dataclass
 
 
-STAGES.register("train", StageKind(TrainStageConfig, run_train, trains=True, needs_input=False))
-STAGES.register("finetune", StageKind(TrainStageConfig, run_train, trains=True))
-STAGES.register("distill", StageKind(EmptyConfig, run_distill, trains=True, needs_input=False))
-STAGES.register("prune", StageKind(EmptyConfig, run_prune, trains=True))
-STAGES.register("quantize", StageKind(EmptyConfig, run_quantize))
-STAGES.register("export", StageKind(ExportStageConfig, run_export))
-STAGES.register("evaluate", StageKind(EmptyConfig, run_evaluate))
-STAGES.register("tune", StageKind(EmptyConfig, run_tune, trains=True))
-STAGES.register("pretrain", StageKind(EmptyConfig, run_pretrain, trains=True, needs_input=False))
-STAGES.register("reduce-data", StageKind(EmptyConfig, run_reduce, needs_input=False, measured=False))
-_LAZY_CONFIG = {"distill": _distill_config_cls, "prune": _prune_config_cls, "quantize": _quant_config_cls,
-                "tune": _tune_config_cls, "pretrain": _pretrain_config_cls}
+def _parse_quantize(raw: dict[str, Any]) -> Config:
+    from condense.quantize import resolve_config
+
+    return resolve_config(raw)[1]  # picks the method's own dataclass
+
+
+def _parse_reduce(raw: dict[str, Any]) -> Config:
+    from condense.reduce import resolve_config
+
+    return resolve_config(raw)[1]
+
+
+def _parse_tune(raw: dict[str, Any]) -> Config:
+    from condense.tune import TuneConfig
+
+    return TuneConfig.from_dict(raw)
+
+
+def _parse_pretrain(raw: dict[str, Any]) -> Config:
+    from condense.ssl import PretrainConfig
+
+    return PretrainConfig.from_dict(raw)
+
+
+STAGES.register("train", StageKind(TrainStageConfig.from_dict, run_train, trains=True, needs_input=False))
+STAGES.register("finetune", StageKind(TrainStageConfig.from_dict, run_train, trains=True))
+STAGES.register("distill", StageKind(_parse_distill, run_distill, trains=True, needs_input=False))
+STAGES.register("prune", StageKind(_parse_prune, run_prune, trains=True))
+STAGES.register("quantize", StageKind(_parse_quantize, run_quantize))
+STAGES.register("export", StageKind(ExportStageConfig.from_dict, run_export))
+STAGES.register("evaluate", StageKind(EmptyConfig.from_dict, run_evaluate))
+STAGES.register("tune", StageKind(_parse_tune, run_tune, trains=True))
+STAGES.register("pretrain", StageKind(_parse_pretrain, run_pretrain, trains=True, needs_input=False))
+STAGES.register("reduce-data", StageKind(_parse_reduce, run_reduce, needs_input=False, measured=False))
+
+
+def _line_of_error(lines: _Lines, path: tuple[str | int, ...], data: Any, message: str) -> int:
+    """The line of the deepest key under `path` that `message` names in quotes (else `path`'s line)."""
+    best = lines.line(*path)
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if f"'{key}'" in message or f".{key}:" in message or f".{key} " in message:
+                best = lines.line(*path, key)
+            deeper = _line_of_error(lines, (*path, key), value, message) if isinstance(value, dict) else None
+            if deeper is not None and deeper != lines.line(*path, key):
+                best = deeper
+    return best
+
+
+def _parse_at(parse: Callable[[dict[str, Any]], Config], raw: dict[str, Any], recipe: Recipe,
+              path: tuple[str | int, ...]) -> Config:
+    """Run a parser; prefix its ConfigError with file:line of the key it names."""
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    try:
+        return parse(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{recipe.path}:{_line_of_error(lines, path, raw, str(e))}: {e}") from None
 
 
 def parse_stage_config(recipe: Recipe, i: int) -> Config:
     """Parse stage `i`'s `config:` into its kind's config object (errors carry file:line)."""
     spec = recipe.stages[i]
     lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    where = recipe.path
     if spec.kind in PLANNED:
-        raise ConfigError(f"{recipe.path}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
-    kind = STAGES.get(spec.kind) if spec.kind in STAGES else None
-    if kind is None:
-        known = sorted([*STAGES.names(), *PLANNED])
+        raise ConfigError(f"{where}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
+    if spec.kind not in STAGES:
         from condense.core.errors import did_you_mean
 
-        raise ConfigError(f"{recipe.path}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
+        known = sorted([*STAGES.names(), *PLANNED])
+        raise ConfigError(f"{where}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
                           f"known: {', '.join(known)}")
-    cls = _LAZY_CONFIG[spec.kind]() if spec.kind in _LAZY_CONFIG else kind.config_cls
-    where = recipe.path
-    path: tuple[str | int, ...] = ("stages", i, "config")
-    if spec.kind == "prune":
-        # method-dispatched config: PruneConfig.from_dict picks the method's own dataclass
-        try:
-            cfg = cls.from_dict(spec.config)
-        except ConfigError as e:
-            raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
-    elif spec.kind == "reduce-data":
-        from condense.reduce import resolve_config
-
-        try:
-            cfg = resolve_config(spec.config)[1]
-        except ConfigError as e:
-            raise ConfigError(f"{where}:{lines.line(*path)}: {e}") from None
-    elif spec.kind == "quantize":
-        from condense.quantize import QUANTIZERS
-
-        method = spec.config.get("method", "static")
-        try:
-            qcls = QUANTIZERS.get(method).config_cls
-        except ConfigError as e:
-            raise ConfigError(f"{where}:{lines.line(*path, 'method')}: {e}") from None
-        cfg = parse_config(qcls, spec.config, where, lines, path)
-    elif spec.kind in ("distill", "pretrain", "tune"):
-        if "train" in spec.config:
-            raise ConfigError(f"{where}:{lines.line(*path, 'train')}: put training settings in the stage's 'train:', not in 'config:'")
-        cfg = parse_config(cls, spec.config, where, lines, path)
-    else:
-        cfg = parse_config(cls, spec.config, where, lines, path)
+    kind = STAGES.get(spec.kind)
+    if kind.trains and "train" in spec.config:
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'config', 'train')}: put training settings in the "
+                          "stage's 'train:', not in 'config:'")
+    cfg = _parse_at(kind.parse, spec.config, recipe, ("stages", i, "config"))
     if spec.train:
         if not kind.trains:
             raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: stage kind {spec.kind!r} does not train; remove 'train:'")
-        check_keys(TrainConfig, spec.train, where, lines, ("stages", i, "train"))
-        parse_config(TrainConfig, spec.train, where, lines, ("stages", i, "train"))
+        _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
     if spec.recover and spec.kind != "prune":
         raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only prune stages take 'recover:'")
     if spec.recover:
         from condense.prune.recover import RecoverConfig
 
-        check_keys(RecoverConfig, {k: v for k, v in spec.recover.items() if k != "train"}, where, lines, ("stages", i, "recover"))
+        _parse_at(RecoverConfig.from_dict, {k: v for k, v in spec.recover.items() if k != "train"}, recipe,
+                  ("stages", i, "recover"))
     if kind.needs_input and spec.source is None and spec.model is None:
         raise ConfigError(f"{where}:{spec.line}: stage {spec.name!r} ({spec.kind}) has no input model (it is first, or 'from: none')")
     if spec.kind == "distill" and not spec.teachers:
         raise ConfigError(f"{where}:{spec.line}: distill stage {spec.name!r} needs 'teacher: <earlier stage name>'")
-    if spec.kind in ("train",) and spec.model is None and spec.source is None:
+    if spec.kind == "train" and spec.model is None and spec.source is None:
         raise ConfigError(f"{where}:{spec.line}: train stage {spec.name!r} needs 'model: {{name: ...}}' or an input stage")
     return cfg
 
