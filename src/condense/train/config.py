@@ -36,6 +36,16 @@ class TrainConfig(Config):
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
     threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # Data loading for map-style Datasets (ArrayDatasets are sliced in memory and ignore both):
+    # worker processes decoding items, and page-locked batches for fast host-to-GPU copies
+    # (None: on when training on CUDA).
+    num_workers: int = 0
+    pin_memory: bool | None = None
+    # torch.compile the trained model's forward (nn.Module.compile: state_dict keys unchanged).
+    compile: bool = False
+    # DDP only: let DistributedDataParallel find parameters a step did not use (slower; needed
+    # when a task leaves some trainable parameter out of a step's graph).
+    find_unused_parameters: bool = False
     # Drop the last incomplete batch of each epoch (reshuffled every epoch, so no sample is lost
     # for good): a tiny last batch gives BatchNorm noisy statistics and cost several points of
     # accuracy on digits (docs/distillation.md, "why KD looked slow").
@@ -65,6 +75,8 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"TrainConfig.threads must be >= 1, got {self.threads}")
+        if self.num_workers < 0:
+            raise ConfigError(f"TrainConfig.num_workers must be >= 0, got {self.num_workers}")
         if self.max_nonfinite_steps < 1:
             raise ConfigError(f"TrainConfig.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

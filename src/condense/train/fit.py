@@ -2,9 +2,12 @@
 
 Supervised training, fine-tuning after pruning, distillation, self-supervised pretraining and QAT
 all run through this function; what differs is the Task (what a step computes) and the callbacks
-(schedules). The loop owns the device, bf16 autocast on CUDA, the optimizer and LR schedule,
-gradient clipping, validation and best-weight selection (on validation data only), progress
-output, the metrics log, atomic per-epoch checkpoints, exact resume, and the non-finite-loss guard.
+(schedules). The loop owns the data order (`condense.data.loader`: any ArrayDataset, torch
+Dataset or DataLoader), the device, bf16 autocast on CUDA, pinned memory and `torch.compile`,
+data parallelism under `torchrun` (DDP around the task's trained modules only; one process is the
+plain run), the optimizer and LR schedule, gradient clipping, validation and best-weight
+selection (on validation data only), progress output, the metrics log, atomic per-epoch
+checkpoints (rank 0), exact resume, and the non-finite-loss guard.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from torch import nn
 
 from condense.core.errors import ConfigError, NonFiniteLossError, RunError
 from condense.core.io import append_jsonl, atomic_write_text
-from condense.data.base import ArrayDataset, iterate_batches, num_batches
+from condense.data.loader import as_source
+from condense.models.signature import batch_to
+from condense.train import distributed as dist
 from condense.train.callbacks import Callback, FitState
 from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from condense.train.config import TrainConfig
@@ -30,7 +35,7 @@ from condense.train.optim import build_optimizer, build_scheduler
 from condense.train.signals import STOP, Interrupted
 from condense.train.task import Task, trained_modules
 
-Validator = Callable[[nn.Module, ArrayDataset, torch.device], dict[str, float]]
+Validator = Callable[[nn.Module, Any, torch.device], dict[str, float]]
 
 
 @dataclasses.dataclass
@@ -66,7 +71,7 @@ def choose_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def default_validator(model: nn.Module, data: ArrayDataset, device: torch.device) -> dict[str, float]:
+def default_validator(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
     """Classification loss and accuracy of `model` on labelled `data`."""
     from condense.evaluate.metrics import evaluate
 
@@ -77,7 +82,32 @@ def default_validator(model: nn.Module, data: ArrayDataset, device: torch.device
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cpu":
         return batch
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch_to(batch, device, non_blocking=True)
+
+
+class _StepModule(nn.Module):
+    """The task's trained modules (student + adapters, no teacher) as one module whose forward is
+    `task.step(batch)`, so DistributedDataParallel sees every trained parameter and the step."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.trained = nn.ModuleDict(
+            {k: m for k, m in trained_modules(task).items() if any(p.requires_grad for p in m.parameters())}
+        )
+        self._task = [task]  # a list, so the task's teachers are not registered as submodules
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return self._task[0].step(batch)
+
+
+def _mean_over_ranks(sums: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Per-rank sums of the logged step values, averaged over ranks (identical keys on every rank)."""
+    if not dist.initialized() or not sums:
+        return sums
+    keys = sorted(sums)
+    t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).detach().to(device) for k in keys])
+    dist._collective(torch.distributed.all_reduce, t)
+    return dict(zip(keys, (t / dist.world().size).cpu().unbind(), strict=True))
 
 
 def _all_finite(modules: dict[str, nn.Module]) -> bool:
@@ -123,9 +153,9 @@ class _Progress:
 
 def fit(
     task: Task,
-    train_data: ArrayDataset,
+    train_data: Any,
     config: TrainConfig,
-    val_data: ArrayDataset | None = None,
+    val_data: Any | None = None,
     callbacks: Sequence[Callback] = (),
     *,
     resume: bool = False,
@@ -133,30 +163,43 @@ def fit(
 ) -> FitResult:
     """Train `task` on `train_data` as `config` says; return the selected model and the history.
 
-    With `config.checkpoint_dir`, an atomic checkpoint is written at each epoch end; `resume=True`
-    continues from it (same seed and config -> bit-identical weights on CPU to an uninterrupted
-    run). `validator(model, val_data, device)` returns metrics (default: classification loss and
+    `train_data` / `val_data`: an ArrayDataset, a map-style torch Dataset, a DataLoader or a
+    tensor (see `condense.data.loader`). With `config.checkpoint_dir`, an atomic checkpoint is
+    written at each epoch end; `resume=True` continues from it (same seed and config ->
+    bit-identical weights on CPU to an uninterrupted run, also with `num_workers > 0`).
+    `validator(model, val_data, device)` returns metrics (default: classification loss and
     accuracy); the task may provide its own as `task.validate`. Best weights are selected on
-    validation data only.
+    validation data only. Under `torchrun` (WORLD_SIZE > 1) the run is data-parallel:
+    `config.batch_size` is the global batch, split evenly over the processes.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"fit() needs a TrainConfig, got {type(config).__name__}")
-    if len(train_data) == 0:
+    source = as_source(train_data)
+    if len(source) == 0:
         raise ConfigError("fit(): the training data is empty")
     if resume and not config.checkpoint_dir:
         raise ConfigError("resume needs TrainConfig.checkpoint_dir")
     if config.threads:
         torch.set_num_threads(config.threads)
+    w = dist.world()
     device = choose_device(config.device)
+    if w.distributed:
+        w = dist.ensure_initialized(device.type)
+        device = dist.device_for(device, w)
+    main = w.main
+    rank_batch = dist.per_rank_batch(config.batch_size, w) if w.distributed else config.batch_size
     use_amp = device.type == "cuda" and config.amp in ("auto", "bf16")
+    pin = config.pin_memory if config.pin_memory is not None else device.type == "cuda"
     validator = validator or getattr(task, "validate", None) or default_validator
-    has_val = val_data is not None and len(val_data) > 0
+    has_val = val_data is not None and len(as_source(val_data)) > 0
     select = config.select_best if has_val else "last"
 
     torch.manual_seed(config.seed)
     for m in task.modules().values():
         m.to(device)
-    steps_per_epoch = num_batches(len(train_data), config.batch_size, config.drop_last)
+    steps_per_epoch = source.num_batches(rank_batch, config.drop_last, w.size)
+    if steps_per_epoch < 1:
+        raise ConfigError(f"fit(): {len(source)} samples make no batch of {rank_batch} per process")
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:  # an exact step budget: it replaces `epochs`
         total_steps = config.max_steps
@@ -167,6 +210,8 @@ def fit(
 
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     log_path = Path(config.log_file) if config.log_file else (ckpt_dir / "metrics.jsonl" if ckpt_dir else None)
+    if not main:
+        log_path = None
     history: list[dict[str, Any]] = []
     best_metric: float | None = None
     best_epoch: int | None = None
@@ -181,8 +226,11 @@ def fit(
         history, best_metric, best_epoch = ck["history"], ck["best_metric"], ck["best_epoch"]
         best_state, skipped_total = ck["best_state"], ck["skipped_nonfinite_steps"]
         skip_batches, partial = ck.get("batch_in_epoch", 0), ck.get("partial") or {}
+    dist.barrier()  # every rank has read the checkpoint before rank 0 may write the next one
 
     def checkpoint(epoch_done: int, batch_in_epoch: int = 0, sums: dict[str, Any] | None = None, counted: int = 0) -> None:
+        if not main:
+            return
         trained = trained_modules(task)
         if not _all_finite(trained):
             raise RunError(f"weights became non-finite at epoch {epoch_done + 1}; no checkpoint written to {ckpt_dir}")
@@ -196,7 +244,17 @@ def fit(
     if log_path is not None:
         atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
     eval_model = task.eval_model()
-    progress = _Progress(config.progress, total_steps)
+    if config.compile:
+        eval_model.compile()  # in place: parameter names and state_dict keys are unchanged
+    step_fn: Callable[[dict[str, torch.Tensor]], dict[str, Any]] = task.step
+    if w.distributed:
+        find_unused = config.find_unused_parameters or bool(getattr(task, "ddp_find_unused_parameters", False))
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        step_fn = DistributedDataParallel(_StepModule(task), device_ids=ids, broadcast_buffers=True,
+                                          find_unused_parameters=find_unused)
+    progress = _Progress(config.progress if main else "off", total_steps)
     progress.advance(state.step)
     for cb in callbacks:
         cb.on_fit_begin(state)
@@ -209,25 +267,29 @@ def fit(
             task.train(True)
             for cb in callbacks:
                 cb.on_epoch_begin(state)
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
             t0 = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             counted = 0
             skip = skip_batches if epoch == start_epoch else 0
             if skip:
                 sums, counted = dict(partial.get("sums", {})), int(partial.get("counted", 0))
-            for i_batch, batch in enumerate(iterate_batches(train_data, config.batch_size, shuffle=True, generator=gen, drop_last=config.drop_last)):
-                if i_batch < skip:
-                    continue
+            batches = source.batches(rank_batch, shuffle=True, seed=config.seed, epoch=epoch, drop_last=config.drop_last,
+                                     start=skip, rank=w.rank, world=w.size, num_workers=config.num_workers,
+                                     pin_memory=pin)
+            for i_batch, batch in enumerate(batches, start=skip):
                 if state.step >= total_steps or state.stop:
                     break
                 batch = _to_device(batch, device)
                 for cb in callbacks:
                     cb.on_step_begin(state)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = task.step(batch)
+                    out = step_fn(batch)
                 loss = out["loss"]
-                if not bool(torch.isfinite(loss)):
+                bad = not bool(torch.isfinite(loss))
+                stop_now = False
+                if w.distributed:  # every rank takes the same branch, or DDP would wait forever
+                    bad, stop_now = dist.any_flags(bad, STOP.requested, device=device)
+                if bad:
                     consecutive_bad += 1
                     skipped_total += 1
                     optimizer.zero_grad(set_to_none=True)
@@ -258,22 +320,28 @@ def fit(
                 progress.advance(1)
                 for cb in callbacks:
                     cb.on_step_end(state)
-                if STOP.requested:
+                if stop_now or (not w.distributed and STOP.requested):
                     where = "no checkpoint (no checkpoint_dir)"
                     if ckpt_dir is not None:
                         checkpoint(epoch, i_batch + 1, sums, counted)
                         where = f"checkpoint {ckpt_dir / CHECKPOINT_NAME}"
-                    name = "SIGINT" if STOP.signum == 2 else "SIGTERM" if STOP.signum == 15 else f"signal {STOP.signum}"
-                    raise Interrupted(STOP.signum or 2, f"stopped on {name} at epoch {epoch + 1}, step {state.step}; {where}")
+                    dist.barrier()  # rank 0's checkpoint is on disk before any process exits
+                    signum = STOP.signum or 15
+                    name = "SIGINT" if signum == 2 else "SIGTERM" if signum == 15 else f"signal {signum}"
+                    raise Interrupted(signum, f"stopped on {name} at epoch {epoch + 1}, step {state.step}; {where}")
+            sums = _mean_over_ranks(sums, device)
             record: dict[str, Any] = {"epoch": epoch + 1, "step": state.step}
             record.update({f"train_{k}": float(v) / max(counted, 1) for k, v in sums.items()})
             record["lr"] = float(optimizer.param_groups[0]["lr"])
             record["epoch_time_s"] = time.perf_counter() - t0
             if has_val:
-                task.train(False)
-                for k, v in validator(eval_model, val_data, device).items():
-                    record[f"val_{k}"] = float(v)
-                task.train(True)
+                val_metrics = None
+                if main:
+                    task.train(False)
+                    val_metrics = {k: float(v) for k, v in validator(eval_model, val_data, device).items()}
+                    task.train(True)
+                for k, v in dist.broadcast_object(val_metrics).items():
+                    record[f"val_{k}"] = v
             state.epoch_metrics = record
             for cb in callbacks:
                 cb.on_epoch_end(state)
@@ -301,11 +369,14 @@ def fit(
                 checkpoint(epoch + 1)
     finally:
         progress.close()
+        if config.compile:
+            eval_model._compiled_call_impl = None  # hand back a plain module (export, save, deepcopy)
     for cb in callbacks:
         cb.on_fit_end(state)
     task.train(False)
     if select != "last" and best_state is not None:
         eval_model.load_state_dict(best_state)
+    dist.broadcast_module(eval_model)  # rank 0's selected weights and buffers everywhere
     return FitResult(
         model=eval_model,
         history=history,
@@ -320,9 +391,9 @@ def fit(
 
 def train_model(
     model: nn.Module,
-    train_data: ArrayDataset,
+    train_data: Any,
     config: TrainConfig,
-    val_data: ArrayDataset | None = None,
+    val_data: Any | None = None,
     callbacks: Sequence[Callback] = (),
     *,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
