@@ -83,8 +83,8 @@ def test_parity_failure_raises_and_leaves_no_file(tmp_path):
 
 def test_parity_failure_keeps_previous_file(tmp_path, monkeypatch):
     # the legacy exporter is quicker, and the model differs under it too
-    def legacy(model, example, path, opset, dynamic_batch, external):
-        onnx_mod._export_torchscript(model, example, path, opset, dynamic_batch)
+    def legacy(model, inputs, path, opset, external, output_name):
+        onnx_mod._export_torchscript(model, inputs, path, opset, output_name)
 
     monkeypatch.setattr(onnx_mod, "_export_dynamo", legacy)
     path = tmp_path / "m.onnx"

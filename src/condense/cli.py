@@ -241,11 +241,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from condense.data.loader import example_inputs
     from condense.evaluate import profile
 
     model, meta = _load_model_arg(args.model, args.trust_pickle)
     splits, _, _ = _data_from(args, meta)
-    example = splits.test.inputs[:1]
+    example = example_inputs(splits.test, 1)
     result = profile(model, example, runtimes=tuple(args.runtimes), batch_sizes=tuple(args.batch_sizes),
                      threads=args.threads, artifact_path=args.model)
     _print(result, args.json, _profile_text(result))
@@ -264,11 +265,12 @@ def _profile_text(p: dict[str, Any]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from condense.data.loader import example_inputs
     from condense.export import export_onnx
 
     model, meta = _load_model_arg(args.model, args.trust_pickle)
     splits, _, _ = _data_from(args, meta)
-    res = export_onnx(model, splits.test.inputs[:1], args.out, atol=args.atol)
+    res = export_onnx(model, example_inputs(splits.test, 1), args.out, atol=args.atol)
     info = {"path": str(res.path), "bytes": res.bytes, "exporter": res.exporter, "max_abs_diff": res.max_abs_diff}
     _print(info, args.json, f"wrote {res.path} ({res.bytes:,} bytes, {res.exporter} exporter); max |onnx - torch| = {res.max_abs_diff:.2e}")
     return EXIT_OK

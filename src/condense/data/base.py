@@ -76,16 +76,22 @@ class ArrayDataset:
 
 @dataclasses.dataclass
 class Splits:
-    """The splits of one dataset, and what a model needs to know about its inputs."""
+    """The splits of one dataset, and what a model needs to know about its inputs.
+
+    Each split is any data the verbs accept (`condense.data.loader.as_source`): an in-memory
+    `ArrayDataset`, or a map-style torch `Dataset` that reads its samples lazily (image folders
+    decoded per batch, tokenized text). `input_shape` is one sample's `input` shape (`()` when the
+    samples are token sequences of varying length); `num_classes` is 0 for unlabelled corpora.
+    """
 
     name: str
-    train: ArrayDataset
-    val: ArrayDataset
-    test: ArrayDataset
+    train: Any
+    val: Any
+    test: Any
     num_classes: int
     input_shape: tuple[int, ...]
     class_names: list[str]
-    unlabelled: ArrayDataset | None = None
+    unlabelled: Any | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:

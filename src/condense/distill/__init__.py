@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.data.base import ArrayDataset
+from condense.data.loader import as_source
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
 from condense.distill.losses import LOSSES, build_losses
 from condense.distill.task import DistillTask, combine_teachers
+from condense.models.signature import batch_to
 from condense.train.callbacks import Callback
 from condense.train.fit import FitResult, choose_device, fit
 from condense.train.task import frozen_while_teaching
@@ -38,15 +40,17 @@ def _as_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
 def build_task(
     student: nn.Module,
     teachers: nn.Module | Sequence[nn.Module],
-    train_data: ArrayDataset,
+    train_data: Any,
     config: DistillConfig,
 ) -> DistillTask:
     """Validate the setting, build the losses and (when views are fixed) the teacher cache."""
     teachers = _as_list(teachers)
-    if len(train_data) == 0:
+    source = as_source(train_data)
+    if len(source) == 0:
         raise ConfigError("distill(): the training data is empty")
     losses = build_losses(config.loss_specs())
-    if "targets" in losses.needs and not train_data.labelled:
+    first = source.head(min(len(source), config.train.batch_size))
+    if "targets" in losses.needs and "target" not in first:
         raise ConfigError(
             "distill(): the losses use ground-truth labels (ce / dkd) but the training data is unlabelled; "
             "set alpha: 1 for label-free distillation"
@@ -64,11 +68,12 @@ def build_task(
         if folder is None and config.train.checkpoint_dir:
             folder = str(Path(config.train.checkpoint_dir) / "teacher_cache")
         cache = TeacherCache.build(
-            teachers, train_data, losses.feature_layers()[1], config.feature_teacher,
+            teachers, source, losses.feature_layers()[1], config.feature_teacher,
             folder=folder, device=device,
         )
     task = DistillTask(student, teachers, losses, config, cache)
-    first = train_data.batch(torch.arange(min(len(train_data), config.train.batch_size)))
+    first = batch_to(first, device)
+    student.to(device)
     task.check_shapes(first)
     task.materialize(first)
     return task
@@ -77,9 +82,9 @@ def build_task(
 def distill_fit(
     student: nn.Module,
     teachers: nn.Module | Sequence[nn.Module],
-    train_data: ArrayDataset,
+    train_data: Any,
     config: DistillConfig | None = None,
-    val_data: ArrayDataset | None = None,
+    val_data: Any | None = None,
     *,
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
@@ -98,9 +103,9 @@ def distill_fit(
 def distill(
     student: nn.Module,
     teachers: nn.Module | Sequence[nn.Module],
-    train_data: ArrayDataset,
+    train_data: Any,
     config: DistillConfig | None = None,
-    val_data: ArrayDataset | None = None,
+    val_data: Any | None = None,
     *,
     callbacks: Sequence[Callback] = (),
     resume: bool = False,
@@ -115,9 +120,9 @@ def distill(
 
 def born_again(
     model: nn.Module,
-    train_data: ArrayDataset,
+    train_data: Any,
     config: DistillConfig | None = None,
-    val_data: ArrayDataset | None = None,
+    val_data: Any | None = None,
     *,
     generations: int = 2,
 ) -> list[nn.Module]:

@@ -17,10 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from condense.core.errors import InputFileError
+from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import atomic_path, atomic_write_json, read_json
 from condense.core.taps import FeatureTap
-from condense.data.base import ArrayDataset, iterate_batches
+from condense.data.loader import as_source
+from condense.export.onnx import output_tensor
+from condense.models.signature import batch_to, call_model
+from condense.train import distributed as dist
 
 SHARD = 4096
 FORMAT = "condense-teacher-cache/1"
@@ -66,7 +69,7 @@ class TeacherCache:
     def build(
         cls,
         teachers: Sequence[nn.Module],
-        data: ArrayDataset,
+        data: Any,
         feature_layers: Sequence[str] = (),
         feature_teacher: int = 0,
         *,
@@ -74,37 +77,51 @@ class TeacherCache:
         device: torch.device | None = None,
         batch_size: int = 512,
     ) -> TeacherCache:
-        """Load a matching cache from `folder`, or compute it (and write it there)."""
+        """Load a matching cache from `folder`, or compute it (and write it there).
+
+        `data`: anything `condense.data.loader.as_source` takes; each sample is keyed by its
+        batch `index` (its dataset position or ArrayDataset id). Under torchrun with a `folder`,
+        rank 0 computes and writes the cache and the other ranks open it after a barrier, so the
+        teachers run over the data once; without a folder every rank computes it in memory.
+        """
         device = device or torch.device("cpu")
+        source = as_source(data)
         fp = {
             "format": FORMAT,
             "teachers": [module_fingerprint(t) for t in teachers],
-            "data": data.fingerprint(),
+            "data": source.fingerprint(),
             "features": list(feature_layers),
             "feature_teacher": feature_teacher,
         }
         if folder is not None:
+            dist.ensure_initialized(device.type)  # a no-op in a plain run
             meta_path = Path(folder) / "cache.json"
-            if meta_path.exists():
-                return cls._open(Path(folder), fp)
-        arrays = cls._compute(teachers, data, feature_layers, feature_teacher, device, batch_size)
-        indices = data.indices.numpy().astype(np.int64)
-        if folder is None:
-            return cls({k: [a] for k, a in arrays.items()}, indices)
-        return cls._write(Path(folder), fp, arrays, indices)
+            if dist.is_main() and not meta_path.exists():
+                arrays, indices = cls._compute(teachers, source, feature_layers, feature_teacher, device, batch_size)
+                cls._write(Path(folder), fp, arrays, indices)
+            dist.barrier()  # the other ranks open what rank 0 wrote
+            return cls._open(Path(folder), fp)
+        arrays, indices = cls._compute(teachers, source, feature_layers, feature_teacher, device, batch_size)
+        return cls({k: [a] for k, a in arrays.items()}, indices)
 
     @staticmethod
-    def _compute(teachers, data, feature_layers, feature_teacher, device, batch_size) -> dict[str, np.ndarray]:
+    def _compute(teachers, source, feature_layers, feature_teacher, device, batch_size) -> tuple[dict[str, np.ndarray], np.ndarray]:
         out: dict[str, list[np.ndarray]] = {}
+        ids: list[np.ndarray] = []
         taps = [FeatureTap(t, list(feature_layers), detach=True) if i == feature_teacher and feature_layers else None
                 for i, t in enumerate(teachers)]
         try:
             with torch.inference_mode():
-                for batch in iterate_batches(data, batch_size):
-                    x = batch["input"].to(device)
+                for batch in source.batches(batch_size):
+                    if "index" not in batch:
+                        raise ConfigError("the teacher cache keys outputs by sample id, but the batches carry no "
+                                          "'index' (a DataLoader with a shuffling sampler gives none); pass the "
+                                          "Dataset itself, or set cache: off")
+                    ids.append(batch["index"].numpy().astype(np.int64))
+                    x = batch_to(batch, device)
                     for i, t in enumerate(teachers):
                         t.eval()
-                        logits = t(x)
+                        logits = output_tensor(call_model(t, x))
                         out.setdefault(f"logits/{i}", []).append(logits.float().cpu().numpy())
                         if taps[i] is not None:
                             for name in feature_layers:
@@ -113,7 +130,10 @@ class TeacherCache:
             for tap in taps:
                 if tap is not None:
                     tap.remove()
-        return {k: np.concatenate(v) for k, v in out.items()}
+        indices = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+        if len(np.unique(indices)) != len(indices):
+            raise ConfigError("the teacher cache keys outputs by sample id, but the data's ids are not unique")
+        return {k: _concat(v) for k, v in out.items()}, indices
 
     @classmethod
     def _write(cls, folder: Path, fp: dict[str, Any], arrays: dict[str, np.ndarray], indices: np.ndarray) -> TeacherCache:
@@ -152,6 +172,15 @@ class TeacherCache:
         if any(sum(len(a) for a in shards) != len(indices) for shards in arrays.values()):
             raise InputFileError(f"{folder}: teacher cache shards disagree with indices.npy in length")
         return cls(arrays, indices.astype(np.int64), folder)
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-batch outputs into one array; per-token outputs of batches padded to different lengths
+    are zero-padded on axis 1 to the longest."""
+    if len({p.shape[1:] for p in parts}) <= 1:
+        return np.concatenate(parts)
+    longest = max(p.shape[1] for p in parts)
+    return np.concatenate([np.pad(p, [(0, 0), (0, longest - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts])
 
 
 def _gather(shards: list[np.ndarray], rows: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from condense.data.augment import build_augment
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
 from condense.distill.losses import CombinedLoss, LossInputs, average_teacher_probs
+from condense.export.onnx import output_tensor
+from condense.models.signature import call_model, slice_batch
 from condense.train.task import TaskBase
 
 
@@ -97,18 +99,28 @@ class DistillTask(TaskBase):
         self.mix_temperature = _mix_temperature(losses, config) if len(self.teachers) > 1 else config.temperature
 
     # -- building the loss inputs -------------------------------------------------------------
-    def _view(self, x: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None and self.model.training:
+    def _view(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch the student and (live) teachers see: `input` augmented / mixed up in training."""
+        if not self.model.training or (self.augment is None and self._beta is None):
+            return batch
+        if "input" not in batch:
+            raise ConfigError(f"augmentation / mixup transform the 'input' field, but the batches have {sorted(batch)}")
+        x = batch["input"]
+        if self.augment is not None:
             x = self.augment(x)
-        if self._beta is not None and self.model.training:
+        if self._beta is not None:
             lam = self._beta.sample().to(x.device)
             perm = torch.randperm(x.shape[0]).to(x.device)
             x = lam * x + (1 - lam) * x[perm]
-        return x
+        return {**batch, "input": x}
 
-    def _teacher_outputs(self, x: torch.Tensor, index: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    def _teacher_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         if self.cache is not None:
-            got = {k: v.to(x.device, non_blocking=True) for k, v in self.cache.lookup(index).items()}
+            if "index" not in batch:
+                raise ConfigError("the teacher cache looks outputs up by sample id, but the batches carry no 'index' "
+                                  "(a DataLoader with a shuffling sampler gives none); pass the Dataset itself, or cache: off")
+            device = next(iter(v.device for v in batch.values() if isinstance(v, torch.Tensor)))
+            got = {k: v.to(device, non_blocking=True) for k, v in self.cache.lookup(batch["index"]).items()}
             logits = [got[f"logits/{i}"] for i in range(len(self.teachers))]
             prefix = f"feat/{self.config.feature_teacher}/"
             feats = {k[len(prefix):]: v for k, v in got.items() if k.startswith(prefix)}
@@ -122,18 +134,18 @@ class DistillTask(TaskBase):
         with torch.no_grad():
             for i, t in enumerate(self.teachers):
                 if need_logits or i == self.config.feature_teacher:
-                    logits.append(t(x).detach())
+                    logits.append(output_tensor(call_model(t, batch)).detach())
         if self.teacher_tap is not None:
             feats = dict(self.teacher_tap.features)
         return logits, feats
 
     def loss_inputs(self, batch: dict[str, torch.Tensor]) -> LossInputs:
-        x = self._view(batch["input"])
-        t_logits, t_feats = self._teacher_outputs(x, batch["index"])
-        s_logits = self.model(x)
+        batch = self._view(batch)
+        t_logits, t_feats = self._teacher_outputs(batch)
+        s_logits = output_tensor(call_model(self.model, batch))
         s_feats = dict(self.student_tap.features) if self.student_tap is not None else {}
         inp = LossInputs(student_logits=s_logits, targets=batch.get("target"), student_features=s_feats,
-                         teacher_features=t_feats, index=batch["index"])
+                         teacher_features=t_feats, index=batch.get("index"))
         if len(t_logits) == 1:
             inp.teacher_logits = t_logits[0]
         elif len(t_logits) > 1:
@@ -148,13 +160,13 @@ class DistillTask(TaskBase):
 
     def check_shapes(self, batch: dict[str, torch.Tensor]) -> None:
         """Fail early (with names) when teachers and student disagree on the number of classes."""
-        x = batch["input"][:2]
+        x = slice_batch(batch, 2)
         was = self.model.training
         self.model.eval()  # no BatchNorm statistics are touched by this check
         with torch.no_grad():
-            s = self.model(x)
+            s = output_tensor(call_model(self.model, x))
             for i, t in enumerate(self.teachers):
-                out = t(x)
+                out = output_tensor(call_model(t, x))
                 if out.shape[-1] != s.shape[-1]:
                     raise ConfigError(
                         f"teacher {i} predicts {out.shape[-1]} classes but the student predicts {s.shape[-1]}; "

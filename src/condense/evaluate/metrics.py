@@ -1,5 +1,8 @@
 """Classification metrics, and `evaluate(model_or_onnx, data)` on PyTorch or ONNX Runtime.
 
+`data` is anything `condense.data.loader.as_source` takes; each batch is a dict and the model is
+called as its input signature declares (`condense.models.signature.call_model`).
+
 The same metric code runs on logits from either backend, so a PyTorch model and its exported
 ONNX file are scored identically (including the cross-entropy loss).
 """
@@ -15,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.data.base import ArrayDataset, iterate_batches
+from condense.data.loader import BatchSource, as_source
 from condense.export.onnx import model_device, onnx_session, ort_run, output_tensor
+from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -104,24 +108,16 @@ def _is_session(obj: Any) -> bool:
     return hasattr(obj, "run") and hasattr(obj, "get_inputs") and not isinstance(obj, nn.Module)
 
 
-def _as_dataset(data: ArrayDataset | torch.Tensor | np.ndarray) -> ArrayDataset:
-    if isinstance(data, ArrayDataset):
-        return data
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        x = torch.as_tensor(data)
-        return ArrayDataset(x, None, torch.arange(len(x)))
-    raise ConfigError(f"expected an ArrayDataset or a tensor of inputs, got {type(data).__name__}")
-
-
 def _predict_torch(
-    model: nn.Module, data: ArrayDataset, batch_size: int, device: str | torch.device | None, threads: int | None
-) -> torch.Tensor:
+    model: nn.Module, source: BatchSource, batch_size: int, device: str | torch.device | None, threads: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     was_training = model.training
     home = model_device(model)
     dev = torch.device(device) if device is not None else home
     old_threads = torch.get_num_threads()
     moved = dev != home
     outs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     try:
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -129,49 +125,74 @@ def _predict_torch(
             model.to(dev)
         model.eval()
         with torch.no_grad():
-            for batch in iterate_batches(data, batch_size):
-                out = output_tensor(model(batch["input"].to(dev)))
+            for batch in source.batches(batch_size):
+                if "target" in batch:
+                    targets.append(batch["target"])
+                out = output_tensor(call_model(model, batch_to(model_inputs(model, batch), dev)))
                 outs.append(out.detach().float().cpu())
     finally:
         model.train(was_training)
         if moved:
             model.to(home)
         torch.set_num_threads(old_threads)
-    return torch.cat(outs)
+    return _cat_outputs(outs), (torch.cat(targets) if targets else None)
 
 
-def _predict_onnx(session: Any, data: ArrayDataset, batch_size: int) -> torch.Tensor:
-    fixed = session.get_inputs()[0].shape[0]
-    fixed = fixed if isinstance(fixed, int) and fixed > 0 else None
+def _cat_outputs(outs: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-batch outputs; per-token outputs of batches padded to different lengths are
+    right-padded with zeros to the longest (the padding positions are masked out by the model)."""
+    if len({tuple(o.shape[1:]) for o in outs}) <= 1:
+        return torch.cat(outs)
+    if len({o.dim() for o in outs}) != 1 or outs[0].dim() < 2:
+        raise ConfigError(f"model outputs of different shapes per batch: {[tuple(o.shape) for o in outs[:3]]}")
+    longest = max(o.shape[1] for o in outs)
+    return torch.cat([F.pad(o, (0, 0) * (o.dim() - 2) + (0, longest - o.shape[1])) for o in outs])
+
+
+def _predict_onnx(session: Any, source: BatchSource, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    first = session.get_inputs()[0].shape[0]
+    fixed = first if isinstance(first, int) and first > 0 else None
     outs: list[torch.Tensor] = []
-    for batch in iterate_batches(data, fixed or batch_size):
-        x = batch["input"]
-        m = len(x)
+    targets: list[torch.Tensor] = []
+    for batch in source.batches(fixed or batch_size):
+        if "target" in batch:
+            targets.append(batch["target"])
+        m = batch_size_of({k: v for k, v in batch.items() if k not in ("target", "index")})
         if fixed is not None and m < fixed:  # a model exported with a fixed batch: pad, then trim
-            x = torch.cat([x, x[-1:].expand(fixed - m, *x.shape[1:])])
-        outs.append(torch.from_numpy(np.asarray(ort_run(session, x), dtype=np.float32))[:m])
-    return torch.cat(outs)
+            batch = {k: torch.cat([v, v[-1:].expand(fixed - m, *v.shape[1:])]) if isinstance(v, torch.Tensor) and v.dim()
+                     else v for k, v in batch.items()}
+        outs.append(torch.from_numpy(np.asarray(ort_run(session, batch), dtype=np.float32))[:m])
+    return _cat_outputs(outs), (torch.cat(targets) if targets else None)
 
 
-def _predict(
+def predict(
     model_or_onnx: Any,
-    data: ArrayDataset,
-    batch_size: int,
-    device: str | torch.device | None,
-    threads: int | None,
-) -> tuple[torch.Tensor, str]:
+    data: Any,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Run a model over `data` in order: `(outputs, targets or None, runtime)`.
+
+    `data`: anything `condense.data.loader.as_source` takes (ArrayDataset, torch Dataset,
+    DataLoader, tensor of inputs). The model is called with each batch as its input signature
+    says (`condense.models.signature`); an ONNX model is fed the batch fields named like its
+    inputs (a single-input file takes the `input` field). Outputs are float32 on the CPU.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if threads is not None and threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    if len(data) == 0:
+    source = as_source(data)
+    if len(source) == 0:
         raise ConfigError("no samples to run the model on")
     if isinstance(model_or_onnx, nn.Module):
-        return _predict_torch(model_or_onnx, data, batch_size, device, threads), "torch"
+        return (*_predict_torch(model_or_onnx, source, batch_size, device, threads), "torch")
     if isinstance(model_or_onnx, (str, os.PathLike)):
-        return _predict_onnx(onnx_session(model_or_onnx, threads=threads), data, batch_size), "onnxruntime"
+        return (*_predict_onnx(onnx_session(model_or_onnx, threads=threads), source, batch_size), "onnxruntime")
     if _is_session(model_or_onnx):
-        return _predict_onnx(model_or_onnx, data, batch_size), "onnxruntime"
+        return (*_predict_onnx(model_or_onnx, source, batch_size), "onnxruntime")
     raise ConfigError(
         "expected a torch nn.Module, an ONNX file path or an onnxruntime.InferenceSession, "
         f"got {type(model_or_onnx).__name__}"
@@ -180,49 +201,78 @@ def _predict(
 
 def predict_logits(
     model_or_onnx: Any,
-    data: ArrayDataset | torch.Tensor | np.ndarray,
+    data: Any,
     *,
     batch_size: int = 512,
     device: str | torch.device | None = None,
     threads: int | None = None,
 ) -> torch.Tensor:
-    """Logits (N, C) float32 on CPU for every input, in order.
+    """Outputs (N, ...) float32 on CPU for every sample of `data`, in order (see `predict`).
 
     `model_or_onnx`: an nn.Module (run in eval mode under no_grad on `device`, default the
     model's own device; its train/eval mode, device and torch's thread count are restored
-    afterwards), an ONNX file path or an onnxruntime.InferenceSession (the input name comes
-    from the session; `device` is ignored, `threads` applies to sessions made from a path).
+    afterwards), an ONNX file path or an onnxruntime.InferenceSession (`device` is ignored,
+    `threads` applies to sessions made from a path).
     """
-    logits, _ = _predict(model_or_onnx, _as_dataset(data), batch_size, device, threads)
-    return logits
+    return predict(model_or_onnx, data, batch_size=batch_size, device=device, threads=threads)[0]
 
 
 def evaluate(
     model_or_onnx: Any,
-    data: ArrayDataset,
+    data: Any,
     *,
+    reference: Any | None = None,
     batch_size: int = 512,
     device: str | torch.device | None = None,
     topk: Sequence[int] = (1, 5),
     threads: int | None = None,
+    neighbours: int = 10,
 ) -> dict[str, Any]:
-    """Score a model (PyTorch or ONNX) on labelled data.
+    """Score a model (PyTorch or ONNX) on `data` (any data `as_source` takes).
 
-    Returns `classification_metrics(...)` plus `loss` (mean cross entropy, computed the same way
-    for both backends) and `runtime` ("torch" or "onnxruntime").
+    Labelled data with (N, C) outputs: `classification_metrics(...)` plus `loss` (mean cross
+    entropy, computed the same way for both backends). With `reference` (another model or ONNX
+    file, e.g. the uncompressed teacher): how closely the outputs follow the reference's on the
+    same samples, under `reference`: for (N, D) embeddings (a sentence encoder, unlabelled
+    text) mean / min cosine and top-`neighbours` neighbour overlap (`compare_embeddings`); for
+    labelled classification also the top-1 agreement with the reference's predictions.
+    Always: `runtime` ("torch" or "onnxruntime") and `n`.
     """
-    if not isinstance(data, ArrayDataset):
-        raise ConfigError(f"evaluate: expected an ArrayDataset, got {type(data).__name__}")
-    if data.targets is None:
-        raise ConfigError("evaluation needs labelled data (this dataset has no targets)")
-    logits, runtime = _predict(model_or_onnx, data, batch_size, device, threads)
-    targets = data.targets.detach().cpu().long()
-    c = logits.shape[1] if logits.dim() == 2 else -1
-    if logits.dim() != 2 or len(logits) != len(targets):
-        raise ConfigError(f"evaluate: model returned logits of shape {tuple(logits.shape)} for {len(targets)} samples")
-    if int(targets.max()) >= c:
-        raise ConfigError(f"evaluate: targets contain class {int(targets.max())} but the model outputs {c} logits")
-    out = classification_metrics(logits, targets, topk=topk)
-    out["loss"] = float(F.cross_entropy(logits.double(), targets).item())
+    outputs, targets, runtime = predict(model_or_onnx, data, batch_size=batch_size, device=device, threads=threads)
+    out: dict[str, Any] = {}
+    if targets is not None and outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
+        targets = targets.detach().cpu().long()
+        c = outputs.shape[1]
+        if len(outputs) != len(targets):
+            raise ConfigError(f"evaluate: model returned outputs of shape {tuple(outputs.shape)} for {len(targets)} samples")
+        if int(targets.max()) >= c:
+            raise ConfigError(f"evaluate: targets contain class {int(targets.max())} but the model outputs {c} logits")
+        out = classification_metrics(outputs, targets, topk=topk)
+        out["loss"] = float(F.cross_entropy(outputs.double(), targets).item())
+    elif reference is None:
+        if targets is None:
+            raise ConfigError("evaluation needs labelled data (this dataset has no targets), or a `reference` model "
+                              "to compare the outputs with (e.g. the uncompressed teacher of a sentence encoder)")
+        raise ConfigError(f"evaluate: the model's outputs have shape {tuple(outputs.shape)} and the targets "
+                          f"{tuple(targets.shape)}; classification metrics need (N, C) logits and (N,) class ids")
+    if reference is not None:
+        ref, _, ref_runtime = predict(reference, data, batch_size=batch_size, device=device, threads=threads)
+        out["reference"] = _reference_metrics(outputs, ref, neighbours)
+        out["reference"]["runtime"] = ref_runtime
+    out.setdefault("n", int(len(outputs)))
     out["runtime"] = runtime
     return out
+
+
+def _reference_metrics(outputs: torch.Tensor, ref: torch.Tensor, neighbours: int) -> dict[str, Any]:
+    from condense.evaluate.embedding import compare_embeddings
+
+    if outputs.shape != ref.shape:
+        raise ConfigError(f"evaluate: outputs {tuple(outputs.shape)} and the reference's {tuple(ref.shape)} differ in shape")
+    flat, ref_flat = outputs.reshape(len(outputs), -1), ref.reshape(len(ref), -1)
+    k = min(neighbours, len(outputs) - 1)
+    res: dict[str, Any] = compare_embeddings(flat, ref_flat, k=k) if k >= 1 else {}
+    if outputs.dim() == 2:
+        res["top1_agreement"] = float((outputs.argmax(1) == ref.argmax(1)).float().mean())
+    res["max_abs_diff"] = float((outputs - ref).abs().max())
+    return res

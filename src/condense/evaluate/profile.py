@@ -21,7 +21,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
-from condense.export.onnx import export_onnx, model_device, onnx_file_bytes, onnx_session
+from condense.export.onnx import export_onnx, model_device, onnx_file_bytes, onnx_session, ort_input
+from condense.models.signature import (
+    as_batch,
+    batch_size_of,
+    batch_to,
+    call_model,
+    repeat_batch,
+    signature_of,
+    slice_batch,
+)
 
 RUNTIMES = ("torch", "onnxruntime")
 
@@ -39,19 +48,20 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"params": int(params), "nonzero_params": int(nonzero)}
 
 
-def count_flops(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """FLOPs and MACs of one forward pass on ONE sample (`example[:1]`), eval mode.
+def count_flops(model: nn.Module, example: Any) -> dict[str, int]:
+    """FLOPs and MACs of one forward pass on ONE sample (`example[:1]`, a tensor or a batch
+    dict), eval mode.
 
     `flops` is torch.utils.flop_counter's count: 2 per multiply-add of matmul / linear / conv /
     attention (a Linear(10, 5) is 100 flops); element-wise ops (activations, normalisation,
     bias, pooling) are not counted. `macs` = flops // 2 (multiply-accumulates).
     """
-    x = example[:1].to(model_device(model))
+    x = batch_to(slice_batch(example, 1), model_device(model))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+            call_model(model, x)
     finally:
         model.train(was_training)
     flops = int(counter.get_total_flops())
@@ -155,7 +165,7 @@ def _summary(lat: dict[str, float | int], batch_size: int) -> dict[str, float | 
 
 
 def _torch_latency(
-    model: nn.Module, x1: torch.Tensor, batch_sizes: Sequence[int], warmup: int, repeats: int
+    model: nn.Module, x1: Any, batch_sizes: Sequence[int], warmup: int, repeats: int
 ) -> dict[str, Any]:
     device = model_device(model)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -165,10 +175,10 @@ def _torch_latency(
     try:
         with torch.inference_mode():
             for bs in batch_sizes:
-                xb = x1.to(device).expand(bs, *x1.shape[1:]).contiguous()
+                xb = batch_to(repeat_batch(x1, bs), device)
 
-                def run(xb: torch.Tensor = xb) -> Any:
-                    y = model(xb)
+                def run(xb: Any = xb) -> Any:
+                    y = call_model(model, xb)
                     sync()
                     return y
 
@@ -179,17 +189,16 @@ def _torch_latency(
 
 
 def _ort_latency(
-    session: Any, x1: torch.Tensor, batch_sizes: Sequence[int], warmup: int, repeats: int
+    session: Any, x1: Any, batch_sizes: Sequence[int], warmup: int, repeats: int
 ) -> dict[str, Any]:
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    x_np = x1.detach().cpu().numpy()
     out: dict[str, Any] = {}
     for bs in batch_sizes:
         if fixed is not None and bs != fixed:
             out[str(bs)] = {"batch_size": bs, "skipped": f"the ONNX model has a fixed batch size of {fixed}"}
             continue
-        feed = {inp.name: np.ascontiguousarray(np.repeat(x_np, bs, axis=0))}
+        feed = ort_input(session, repeat_batch(x1, bs))
 
         def run(feed: dict[str, np.ndarray] = feed) -> Any:
             return session.run(None, feed)
@@ -198,9 +207,40 @@ def _ort_latency(
     return out
 
 
+def at_sequence_length(model: nn.Module, example: Any, seq_len: int) -> Any:
+    """One sample of `example` with every input axis the model's signature declares dynamic (the
+    sequence axis of token inputs) set to `seq_len`: tokens are repeated cyclically from the
+    sample's real (unmasked) ones, the attention mask is all ones, so latency is measured on a
+    full `seq_len`-token input."""
+    sig = signature_of(model)
+    if not sig.dynamic:
+        raise ConfigError("profile: seq_len is for models with a sequence axis (an input signature with dynamic "
+                          "axes, e.g. a Hugging Face encoder); this model declares none")
+    b = dict(as_batch(slice_batch(example, 1)))
+    mask = b.get("attention_mask")
+    real = int(mask[0].sum()) if isinstance(mask, torch.Tensor) else None
+    for key, axes in sig.dynamic.items():
+        v = b.get(key)
+        if not isinstance(v, torch.Tensor):
+            continue
+        for a in axes:
+            if a >= v.dim():
+                continue
+            if key == "attention_mask":
+                shape = list(v.shape)
+                shape[a] = seq_len
+                v = torch.ones(shape, dtype=v.dtype)
+                continue
+            n = v.shape[a] if real is None or a != 1 else max(1, min(real, v.shape[a]))
+            idx = torch.arange(seq_len) % n
+            v = v.index_select(a, idx)
+        b[key] = v
+    return b
+
+
 def profile(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Any,
     *,
     runtimes: Sequence[str] = RUNTIMES,
     batch_sizes: Sequence[int] = (1, 256),
@@ -209,8 +249,13 @@ def profile(
     onnx_path: str | os.PathLike[str] | None = None,
     warmup: int = 5,
     repeats: int = 30,
+    seq_len: int | None = None,
 ) -> dict[str, Any]:
     """Profile `model` on inputs shaped like `example` (its first sample; bigger batches repeat it).
+
+    `example`: a tensor, or a batch dict for a model with an input signature (a Hugging Face
+    encoder: `input_ids`, `attention_mask`). `seq_len`: for such models, the sequence length
+    the FLOPs and latency are measured at (default: the example's own); recorded as `seq_len`.
 
     Returns one JSON-serialisable dict:
       params, nonzero_params, flops, macs (per sample, see `count_flops`), input_shape,
@@ -232,12 +277,24 @@ def profile(
         raise ConfigError(f"profile: batch_sizes must be integers >= 1, got {list(batch_sizes)}")
     if threads is not None and threads < 1:
         raise ConfigError(f"profile: threads must be >= 1, got {threads}")
-    if not isinstance(example, torch.Tensor) or example.dim() < 1 or len(example) < 1:
-        raise ConfigError("profile: example must be a batched tensor (1, ...)")
-    x1 = example[:1].detach()
+    try:
+        n = batch_size_of(example)
+    except ConfigError:
+        n = 0
+    if n < 1:
+        raise ConfigError("profile: example must be a batched tensor (1, ...) or a dict of batched tensors")
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"profile: seq_len must be >= 1, got {seq_len}")
+    x1 = at_sequence_length(model, example, seq_len) if seq_len is not None else slice_batch(example, 1)
+    if not isinstance(x1, torch.Tensor):
+        x1 = {k: v for k, v in x1.items() if k not in ("target", "index")}
 
     result: dict[str, Any] = {**count_parameters(model), **count_flops(model, x1)}
-    result["input_shape"] = list(x1.shape[1:])
+    if isinstance(x1, torch.Tensor):
+        result["input_shape"] = list(x1.shape[1:])
+    else:
+        result["input_shape"] = {k: list(v.shape[1:]) for k, v in x1.items() if isinstance(v, torch.Tensor)}
+    result["seq_len"] = seq_len
     result["artifact_bytes"] = None if artifact_path is None else path_bytes(artifact_path)
     result.update({"onnx_path": None, "onnx_bytes": None, "onnx_exported": False, "onnx_exporter": None})
 

@@ -144,18 +144,40 @@ def onnx_file_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
-def ort_input(session: Any, x: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Feed dict for a single-input session, cast to the dtype the model declares."""
-    inp = session.get_inputs()[0]
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    dtype = _ORT_TYPES.get(inp.type)
+def _as_array(v: Any, ort_type: str) -> np.ndarray:
+    arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    dtype = _ORT_TYPES.get(ort_type)
     if dtype is not None and arr.dtype != dtype:
         arr = arr.astype(dtype)
-    return {inp.name: np.ascontiguousarray(arr)}
+    return np.ascontiguousarray(arr)
 
 
-def ort_run(session: Any, x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Run a single-input session and return its first output."""
+def ort_input(session: Any, x: Any) -> dict[str, np.ndarray]:
+    """Feed dict for a session, cast to the dtypes the model declares.
+
+    `x`: a tensor / array for a single-input model, or a batch dict whose fields are named like
+    the model's inputs (a single-input model also takes the `input` field). Extra fields
+    (`target`, `index`, ...) are ignored; a missing input is a ConfigError naming it.
+    """
+    inputs = session.get_inputs()
+    if not isinstance(x, dict):
+        if len(inputs) != 1:
+            names = [i.name for i in inputs]
+            raise ConfigError(f"the ONNX model has {len(inputs)} inputs {names}; pass a dict with those fields")
+        return {inputs[0].name: _as_array(x, inputs[0].type)}
+    feed: dict[str, np.ndarray] = {}
+    for inp in inputs:
+        if inp.name in x:
+            feed[inp.name] = _as_array(x[inp.name], inp.type)
+        elif len(inputs) == 1 and "input" in x:
+            feed[inp.name] = _as_array(x["input"], inp.type)
+        else:
+            raise ConfigError(f"the ONNX model reads input {inp.name!r}, but the batch has only {sorted(x)}")
+    return feed
+
+
+def ort_run(session: Any, x: Any) -> np.ndarray:
+    """Run a session on a tensor or a batch dict (see `ort_input`) and return its first output."""
     return session.run(None, ort_input(session, x))[0]
 
 
@@ -189,17 +211,52 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _export_dynamo(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, external: bool
-) -> None:
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+@dataclasses.dataclass
+class _Inputs:
+    """What the exporter traces with: the model's inputs by name, how forward takes them, and
+    which axes of each are symbolic in the file."""
+
+    tensors: dict[str, torch.Tensor]
+    keyword: bool
+    dynamic: dict[str, tuple[int, ...]]  # name -> symbolic axes (empty: fully static)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def call_args(self) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        if self.keyword:
+            return (), dict(self.tensors)
+        return tuple(self.tensors.values()), {}
+
+
+def _axis_name(key: str, axis: int) -> str:
+    return "batch" if axis == 0 else f"{key}_dim{axis}" if key not in _SEQ_KEYS else "sequence"
+
+
+_SEQ_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def _export_dynamo(model: nn.Module, inputs: _Inputs, path: Path, opset: int, external: bool, output_name: str) -> None:
+    dims: dict[str, torch.export.Dim] = {}
+
+    def dim(key: str, axis: int) -> torch.export.Dim:
+        name = _axis_name(key, axis)
+        return dims.setdefault(name, torch.export.Dim(name, min=1))
+
+    shapes = {k: {a: dim(k, a) for a in axes} or None for k, axes in inputs.dynamic.items()}
+    args, kwargs = inputs.call_args()
+    dynamic_shapes: Any = None
+    if any(v for v in shapes.values()):
+        dynamic_shapes = shapes if inputs.keyword else tuple(shapes[k] for k in inputs.names)
     torch.onnx.export(
         model,
-        (example,),
+        args,
         str(path),
+        kwargs=kwargs or None,
         dynamo=True,
-        input_names=["input"],
-        output_names=["logits"],
+        input_names=inputs.names,
+        output_names=[output_name],
         opset_version=opset,
         dynamic_shapes=dynamic_shapes,
         external_data=external,
@@ -207,19 +264,21 @@ def _export_dynamo(
     )
 
 
-def _export_torchscript(
-    model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool
-) -> None:
-    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+def _export_torchscript(model: nn.Module, inputs: _Inputs, path: Path, opset: int, output_name: str) -> None:
+    axes = {k: {a: _axis_name(k, a) for a in ax} for k, ax in inputs.dynamic.items() if ax}
+    if 0 in axes.get(inputs.names[0], {}):
+        axes[output_name] = {0: "batch"}
+    args, kwargs = inputs.call_args()
     torch.onnx.export(
         model,
-        (example,),
+        args,
         str(path),
+        kwargs=kwargs or None,
         dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
+        input_names=inputs.names,
+        output_names=[output_name],
         opset_version=opset,
-        dynamic_axes=dynamic_axes,
+        dynamic_axes=axes or None,
         verbose=False,
     )
 
@@ -229,22 +288,35 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _other_batch(example: torch.Tensor, n: int) -> torch.Tensor:
-    """`n` random samples shaped like one sample of `example` (integers within the example's range)."""
-    g = torch.Generator().manual_seed(0)
-    shape = (n, *example.shape[1:])
-    if example.dtype.is_floating_point:
-        return torch.randn(shape, generator=g).to(example.dtype)
-    if example.dtype == torch.bool:
+def _other_tensor(x: torch.Tensor, n: int, axes: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """`n` random samples shaped like one sample of `x`, its non-batch symbolic axes 3 longer.
+
+    Floats: standard normal. Integers (token ids): uniform within the example's range; an integer
+    tensor of only 0 / 1 (an attention mask) becomes all ones."""
+    shape = [n, *x.shape[1:]]
+    for a in axes:
+        if a >= 1:
+            shape[a] += 3
+    if x.dtype.is_floating_point:
+        return torch.randn(shape, generator=g).to(x.dtype)
+    if x.dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=g).bool()
-    lo, hi = int(example.min()), int(example.max())
-    return torch.randint(lo, hi + 1, shape, generator=g).to(example.dtype)
+    lo, hi = (int(x.min()), int(x.max())) if x.numel() else (0, 1)
+    if lo >= 0 and hi <= 1:
+        return torch.ones(shape, dtype=x.dtype)
+    return torch.randint(lo, hi + 1, shape, generator=g).to(x.dtype)
+
+
+def _other_batch(inputs: _Inputs, n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {k: _other_tensor(v, n, inputs.dynamic.get(k, ()), g) for k, v in inputs.tensors.items()}
 
 
 def _parity(
     model: nn.Module,
     file: Path,
-    batches: list[torch.Tensor],
+    batches: list[dict[str, torch.Tensor]],
+    inputs: _Inputs,
     atol: float,
     rtol: float,
     shown_path: Path,
@@ -253,14 +325,17 @@ def _parity(
     session = onnx_session(file)
     device = model_device(model)
     worst = 0.0
-    for x in batches:
+    for b in batches:
+        n = len(next(iter(b.values())))
+        args = {k: v.to(device) for k, v in b.items()}
         with torch.no_grad():
-            ref = output_tensor(model(x.to(device))).detach().float().cpu().numpy()
-        got = np.asarray(ort_run(session, x.cpu()), dtype=np.float32)
+            out = model(**args) if inputs.keyword else model(*args.values())
+            ref = output_tensor(out).detach().float().cpu().numpy()
+        got = np.asarray(session.run(None, ort_input(session, {k: v.cpu() for k, v in b.items()}))[0], dtype=np.float32)
         if got.shape != ref.shape:
             raise ExportParityError(
                 f"ONNX export {shown_path}: output shape {got.shape} != PyTorch {ref.shape} "
-                f"at batch size {len(x)}; file not written"
+                f"at batch size {n}; file not written"
             )
         with np.errstate(invalid="ignore"):
             diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
@@ -272,16 +347,44 @@ def _parity(
         worst = max(worst, max_diff)
         if bool(bad.any()):
             raise ExportParityError(
-                f"ONNX export {shown_path} does not match PyTorch at batch size {len(x)}: "
+                f"ONNX export {shown_path} does not match PyTorch at batch size {n}: "
                 f"max abs diff {max_diff:.3g} exceeds tolerance atol={atol:g} + rtol={rtol:g}*|torch| "
                 f"({int(bad.sum())} of {bad.size} values); file not written"
             )
     return worst
 
 
+def export_inputs(model: nn.Module, example: Any, dynamic_batch: bool = True) -> _Inputs:
+    """The named inputs `model` reads from `example` (a tensor, or a batch dict: its signature's
+    fields, in order), and their symbolic axes (batch, plus the signature's declared ones)."""
+    from condense.models.signature import as_batch, signature_of
+
+    if isinstance(example, torch.Tensor):
+        if example.dim() < 1 or example.shape[0] < 1:
+            raise ConfigError(f"export_onnx: example must be a batch (N, ...) with N >= 1, got {tuple(example.shape)}")
+    elif not isinstance(example, dict):
+        raise ConfigError(f"export_onnx: example must be a tensor or a dict of tensors, got {type(example).__name__}")
+    sig = signature_of(model)
+    batch = as_batch(example)
+    if isinstance(example, torch.Tensor) and sig.required != ("input",):
+        raise ConfigError(f"export_onnx: the model reads {list(sig.names)}; pass the example as a dict with those fields")
+    keys = sig.present(batch)
+    tensors = {}
+    for k in keys:
+        v = batch[k]
+        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] < 1:
+            raise ConfigError(f"export_onnx: example field {k!r} must be a batched tensor (N, ...)")
+        tensors[k] = v
+    if len({int(t.shape[0]) for t in tensors.values()}) != 1:
+        raise ConfigError(f"export_onnx: example fields differ in batch size: { {k: tuple(v.shape) for k, v in tensors.items()} }")
+    dynamic = {k: ((0,) if dynamic_batch else ()) + tuple(a for a in sig.dynamic.get(k, ()) if a < tensors[k].dim())
+               for k in keys}
+    return _Inputs(tensors, sig.keyword, dynamic)
+
+
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Any,
     path: str | os.PathLike[str],
     *,
     opset: int = 18,
@@ -292,20 +395,22 @@ def export_onnx(
 ) -> ExportResult:
     """Export `model` to an fp32 ONNX file at `path` and check it against PyTorch.
 
-    `example` is a batched input, normally one sample `(1, ...)`. With `dynamic_batch` the batch
-    dimension is symbolic. With `check`, ONNX Runtime runs the example and a batch of 3 random
-    samples of the same per-sample shape (2 if the example has 3; only the example when the batch
-    is fixed) and every output must satisfy |ort - torch| <= atol + rtol*|torch|; otherwise
-    ExportParityError, and nothing is written at `path`. The model is exported in eval mode and
-    its train/eval mode is restored afterwards.
+    `example` is a batched input, normally one sample: a tensor `(1, ...)` for a model called as
+    `model(x)`, or a batch dict for a model with an input signature (e.g. a Hugging Face encoder:
+    `input_ids`, `attention_mask`). The file's inputs are named like the signature's fields (a
+    single-tensor model: "input"), its output "logits" (or `model.condense_output_name`). With
+    `dynamic_batch` the batch axis is symbolic, and so are the axes the signature declares
+    dynamic (the sequence axis of token inputs). With `check`, ONNX Runtime runs the example and
+    a batch of 3 random samples (2 if the example has 3; declared dynamic axes 3 longer; only the
+    example when the batch is fixed) and every output must satisfy |ort - torch| <= atol +
+    rtol*|torch|; otherwise ExportParityError, and nothing is written at `path`. The model is
+    exported in eval mode and its train/eval mode is restored afterwards.
     """
-    if not isinstance(example, torch.Tensor):
-        raise ConfigError(f"export_onnx: example must be a tensor, got {type(example).__name__}")
-    if example.dim() < 1 or example.shape[0] < 1:
-        raise ConfigError(f"export_onnx: example must be a batch (N, ...) with N >= 1, got {tuple(example.shape)}")
+    inputs = export_inputs(model, example, dynamic_batch)
+    output_name = str(getattr(model, "condense_output_name", "logits"))
     target = Path(path)
     device = model_device(model)
-    example = example.to(device)
+    inputs.tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
     was_training = model.training
     model.eval()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -315,18 +420,22 @@ def export_onnx(
         external = _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES
         # Trace with batch 2 when the example is a single sample, so the tracer cannot
         # specialise the batch dimension to the constant 1.
-        trace_x = example.expand(2, *example.shape[1:]).contiguous() if dynamic_batch and len(example) == 1 else example
+        n_example = len(next(iter(inputs.tensors.values())))
+        trace = inputs
+        if dynamic_batch and n_example == 1:
+            trace = dataclasses.replace(inputs, tensors={k: v.expand(2, *v.shape[1:]).contiguous()
+                                                          for k, v in inputs.tensors.items()})
         exporter, reason = "dynamo", None
         with _quiet():
             try:
-                _export_dynamo(model, trace_x, tmp_file, opset, dynamic_batch, external)
+                _export_dynamo(model, trace, tmp_file, opset, external, output_name)
             except Exception as e:
                 reason = _short(e)
                 exporter = "torchscript"
                 shutil.rmtree(workdir, ignore_errors=True)
                 workdir.mkdir()
                 try:
-                    _export_torchscript(model, trace_x, tmp_file, opset, dynamic_batch)
+                    _export_torchscript(model, trace, tmp_file, opset, output_name)
                 except Exception as e2:
                     raise RunError(
                         f"ONNX export to {target} failed with both exporters: dynamo: {reason}; "
@@ -338,11 +447,11 @@ def export_onnx(
         checked: list[int] = []
         max_diff: float | None = None
         if check:
-            batches = [example]
+            batches = [inputs.tensors]
             if dynamic_batch:
-                batches.append(_other_batch(example, 3 if len(example) != 3 else 2).to(device))
-            max_diff = _parity(model, tmp_file, batches, atol, rtol, target)
-            checked = [len(b) for b in batches]
+                batches.append({k: v.to(device) for k, v in _other_batch(inputs, 3 if n_example != 3 else 2).items()})
+            max_diff = _parity(model, tmp_file, batches, inputs, atol, rtol, target)
+            checked = [len(next(iter(b.values()))) for b in batches]
 
         # External-data files (large models only) first, the .onnx itself last and atomically.
         extras = [f for f in workdir.iterdir() if f != tmp_file]

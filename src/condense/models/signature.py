@@ -30,11 +30,15 @@ class InputSignature:
 
     `required` keys must be in every batch; `optional` ones are passed when present (e.g.
     `token_type_ids`). `keyword=True` calls `model(**{key: tensor})`, else `model(*tensors)`.
+    `dynamic` names the axes of each input that vary between calls beyond the batch axis 0
+    (e.g. `{"input_ids": (1,), "attention_mask": (1,)}` for the sequence length): ONNX export
+    makes them symbolic, `profile` varies them with `seq_len`.
     """
 
     required: tuple[str, ...] = ("input",)
     optional: tuple[str, ...] = ()
     keyword: bool = False
+    dynamic: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = (*self.required, *self.optional)
@@ -47,6 +51,17 @@ class InputSignature:
             raise ConfigError(f"InputSignature: {bad} are reserved batch keys (labels / sample ids), not model inputs")
         if self.optional and not self.keyword:
             raise ConfigError("InputSignature: optional inputs need keyword=True (positions would shift)")
+        for key, axes in self.dynamic.items():
+            if key not in names:
+                raise ConfigError(f"InputSignature: dynamic axes given for {key!r}, which is not an input ({names})")
+            if not all(isinstance(a, int) and a >= 1 for a in axes):
+                raise ConfigError(f"InputSignature: dynamic axes of {key!r} must be ints >= 1 (axis 0, the batch, "
+                                  f"is always dynamic), got {axes!r}")
+        object.__setattr__(self, "dynamic", {k: tuple(v) for k, v in self.dynamic.items()})
+
+    def dynamic_axes(self, key: str) -> tuple[int, ...]:
+        """Every varying axis of input `key`: the batch axis 0 and the declared ones."""
+        return (0, *self.dynamic.get(key, ()))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -64,11 +79,21 @@ class InputSignature:
         return (*self.required, *(k for k in self.optional if k in batch))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"required": list(self.required), "optional": list(self.optional), "keyword": self.keyword}
+        return {"required": list(self.required), "optional": list(self.optional), "keyword": self.keyword,
+                "dynamic": {k: list(v) for k, v in self.dynamic.items()}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InputSignature:
-        return cls(tuple(d.get("required", ("input",))), tuple(d.get("optional", ())), bool(d.get("keyword", False)))
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"input signature must be a mapping, got {type(d).__name__}")
+        unknown = set(d) - {"required", "optional", "keyword", "dynamic"}
+        if unknown:
+            raise ConfigError(f"input signature: unknown keys {sorted(unknown)}")
+        dynamic = d.get("dynamic") or {}
+        if not isinstance(dynamic, Mapping):
+            raise ConfigError(f"input signature: 'dynamic' must map input names to axes, got {dynamic!r}")
+        return cls(tuple(d.get("required", ("input",))), tuple(d.get("optional", ())), bool(d.get("keyword", False)),
+                   {str(k): tuple(int(a) for a in v) for k, v in dynamic.items()})
 
 
 DEFAULT_SIGNATURE = InputSignature()

@@ -15,6 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from condense.data.loader import example_inputs
+
 #: command-line option -> the config field it sets (only passed when given).
 _PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to"}
 
@@ -63,7 +65,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
          "train": train}, where="condense prune"
     )
     seed_everything(rcfg.train.seed)
-    example = splits.test.inputs[:1]
+    example = example_inputs(splits.test, 1)
     before = evaluate(model, splits.test)
     reference = copy.deepcopy(model)  # the unpruned model: the report's reference and the distillation teacher
     model, info = prune_and_recover(
@@ -113,7 +115,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         return float(evaluate(m, data)["accuracy"])
 
     table = layer_sensitivity(
-        model, metric, ratios=args.ratios, method=args.method, example_inputs=splits.test.inputs[:1],
+        model, metric, ratios=args.ratios, method=args.method, example_inputs=example_inputs(splits.test, 1),
         importance=args.importance, round_to=args.round_to, targets=args.targets, ignore=args.ignore,
     )
     out: dict[str, Any] = {"split": args.split, "table": {k: v for k, v in table.items() if k != "layers"}}

@@ -12,6 +12,7 @@ summed, so a group's score weighs every coupled layer equally whatever its size.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.export.onnx import output_tensor
+from condense.models.signature import batch_to, call_model
 from condense.prune.graph import NORMS, Group, Member
 
 
@@ -64,12 +67,19 @@ def bn_gamma_score(modules: dict[str, nn.Module], group: Group) -> torch.Tensor 
 
 
 def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batches: int) -> dict[str, torch.Tensor]:
-    """Sum over `batches` batches of |w * dL/dw| (cross-entropy on `input`/`target`) per weight.
+    """Sum over `batches` batches of |w * dL/dw| (cross-entropy on the labels) per weight.
+
+    `data`: an iterable of batch dicts, or anything `condense.data.loader.as_source` takes.
 
     Runs in eval mode (BatchNorm statistics are not touched) and leaves `.grad` as it found it.
     """
     if data is None:
-        raise ConfigError("importance 'taylor' needs data: pass prune(..., data=batches of {'input', 'target'})")
+        raise ConfigError("importance 'taylor' needs labelled data: pass prune(..., data=...)")
+    if not isinstance(data, list | tuple):
+        from condense.data.loader import as_source
+
+        with contextlib.suppress(ConfigError):  # else: an iterable of batch dicts, used as it is
+            data = as_source(data).batches(64)
     params = {}  # module name -> its (raw) weight; a masked layer's is `parametrizations.weight.original`
     for n, p in model.named_parameters():
         for suffix in (".parametrizations.weight.original", ".weight"):
@@ -86,12 +96,13 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
         for batch in data:
             if seen >= batches:
                 break
-            if not isinstance(batch, dict) or "input" not in batch or "target" not in batch:
-                raise ConfigError("importance 'taylor': data must yield dicts with 'input' and 'target'")
+            if not isinstance(batch, dict) or "target" not in batch:
+                raise ConfigError("importance 'taylor': data must yield labelled batch dicts (the model's inputs and 'target')")
             for p in params.values():
                 p.grad = None
             with torch.enable_grad():
-                loss = F.cross_entropy(model(batch["input"].to(device)), batch["target"].to(device))
+                logits = output_tensor(call_model(model, batch_to(batch, device)))
+                loss = F.cross_entropy(logits, batch["target"].to(device))
                 loss.backward()
             for n, p in params.items():
                 if p.grad is not None:

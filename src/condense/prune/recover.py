@@ -28,7 +28,9 @@ from torch import nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError, RunError
-from condense.data.base import ArrayDataset, iterate_batches
+from condense.data.loader import as_source
+from condense.data.loader import example_inputs as example_inputs_of
+from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 from condense.prune.config import (
     ChannelConfig,
     MagnitudeConfig,
@@ -106,11 +108,15 @@ def _recover_config(config: RecoverConfig | dict[str, Any] | None) -> RecoverCon
     return config
 
 
-def _inputs(model: nn.Module, example_inputs: Any, data: ArrayDataset | None) -> tuple[torch.Tensor, ...]:
+def _inputs(model: nn.Module, example_inputs: Any, data: Any | None) -> tuple[torch.Tensor, ...]:
     """Batch-1 example inputs: given, else the first training sample, else from the model's spec."""
-    if example_inputs is None and data is not None and len(data):
+    if example_inputs is None and data is not None and len(as_source(data)):
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return (data.inputs[:1].to(device),)
+        x = example_inputs_of(data, 1)
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"structured pruning traces models called as model(x); this data gives the inputs "
+                              f"{sorted(x)} (transformer heads / FFN pruning is a separate method)")
+        return (x.to(device),)
     return example_tuple(model, example_inputs)
 
 
@@ -194,22 +200,23 @@ def _numbers(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, An
             "sparsity": sparsity_report(model)["global"]["sparsity"]}
 
 
-def _val_accuracy(model: nn.Module, data: ArrayDataset | None) -> float | None:
-    if data is None or len(data) == 0 or data.targets is None:
+def _val_accuracy(model: nn.Module, data: Any | None) -> float | None:
+    if data is None or len(as_source(data)) == 0 or as_source(data).labelled is False:
         return None
     from condense.evaluate import evaluate
 
     return float(evaluate(model, data)["accuracy"])
 
 
-def recalibrate_batchnorm(model: nn.Module, data: ArrayDataset, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
+def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
     """Re-estimate every BatchNorm's running mean / variance on `batches` shuffled training batches.
 
     Only the statistics change (cumulative average, no gradients, other layers in eval mode so
     dropout is off); returns the number of samples seen (0 when the model has no BatchNorm).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or batches < 1 or len(data) == 0:
+    source = as_source(data)
+    if not norms or batches < 1 or len(source) == 0:
         return 0
     was = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in norms]
@@ -221,11 +228,10 @@ def recalibrate_batchnorm(model: nn.Module, data: ArrayDataset, batches: int = 8
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average over the batches below
             m.train()
-        gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for batch in islice(iterate_batches(data, batch_size, shuffle=True, generator=gen), batches):
-                model(batch["input"].to(device))
-                seen += len(batch["input"])
+            for batch in islice(source.batches(batch_size, shuffle=True, seed=seed), batches):
+                call_model(model, batch_to(model_inputs(model, batch), device))
+                seen += batch_size_of(model_inputs(model, batch))
     finally:
         for m, mom in zip(norms, momenta, strict=True):
             m.momentum = mom
@@ -265,8 +271,8 @@ def prune_and_recover(
     model: nn.Module,
     prune_config: PruneConfig | dict[str, Any],
     recover_config: RecoverConfig | dict[str, Any] | None,
-    train_data: ArrayDataset | None,
-    val_data: ArrayDataset | None = None,
+    train_data: Any | None,
+    val_data: Any | None = None,
     example_inputs: Any = None,
     targets: Patterns = None,
     ignore: Patterns = None,
@@ -346,11 +352,11 @@ def prune_and_recover(
     return model, info
 
 
-def _taylor_batches(cfg: PruneConfig, data: ArrayDataset | None, rcfg: RecoverConfig) -> list[dict[str, Any]] | None:
+def _taylor_batches(cfg: PruneConfig, data: Any | None, rcfg: RecoverConfig) -> list[dict[str, Any]] | None:
     """The first few training batches, for Taylor importance (which needs gradients)."""
     if not isinstance(cfg, ChannelConfig) or cfg.importance != "taylor" or data is None:
         return None
-    return list(islice(iterate_batches(data, rcfg.train.batch_size), cfg.taylor_batches))
+    return list(islice(as_source(data).batches(rcfg.train.batch_size), cfg.taylor_batches))
 
 
 # ----------------------------------------------------------------------------- iterative
@@ -360,8 +366,8 @@ def iterative_prune(
     model: nn.Module,
     prune_config: PruneConfig | dict[str, Any],
     recover_config: RecoverConfig | dict[str, Any] | None,
-    train_data: ArrayDataset,
-    val_data: ArrayDataset | None = None,
+    train_data: Any,
+    val_data: Any | None = None,
     *,
     steps: Sequence[float],
     by: Literal["ratio", "macs"] = "ratio",

@@ -111,8 +111,9 @@ def quantize(
 ) -> nn.Module:
     """Quantize a copy of `model` with the method the config names (the caller's model is untouched).
 
-    `calibration`: a tensor (N, ...), a dataset with `.inputs`, or an iterable of batches (tensors
-    or {"input": tensor} dicts); required by static PTQ. `targets` / `ignore` (module names,
+    `calibration`: any data the verbs take (an ArrayDataset, a torch Dataset or DataLoader, a
+    tensor of inputs) or an iterable of batches (tensors, (x, y) tuples or dicts); required by
+    static PTQ and GPTQ (`condense.quantize.calibration`). `targets` / `ignore` (module names,
     `re:<regex>` or type names like "Conv2d") override the config's own fields.
     """
     method, cfg = resolve_config(config)

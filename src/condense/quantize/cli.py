@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from condense.data.loader import example_inputs, heldout_inputs
+
 METHODS = ("static", "dynamic", "weight_only", "qat")
 ONNX_NAMES = {"static": "model.int8.onnx", "qat": "model.int8.onnx", "dynamic": "model.dynamic.onnx",
               "weight_only": "model.weight_only.onnx"}
@@ -100,7 +102,7 @@ def _calibration(args: argparse.Namespace, splits: Any, default: int) -> Any:
     data = getattr(splits, args.calibration_split)
     if data is None or len(data) == 0:
         raise ConfigError(f"the calibration split {args.calibration_split!r} is empty; choose another --calibration-split")
-    return data.inputs[:n]
+    return heldout_inputs(data, n)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -175,7 +177,7 @@ def _qat_train(args: argparse.Namespace, model: Any, cfg: Any, splits: Any) -> t
     else:
         dcfg = DistillConfig(alpha=0.9, temperature=4.0, train=train)
         result = distill_fit(prepared, model, splits.train, dcfg, splits.val, callbacks=callbacks)
-    converted = convert_qat(result.model.eval(), example=splits.test.inputs[:1])
+    converted = convert_qat(result.model.eval(), example=example_inputs(splits.test, 1))
     info = {"epochs": args.epochs, "lr": args.lr, "distilled": not args.no_distill, "best_epoch": result.best_epoch}
     return converted, info
 
@@ -209,7 +211,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model.eval()
     splits, data_name, data_kwargs = _data_from(args, meta)
     test = splits.test
-    example = test.inputs[:1]
+    example = example_inputs(test, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path, fp32_path = out / ONNX_NAMES[args.method], out / FP32_NAME
@@ -244,7 +246,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 notes.append(f"{'/'.join(map(str, low_act))}-bit activations are simulated only: the int8 ONNX "
                              "(onnxruntime integer kernels) needs 8-bit activations, so no ONNX file was written")
             else:
-                res = export_int8_onnx(qmodel, example, onnx_path, heldout=test.inputs, fp32_path=fp32_path,
+                res = export_int8_onnx(qmodel, example, onnx_path, heldout=heldout_inputs(test), fp32_path=fp32_path,
                                        activation_dtype=args.activation_dtype, threads=args.threads,
                                        latency_batches=batches or None)
                 agreement = (res.top1_agreement, res.max_abs_diff)
@@ -267,11 +269,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 raise
             if not batches:
                 notes.append("speed not measured (no --latency-batches): a dynamic-int8 slow-down would go unnoticed")
-            agreement = _agreement(qmodel, onnx_path, test.inputs)
+            agreement = _agreement(qmodel, onnx_path, heldout_inputs(test))
         else:  # weight_only, or weight-only QAT (no activation quantizers): float compute, packed weights
             export_onnx(qmodel, example, onnx_path)
             export_onnx(model, example, fp32_path)
-            agreement = _agreement(qmodel, onnx_path, test.inputs)
+            agreement = _agreement(qmodel, onnx_path, heldout_inputs(test))
             notes.append("weight-only: weights stay packed in the ONNX file and are dequantized at run time "
                          "(float compute); the gain is bytes on disk, not speed")
         if deployed is not None and latency is None and batches:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from condense.core.errors import ConfigError, RunError
+from condense.core.errors import RunError
+from condense.quantize.calibration import calibration_list, run_batch
 from condense.quantize.weight_only import (
     _SCALE_DTYPES,
     QuantizedLinear,
@@ -44,73 +45,9 @@ __all__ = ["HessianCollector", "calibration_batches", "gptq_quantize", "gptq_qua
 
 
 def calibration_batches(calibration: Any, limit: int | None = None) -> list[Any]:
-    """Materialise a calibration source (tensor, dataset with `.inputs`, iterable of batches)."""
-    if calibration is None:
-        raise ConfigError("calibration data is required (got None)")
-    tensor = calibration if isinstance(calibration, Tensor) else getattr(calibration, "inputs", None)
-    if isinstance(tensor, Tensor):  # (N, ...) samples, or a dataset holding them
-        batches: list[Any] = [tensor[i : i + 64] for i in range(0, len(tensor), 64)] if tensor.dim() else [tensor]
-    elif isinstance(calibration, dict):
-        batches = [calibration]
-    else:
-        try:
-            it = iter(calibration)
-        except TypeError:
-            raise ConfigError(
-                f"calibration must be a tensor or an iterable of batches, got {type(calibration).__name__}"
-            ) from None
-        batches = []
-        for b in it:
-            batches.append(b)
-            if limit is not None and len(batches) >= limit:
-                break
-    if limit is not None:
-        batches = batches[:limit]
-    if not batches or all(_batch_len(b) == 0 for b in batches):
-        raise ConfigError("calibration set is empty: give at least one non-empty batch")
-    return batches
+    """Materialise a calibration set (see `condense.quantize.calibration`), at most `limit` batches."""
+    return calibration_list(calibration, max_batches=limit)
 
-
-def _batch_len(batch: Any) -> int:
-    if isinstance(batch, Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, dict):
-        v = batch.get("input", next(iter(batch.values()), None))
-        return _batch_len(v) if v is not None else 0
-    if isinstance(batch, (list, tuple)):
-        return _batch_len(batch[0]) if batch else 0
-    return 1
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-def run_batch(model: nn.Module, batch: Any) -> Any:
-    """Forward one calibration batch: tensor, `{"input": x, ...}`, keyword dict or tuple."""
-    ref = next(model.parameters(), None)
-    if ref is None:
-        ref = next(model.buffers(), torch.empty(0))
-    batch = _to(batch, ref.device)
-    try:
-        if isinstance(batch, Tensor):
-            return model(batch)
-        if isinstance(batch, dict):
-            if "input" in batch:
-                return model(batch["input"])
-            return model(**{k: v for k, v in batch.items() if k not in ("target", "index")})
-        if isinstance(batch, (list, tuple)):
-            return model(*batch)
-    except (RuntimeError, TypeError, ValueError) as e:
-        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise ConfigError(f"a calibration batch ({shape}) does not fit the model: {e}") from None
-    raise ConfigError(f"unsupported calibration batch type {type(batch).__name__}")
 
 
 class HessianCollector:

@@ -35,6 +35,7 @@ from condense.core.config import Config
 from condense.core.errors import CondenseError, ConfigError
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
+from condense.quantize.calibration import input_tensor, iter_calibration
 from condense.quantize.fake_quant import (
     FUSABLE_ACTS,
     SUPPORTED_TYPES,
@@ -119,45 +120,11 @@ _FOLDED = "BatchNorm folded into the preceding layer"
 
 
 # -- calibration data ----------------------------------------------------------------------------
-def _input_of(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, dict):
-        if "input" not in batch or not isinstance(batch["input"], Tensor):
-            raise ConfigError(f"calibration batches must be tensors or {{'input': tensor}} dicts; got keys {sorted(batch)}")
-        return batch["input"]
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise ConfigError(f"calibration batches must be tensors or {{'input': tensor}} dicts, got {type(batch).__name__}")
-
-
 def calibration_inputs(calibration: Any, limit: int, batch_size: int = 64) -> Iterator[Tensor]:
-    """Input tensors from a tensor (N, ...), a dataset with `.inputs`, or an iterable of batches,
-    stopping after `limit` samples (the last batch is cut)."""
-    if calibration is None:
-        raise ConfigError("static quantization needs calibration data (calibration=None)")
-    if isinstance(calibration, Tensor) or isinstance(getattr(calibration, "inputs", None), Tensor):
-        x = calibration if isinstance(calibration, Tensor) else calibration.inputs
-        if x.dim() == 0:
-            raise ConfigError("calibration tensor must be a batch (N, ...)")
-        source: Any = x.split(batch_size)
-    elif isinstance(calibration, dict):
-        source = [calibration]
-    else:
-        try:
-            source = iter(calibration)
-        except TypeError:
-            raise ConfigError(f"calibration must be a tensor or an iterable of batches, got {type(calibration).__name__}") from None
-    seen = 0
-    for batch in source:
-        x = _input_of(batch)
-        if x.dim() == 0 or len(x) == 0:
-            continue
-        x = x[: limit - seen]
-        seen += len(x)
-        yield x
-        if seen >= limit:
-            return
+    """Input tensors of the calibration data (`quantize.calibration.iter_calibration`), stopping
+    after `limit` samples (the last batch is cut). Static PTQ traces models called as model(x)."""
+    for batch in iter_calibration(calibration, limit, batch_size):
+        yield input_tensor(batch)
 
 
 def expected_input(model: nn.Module) -> str:

@@ -11,6 +11,7 @@ from condense.artifacts import artifact_bytes, save
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import Splits
+from condense.data.loader import example_inputs
 from condense.evaluate import evaluate, profile
 from condense.export import export_onnx
 
@@ -50,7 +51,7 @@ def measure_model(
     cfg = cfg or MeasureConfig()
     folder.mkdir(parents=True, exist_ok=True)
     save(model, folder, **(metadata or {}))
-    example = splits.test.inputs[:1]
+    example = example_inputs(splits.test, 1)
     notes: list[str] = []
     if deployed_onnx is None:
         exported = export_onnx(model, example, folder / "model.onnx")

@@ -17,6 +17,7 @@ from condense.core.errors import ConfigError
 from condense.core.registry import Registry
 from condense.data.augment import AugmentConfig, build_augment
 from condense.data.base import Splits
+from condense.data.loader import example_inputs, heldout_inputs
 from condense.models.registry import build_model
 from condense.recipes.schema import Recipe, StageSpec, _Lines
 from condense.train.config import TrainConfig
@@ -141,7 +142,7 @@ def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.prune.recover import RecoverConfig, prune_and_recover
 
     model = _input(ctx)
-    example = ctx.splits.test.inputs[:1]
+    example = example_inputs(ctx.splits.test, 1)
     raw = {"method": "none", **ctx.spec.recover}
     if raw["method"] != "none":
         raw["train"] = _train_config(ctx).to_dict()
@@ -163,8 +164,8 @@ def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
     if getattr(cfg, "method", "static") in ("static", "qat"):
         from condense.quantize import export_int8_onnx
 
-        res = export_int8_onnx(qmodel, ctx.splits.test.inputs[:1], ctx.folder / "model.int8.onnx",
-                               heldout=ctx.splits.test.inputs)
+        res = export_int8_onnx(qmodel, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
+                               heldout=heldout_inputs(ctx.splits.test))
         out.deployed_onnx = Path(res.path)
         out.info["int8_export"] = _jsonable(res.to_dict())
         out.notes.extend(res.notes)
@@ -179,9 +180,10 @@ def run_export(ctx: StageContext, cfg: ExportStageConfig) -> StageOutput:
     from condense.quantize import export_int8_onnx, quant_wrappers
 
     model = _input(ctx)
-    example = ctx.splits.test.inputs[:1]
+    example = example_inputs(ctx.splits.test, 1)
     if quant_wrappers(model):
-        res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx", heldout=ctx.splits.test.inputs, opset=cfg.opset)
+        res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx", heldout=heldout_inputs(ctx.splits.test),
+                               opset=cfg.opset)
         return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())}, notes=list(res.notes))
     res = export_onnx(model, example, ctx.folder / "model.onnx", opset=cfg.opset, atol=cfg.atol)
     return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())})
@@ -195,18 +197,18 @@ def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
     result = tune(_input(ctx), ctx.splits, cfg)
     out = StageOutput(result.model, info={"tune": _jsonable(result.to_dict())}, notes=[result.message])
     if quant_wrappers(result.model):
-        res = export_int8_onnx(result.model, ctx.splits.test.inputs[:1], ctx.folder / "model.int8.onnx",
-                               heldout=ctx.splits.test.inputs)
+        res = export_int8_onnx(result.model, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
+                               heldout=heldout_inputs(ctx.splits.test))
         out.deployed_onnx = Path(res.path)
     return out
 
 
 def all_training_images(splits: Splits) -> Any:
-    """Every training image without labels: the labelled split plus the unlabelled part."""
-    from condense.data.base import ArrayDataset
+    """Every training sample without labels: the labelled split plus the unlabelled part."""
+    from condense.data.loader import concat, without_labels
 
     parts = [splits.train] + ([splits.unlabelled] if splits.unlabelled is not None else [])
-    return ArrayDataset(torch.cat([p.inputs for p in parts]), None, torch.cat([p.indices for p in parts]))
+    return without_labels(concat(parts))
 
 
 def run_pretrain(ctx: StageContext, cfg: Config) -> StageOutput:

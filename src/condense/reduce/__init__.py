@@ -68,9 +68,16 @@ class ReduceMethod:
 REDUCERS: Registry[ReduceMethod] = Registry("data-reduction method")
 
 
-def _check_data(data: Any) -> None:
-    if not isinstance(data, (Splits, ArrayDataset)):
-        raise ConfigError(f"reduce_data: expected Splits or an ArrayDataset, got {type(data).__name__}")
+def _check_data(data: Any, method: str) -> None:
+    from torch.utils.data import Dataset
+
+    if not isinstance(data, Splits | ArrayDataset | Dataset):
+        raise ConfigError(f"reduce_data: expected Splits, an ArrayDataset or a torch Dataset, got {type(data).__name__}")
+    parts = [data.train, data.val, data.test] if isinstance(data, Splits) else [data]
+    if method != "coreset" and not all(isinstance(p, ArrayDataset) for p in parts):
+        raise ConfigError(f"reduce_data: {method} transforms every input in memory, so it applies to in-memory data "
+                          "(ArrayDataset: tabular data, small images); for a lazy Dataset (an image folder, text) "
+                          "use a coreset, which only selects samples")
 
 
 def _with_splits(splits: Splits, fn: Callable[[ArrayDataset], ArrayDataset], shape: tuple[int, ...],
@@ -147,8 +154,8 @@ def reduce_data(data: Data, config: Config | dict[str, Any], model: nn.Module | 
     Transforms are fitted on the training split only (`Splits.train`, or the dataset given) and
     applied unchanged to val / test / unlabelled. The caller's data is never modified.
     """
-    _check_data(data)
     name, cfg = resolve_config(config)
+    _check_data(data, name)
     return REDUCERS.get(name).handler(data, cfg, model)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
+from condense.data.loader import as_source, collect, subset
 from condense.reduce.features import source_features
 
 
@@ -192,18 +193,11 @@ def proportional_budgets(counts: Sequence[int], k: int) -> list[int]:
 
 
 @torch.no_grad()
-def predicted_classes(model: nn.Module, data: ArrayDataset, batch_size: int = 512) -> np.ndarray:
+def predicted_classes(model: nn.Module, data: Any, batch_size: int = 512) -> np.ndarray:
     """The model's arg-max class for every sample (eval mode; the mode is restored after)."""
-    from condense.data.base import iterate_batches
+    from condense.evaluate.metrics import predict_logits
 
-    device = next((t.device for t in [*model.parameters(), *model.buffers()]), torch.device("cpu"))
-    was = model.training
-    model.eval()
-    try:
-        out = [model(b["input"].to(device)).argmax(-1).cpu() for b in iterate_batches(data, batch_size)]
-    finally:
-        model.train(was)
-    return torch.cat(out).numpy().astype(np.int64)
+    return predict_logits(model, data, batch_size=batch_size).argmax(-1).numpy().astype(np.int64)
 
 
 def _pick(strategy: str, feats: torch.Tensor | None, n: int, k: int, seed: int) -> np.ndarray:
@@ -212,9 +206,12 @@ def _pick(strategy: str, feats: torch.Tensor | None, n: int, k: int, seed: int) 
     return (k_center_greedy if strategy == "k_center" else kmeans_select)(feats, k, seed=seed)
 
 
-def select_coreset(data: ArrayDataset, config: CoresetConfig, model: nn.Module | None = None) -> CoresetResult:
-    """Choose a coreset of `data` as `config` says (embeddings of `model` when `on: embeddings`)."""
-    k = config.resolve_size(len(data))
+def select_coreset(data: Any, config: CoresetConfig, model: nn.Module | None = None) -> CoresetResult:
+    """Choose a coreset of `data` (an ArrayDataset, or any map-style torch Dataset: the result is
+    then an `IdSubset` keeping the sample ids) as `config` says (embeddings of `model` when
+    `on: embeddings`)."""
+    n = len(as_source(data))
+    k = config.resolve_size(n)
     feats = None
     if config.strategy != "random":
         feats = source_features(data, config.on, model, config.layer, "coreset", config.batch_size)
@@ -229,13 +226,14 @@ def select_coreset(data: ArrayDataset, config: CoresetConfig, model: nn.Module |
                 parts.append(g[_pick(config.strategy, None if feats is None else feats[g], len(g), kg, config.seed)])
         pos = np.concatenate(parts)
     else:
-        pos = _pick(config.strategy, feats, len(data), k, config.seed)
+        pos = _pick(config.strategy, feats, n, k, config.seed)
     added: list[int] = []
-    if config.cover_classes and data.targets is not None and missing_classes(pos, data.targets):
+    targets = _targets(data) if config.cover_classes else None
+    if targets is not None and missing_classes(pos, targets):
         if feats is None:  # random: the top-up still takes the most typical sample of the class
             on = config.on if model is not None else "inputs"
             feats = source_features(data, on, model, config.layer, "coreset", config.batch_size)
-        pos, added = cover_classes(pos, data.targets, feats)
+        pos, added = cover_classes(pos, targets, feats)
     info = {
         "strategy": config.strategy,
         "on": config.on,
@@ -243,8 +241,15 @@ def select_coreset(data: ArrayDataset, config: CoresetConfig, model: nn.Module |
         "stratify": config.stratify,
         "requested": k,
         "size": int(len(pos)),
-        "of": len(data),
+        "of": n,
         "classes_topped_up": added,
         "seed": config.seed,
     }
-    return CoresetResult(positions=pos, data=data.subset(pos), info=info)
+    return CoresetResult(positions=pos, data=subset(data, pos), info=info)
+
+
+def _targets(data: Any) -> torch.Tensor | None:
+    """Every sample's label (None for unlabelled data); read from memory for an ArrayDataset."""
+    if isinstance(data, ArrayDataset):
+        return data.targets
+    return collect(data, "target") if as_source(data).labelled else None

@@ -1,8 +1,8 @@
 """The verbs: `pretrain` (self-supervised) and `ssl_distill` (label-free embedding distillation).
 
 Both take *unlabelled* data and read nothing but the inputs: the data is re-wrapped as a
-label-free `ArrayDataset` from its `inputs` (and `indices`) before the one `fit()` loop sees it,
-so no code path below can touch a label. Labelled data is refused with a clear error (pass
+label-free `ArrayDataset` (or a batch source whose batches have no `target`) before the one
+`fit()` loop sees it, so no code path below can touch a label. Labelled data is refused with a clear error (pass
 `data.without_labels()` to pretrain on labelled images too), which keeps "no labels used" a
 property of the call rather than a promise.
 """
@@ -16,6 +16,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
+from condense.data.loader import as_source, example_inputs, without_labels
 from condense.ssl.config import PretrainConfig, SSLDistillConfig
 from condense.ssl.tasks import METHODS, SSLDistillTask, SSLTask
 from condense.train.callbacks import Callback
@@ -23,15 +24,31 @@ from condense.train.fit import FitResult, fit
 from condense.train.task import frozen_while_teaching
 
 
-def as_unlabelled(data: Any, where: str) -> ArrayDataset:
-    """A label-free `ArrayDataset` over `data`'s inputs; reads `inputs`, `indices` and `labelled` only.
+def as_unlabelled(data: Any, where: str) -> Any:
+    """`data` as label-free data: an `ArrayDataset` without targets, or a batch source whose
+    batches carry no `target` field.
 
-    Accepts an unlabelled `ArrayDataset` (or any object with `inputs`, optional `indices` and a
-    false `labelled`), or a plain tensor of inputs. Labelled data is a ConfigError.
+    Accepts an unlabelled `ArrayDataset` (or a plain tensor of inputs), or any torch Dataset /
+    DataLoader whose samples carry no labels. Labelled data is a ConfigError: pass
+    `data.without_labels()` (ArrayDataset) or `condense.data.loader.without_labels(data)`.
     """
+    if isinstance(data, torch.Tensor) or hasattr(data, "inputs"):
+        return _unlabelled_arrays(data, where)
+    source = as_source(data)
+    if source.labelled:
+        raise ConfigError(
+            f"{where} learns from unlabelled data, but this dataset carries labels; pass "
+            "`condense.data.loader.without_labels(data)` to use its inputs without their labels"
+        )
+    if len(source) < 2:
+        raise ConfigError(f"{where}: needs at least 2 samples, got {len(source)}")
+    return without_labels(source)
+
+
+def _unlabelled_arrays(data: Any, where: str) -> ArrayDataset:
     if isinstance(data, torch.Tensor):
         inputs, indices = data, None
-    elif hasattr(data, "inputs"):
+    else:
         if getattr(data, "labelled", False):
             raise ConfigError(
                 f"{where} learns from unlabelled data, but this dataset carries labels; pass "
@@ -39,8 +56,6 @@ def as_unlabelled(data: Any, where: str) -> ArrayDataset:
                 "without their labels, or the `unlabelled` split"
             )
         inputs, indices = data.inputs, getattr(data, "indices", None)
-    else:
-        raise ConfigError(f"{where}: expected an unlabelled ArrayDataset or a tensor of inputs, got {type(data).__name__}")
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
         raise ConfigError(f"{where}: inputs must be a floating-point tensor, got {type(inputs).__name__}")
     if len(inputs) < 2:
@@ -61,7 +76,16 @@ def _check_batches(n: int, config_train: Any, where: str) -> None:
         )
 
 
-def build_pretrain_task(model: nn.Module, unlabelled_data: Any, config: PretrainConfig) -> tuple[SSLTask, ArrayDataset]:
+def _sample(data: Any, n: int, where: str) -> torch.Tensor:
+    """The first `n` inputs (the augmentations and heads are shaped from them)."""
+    x = example_inputs(data, min(len(as_source(data)), n))
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ConfigError(f"{where}: self-supervised methods augment image / feature tensors in the 'input' field; "
+                          f"these batches have {sorted(x) if isinstance(x, dict) else type(x).__name__}")
+    return x
+
+
+def build_pretrain_task(model: nn.Module, unlabelled_data: Any, config: PretrainConfig) -> tuple[SSLTask, Any]:
     """The task `pretrain` runs, and the label-free data it runs on."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"pretrain(): model must be a torch.nn.Module, got {type(model).__name__}")
@@ -69,7 +93,7 @@ def build_pretrain_task(model: nn.Module, unlabelled_data: Any, config: Pretrain
         raise ConfigError(f"pretrain(): config must be a PretrainConfig, got {type(config).__name__}")
     data = as_unlabelled(unlabelled_data, "pretrain()")
     _check_batches(len(data), config.train, "pretrain()")
-    sample = data.inputs[: min(len(data), config.train.batch_size)]
+    sample = _sample(data, config.train.batch_size, "pretrain()")
     task = METHODS.get(config.method).build(model, config, sample)
     return task, data
 
@@ -126,7 +150,7 @@ def ssl_distill_fit(
     data = as_unlabelled(unlabelled_data, "ssl_distill()")
     _check_batches(len(data), config.train, "ssl_distill()")
     with frozen_while_teaching([teacher]):
-        task = SSLDistillTask.build(student, teacher, config, data.inputs[: min(len(data), config.train.batch_size)])
+        task = SSLDistillTask.build(student, teacher, config, _sample(data, config.train.batch_size, "ssl_distill()"))
         try:
             return fit(task, data, config.train, None, [*task.callbacks(), *callbacks], resume=resume)
         finally:

@@ -7,6 +7,8 @@ both sets: it is the labelled counterpart of the self-supervised verbs.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,10 +16,12 @@ from torch import nn
 from condense.core.errors import ConfigError
 from condense.core.taps import FeatureTap
 from condense.data.base import ArrayDataset
+from condense.data.loader import as_source
+from condense.models.signature import batch_to, call_model, model_inputs
 
 
 @torch.no_grad()
-def embed_dataset(model: nn.Module, data: ArrayDataset, layer: str = "flatten", batch_size: int = 512) -> torch.Tensor:
+def embed_dataset(model: nn.Module, data: Any, layer: str = "flatten", batch_size: int = 512) -> torch.Tensor:
     """`(N, D)` embeddings of every input at `layer`, in eval mode (labels are not read)."""
     was_training = model.training
     model.eval()
@@ -25,8 +29,8 @@ def embed_dataset(model: nn.Module, data: ArrayDataset, layer: str = "flatten", 
     out = []
     try:
         with FeatureTap(model, [layer], detach=True) as tap:
-            for start in range(0, len(data), batch_size):
-                model(data.inputs[start : start + batch_size].to(device))
+            for batch in as_source(data).batches(batch_size):
+                call_model(model, batch_to(model_inputs(model, batch), device))
                 out.append(tap[layer].flatten(1).cpu())
     finally:
         model.train(was_training)

@@ -24,6 +24,7 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import Splits
+from condense.data.loader import as_source, example_inputs, heldout_inputs
 from condense.evaluate import evaluate, profile
 from condense.export import export_onnx
 from condense.train.config import TrainConfig
@@ -120,9 +121,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def tune(model: nn.Module, splits: Splits, config: TuneConfig | None = None) -> TuneResult:
     """Search compression settings for `model`; return the Pareto set and the chosen model."""
     cfg = config or TuneConfig()
-    if len(splits.val) == 0:
+    if len(as_source(splits.val)) == 0:
         raise ConfigError("tune(): needs a labelled validation split to choose on (never the test split)")
-    example = splits.test.inputs[:1]
+    example = example_inputs(splits.test, 1)
     with tempfile.TemporaryDirectory(prefix="condense-tune-") as tmp:
         return _tune(model, splits, cfg, Path(tmp), example)
 
@@ -133,7 +134,7 @@ def _tune(model: nn.Module, splits: Splits, cfg: TuneConfig, work: Path, example
     from condense.quantize import QuantizeConfig, quantize
 
     base_val = evaluate(model, splits.val)["accuracy"]
-    base_onnx = _deploy(model, False, example, splits.val.inputs, work / "baseline")
+    base_onnx = _deploy(model, False, example, heldout_inputs(splits.val), work / "baseline")
     baseline = {"val_accuracy": base_val, "objective": _objective(model, base_onnx, example, cfg)}
     trials: list[dict[str, Any]] = []
     models: list[nn.Module] = []
@@ -148,7 +149,7 @@ def _tune(model: nn.Module, splits: Splits, cfg: TuneConfig, work: Path, example
             make_permanent(m)
         if cand["quantize"]:
             m = quantize(m, QuantizeConfig(method="static"), calibration=splits.train)
-        onnx_path = _deploy(m, cand["quantize"], example, splits.val.inputs, work / f"trial{n}")
+        onnx_path = _deploy(m, cand["quantize"], example, heldout_inputs(splits.val), work / f"trial{n}")
         val_acc = evaluate(onnx_path, splits.val)["accuracy"] if cand["quantize"] else evaluate(m, splits.val)["accuracy"]
         trials.append({"trial": n, **cand, "val_accuracy": val_acc, "objective": _objective(m, onnx_path, example, cfg),
                        "bytes": onnx_path.stat().st_size, "params": sum(p.numel() for p in m.parameters()),
@@ -168,7 +169,7 @@ def _tune(model: nn.Module, splits: Splits, cfg: TuneConfig, work: Path, example
                f"kept the most accurate trial {best['trial']} ({best['val_accuracy']:.4f}). Widen the tolerance, "
                "lower the pruning ratios or train recovery longer.")
     chosen = models[best["trial"]]
-    best["test_accuracy"] = (evaluate(_deploy(chosen, best["quantize"], example, splits.val.inputs, work / "chosen"), splits.test)
+    best["test_accuracy"] = (evaluate(_deploy(chosen, best["quantize"], example, heldout_inputs(splits.val), work / "chosen"), splits.test)
                              ["accuracy"])
     return TuneResult(baseline, trials, front, best["trial"], bool(ok), msg, chosen)
 
