@@ -1,14 +1,25 @@
 """Model artifacts: weights in safetensors, everything else as JSON data. Never pickles.
 
 An artifact folder holds `model.safetensors` and `condense.json` (architecture spec, structural
-edit log, toolkit and torch versions, metrics, recipe, file hashes). `condense.json` is written
-last, so a folder without it is incomplete and `load()` refuses it. `load()` rebuilds the base
+edit log, input signature when not the default, toolkit and torch versions, metrics, recipe,
+size + sha256 of every file). `condense.json` is written last, so a folder without it is
+incomplete and `load()` refuses it. `load()` checks every listed file, rebuilds the base
 architecture from the spec, replays the edit log, and loads the weights strictly.
+
+A Hugging Face model (`build_model("hf:<folder>")`) is saved in transformers' own layout too:
+config.json, model.safetensors under transformers' key names, and the source folder's tokenizer
+and sentence-transformers files, so `transformers.AutoModel.from_pretrained(folder)` opens it
+(`condense.json["hf"]["transformers_loadable"]` says whether structural edits changed shapes
+beyond what config.json describes). `load()` rebuilds it from the artifact's own config.json.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +28,19 @@ from torch import nn
 
 from condense import __version__
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_path, atomic_write_json, read_json
+from condense.core.io import _fsync_dir, atomic_path, atomic_write_json, read_json
 from condense.models.edits import replay_edits
-from condense.models.registry import ModelSpec, model_spec
+from condense.models.hf import (
+    HFModel,
+    artifact_info,
+    build_from_artifact,
+    from_hf_state,
+    to_hf_state,
+    transformers_loadable,
+    write_side_files,
+)
+from condense.models.registry import HF_PREFIX, ModelSpec, model_spec
+from condense.models.signature import DEFAULT_SIGNATURE, InputSignature, set_signature, signature_of
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "condense.json"
@@ -52,6 +73,11 @@ def save(
     """Write `model` to the folder `path` (created); return the folder.
 
     The model must carry an architecture spec (models built by `build_model`, or pass `spec`).
+    Every file is first written (and fsynced) into a temporary folder next to `path`, then moved
+    in: a new (or empty) folder by one rename; an existing folder file by file, after removing
+    its `condense.json`, which goes in last. A crash therefore never leaves a folder `load`
+    accepts with a mixture of old and new files. Files listed by a previous `condense.json` and
+    not written again are removed; other files in the folder (e.g. `model.onnx`) are kept.
     """
     from safetensors.torch import save_file
 
@@ -67,25 +93,91 @@ def save(
             "`from condense.prune import make_permanent; make_permanent(model)` first so the saved weights are the real ones"
         )
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_NAME
-    (folder / META_NAME).unlink(missing_ok=True)  # written last again below: until then, incomplete
-    with atomic_path(weights) as tmp:
-        save_file(_plain_state(model), str(tmp), metadata={"format": "pt"})
-    meta = {
-        "format": FORMAT,
-        "architecture": spec.to_dict(),
-        "edits": list(getattr(model, "condense_edits", []) or []),
-        "condense_version": __version__,
-        "torch_version": torch.__version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "files": {WEIGHTS_NAME: {"bytes": weights.stat().st_size, "sha256": _sha256(weights)}},
-        "metrics": metrics or {},
-        "recipe": recipe,
-        **(extra or {}),
-    }
-    atomic_write_json(folder / META_NAME, meta)
+    if folder.exists() and not folder.is_dir():
+        raise InputFileError(f"{folder}: exists and is not a folder; an artifact is a folder")
+    where = folder.absolute()  # save(model, ".") stages next to the folder, not inside it
+    where.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{where.name}.", suffix=".tmp", dir=where.parent))
+    try:
+        state = _plain_state(model)
+        names: list[str] = []
+        section: dict[str, Any] = {}
+        if isinstance(model, HFModel):  # Hugging Face layout: transformers opens the folder directly
+            state = to_hf_state(state)
+            names += write_side_files(model, staging)
+            section["hf"] = artifact_info(model, transformers_loadable(model, state))
+        with atomic_path(staging / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        names.insert(0, WEIGHTS_NAME)
+        sig = signature_of(model)
+        meta = {
+            "format": FORMAT,
+            "architecture": spec.to_dict(),
+            "edits": list(getattr(model, "condense_edits", []) or []),
+            "condense_version": __version__,
+            "torch_version": torch.__version__,
+            **({"transformers_version": section["hf"]["transformers_version"]} if section else {}),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "files": {n: {"bytes": (staging / n).stat().st_size, "sha256": _sha256(staging / n)} for n in names},
+            **({"signature": sig.to_dict()} if sig != DEFAULT_SIGNATURE else {}),
+            **section,
+            "metrics": metrics or {},
+            "recipe": recipe,
+            **(extra or {}),
+        }
+        atomic_write_json(staging / META_NAME, meta)
+        _publish(staging, folder, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _dir_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+_DIR_MODE = _dir_mode()  # what mkdir would give; mkdtemp alone gives 0700
+
+
+def _publish(staging: Path, folder: Path, names: list[str]) -> None:
+    """Move the files of `staging` (condense.json last) into `folder` (see `save`)."""
+    os.chmod(staging, _DIR_MODE)
+    if not folder.is_symlink() and (not folder.exists() or not any(folder.iterdir())):
+        try:
+            os.rename(staging, folder)  # atomic; replaces an empty folder too
+            _fsync_dir(folder.parent)
+            return
+        except OSError:
+            if not folder.is_dir():
+                raise
+    old = _listed_files(folder)
+    (folder / META_NAME).unlink(missing_ok=True)  # from here on the folder reads as incomplete
+    _fsync_dir(folder)
+    for name in names:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, target)
+        _fsync_dir(target.parent)
+    for name in sorted(old - set(names)):
+        (folder / name).unlink(missing_ok=True)
+    os.replace(staging / META_NAME, folder / META_NAME)
+    _fsync_dir(folder)
+
+
+def _safe_relative(name: str) -> bool:
+    p = Path(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts
+
+
+def _listed_files(folder: Path) -> set[str]:
+    """Files a previous condense.json in `folder` lists (empty when there is none or it is unreadable)."""
+    try:
+        files = json.loads((folder / META_NAME).read_text(encoding="utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {n for n in files if isinstance(n, str) and _safe_relative(n) and n != META_NAME} if isinstance(files, dict) else set()
 
 
 def _parametrized(model: nn.Module):
@@ -135,12 +227,7 @@ def load(path: str | Path, *, trust_pickle: bool = False, map_location: str | to
     weights = p / WEIGHTS_NAME
     if not weights.exists():
         raise InputFileError(f"{weights}: missing")
-    expected = meta.get("files", {}).get(WEIGHTS_NAME, {})
-    size = weights.stat().st_size
-    if "bytes" in expected and size != expected["bytes"]:
-        raise InputFileError(f"{weights}: truncated or replaced ({size} bytes, metadata says {expected['bytes']})")
-    if "sha256" in expected and _sha256(weights) != expected["sha256"]:
-        raise InputFileError(f"{weights}: contents do not match the sha256 recorded in {META_NAME} (corrupt file)")
+    _verify_files(p, meta)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -150,12 +237,40 @@ def load(path: str | Path, *, trust_pickle: bool = False, map_location: str | to
         raise InputFileError(f"{weights}: not a readable safetensors file ({e})") from None
     spec = ModelSpec.from_dict(meta["architecture"])
     register_edit_handlers()
-    model = spec.build()
+    hf = spec.name.startswith(HF_PREFIX)
+    # A Hugging Face model is rebuilt from the artifact's own config.json: its source may be gone.
+    model = build_from_artifact(p, spec.kwargs) if hf else spec.build()
     replay_edits(model, meta.get("edits", []))
+    if hf:
+        state = from_hf_state(model, state)
     load_state_strict(model, state, source=str(weights))
     model.condense_spec = spec  # type: ignore[assignment]
+    if meta.get("signature") is not None:
+        try:
+            set_signature(model, InputSignature.from_dict(meta["signature"]))
+        except ConfigError as e:
+            raise InputFileError(f"{p / META_NAME}: bad 'signature' ({e})") from None
     model.eval()
     return model
+
+
+def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
+    """Every file condense.json lists exists with its recorded size and sha256."""
+    files = meta.get("files") or {}
+    if not isinstance(files, dict):
+        raise InputFileError(f"{folder / META_NAME}: 'files' must map file names to sizes and hashes")
+    for name in sorted(files, key=lambda n: n != WEIGHTS_NAME):  # the weights first
+        expected = files[name] if isinstance(files[name], dict) else {}
+        f = folder / name
+        if not _safe_relative(str(name)):
+            raise InputFileError(f"{folder / META_NAME}: file name {name!r} points outside the artifact")
+        if not f.is_file():
+            raise InputFileError(f"{f}: missing (listed in {META_NAME})")
+        size = f.stat().st_size
+        if "bytes" in expected and size != expected["bytes"]:
+            raise InputFileError(f"{f}: truncated or replaced ({size} bytes, metadata says {expected['bytes']})")
+        if "sha256" in expected and _sha256(f) != expected["sha256"]:
+            raise InputFileError(f"{f}: contents do not match the sha256 recorded in {META_NAME} (corrupt file)")
 
 
 def register_edit_handlers() -> None:

@@ -1,8 +1,10 @@
 """Model zoo registry and architecture specs.
 
-A model is named either by a zoo name (`build_model("cnn", num_classes=10)`) or by an explicit
-`package.module:factory` the user wrote. Either way the spec (name + kwargs) is attached to the
-built module as `model.condense_spec`, so `save()` can record how to rebuild it without pickles.
+A model is named by a zoo name (`build_model("cnn", num_classes=10)`), by an explicit
+`package.module:factory` the user wrote, or by `hf:<local folder>` for a Hugging Face model
+(`condense.models.hf`; the spec records the folder's absolute path and the resolved task).
+Either way the spec (name + kwargs) is attached to the built module as `model.condense_spec`,
+so `save()` can record how to rebuild it without pickles.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from condense.core.errors import ConfigError, UnknownNameError
+from condense.core.errors import ConfigError, UnknownNameError, did_you_mean
 from condense.core.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -53,8 +55,26 @@ def _import_factory(ref: str) -> Callable[..., nn.Module]:
     return factory
 
 
+HF_PREFIX = "hf:"
+
+
+def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
+    from condense.models.hf import BUILD_ARGS, build_hf_model
+
+    unknown = sorted(set(kwargs) - set(BUILD_ARGS))
+    if unknown:
+        raise ConfigError(f"model 'hf:{folder}': unknown argument {unknown[0]!r}{did_you_mean(unknown[0], BUILD_ARGS)}; "
+                          f"it takes {', '.join(BUILD_ARGS)}")
+    model = build_hf_model(folder, **kwargs)
+    model.condense_spec = ModelSpec(f"{HF_PREFIX}{model.source_dir}", dict(model.build_kwargs))  # type: ignore[assignment]
+    model.condense_edits = []  # type: ignore[assignment]
+    return model
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, or a user model from `package.module:factory`."""
+    """Build a zoo model by name, a user model from `package.module:factory`, or `hf:<folder>`."""
+    if name.startswith(HF_PREFIX):
+        return _build_hf(name[len(HF_PREFIX):], kwargs)
     factory = _import_factory(name) if ":" in name else MODELS.get(name)
     try:
         model = factory(**kwargs)

@@ -1,0 +1,395 @@
+"""Hugging Face encoders as condense models: `build_model("hf:<local folder>", task=...)`.
+
+The transformers model sits in `model.hf` (its `config` and `save_pretrained` stay reachable)
+inside a small wrapper whose forward takes `input_ids`, `attention_mask` and optionally
+`token_type_ids` by keyword and returns a plain tensor:
+
+- "sentence-embedding": AutoModel + pooling over the attention mask + L2 normalisation, the
+  sentence-transformers recipe (Reimers & Gurevych 2019, "Sentence-BERT", EMNLP); (B, H).
+- "sequence-classification": AutoModelForSequenceClassification; the logits (B, num_labels).
+- "encoder": AutoModel; last_hidden_state (B, T, H).
+- "auto": chosen from the folder (`condense.models.hf_folder.detect_task`).
+
+Attention runs in the "eager" implementation: it exports to ONNX as plain MatMul/Softmax that
+onnxruntime's BERT fusions recognise (benchmarks/quant_minilm.py), and on this CPU it is as fast
+as "sdpa" in PyTorch (all-MiniLM-L6-v2, 1 thread: 12.1 vs 11.6 ms at batch 1, 186 vs 191 ms at
+batch 32). Pass `attn_implementation="sdpa"` to change it.
+
+Only local folders are read (`local_files_only=True`, HF_HUB_OFFLINE=1), only safetensors
+weights, and never with `trust_remote_code`. `condense.save` writes such a model as a folder that
+`transformers.AutoModel.from_pretrained` (AutoModelForSequenceClassification for classifiers)
+opens directly; `condense.load` rebuilds it from that folder's own config.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.errors import ConfigError, InputFileError
+from condense.core.io import atomic_path, atomic_write_text, read_json
+from condense.models.hf_folder import (
+    CONFIG_NAME,
+    TASKS,
+    check_weights,
+    detect_task,
+    folder_num_labels,
+    max_seq_length,
+    minilm_dir,
+    model_folder,
+    packaged_model_dir,
+    read_config,
+    sentence_head,
+    side_files,
+    transformers_module,
+)
+from condense.models.signature import InputSignature, set_signature
+
+HF_PREFIX = "hf:"
+STATE_PREFIX = "hf."  # wrapper state-dict keys = STATE_PREFIX + transformers key names
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+POOLINGS = ("mean", "cls")
+BUILD_ARGS = ("task", "num_labels", "pooling", "normalize", "attn_implementation")
+SIGNATURE = InputSignature(required=("input_ids", "attention_mask"), optional=("token_type_ids",), keyword=True,
+                           dynamic={"input_ids": (1,), "attention_mask": (1,), "token_type_ids": (1,)})
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' progress bars and load reports; condense reports problems itself."""
+    tf = transformers_module()
+    log = tf.utils.logging
+    level, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        if bars:
+            log.enable_progress_bar()
+
+
+class Pooling(nn.Module):
+    """Token states (B, T, H) -> one vector per sequence (B, H); no parameters.
+
+    "mean": average of the states whose attention_mask is 1 (Reimers & Gurevych 2019: mean
+    pooling beats CLS for sentence embeddings); "cls": the first token's state.
+    """
+
+    def __init__(self, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {mode!r}")
+        self.mode = mode
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+class L2Normalize(nn.Module):
+    """Rows scaled to unit L2 norm, so a dot product is a cosine similarity."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=2, dim=-1)
+
+
+class HFModel(nn.Module):
+    """Base wrapper: `self.hf` is the transformers model; subclasses choose the output."""
+
+    task: ClassVar[str] = "encoder"
+    auto_class: ClassVar[str] = "AutoModel"
+    condense_output_name: ClassVar[str] = "last_hidden_state"  # the ONNX output's name
+
+    def __init__(self, hf: nn.Module, source_dir: Path) -> None:
+        super().__init__()
+        self.hf = hf
+        #: folder the tokenizer / sentence-transformers files are copied from when saved
+        self.source_dir = Path(source_dir)
+        self.build_kwargs: dict[str, Any] = {"task": self.task}
+        set_signature(self, SIGNATURE)
+
+    @property
+    def config(self) -> Any:
+        return self.hf.config
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             token_type_ids: torch.Tensor | None) -> Any:
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True}
+        if token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        return self.hf(**kw)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(input_ids, attention_mask, token_type_ids).last_hidden_state
+
+
+class HFEncoder(HFModel):
+    """task "encoder": the last hidden states (B, T, H)."""
+
+
+class HFSentenceEmbedding(HFModel):
+    """task "sentence-embedding": pooled (mean by default) and L2-normalised states (B, H)."""
+
+    task = "sentence-embedding"
+    condense_output_name = "sentence_embedding"
+
+    def __init__(self, hf: nn.Module, source_dir: Path, pooling: str = "mean", normalize: bool = True) -> None:
+        super().__init__(hf, source_dir)
+        self.pooling = Pooling(pooling)
+        self.normalize = L2Normalize() if normalize else nn.Identity()
+        self.build_kwargs.update(pooling=pooling, normalize=bool(normalize))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self._run(input_ids, attention_mask, token_type_ids).last_hidden_state
+        return self.normalize(self.pooling(hidden, attention_mask))
+
+
+class HFSequenceClassifier(HFModel):
+    """task "sequence-classification": the logits tensor (B, num_labels), not a ModelOutput."""
+
+    task = "sequence-classification"
+    auto_class = "AutoModelForSequenceClassification"
+    condense_output_name = "logits"
+
+    def __init__(self, hf: nn.Module, source_dir: Path) -> None:
+        super().__init__(hf, source_dir)
+        self.build_kwargs["num_labels"] = int(hf.config.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self._run(input_ids, attention_mask, token_type_ids).logits
+
+
+_WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
+                                       "sequence-classification": HFSequenceClassifier}
+
+
+def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normalize: bool | None,
+                  attn_implementation: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"hf: task must be one of {TASKS}, got {task!r}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(f"hf: attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
+        raise ConfigError(f"hf: num_labels must be an int >= 1, got {num_labels!r}")
+    if pooling is not None and pooling not in POOLINGS:
+        raise ConfigError(f"hf: pooling must be one of {POOLINGS}, got {pooling!r}")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise ConfigError(f"hf: normalize must be true or false, got {normalize!r}")
+    if num_labels is not None and task not in ("auto", "sequence-classification"):
+        raise ConfigError(f"hf: num_labels applies to task 'sequence-classification', not {task!r}")
+    if (pooling is not None or normalize is not None) and task not in ("auto", "sentence-embedding"):
+        raise ConfigError(f"hf: pooling / normalize apply to task 'sentence-embedding', not {task!r}")
+
+
+def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | None = None,
+                   pooling: str | None = None, normalize: bool | None = None,
+                   attn_implementation: str = "eager") -> HFModel:
+    """Load a local Hugging Face folder (weights included) as a condense model (module docstring).
+
+    `num_labels` (sequence-classification): required when the folder has no classification
+    head (a fresh one is created, initialised from torch's global RNG); must match the folder's
+    head when it has one. `pooling` ("mean" | "cls") and `normalize` (sentence-embedding): taken
+    from the folder's sentence-transformers files when present, else mean + normalise.
+    With task="auto", `num_labels` means "sequence-classification"; otherwise `detect_task`
+    decides. `model.build_kwargs` holds every resolved choice (the spec `build_model` records).
+    """
+    _check_kwargs(task, num_labels, pooling, normalize, attn_implementation)
+    path = model_folder(folder)
+    cfg = read_config(path)
+    check_weights(path)
+    if task == "auto":
+        task = "sequence-classification" if num_labels is not None else detect_task(path, cfg)
+    _check_kwargs(task, num_labels, pooling, normalize, attn_implementation)
+    extra: dict[str, Any] = {}
+    if task == "sequence-classification":
+        have = folder_num_labels(cfg)
+        if have is None and num_labels is None:
+            raise ConfigError(f"{path}: has no classification head; pass num_labels=... for a fresh one")
+        if have is not None and num_labels is not None and num_labels != have:
+            raise ConfigError(f"{path}: its classification head has {have} labels, num_labels={num_labels} was asked; "
+                              f"pass num_labels={have}, or build task='encoder', save it, and put a fresh head on that")
+        if num_labels is not None:
+            extra["num_labels"] = num_labels
+    wrapper = _WRAPPERS[task]
+    fresh = task == "sequence-classification" and folder_num_labels(cfg) is None
+    model = _from_pretrained(path, wrapper.auto_class, attn_implementation, extra, fresh)
+    if task == "sentence-embedding":
+        declared = sentence_head(path)
+        out: HFModel = HFSentenceEmbedding(model, path, pooling or declared[0],
+                                           declared[1] if normalize is None else normalize)
+    else:
+        out = wrapper(model, path)
+    if attn_implementation != "eager":
+        out.build_kwargs["attn_implementation"] = attn_implementation
+    return out.eval()
+
+
+def _auto(auto_class: str) -> Any:
+    return getattr(transformers_module(), auto_class)
+
+
+def _from_pretrained(path: Path, auto_class: str, attn: str, extra: dict[str, Any], fresh_head: bool) -> nn.Module:
+    """from_pretrained, local safetensors only; weights the file lacks are an error, except a
+    fresh classifier head (`fresh_head`) and the pooler an AutoModel task never uses."""
+    cls = _auto(auto_class)
+    try:
+        with _quiet():
+            model, info = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                              attn_implementation=attn, output_loading_info=True, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputFileError(f"{path}: transformers could not load it ({first})") from None
+    bad = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    for k in sorted(info.get("missing_keys", ())):
+        head = auto_class != "AutoModel" and not k.startswith(f"{model.base_model_prefix}.")
+        pooler = ".pooler." in f".{k}"  # BERT's pooler: unused by AutoModel tasks, feeds a classifier head
+        if not (fresh_head and (head or pooler)) and not (auto_class == "AutoModel" and pooler):
+            bad.append(k)
+    if bad:
+        raise InputFileError(f"{path / 'model.safetensors'}: weights do not fit config.json (missing or mis-shaped: "
+                             f"{bad[:5]}{' ...' if len(bad) > 5 else ''})")
+    return model
+
+
+def build_from_artifact(folder: Path, kwargs: dict[str, Any]) -> HFModel:
+    """The architecture of a saved hf: model from the artifact's own config.json, weights NOT loaded.
+
+    `load()` then replays the edit log and loads the weights strictly. Random init runs under a
+    forked RNG so loading never moves the caller's random stream.
+    """
+    kwargs = dict(kwargs)
+    task = kwargs.pop("task", "encoder")
+    attn = kwargs.pop("attn_implementation", "eager")
+    pooling, normalize = kwargs.pop("pooling", None), kwargs.pop("normalize", None)
+    kwargs.pop("num_labels", None)  # config.json carries it
+    if kwargs:
+        raise InputFileError(f"{folder}: unknown hf: build arguments {sorted(kwargs)} in condense.json")
+    if task not in _WRAPPERS:
+        raise InputFileError(f"{folder}: unknown hf: task {task!r} in condense.json (one of {tuple(_WRAPPERS)})")
+    _check_kwargs(task, None, pooling, normalize, attn)
+    path = model_folder(folder)
+    read_config(path)
+    wrapper = _WRAPPERS[task]
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        config = _auto("AutoConfig").from_pretrained(str(path), local_files_only=True)
+        hf = _auto(wrapper.auto_class).from_config(config, attn_implementation=attn)
+    if task == "sentence-embedding":
+        out: HFModel = HFSentenceEmbedding(hf, path, pooling or "mean", True if normalize is None else normalize)
+    else:
+        out = wrapper(hf, path)
+    if attn != "eager":
+        out.build_kwargs["attn_implementation"] = attn
+    return out.eval()
+
+
+# -- artifacts -------------------------------------------------------------------------------------
+def to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Wrapper state-dict keys -> transformers key names (the `hf.` prefix dropped)."""
+    return {k.removeprefix(STATE_PREFIX): v for k, v in state.items()}
+
+
+def from_hf_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers key names -> this wrapper's keys (inverse of `to_hf_state`)."""
+    own = model.state_dict()
+    return {(STATE_PREFIX + k if STATE_PREFIX + k in own or k not in own else k): v for k, v in state.items()}
+
+
+def write_side_files(model: HFModel, folder: Path) -> list[str]:
+    """config.json (from the in-memory config) and the source's tokenizer / sentence-transformers
+    files into `folder`; returns their relative paths. Each file is fsynced."""
+    cfg = copy.deepcopy(model.hf.config)
+    cfg.architectures = [type(model.hf).__name__]
+    atomic_write_text(folder / CONFIG_NAME, cfg.to_json_string(use_diff=True))
+    written = [CONFIG_NAME]
+    src = model.source_dir
+    for rel in side_files(src) if src.is_dir() else []:
+        with atomic_path(folder / rel) as tmp:
+            shutil.copyfile(src / rel, tmp)
+        written.append(rel)
+    return written
+
+
+def transformers_loadable(model: HFModel, hf_state: dict[str, torch.Tensor]) -> bool:
+    """Whether `hf_state` has exactly the keys and shapes transformers builds from the config
+    (False after structural edits such as pruned channels: then only condense.load opens it)."""
+    try:
+        with _quiet(), torch.device("meta"):
+            ref = _auto(model.auto_class).from_config(model.hf.config)
+    except Exception:  # noqa: BLE001  (a config transformers cannot rebuild: not loadable)
+        return False
+    own = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    return own == {k: tuple(v.shape) for k, v in hf_state.items()}
+
+
+def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:
+    """The `hf` section of condense.json."""
+    tf = transformers_module()
+    return {"task": model.task, "auto_class": model.auto_class, "architecture": type(model.hf).__name__,
+            "transformers_version": tf.__version__, "transformers_loadable": loadable,
+            "source": str(model.source_dir)}
+
+
+# -- tokenizers ------------------------------------------------------------------------------------
+def load_hf_tokenizer(source: str | Path | HFModel) -> Any:
+    """The fast tokenizer of a model folder (or of an hf: model's source folder), offline.
+
+    Its `model_max_length` is sentence-transformers' `max_seq_length` when the folder declares one
+    (all-MiniLM-L6-v2: 256), so `encode_texts` truncates as sentence-transformers does.
+    """
+    folder = model_folder(source.source_dir if isinstance(source, HFModel) else source)
+    tcfg_path = folder / "tokenizer_config.json"
+    tcfg = read_json(tcfg_path, "tokenizer config") if tcfg_path.is_file() else {}
+    if isinstance(tcfg, dict) and "auto_map" in tcfg:
+        raise ConfigError(f"{tcfg_path}: declares auto_map (custom tokenizer code); refused: condense never runs "
+                          "code from a model folder")
+    try:
+        with _quiet():
+            tok = _auto("AutoTokenizer").from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputFileError(f"{folder}: no usable tokenizer ({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
+    limit = max_seq_length(folder)
+    if limit is not None:
+        tok.model_max_length = limit
+    return tok
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """A dict batch (int64 input_ids, attention_mask[, token_type_ids]) padded to the longest text."""
+    if isinstance(texts, str):
+        raise ConfigError("encode_texts: pass a list of texts, not one string")
+    limit = max_length or min(int(tokenizer.model_max_length), 512)
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
+    return {k: enc[k].long() for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+__all__ = [
+    "BUILD_ARGS",
+    "HFEncoder",
+    "HFModel",
+    "HFSentenceEmbedding",
+    "HFSequenceClassifier",
+    "L2Normalize",
+    "Pooling",
+    "build_hf_model",
+    "encode_texts",
+    "load_hf_tokenizer",
+    "minilm_dir",
+    "packaged_model_dir",
+]
