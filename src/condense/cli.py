@@ -15,6 +15,13 @@ from typing import Any
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUN, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
 
 
+def on_main(fn: Any) -> Any:
+    """`fn()` on rank 0 only under torchrun (its result on every rank); `fn()` in a plain run."""
+    from condense.train.distributed import on_main as _on_main
+
+    return _on_main(fn)
+
+
 def _kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
     """Parse `key=value` pairs; values are read as YAML scalars (numbers, bools, lists)."""
     import yaml
@@ -34,6 +41,10 @@ def _kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
 
 
 def _print(obj: Any, as_json: bool, text: str | None = None) -> None:
+    from condense.train.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 speaks for the run
+        return
     if as_json:
         json.dump(obj, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
@@ -97,9 +108,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
     augment = build_augment(AugmentConfig.from_dict(_kv(args.augment, "--augment"), where="--augment"))
     result = train_model(model, splits.train, cfg, splits.val, augment=augment, resume=args.resume)
-    metrics = evaluate(result.model, splits.test)
-    save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "train_config": cfg.to_dict()})
+
+    def finish() -> dict[str, Any]:  # rank 0 only under torchrun
+        metrics = evaluate(result.model, splits.test)
+        save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+             extra={"data": {"name": data_name, "kwargs": data_kwargs}, "train_config": cfg.to_dict()})
+        return metrics
+
+    metrics = on_main(finish)
     summary = {"artifact": str(args.out), "test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch,
                "val_accuracy": result.best_metric}
     _print(summary, args.json, f"saved {args.out}  test accuracy {metrics['accuracy']:.4f} (best epoch {result.best_epoch} on validation)")
@@ -164,10 +180,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
         train_data = all_training_images(splits)
     result = distill_fit(student, teachers, train_data, cfg, splits.val, resume=args.resume)
-    metrics = evaluate(result.model, splits.test)
-    save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
-                "teachers": list(args.teacher)})
+
+    def finish() -> dict[str, Any]:  # rank 0 only under torchrun
+        metrics = evaluate(result.model, splits.test)
+        save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+             extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
+                    "teachers": list(args.teacher)})
+        return metrics
+
+    metrics = on_main(finish)
     summary = {"artifact": str(args.out), "test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch}
     _print(summary, args.json, f"saved {args.out}  student test accuracy {metrics['accuracy']:.4f}")
     return EXIT_OK
@@ -189,8 +210,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     seed_everything(cfg.train.seed)
     model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
     result = pretrain_fit(model, all_training_images(splits), cfg, resume=args.resume)
-    save(result.model, args.out, metrics={"fit": result.to_dict()},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "pretrain_config": cfg.to_dict()})
+    on_main(lambda: save(result.model, args.out, metrics={"fit": result.to_dict()},
+                         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "pretrain_config": cfg.to_dict()}))
     last = result.history[-1] if result.history else {}
     _print({"artifact": args.out, "final_train_loss": last.get("train_loss")}, args.json,
            f"saved {args.out} (self-supervised {cfg.method}; final loss {last.get('train_loss', float('nan')):.4f}); "
@@ -336,7 +357,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from condense.artifacts import save
+    from condense.core.errors import ConfigError
+    from condense.train.distributed import world
     from condense.tune import TuneConfig, tune
+
+    if world().distributed:
+        raise ConfigError("condense tune times every trial's latency, which processes running side by side would "
+                          "distort; run it without torchrun")
 
     model, meta = _load_model_arg(args.model, args.trust_pickle)
     splits, data_name, data_kwargs = _data_from(args, meta)
@@ -535,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on bad usage, 0 on --help
         return int(e.code or 0)
+    from condense.train import distributed as dist
     from condense.train.signals import stop_on_signals
 
     try:
@@ -546,6 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("condense: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        dist.destroy()
 
 
 if __name__ == "__main__":  # pragma: no cover

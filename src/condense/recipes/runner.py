@@ -12,12 +12,18 @@ A stage folder without DONE is unfinished: `resume` runs it again, continuing it
 the last checkpoint (epoch end, or the step where SIGINT / SIGTERM stopped it). Each stage's
 input models are always read back from the earlier stages' artifacts on disk, so a resumed run
 and an uninterrupted one compute exactly the same thing.
+
+Under `torchrun` every process runs the training stages (data-parallel, `fit()`); rank 0 alone
+runs the other stages, measures, and writes every file, while the others wait for it
+(`distributed.on_main`), then read the artifacts back like a resumed run does. The run folder
+must therefore be on storage every process sees (one machine, or a shared filesystem).
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ from condense.data import load_dataset
 from condense.recipes.measure import MeasureConfig, measure_model
 from condense.recipes.schema import Recipe, load_recipe
 from condense.recipes.stages import STAGES, StageContext, validate_recipe
+from condense.train import distributed as dist
 from condense.train.signals import stop_on_signals
 
 RESOLVED = "recipe.yaml"
@@ -51,11 +58,15 @@ def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False)
     recipe = load_recipe(recipe_path)
     validate_recipe(recipe)
     run = Path(out)
-    if run.exists() and any(run.iterdir()):
-        raise ConfigError(f"{run}: the run folder exists and is not empty; use `condense resume {run}` "
-                          "to continue it, or choose another --out (nothing was changed)")
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run / RESOLVED, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+    def prepare() -> None:
+        if run.exists() and any(run.iterdir()):
+            raise ConfigError(f"{run}: the run folder exists and is not empty; use `condense resume {run}` "
+                              "to continue it, or choose another --out (nothing was changed)")
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / RESOLVED, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+    dist.on_main(prepare)
     return _execute(load_recipe(run / RESOLVED), run, quiet=quiet)
 
 
@@ -81,7 +92,7 @@ def _stage_model(recipe: Recipe, run: Path, name: str | None):
 
 
 def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
-    say = (lambda m: None) if quiet else _say
+    say = (lambda m: None) if quiet or not dist.is_main() else _say
     configs = validate_recipe(recipe)
     measure_cfg = MeasureConfig.from_dict(recipe.measure, where=f"{recipe.path} measure")
     data_kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
@@ -93,50 +104,80 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
         for i, (spec, cfg) in enumerate(zip(recipe.stages, configs, strict=True)):
             folder = stage_dir(run, i, spec.name)
             kind = STAGES.get(spec.kind)
-            if (folder / DONE).exists() and not kind.measured:
+            # rank 0's view of the folder decides for every process (it alone writes there)
+            done, resuming = dist.broadcast_object(((folder / DONE).exists(), folder.exists()))
+            if done and not kind.measured:
                 # a data stage is cheap and deterministic: redo it so later stages see its data
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, re-applied")
                 model = _stage_model(recipe, run, spec.source)
                 out = kind.handler(StageContext(recipe, spec, i, folder, splits, model, [], resume=True), cfg)
                 splits = out.splits or splits
                 continue
-            if (folder / DONE).exists():
+            if done:
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, skipped")
                 rows.append(read_json(folder / "metrics.json", "stage metrics"))
                 continue
-            resuming = folder.exists()
             say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}){' (resuming)' if resuming else ''}")
-            folder.mkdir(parents=True, exist_ok=True)
-            seed_everything(recipe.seed + 7919 * (i + 1))
-            model = _stage_model(recipe, run, spec.source)
-            teachers = [_stage_model(recipe, run, t) for t in spec.teachers]
-            ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
-            t0 = time.perf_counter()
-            out = kind.handler(ctx, cfg)
-            train_s = time.perf_counter() - t0
-            if not kind.measured:
+            dist.on_main(lambda folder=folder: folder.mkdir(parents=True, exist_ok=True))
+
+            def run_stage(i: int = i, spec: Any = spec, cfg: Any = cfg, kind: Any = kind, folder: Path = folder,
+                          resuming: bool = resuming, splits: Any = splits) -> tuple[Any, float]:
+                seed_everything(recipe.seed + 7919 * (i + 1))
+                model = _stage_model(recipe, run, spec.source)
+                teachers = [_stage_model(recipe, run, t) for t in spec.teachers]
+                ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
+                t0 = time.perf_counter()
+                return kind.handler(ctx, cfg), time.perf_counter() - t0
+
+            if not kind.measured:  # a data stage: every process needs the changed data
+                out, _ = run_stage()
                 splits = out.splits or splits
-                atomic_write_json(folder / "reduce.json", {"stage": spec.name, "kind": spec.kind, "info": out.info,
-                                                           "data": splits.summary()})
-                atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+                dist.on_main(partial(_finish_data_stage, folder, spec, out, splits))
                 say(f"  {spec.name}: data now {splits.summary()}")
                 continue
-            meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
-                    "recipe": recipe.to_dict()}
-            row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
-                                metadata=meta)
-            row.update({"kind": spec.kind, "from": spec.source, "teacher": spec.teachers[0] if spec.teachers else None,
-                        "teachers": spec.teachers, "stage_time_s": round(train_s, 2), "info": out.info})
-            row["notes"] = [*row.get("notes", []), *out.notes]
-            if "report" in out.info and isinstance(out.info["report"], dict):
-                row["per_layer"] = out.info["report"].get("per_layer")
-            atomic_write_json(folder / "metrics.json", row)
-            atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+            if kind.trains:  # every process trains (data-parallel under torchrun); rank 0 measures
+                out, train_s = run_stage()
+                row = dist.on_main(partial(_measure_stage, recipe, spec, folder, splits, measure_cfg, out, train_s))
+            else:  # nothing to parallelise: rank 0 runs it and measures, the others wait
+                row = dist.on_main(partial(_run_and_measure, run_stage, recipe, spec, folder, splits, measure_cfg))
             rows.append(row)
             say(f"  {spec.name}: test accuracy {row['accuracy']:.4f}, params {row['params']:,}, "
                 f"{row['bytes_onnx']:,} bytes ONNX")
     report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__,
               "wall_time_s": round(time.perf_counter() - t_run, 1)}
+    return dist.on_main(lambda: _write_report(run, report))
+
+
+def _run_and_measure(run_stage: Any, recipe: Recipe, spec: Any, folder: Path, splits: Any,
+                     measure_cfg: MeasureConfig) -> dict[str, Any]:
+    out, seconds = run_stage()
+    return _measure_stage(recipe, spec, folder, splits, measure_cfg, out, seconds)
+
+
+def _finish_data_stage(folder: Path, spec: Any, out: Any, splits: Any) -> None:
+    atomic_write_json(folder / "reduce.json", {"stage": spec.name, "kind": spec.kind, "info": out.info,
+                                               "data": splits.summary()})
+    atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+
+
+def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure_cfg: MeasureConfig, out: Any,
+                   train_s: float) -> dict[str, Any]:
+    """Save, export and measure a stage's model; write metrics.json, then DONE (rank 0 only)."""
+    meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
+            "recipe": recipe.to_dict()}
+    row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
+                        metadata=meta)
+    row.update({"kind": spec.kind, "from": spec.source, "teacher": spec.teachers[0] if spec.teachers else None,
+                "teachers": spec.teachers, "stage_time_s": round(train_s, 2), "info": out.info})
+    row["notes"] = [*row.get("notes", []), *out.notes]
+    if "report" in out.info and isinstance(out.info["report"], dict):
+        row["per_layer"] = out.info["report"].get("per_layer")
+    atomic_write_json(folder / "metrics.json", row)
+    atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+    return row
+
+
+def _write_report(run: Path, report: dict[str, Any]) -> dict[str, Any]:
     atomic_write_json(run / "report.json", report)
     from condense.report import write_report
 

@@ -21,6 +21,7 @@ from condense.data.loader import example_inputs, heldout_inputs
 from condense.models.registry import build_model
 from condense.recipes.schema import Recipe, StageSpec, _Lines
 from condense.train.config import TrainConfig
+from condense.train.distributed import is_main, world
 
 PLANNED = {
     "factorize": "low-rank factorization is not built yet",
@@ -150,7 +151,10 @@ def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
     pruned, info = prune_and_recover(model, cfg, rc, ctx.splits.train, ctx.splits.val, example_inputs=example,
                                      resume=ctx.resume)
     make_permanent(pruned)
-    return StageOutput(pruned, info={"prune": _jsonable(info), "report": _jsonable(pruning_report(pruned, example))})
+    out = StageOutput(pruned, info={"prune": _jsonable(info)})
+    if is_main():  # the report times the model: one process, not every torchrun rank at once
+        out.info["report"] = _jsonable(pruning_report(pruned, example))
+    return out
 
 
 def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -193,6 +197,9 @@ def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.quantize import export_int8_onnx, quant_wrappers
     from condense.tune import tune
 
+    if world().distributed:
+        raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: tune stage {ctx.spec.name!r}: tune times every trial's "
+                          "latency, which processes running side by side would distort; run it without torchrun")
     cfg = cfg.replace(train={**cfg.train.to_dict(), **ctx.spec.train}) if ctx.spec.train else cfg
     result = tune(_input(ctx), ctx.splits, cfg)
     out = StageOutput(result.model, info={"tune": _jsonable(result.to_dict())}, notes=[result.message])
@@ -231,7 +238,8 @@ def run_reduce(ctx: StageContext, cfg: Config) -> StageOutput:
     info = {"method": result.method, **_jsonable(result.info)}
     if result.positions is not None:
         info["positions"] = [int(p) for p in result.positions]
-    if result.transform is not None and hasattr(result.transform, "save"):
+    # every torchrun process applies the reduction; rank 0 writes its file
+    if result.transform is not None and hasattr(result.transform, "save") and is_main():
         result.transform.save(ctx.folder / "transform.json")
     return StageOutput(ctx.model, info=info, splits=result.data)
 

@@ -21,7 +21,7 @@ from condense.train.task import Task, trained_modules
 CHECKPOINT_NAME = "last.ckpt"
 # Fields that may differ between the interrupted run and the resumed one without changing results.
 # (epochs / max_steps are not among them: they set the length of the learning-rate schedule.)
-_RESUME_FREE = {"checkpoint_dir", "log_file", "progress", "threads", "device"}
+_RESUME_FREE = {"checkpoint_dir", "log_file", "progress", "threads", "device", "num_workers", "pin_memory"}
 
 
 def save_checkpoint(

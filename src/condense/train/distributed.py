@@ -11,12 +11,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from condense.core.errors import ConfigError, RunError
+from condense.core.errors import CondenseError, ConfigError, RunError
+
+T = TypeVar("T")
 
 # How long ranks wait for each other (a barrier while rank 0 measures a stage, a collective while a
 # peer is slow) before giving up; CONDENSE_DIST_TIMEOUT_S overrides it.
@@ -66,15 +69,21 @@ def initialized() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def ensure_initialized(device_type: str = "cpu") -> World:
-    """Initialise the default process group when torchrun started several processes (idempotent)."""
+def ensure_initialized(device_type: str | None = None) -> World:
+    """Initialise the default process group when torchrun started several processes (idempotent).
+
+    Backend: gloo for CPU tensors, and nccl for CUDA tensors when this machine has CUDA (one
+    process group serves both: `cpu:gloo,cuda:nccl`), so a stage on the CPU and one on the GPU
+    can follow each other in one run. `device_type` is accepted for callers that know it.
+    """
     w = world()
     if not w.distributed or initialized():
         return w
     if not torch.distributed.is_available():
         raise RunError("torch.distributed is not available in this PyTorch build; run one process")
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
+    cuda = torch.cuda.is_available() and device_type != "cpu"
+    backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    if cuda:
         torch.cuda.set_device(w.local_rank)
     timeout = _dt.timedelta(seconds=_env_int("CONDENSE_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S))
     try:
@@ -101,14 +110,22 @@ def per_rank_batch(batch_size: int, w: World) -> int:
     return batch_size // w.size
 
 
+def _ready() -> bool:
+    """True when collectives apply: several torchrun processes (the group is joined on first use)."""
+    if not world().distributed:
+        return False
+    ensure_initialized()
+    return True
+
+
 def barrier() -> None:
-    if initialized():
+    if _ready():
         _collective(torch.distributed.barrier)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s object on every rank (the object itself in a plain run)."""
-    if not initialized():
+    if not _ready():
         return obj
     box = [obj]
     _collective(torch.distributed.broadcast_object_list, box, src=src)
@@ -117,11 +134,44 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 def any_flags(*flags: bool, device: torch.device | None = None) -> tuple[bool, ...]:
     """Element-wise OR of boolean flags over all ranks (each rank's own flags in a plain run)."""
-    if not initialized():
+    if not _ready():
         return tuple(bool(f) for f in flags)
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device or "cpu")
     _collective(torch.distributed.all_reduce, t, op=torch.distributed.ReduceOp.MAX)
     return tuple(bool(v > 0) for v in t.tolist())
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 only (files are written by one process) and return its result on every
+    rank; the others wait. When `fn` fails on rank 0, every rank raises: rank 0 its own error,
+    the others a `MainFailed` with the same message and exit code, so no process waits forever
+    for a peer that gave up. In a plain run this is `fn()`."""
+    if not _ready():
+        return fn()
+    result: Any = None
+    failure: tuple[str, int] | None = None
+    error: BaseException | None = None
+    if world().main:
+        try:
+            result = fn()
+        except BaseException as e:  # re-raised below, after the others know
+            error = e
+            code = getattr(e, "exit_code", 4)
+            failure = (f"{type(e).__name__}: {e}", int(code) if isinstance(code, int) else 4)
+    result, failure = broadcast_object((result if failure is None else None, failure))
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise MainFailed(*failure)
+    return result
+
+
+class MainFailed(CondenseError):
+    """Rank 0 failed in a step only it runs (writing files, measuring); the other ranks stop too."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(f"rank {world().rank}: rank 0 failed ({message}); stopping too")
+        self.exit_code = exit_code
 
 
 def broadcast_module(module: nn.Module, src: int = 0) -> None:
@@ -141,6 +191,18 @@ def _collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise PeerError(e) from e
 
 
+_PEER_MARKERS = ("gloo", "nccl", "connection reset", "connection closed", "broken pipe", "timed out")
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether an error raised inside a collective (DDP's gradient all-reduce, a barrier) means that
+    another process failed or vanished, rather than a bug in this one."""
+    if isinstance(e, torch.distributed.DistError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(m in text for m in _PEER_MARKERS)
+
+
 class PeerError(RunError):
     """Another torchrun process failed or vanished; this one stops without writing anything."""
 
@@ -150,17 +212,6 @@ class PeerError(RunError):
                          "stopping too, nothing written by this process")
 
 
-def ddp_wrap(module: nn.Module, device: torch.device, w: World) -> nn.Module:
-    """DistributedDataParallel around `module` (the trained modules of a task)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    try:
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=True)
-    except RuntimeError as e:
-        raise PeerError(e) from e
-
-
 def destroy() -> None:
     """Leave the process group (CLI exit)."""
     if initialized():
@@ -168,16 +219,18 @@ def destroy() -> None:
 
 
 __all__ = [
+    "MainFailed",
     "PeerError",
     "World",
     "any_flags",
     "barrier",
     "broadcast_module",
     "broadcast_object",
-    "ddp_wrap",
     "destroy",
     "ensure_initialized",
     "is_main",
+    "is_peer_failure",
+    "on_main",
     "per_rank_batch",
     "world",
 ]

@@ -252,8 +252,8 @@ def fit(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        step_fn = DistributedDataParallel(_StepModule(task), device_ids=ids, broadcast_buffers=True,
-                                          find_unused_parameters=find_unused)
+        # buffers (BatchNorm statistics) are synced from rank 0 at init and before each forward (the default)
+        step_fn = DistributedDataParallel(_StepModule(task), device_ids=ids, find_unused_parameters=find_unused)
     progress = _Progress(config.progress if main else "off", total_steps)
     progress.advance(state.step)
     for cb in callbacks:
@@ -367,6 +367,10 @@ def fit(
             progress.epoch(record)
             if ckpt_dir is not None:
                 checkpoint(epoch + 1)
+    except RuntimeError as e:  # a collective inside DDP's backward / a barrier failed: a peer is gone
+        if w.distributed and dist.is_peer_failure(e):
+            raise dist.PeerError(e) from e
+        raise
     finally:
         progress.close()
         if config.compile:
