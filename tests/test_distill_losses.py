@@ -501,3 +501,35 @@ def test_build_losses_errors():
         build_losses([{"weight": 1.0}])
     with pytest.raises(ConfigError, match="list"):
         build_losses({"name": "ce"})
+
+
+# -- embedding (Reimers & Gurevych 2020) ---------------------------------------------------------------
+def test_embedding_loss_mse_and_cosine_by_hand():
+    from condense.distill.losses import EmbeddingLoss, embedding_loss
+
+    s = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    t = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # mse: ((1-0)^2 + (0-1)^2 + 0 + (2-1)^2) / 4 = 0.75
+    assert embedding_loss(s, t, "mse").item() == pytest.approx(0.75)
+    # cosine: row 0 orthogonal (1 - 0), row 1 parallel (1 - 1): mean 0.5
+    assert embedding_loss(s, t, "cosine").item() == pytest.approx(0.5)
+    loss = EmbeddingLoss(kind="cosine")
+    assert loss.forward_inputs(LossInputs(student_logits=s, teacher_logits=t)).item() == pytest.approx(0.5)
+    assert loss.projector is None and not EmbeddingLoss.compares_classes
+
+
+def test_embedding_loss_projects_a_narrower_student_and_trains_the_projection():
+    from condense.distill.losses import EmbeddingLoss
+
+    loss = EmbeddingLoss(kind="mse")
+    inp = LossInputs(student_logits=torch.randn(4, 3), teacher_logits=torch.randn(4, 5))
+    loss.materialize(inp)
+    assert isinstance(loss.projector, nn.Linear) and loss.projector.weight.shape == (5, 3)
+    value = loss.forward_inputs(inp)
+    value.backward()
+    assert loss.projector.weight.grad is not None
+    with pytest.raises(ConfigError, match="does not match the teacher's"):
+        EmbeddingLoss(adapter="none")(torch.randn(4, 3), torch.randn(4, 5))
+    with pytest.raises(ConfigError, match="embedding.kind"):
+        EmbeddingLoss(kind="l1")
+    assert "embedding" in LOSSES.names()

@@ -15,6 +15,7 @@ from condense.distill.losses.ce import CELoss, ce_loss
 from condense.distill.losses.combined import CombinedLoss, build_losses
 from condense.distill.losses.crd import CRDLoss, crd_info_nce
 from condense.distill.losses.dkd import DKDLoss, dkd_loss, dkd_parts
+from condense.distill.losses.embedding import EmbeddingLoss, embedding_loss
 from condense.distill.losses.fitnet import FitNetLoss, fitnet_loss
 from condense.distill.losses.hard_kd import HardKDLoss, hard_kd_loss
 from condense.distill.losses.pkt import PKTLoss, pkt_loss
@@ -36,6 +37,7 @@ LOSSES.register("rkd", RKDLoss, help="relational KD: distance- and angle-wise st
 LOSSES.register("pkt", PKTLoss, help="probabilistic knowledge transfer: KL of cosine-kernel probabilities")
 LOSSES.register("crd", CRDLoss, help="contrastive representation distillation with a memory bank")
 LOSSES.register("dkd", DKDLoss, help="decoupled KD: alpha * TCKD + beta * NCKD")
+LOSSES.register("embedding", EmbeddingLoss, help="regress the teacher's output vector (sentence embedding): MSE or cosine")
 
 __all__ = [
     "LOSSES",
@@ -46,6 +48,7 @@ __all__ = [
     "CombinedLoss",
     "DKDLoss",
     "DistillLoss",
+    "EmbeddingLoss",
     "FeatureLoss",
     "FitNetLoss",
     "HardKDLoss",
@@ -61,6 +64,7 @@ __all__ = [
     "crd_info_nce",
     "dkd_loss",
     "dkd_parts",
+    "embedding_loss",
     "fitnet_loss",
     "hard_kd_loss",
     "pkt_loss",

@@ -49,6 +49,9 @@ class DistillLoss(nn.Module):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: a loss over teacher and student logits that requires them to predict the same classes
+    #: (checked before training); False for losses that regress output vectors (`embedding`).
+    compares_classes: ClassVar[bool] = True
 
     def forward_inputs(self, inp: LossInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
