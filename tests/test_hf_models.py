@@ -481,3 +481,26 @@ def test_minilm_equals_sentence_transformers_itself(minilm) -> None:
         st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         ref = st.encode(SENTENCES, convert_to_tensor=True)
         assert torch.allclose(minilm["emb"], ref, atol=1e-5)
+
+
+@needs_tf
+def test_keeping_a_subset_of_layers_copies_them_and_saves_a_shallower_folder(folders, batch, tmp_path) -> None:
+    from transformers import AutoModel
+
+    from condense.models.hf import resolve_layers
+
+    full = build_model(f"hf:{folders['st']}")
+    shallow = build_model(f"hf:{folders['st']}", layers=[1])
+    assert shallow.build_kwargs["layers"] == [1] and shallow.config.num_hidden_layers == 1
+    for k, v in shallow.hf.encoder.layer[0].state_dict().items():  # block 1 of the teacher, copied
+        assert torch.equal(v, full.hf.encoder.layer[1].state_dict()[k]), k
+    out = save(shallow, tmp_path / "shallow")
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert AutoModel.from_pretrained(str(out), local_files_only=True).config.num_hidden_layers == 1
+    with torch.no_grad():
+        assert torch.equal(load(out)(**batch), shallow(**batch))
+    assert resolve_layers(3, 6) == [0, 2, 5] and resolve_layers(2, 6) == [0, 5] and resolve_layers([1, 3], 6) == [1, 3]
+    for bad, match in (([0, 0], "strictly increasing"), ([2, 1], "strictly increasing"), ([0, 6], "out of range"),
+                       (7, "between 1 and"), ("x", "count or a list")):
+        with pytest.raises(ConfigError, match=match):
+            resolve_layers(bad, 6)

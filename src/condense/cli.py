@@ -64,9 +64,14 @@ def _data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None):
 
 
 def _load_model_arg(path: str, trust_pickle: bool):
-    """An artifact folder (or pickle with --trust-pickle) -> (model, metadata or None)."""
+    """An artifact folder, a Hugging Face folder as `hf:<folder>`, or a pickle with --trust-pickle
+    -> (model, metadata or None)."""
     from condense.artifacts import load, read_metadata
 
+    if path.startswith("hf:"):
+        from condense.models import build_model
+
+        return build_model(path), None
     p = Path(path)
     meta = read_metadata(p) if p.is_dir() else None
     return load(p, trust_pickle=trust_pickle), meta
@@ -105,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         where="condense train",
     )
     seed_everything(cfg.seed)
-    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
+    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg"), args.model))
     augment = build_augment(AugmentConfig.from_dict(_kv(args.augment, "--augment"), where="--augment"))
     result = train_model(model, splits.train, cfg, splits.val, augment=augment, resume=args.resume)
 
@@ -173,7 +178,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     raw["train"] = _train_overrides(raw, args)
     cfg = DistillConfig.from_dict(raw, where=args.config or "condense distill")
     seed_everything(cfg.train.seed)
-    student = build_model(args.student, **model_kwargs_for(splits, _kv(args.student_arg, "--student-arg")))
+    student = build_model(args.student, **model_kwargs_for(splits, _kv(args.student_arg, "--student-arg"), args.student))
     train_data = splits.train
     if args.transfer == "train+unlabelled" and splits.unlabelled is not None:
         from condense.recipes.stages import all_training_images
@@ -208,7 +213,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     raw["train"] = _train_overrides(raw, args)
     cfg = PretrainConfig.from_dict(raw, where=args.config or "condense pretrain")
     seed_everything(cfg.train.seed)
-    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg")))
+    model = build_model(args.model, **model_kwargs_for(splits, _kv(args.model_arg, "--model-arg"), args.model))
     result = pretrain_fit(model, all_training_images(splits), cfg, resume=args.resume)
     on_main(lambda: save(result.model, args.out, metrics={"fit": result.to_dict()},
                          extra={"data": {"name": data_name, "kwargs": data_kwargs}, "pretrain_config": cfg.to_dict()}))
@@ -406,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option, e.g. root=/data/cifar (repeatable)")
 
     def model_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
+        sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, "
+                                      "(or a .pt pickle with --trust-pickle)")
         sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
 
     sp = sub.add_parser("demo", help="run the whole chain on the bundled digits data")
@@ -432,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_train)
 
     sp = sub.add_parser("distill", help="distill one or more teacher artifacts into a new student")
-    sp.add_argument("--teacher", action="append", required=True, help="teacher artifact folder (repeat for multi-teacher)")
+    sp.add_argument("--teacher", action="append", required=True, help="teacher artifact folder or hf:<folder> (repeat for multi-teacher)")
     sp.add_argument("--trust-pickle", action="store_true")
-    sp.add_argument("--student", default="cnn", help="student zoo name or package.module:factory")
+    sp.add_argument("--student", default="cnn", help="student: zoo name, package.module:factory or hf:<folder> (with --student-arg layers=3)")
     sp.add_argument("--student-arg", action="append", metavar="K=V", help="student option, e.g. width=8")
     data_opts(sp)
     sp.add_argument("--config", help="YAML file with DistillConfig fields (losses, alpha, temperature, teacher_mix, train: ...)")
@@ -476,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_reduce)
 
     sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
-    sp.add_argument("model", help="artifact folder or .onnx file")
+    sp.add_argument("model", help="artifact folder, hf:<folder> or .onnx file")
     sp.add_argument("--trust-pickle", action="store_true")
     data_opts(sp)
     sp.add_argument("--split", choices=["test", "val", "train"], default="test")

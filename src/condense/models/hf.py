@@ -56,7 +56,7 @@ HF_PREFIX = "hf:"
 STATE_PREFIX = "hf."  # wrapper state-dict keys = STATE_PREFIX + transformers key names
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 POOLINGS = ("mean", "cls")
-BUILD_ARGS = ("task", "num_labels", "pooling", "normalize", "attn_implementation")
+BUILD_ARGS = ("task", "num_labels", "pooling", "normalize", "attn_implementation", "layers")
 SIGNATURE = InputSignature(required=("input_ids", "attention_mask"), optional=("token_type_ids",), keyword=True,
                            dynamic={"input_ids": (1,), "attention_mask": (1,), "token_type_ids": (1,)})
 
@@ -198,9 +198,54 @@ def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normal
         raise ConfigError(f"hf: pooling / normalize apply to task 'sentence-embedding', not {task!r}")
 
 
+def encoder_layers(hf: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a BERT-family model (`<base>.encoder.layer`)."""
+    base = getattr(hf, "base_model", hf)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"hf: {type(hf).__name__} has no BERT-style encoder.layer list; keeping a subset of layers "
+                          "supports BERT-family encoders (bert, roberta, xlm-roberta, electra, mpnet, ...)")
+    return layers
+
+
+def resolve_layers(layers: int | Sequence[int], total: int) -> list[int]:
+    """`layers` as sorted indices into `total` blocks: a list as given (checked), or an int `k`
+    meaning k blocks spread evenly from the first to the last (DistilBERT / sentence-transformers
+    initialise a shallow student this way)."""
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        if not 1 <= layers <= total:
+            raise ConfigError(f"hf: layers={layers} must be between 1 and the model's {total} layers")
+        if layers == 1:
+            return [total - 1]
+        return sorted({round(i * (total - 1) / (layers - 1)) for i in range(layers)})
+    idx = list(layers) if isinstance(layers, Sequence) and not isinstance(layers, str) else None
+    if not idx or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+        raise ConfigError(f"hf: layers must be a count or a list of layer indices, got {layers!r}")
+    if any(i < 0 or i >= total for i in idx):
+        raise ConfigError(f"hf: layers {idx} out of range: the model has layers 0..{total - 1}")
+    if any(b <= a for a, b in zip(idx, idx[1:], strict=False)):
+        raise ConfigError(f"hf: layers {idx} must be strictly increasing")
+    return idx
+
+
+def keep_layers(hf: nn.Module, layers: int | Sequence[int]) -> list[int]:
+    """Keep only the transformer blocks `layers` (their weights copied as they are), and say so
+    in the config, so `from_pretrained` opens the saved folder. Returns the kept indices."""
+    blocks = encoder_layers(hf)
+    idx = resolve_layers(layers, len(blocks))
+    base = getattr(hf, "base_model", hf)
+    base.encoder.layer = nn.ModuleList([blocks[i] for i in idx])
+    for new, block in enumerate(base.encoder.layer):  # attention layer indices (KV caches) follow the position
+        attn = getattr(getattr(block, "attention", None), "self", None)
+        if attn is not None and hasattr(attn, "layer_idx"):
+            attn.layer_idx = new
+    hf.config.num_hidden_layers = len(idx)
+    return idx
+
+
 def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | None = None,
                    pooling: str | None = None, normalize: bool | None = None,
-                   attn_implementation: str = "eager") -> HFModel:
+                   attn_implementation: str = "eager", layers: int | Sequence[int] | None = None) -> HFModel:
     """Load a local Hugging Face folder (weights included) as a condense model (module docstring).
 
     `num_labels` (sequence-classification): required when the folder has no classification
@@ -208,7 +253,10 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
     head when it has one. `pooling` ("mean" | "cls") and `normalize` (sentence-embedding): taken
     from the folder's sentence-transformers files when present, else mean + normalise.
     With task="auto", `num_labels` means "sequence-classification"; otherwise `detect_task`
-    decides. `model.build_kwargs` holds every resolved choice (the spec `build_model` records).
+    decides. `layers`: keep only these transformer blocks (a list of indices, or a count spread
+    evenly), their weights copied: the shallow-student initialisation of DistilBERT (Sanh et al.
+    2019) and sentence-transformers' distillation examples. `model.build_kwargs` holds every
+    resolved choice (the spec `build_model` records).
     """
     _check_kwargs(task, num_labels, pooling, normalize, attn_implementation)
     path = model_folder(folder)
@@ -238,6 +286,8 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
         out = wrapper(model, path)
     if attn_implementation != "eager":
         out.build_kwargs["attn_implementation"] = attn_implementation
+    if layers is not None:
+        out.build_kwargs["layers"] = keep_layers(out.hf, layers)
     return out.eval()
 
 
@@ -279,6 +329,7 @@ def build_from_artifact(folder: Path, kwargs: dict[str, Any]) -> HFModel:
     attn = kwargs.pop("attn_implementation", "eager")
     pooling, normalize = kwargs.pop("pooling", None), kwargs.pop("normalize", None)
     kwargs.pop("num_labels", None)  # config.json carries it
+    kwargs.pop("layers", None)  # config.json carries the kept depth; the weights are the kept blocks
     if kwargs:
         raise InputFileError(f"{folder}: unknown hf: build arguments {sorted(kwargs)} in condense.json")
     if task not in _WRAPPERS:

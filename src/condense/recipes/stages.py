@@ -87,8 +87,12 @@ def _train_config(ctx: StageContext) -> TrainConfig:
     return TrainConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} train")
 
 
-def model_kwargs_for(splits: Splits, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Fill input/class shape arguments of a zoo model from the data (explicit kwargs win)."""
+def model_kwargs_for(splits: Splits, kwargs: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """Fill input/class shape arguments of a zoo model from the data (explicit kwargs win).
+
+    A model named `package.module:factory` or `hf:<folder>` takes only the kwargs given."""
+    if name is not None and ":" in name:
+        return dict(kwargs)
     if len(splits.input_shape) == 1:
         base = {"in_features": splits.input_shape[0], "num_classes": splits.num_classes}
     else:
@@ -101,7 +105,7 @@ def build_stage_model(ctx: StageContext) -> nn.Module:
     torch.manual_seed(ctx.recipe.seed + 1000 * (ctx.index + 1))
     name = spec["name"]
     kwargs = dict(spec.get("kwargs") or {})
-    return build_model(name, **(model_kwargs_for(ctx.splits, kwargs) if ":" not in name else kwargs))
+    return build_model(name, **model_kwargs_for(ctx.splits, kwargs, name))
 
 
 def _input(ctx: StageContext) -> nn.Module:
