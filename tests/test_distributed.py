@@ -139,3 +139,27 @@ def test_cli_train_under_torchrun_writes_one_artifact(tmp_path):
     assert bad.returncode != 0
     assert "must be divisible by the number of processes (2" in bad.stderr
     assert not (tmp_path / "bad" / "condense.json").exists()
+
+
+RECIPE = """
+version: 1
+name: ddp-recipe
+data: {name: digits}
+measure: {batch_sizes: [1], repeats: 3, runtimes: [onnxruntime]}
+stages:
+  - {name: teacher, kind: train, model: {name: mlp, kwargs: {hidden: [32]}}, train: {epochs: 4, lr: 0.01, batch_size: 64}}
+  - {name: int8, kind: quantize, from: teacher, config: {method: static}}
+"""
+
+
+def test_recipe_run_under_torchrun_trains_on_every_rank_and_writes_once(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    res = torchrun("-m", "condense", "run", str(recipe), "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("run folder:") == 1 and res.stderr.count("stage 1/2 teacher") == 1
+    import json
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == ["teacher", "int8"]
+    assert report["stages"][0]["accuracy"] > 0.5 and (tmp_path / "run" / "02-int8" / "model.int8.onnx").is_file()
