@@ -12,9 +12,13 @@ from typing import Any
 
 from condense.core.errors import ConfigError, did_you_mean
 from condense.core.registry import Registry
-from condense.data import cifar10, digits, imagefolder, mnist, tabular
+from condense.data import cifar10, digits, imagefolder, mnist, tabular, text
 from condense.data.augment import Augment, AugmentConfig, build_augment
 from condense.data.base import ArrayDataset, Splits, iterate_batches, make_splits, num_batches
+from condense.data.images import ImageFolderDataset
+from condense.data.lazy import SampleReadError
+from condense.data.text import TextDataset, text_dataset
+from condense.data.tokenizer import TextTokenizer, load_tokenizer
 
 DATASETS: Registry[Callable[..., Splits]] = Registry("dataset")
 
@@ -25,6 +29,7 @@ DATASETS.register("imagefolder", imagefolder.load_imagefolder)
 DATASETS.register("csv", tabular.load_csv)
 DATASETS.register("jsonl", tabular.load_jsonl)
 DATASETS.register("breast_cancer", tabular.load_breast_cancer)
+DATASETS.register("text", text.load_text)
 
 
 def dataset_options(name: str) -> list[str]:
@@ -56,12 +61,18 @@ __all__ = [
     "ArrayDataset",
     "Augment",
     "AugmentConfig",
+    "ImageFolderDataset",
+    "SampleReadError",
     "Splits",
+    "TextDataset",
+    "TextTokenizer",
     "build_augment",
     "dataset_options",
     "iterate_batches",
     "list_datasets",
     "load_dataset",
+    "load_tokenizer",
     "make_splits",
     "num_batches",
+    "text_dataset",
 ]
