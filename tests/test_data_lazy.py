@@ -51,7 +51,7 @@ def test_lazy_items_and_batches(tmp_path):
     assert item["target"].dtype == torch.int64 and s.train.labelled
     batches = list(as_source(s.train).batches(4))
     assert [len(b["index"]) for b in batches] == [4] * (len(s.train) // 4) + [len(s.train) % 4] * (len(s.train) % 4 > 0)
-    assert torch.equal(torch.cat([b["index"] for b in batches]), torch.arange(len(s.train)))
+    assert torch.equal(torch.cat([b["index"] for b in batches]), torch.from_numpy(s.train.sample_ids))
     assert batches[0]["input"].shape == (4, 3, 16, 16) and batches[0]["target"].dtype == torch.int64
     assert set(s.info["normalize"]) == {"mean", "std", "sample"} and s.info["normalize"]["sample"] == len(s.train)
     gray = load_dataset("imagefolder", root=tmp_path / "imgs", image_size=(8, 12), mode="L", lazy=True)
@@ -100,6 +100,19 @@ def test_lazy_splits_deterministic_disjoint_stratified(tmp_path):
     assert np.bincount(a.test.targets).tolist() == [2, 2, 2]  # 20 % of each class
     pos = split_positions(np.repeat([0, 1, 2], 10), name="x", seed=1)
     assert sorted(np.concatenate([pos.train, pos.val, pos.test]).tolist()) == list(range(30))
+
+
+def test_lazy_sample_ids_unique_across_splits_so_train_and_unlabelled_concatenate(tmp_path):
+    from condense.data.loader import concat
+
+    _write_folder(tmp_path / "imgs", per_class=10)
+    s = load_dataset("imagefolder", root=tmp_path / "imgs", lazy=True, seed=1, labelled_fraction=0.5)
+    ids = [as_source(getattr(s, k)).ids() for k in ("train", "val", "test", "unlabelled")]
+    joined = np.concatenate(ids)
+    assert len(np.unique(joined)) == len(joined) == 30
+    both = as_source(concat([s.train, s.unlabelled]))  # an SSL stage reads both parts as one source
+    assert sorted(both.ids().tolist()) == sorted(np.concatenate(ids[::3]).tolist())
+    assert s.train.uses_random is False  # decoding is deterministic: no per-item seeding
 
 
 def test_workers_give_the_same_batches_as_one_process(tmp_path):

@@ -132,6 +132,8 @@ def test_splits_deterministic_and_labelled_fraction(tok_dir, tmp_path):
     u = load_dataset("text", path=path, tokenizer=tok_dir, label_field="label", labelled_fraction=0.25)
     assert u.unlabelled is not None and not u.unlabelled.labelled and u.train.labelled
     assert len(u.train) + len(u.unlabelled) == len(a.train)
+    ids = np.concatenate([as_source(x).ids() for x in (u.train, u.unlabelled, u.val, u.test)])
+    assert len(np.unique(ids)) == len(ids) == 60  # one id space across the file's splits
 
 
 def test_text_dataset_helper_workers_and_token_types(tok_dir):

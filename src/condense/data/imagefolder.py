@@ -172,7 +172,8 @@ def _load_lazy(
                                stamps=whole.stamps, class_names=classes)
     if official:
         test = ImageFolderDataset(root, *kept["test"], size=size, mode=mode, mean=mean, std=std,
-                                  class_names=classes)
+                                  class_names=classes,
+                                  sample_ids=len(whole) + np.arange(len(kept["test"][0]), dtype=np.int64))
     else:
         test = whole.subset(pos.test)
     return Splits(

@@ -83,6 +83,7 @@ class ImageFolderDataset(Dataset):
         std: Sequence[float],
         stamps: np.ndarray | None = None,
         class_names: Sequence[str] = (),
+        sample_ids: np.ndarray | None = None,
     ) -> None:
         self.root = os.fspath(root)
         self.names = np.asarray(names, dtype=np.bytes_)
@@ -95,8 +96,13 @@ class ImageFolderDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32).reshape(channels, 1, 1)
         self.stamps = file_stamps(self.root, self.names) if stamps is None else np.asarray(stamps, np.int64)
         self.class_names = list(class_names)
+        # ids unique across the folder's splits (train + unlabelled may be concatenated)
+        self.sample_ids = (np.arange(len(self.names), dtype=np.int64) if sample_ids is None
+                           else np.asarray(sample_ids, dtype=np.int64))
         self._mean_t, self._std_t = torch.from_numpy(self.mean), torch.from_numpy(self.std)
         self._fingerprint: str | None = None
+
+    uses_random = False  # decoding is deterministic: the loader need not seed each item
 
     @property
     def labelled(self) -> bool:
@@ -132,7 +138,7 @@ class ImageFolderDataset(Dataset):
         return ImageFolderDataset(
             self.root, self.names[pos], None if self.targets is None else self.targets[pos], size=self.size,
             mode=self.mode, mean=self.mean.ravel(), std=self.std.ravel(), stamps=self.stamps[pos],
-            class_names=self.class_names,
+            class_names=self.class_names, sample_ids=self.sample_ids[pos],
         )
 
     def without_labels(self) -> ImageFolderDataset:

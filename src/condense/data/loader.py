@@ -322,10 +322,18 @@ class DatasetSource(BatchSource):
         chunks = _chunks(pos, batch_size, drop_last)[start:]
         if not chunks:
             return
-        wrapped = _Indexed(self.dataset, self._ids, seed * ORDER_SEED_STRIDE + epoch)
+        # a dataset that declares `uses_random = False` skips the per-item seeding (~0.4 ms an item)
+        item_seed = seed * ORDER_SEED_STRIDE + epoch if getattr(self.dataset, "uses_random", True) else None
+        wrapped = _Indexed(self.dataset, self._ids, item_seed)
         loader = DataLoader(wrapped, batch_sampler=chunks, num_workers=num_workers, collate_fn=wrapped.collate,
                             pin_memory=pin_memory)
-        yield from loader
+        it = iter(loader)
+        try:
+            yield from it
+        finally:  # a consumer that stops early (evaluate on a head, a failed step) ends the workers now
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
 
     def head(self, n: int) -> dict[str, torch.Tensor]:
         wrapped = _Indexed(self.dataset, self._ids, None)
@@ -425,6 +433,7 @@ class IdSubset(Dataset):
         flag = getattr(dataset, "labelled", None)
         if isinstance(flag, bool):
             self.labelled = flag
+        self.uses_random = getattr(dataset, "uses_random", True)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -549,6 +558,7 @@ class IdConcat(Dataset):
         self.sample_ids = np.concatenate([as_source(p).ids() for p in self.parts]) if self.parts else np.zeros(0, np.int64)
         if len(np.unique(self.sample_ids)) != len(self.sample_ids):
             raise DataError("concatenated datasets share sample ids; give each part distinct ids")
+        self.uses_random = any(getattr(p, "uses_random", True) for p in self.parts)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

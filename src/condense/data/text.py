@@ -45,7 +45,8 @@ class TextDataset(Dataset):
     """
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_id: int, type_ids: np.ndarray | None = None,
-                 targets: np.ndarray | None = None, class_names: Sequence[str] = (), source: str = "") -> None:
+                 targets: np.ndarray | None = None, class_names: Sequence[str] = (), source: str = "",
+                 sample_ids: np.ndarray | None = None) -> None:
         self.ids = np.asarray(ids, dtype=np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.type_ids = None if type_ids is None else np.asarray(type_ids, dtype=np.int8)
@@ -54,7 +55,12 @@ class TextDataset(Dataset):
         n = len(self.offsets) - 1
         if n < 0 or (self.targets is not None and len(self.targets) != n):
             raise ConfigError(f"TextDataset: {n} samples but {0 if self.targets is None else len(self.targets)} labels")
+        # ids unique across the file's splits (train + unlabelled may be concatenated)
+        self.sample_ids = (np.arange(max(n, 0), dtype=np.int64) if sample_ids is None
+                           else np.asarray(sample_ids, dtype=np.int64))
         self._fingerprint: str | None = None
+
+    uses_random = False  # items are fixed token ids: the loader need not seed each item
 
     @property
     def labelled(self) -> bool:
@@ -104,11 +110,11 @@ class TextDataset(Dataset):
         return TextDataset(self.ids[gather], offsets, pad_id=self.pad_id,
                            type_ids=None if self.type_ids is None else self.type_ids[gather],
                            targets=None if self.targets is None else self.targets[pos],
-                           class_names=self.class_names, source=self.source)
+                           class_names=self.class_names, source=self.source, sample_ids=self.sample_ids[pos])
 
     def without_labels(self) -> TextDataset:
         return TextDataset(self.ids, self.offsets, pad_id=self.pad_id, type_ids=self.type_ids,
-                           class_names=self.class_names, source=self.source)
+                           class_names=self.class_names, source=self.source, sample_ids=self.sample_ids)
 
     def fingerprint(self) -> str:
         """Hash of the token ids, offsets, type ids, labels and pad id (the content itself)."""
