@@ -80,3 +80,52 @@ def test_distill_minilm_into_three_layers_on_a_text_file(corpus, tmp_path):
     assert on_onnx["min_cosine"] > 0.9999
     prof = condense.profile(student, example, batch_sizes=(1,), seq_len=32, repeats=3, runtimes=("torch",))
     assert prof["seq_len"] == 32 and prof["input_shape"]["input_ids"] == [32]
+
+
+def test_cli_distills_an_hf_teacher_on_a_text_file(corpus, tmp_path, capsys):
+    from condense.cli import main
+    from condense.models.hf import minilm_dir
+
+    out = tmp_path / "student"
+    code = main(["distill", "--teacher", f"hf:{minilm_dir()}", "--student-layers", "2", "--data", f"text:{corpus}",
+                 "--data-arg", "max_length=32", "--epochs", "1", "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    ref = summary["test"]["reference"]
+    assert 0.0 < ref["mean_cosine"] <= 1.0 and "accuracy" not in summary  # an encoder: scored against the teacher
+    student = condense.load(out)
+    assert student.config.num_hidden_layers == 2 and student.task == "sentence-embedding"
+    meta = json.loads((out / "condense.json").read_text())
+    assert meta["extra"]["distill_config"]["losses"][0]["name"] == "embedding"  # the encoder default
+    assert meta["extra"]["distill_config"]["train"]["lr"] == 1e-4
+
+
+def test_recipe_scores_encoder_stages_against_the_first_model(corpus, tmp_path):
+    import yaml
+
+    from condense.models.hf import minilm_dir
+    from condense.recipes import run_recipe
+    from condense.report.data import load_run
+    from condense.report.summary import summarize
+
+    folder = minilm_dir()
+    recipe = {
+        "version": 1, "name": "nlp", "seed": 0,
+        "data": {"name": "text", "path": str(corpus), "tokenizer": str(folder), "max_length": 32},
+        "measure": {"batch_sizes": [1], "repeats": 3, "runtimes": ["onnxruntime"]},
+        "stages": [
+            {"name": "teacher", "kind": "evaluate", "model": {"name": f"hf:{folder}"}},
+            {"name": "student", "kind": "distill", "model": {"name": f"hf:{folder}", "kwargs": {"layers": 2}},
+             "teacher": "teacher", "config": {"losses": [{"name": "embedding", "kind": "cosine"}]},
+             "train": {"epochs": 1, "lr": 1e-4, "batch_size": 32}},
+        ],
+    }
+    path = tmp_path / "nlp.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    report = run_recipe(path, tmp_path / "run", quiet=True)
+    teacher, student = report["stages"]
+    assert teacher["mean_cosine"] == pytest.approx(1.0, abs=1e-5) and teacher["accuracy"] is None
+    assert 0.0 < student["mean_cosine"] < 1.0 and student["onnx_mean_cosine"] == pytest.approx(student["mean_cosine"], abs=1e-3)
+    rep = summarize(load_run(tmp_path / "run"))
+    assert "mean_cosine" in [c.key for c in rep.columns]
+    assert "cosine to teacher" in (tmp_path / "run" / "report.html").read_text()

@@ -52,15 +52,60 @@ def _print(obj: Any, as_json: bool, text: str | None = None) -> None:
         print(text if text is not None else json.dumps(obj, indent=2, default=str))
 
 
-def _data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None):
+#: `--data NAME:VALUE` shorthands: the option VALUE fills (`text:notes.jsonl`, `imagefolder:photos/`)
+DATA_SHORTHAND = {"text": "path", "csv": "path", "jsonl": "path", "imagefolder": "root", "cifar10": "root",
+                  "mnist": "root"}
+
+
+def _data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None, tokenizer: str | None = None):
+    """(splits, name, kwargs) from --data / --data-arg, else the artifact's own data. `text` data
+    without a tokenizer= option uses `tokenizer` (the folder of the hf: model being compressed)."""
     from condense.data import load_dataset
 
     name = args.data
     kwargs = _kv(args.data_arg, "--data-arg")
+    if name and ":" in name and name.split(":", 1)[0] in DATA_SHORTHAND:
+        name, value = name.split(":", 1)
+        kwargs = {DATA_SHORTHAND[name]: value, **kwargs}
     if name is None and meta and meta.get("data"):
         name = meta["data"]["name"]
         kwargs = {**meta["data"].get("kwargs", {}), **kwargs}
+    if name in ("text", "stdlib-text") and "tokenizer" not in kwargs and tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
     return load_dataset(name or "digits", **kwargs), name or "digits", kwargs
+
+
+def _layers_arg(text: str) -> int | list[int]:
+    try:
+        return int(text) if "," not in text else [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer count (3) or a list (0,2,4), got {text!r}") from None
+
+
+def _hf_folder_of(arg: str, model: Any) -> str | None:
+    """The folder holding an hf: model's tokenizer: the hf: folder itself, or the saved artifact."""
+    from condense.models.hf import HFModel
+
+    if not isinstance(model, HFModel):
+        return None
+    return arg[3:] if arg.startswith("hf:") else arg
+
+
+def _test_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dict[str, Any], str]:
+    """Test metrics and a one-line summary: accuracy on labelled classification data, else (an
+    encoder on unlabelled text) how closely the outputs follow `reference` (the teacher)."""
+    from condense.core.errors import ConfigError
+    from condense.evaluate import evaluate
+    from condense.models.hf import HFModel
+
+    if not (isinstance(model, HFModel) and model.task != "sequence-classification"):
+        m = evaluate(model, splits.test)
+        return m, f"test accuracy {m['accuracy']:.4f}"
+    if reference is None:
+        raise ConfigError("this model's outputs are not class scores; compare it with a reference model")
+    m = evaluate(model, splits.test, reference=reference)
+    r = m["reference"]
+    return m, f"test mean cosine to the teacher {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
 
 
 def _load_model_arg(path: str, trust_pickle: bool):
@@ -159,9 +204,9 @@ def _train_overrides(raw: dict[str, Any], args: argparse.Namespace) -> dict[str,
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from condense.artifacts import save
+    from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
-    from condense.distill import DistillConfig, distill_fit
-    from condense.evaluate import evaluate
+    from condense.distill import DistillConfig, distill_fit, teacher_defaults
     from condense.models import build_model
     from condense.recipes.stages import model_kwargs_for
 
@@ -170,15 +215,25 @@ def cmd_distill(args: argparse.Namespace) -> int:
         model, meta = _load_model_arg(t, args.trust_pickle)
         teachers.append(model)
         metas.append(meta)
-    splits, data_name, data_kwargs = _data_from(args, metas[0])
+    hf_folder = _hf_folder_of(args.teacher[0], teachers[0])
+    splits, data_name, data_kwargs = _data_from(args, metas[0], tokenizer=hf_folder)
     raw = _yaml_mapping(args.config, "distillation config")
     for key, value in (("alpha", args.alpha), ("temperature", args.temperature)):
         if value is not None:
             raw[key] = value
+    raw = teacher_defaults(raw, teachers[0])
     raw["train"] = _train_overrides(raw, args)
     cfg = DistillConfig.from_dict(raw, where=args.config or "condense distill")
     seed_everything(cfg.train.seed)
-    student = build_model(args.student, **model_kwargs_for(splits, _kv(args.student_arg, "--student-arg"), args.student))
+    student_kwargs = _kv(args.student_arg, "--student-arg")
+    student_name = args.student
+    if student_name is None:  # a BERT teacher's default student: its own layers, fewer of them
+        student_name = f"hf:{hf_folder}" if hf_folder is not None else "cnn"
+    if args.student_layers is not None:
+        if not student_name.startswith("hf:"):
+            raise ConfigError("--student-layers needs a Hugging Face teacher or student (hf:<folder>)")
+        student_kwargs["layers"] = args.student_layers
+    student = build_model(student_name, **model_kwargs_for(splits, student_kwargs, student_name))
     train_data = splits.train
     if args.transfer == "train+unlabelled" and splits.unlabelled is not None:
         from condense.recipes.stages import all_training_images
@@ -186,16 +241,19 @@ def cmd_distill(args: argparse.Namespace) -> int:
         train_data = all_training_images(splits)
     result = distill_fit(student, teachers, train_data, cfg, splits.val, resume=args.resume)
 
-    def finish() -> dict[str, Any]:  # rank 0 only under torchrun
-        metrics = evaluate(result.model, splits.test)
+    def finish() -> tuple[dict[str, Any], str]:  # rank 0 only under torchrun
+        metrics, line = _test_metrics(result.model, splits, teachers[0])
         save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
              extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
                     "teachers": list(args.teacher)})
-        return metrics
+        return metrics, line
 
-    metrics = on_main(finish)
-    summary = {"artifact": str(args.out), "test_accuracy": metrics["accuracy"], "best_epoch": result.best_epoch}
-    _print(summary, args.json, f"saved {args.out}  student test accuracy {metrics['accuracy']:.4f}")
+    metrics, line = on_main(finish)
+    summary = {"artifact": str(args.out), "test": {k: v for k, v in metrics.items() if k != "confusion"},
+               "best_epoch": result.best_epoch}
+    if "accuracy" in metrics:
+        summary["test_accuracy"] = metrics["accuracy"]
+    _print(summary, args.json, f"saved {args.out}  student {line}")
     return EXIT_OK
 
 
@@ -393,7 +451,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from condense.demo import run_demo
 
-    report = run_demo(args.out, epochs=args.epochs, quiet=args.json)
+    report = run_demo(args.out, epochs=args.epochs, quiet=args.json, task=args.task)
     if args.json:
         _print(report, True)
     return EXIT_OK
@@ -417,7 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="run the whole chain on the bundled digits data")
     sp.add_argument("--out", default="condense-demo", help="run folder (default: ./condense-demo)")
-    sp.add_argument("--epochs", type=int, default=None, help="teacher epochs (default: the demo's setting)")
+    sp.add_argument("--epochs", type=int, default=None, help="epochs of every training stage (default: the demo's)")
+    sp.add_argument("--task", choices=["vision", "text"], default="vision",
+                    help="vision: digits CNN chain (default); text: all-MiniLM-L6-v2 -> small BERT (nlp extra)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_demo)
 
@@ -440,7 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("distill", help="distill one or more teacher artifacts into a new student")
     sp.add_argument("--teacher", action="append", required=True, help="teacher artifact folder or hf:<folder> (repeat for multi-teacher)")
     sp.add_argument("--trust-pickle", action="store_true")
-    sp.add_argument("--student", default="cnn", help="student: zoo name, package.module:factory or hf:<folder> (with --student-arg layers=3)")
+    sp.add_argument("--student", default=None, help="student: zoo name, package.module:factory or hf:<folder> "
+                    "(default: cnn, or the teacher's own folder for an hf: teacher)")
+    sp.add_argument("--student-layers", default=None, type=_layers_arg, metavar="N|I,J,K",
+                    help="hf: student keeps N evenly spread layers of its folder, or the listed ones (0-based)")
     sp.add_argument("--student-arg", action="append", metavar="K=V", help="student option, e.g. width=8")
     data_opts(sp)
     sp.add_argument("--config", help="YAML file with DistillConfig fields (losses, alpha, temperature, teacher_mix, train: ...)")

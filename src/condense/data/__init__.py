@@ -12,7 +12,7 @@ from typing import Any
 
 from condense.core.errors import ConfigError, did_you_mean
 from condense.core.registry import Registry
-from condense.data import cifar10, digits, imagefolder, mnist, tabular, text
+from condense.data import cifar10, digits, imagefolder, mnist, stdlib_text, tabular, text
 from condense.data.augment import Augment, AugmentConfig, build_augment
 from condense.data.base import ArrayDataset, Splits, iterate_batches, make_splits, num_batches
 from condense.data.images import ImageFolderDataset
@@ -30,6 +30,7 @@ DATASETS.register("csv", tabular.load_csv)
 DATASETS.register("jsonl", tabular.load_jsonl)
 DATASETS.register("breast_cancer", tabular.load_breast_cancer)
 DATASETS.register("text", text.load_text)
+DATASETS.register("stdlib-text", stdlib_text.load_stdlib_text)
 
 
 def dataset_options(name: str) -> list[str]:

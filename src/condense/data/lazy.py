@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -92,6 +92,65 @@ def split_positions(
     return SplitPositions(train_pos, val_pos, test_pos, unl_pos)
 
 
+def group_split_positions(
+    y: np.ndarray,
+    groups: Sequence[str],
+    *,
+    name: str,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    labelled_fraction: float | None = None,
+) -> SplitPositions:
+    """Train / val / test positions that keep each group whole (every sample of a module, a
+    document, a speaker goes to one split), so test groups are unseen in training.
+
+    Per class (a group's class is its most common label), groups are shuffled with `seed` and
+    taken in that order into test while the test share stays within 1.25x `test_fraction` of the
+    class's samples (a group too large waits; if all are, the smallest goes), then likewise into
+    val; the rest train (always at least one group). A class with fewer than 3 groups cannot be split this way and is an
+    error naming it. `labelled_fraction` then splits train samples (not groups), stratified.
+    """
+    check_fractions(val_fraction, test_fraction, labelled_fraction)
+    if test_fraction <= 0:
+        raise ConfigError(f"{name}: test_fraction must be > 0")
+    y = np.asarray(y).astype(np.int64)
+    if len(groups) != len(y):
+        raise ConfigError(f"{name}: {len(y)} samples but {len(groups)} group values")
+    names, gid = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    rng = np.random.default_rng([seed, 7])
+    sizes = np.bincount(gid, minlength=len(names))
+    group_class = np.array([np.bincount(y[gid == g]).argmax() for g in range(len(names))])
+    split_of = np.zeros(len(names), np.int64)  # 0 train, 1 val, 2 test
+    for c in np.unique(group_class):
+        members = np.flatnonzero(group_class == c)
+        if len(members) < 3:
+            raise ConfigError(f"{name}: class {int(c)} has {len(members)} group(s); splitting by group needs "
+                              "at least 3 per class (train, val and test)")
+        members = list(members[rng.permutation(len(members))])
+        total = int(sizes[members].sum())
+        for target, code in ((test_fraction, 2), (val_fraction, 1)):
+            goal, got = target * total, 0
+            if goal <= 0:
+                continue
+            for g in list(members):  # shuffled order; a group that would overshoot by > 25 % waits
+                if got < goal and len(members) > 1 and got + sizes[g] <= 1.25 * goal:
+                    split_of[g], got = code, got + int(sizes[g])
+                    members.remove(g)
+            if got == 0 and len(members) > 1:  # every group is large: the smallest one
+                g = min(members, key=lambda m: sizes[m])
+                split_of[g] = code
+                members.remove(g)
+    sample_split = split_of[gid]
+    test_pos, val_pos = np.flatnonzero(sample_split == 2), np.flatnonzero(sample_split == 1)
+    train_pos = np.flatnonzero(sample_split == 0)
+    unl_pos = None
+    if labelled_fraction is not None and labelled_fraction < 1.0 and len(train_pos):
+        lab, unl = _stratified_take(y[train_pos], labelled_fraction, rng)
+        train_pos, unl_pos = train_pos[lab], train_pos[unl]
+    return SplitPositions(train_pos, val_pos, test_pos, unl_pos)
+
+
 def names_array(names: Iterable[str]) -> np.ndarray:
     """Relative file names as one fixed-width bytes array (os.fsencode: any file name survives)."""
     arr = np.array([os.fsencode(n) for n in names], dtype=np.bytes_)
@@ -126,6 +185,7 @@ __all__ = [
     "SplitPositions",
     "check_fractions",
     "file_stamps",
+    "group_split_positions",
     "hash_parts",
     "names_array",
     "split_positions",

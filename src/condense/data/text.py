@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
 from condense.data.base import Splits
-from condense.data.lazy import hash_parts, split_positions
+from condense.data.lazy import group_split_positions, hash_parts, split_positions
 from condense.data.tabular import encode_labels
 from condense.data.tokenizer import TextTokenizer, load_tokenizer
 
@@ -215,13 +215,14 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             yield n, (text.removeprefix("\ufeff") if n == 1 else text)
 
 
-def _read_txt(path: Path) -> Iterator[tuple[str, Any]]:
+def _read_txt(path: Path) -> Iterator[tuple[str, Any, Any]]:
     for _, line in _lines(path):
         if line.strip():
-            yield line.strip(), None
+            yield line.strip(), None, None
 
 
-def _read_jsonl(path: Path, text_field: str, label_field: str | None) -> Iterator[tuple[str, Any]]:
+def _read_jsonl(path: Path, text_field: str, label_field: str | None,
+                group_field: str | None = None) -> Iterator[tuple[str, Any, Any]]:
     for n, line in _lines(path):
         if not line.strip():
             continue
@@ -231,7 +232,7 @@ def _read_jsonl(path: Path, text_field: str, label_field: str | None) -> Iterato
             raise InputFileError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise InputFileError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        for key in (text_field, label_field):
+        for key in (text_field, label_field, group_field):
             if key is not None and key not in obj:
                 raise InputFileError(f"{path}:{n}: no field {key!r}{did_you_mean(key, list(obj))}; "
                                      f"fields: {', '.join(obj) or 'none'}")
@@ -241,10 +242,14 @@ def _read_jsonl(path: Path, text_field: str, label_field: str | None) -> Iterato
         label = None if label_field is None else obj[label_field]
         if label_field is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
             raise InputFileError(f"{path}:{n}: field {label_field!r} must be a string or an integer, got {label!r}")
-        yield text, label
+        group = None if group_field is None else obj[group_field]
+        if group_field is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+            raise InputFileError(f"{path}:{n}: field {group_field!r} must be a string or an integer, got {group!r}")
+        yield text, label, group
 
 
-def _read_csv(path: Path, text_field: str, label_field: str | None, delimiter: str) -> Iterator[tuple[str, Any]]:
+def _read_csv(path: Path, text_field: str, label_field: str | None, delimiter: str,
+              group_field: str | None = None) -> Iterator[tuple[str, Any, Any]]:
     lines = _lines(path)
     line_no = 0
 
@@ -259,18 +264,20 @@ def _read_csv(path: Path, text_field: str, label_field: str | None, delimiter: s
         if header is None:
             raise InputFileError(f"{path}: empty file (expected a header row naming the columns)")
         header = [h.strip() for h in header]
-        for key in (text_field, label_field):
+        for key in (text_field, label_field, group_field):
             if key is not None and key not in header:
                 raise InputFileError(f"{path}: no column {key!r}{did_you_mean(key, header)}; "
                                      f"columns: {', '.join(header)}")
         t_at = header.index(text_field)
         l_at = None if label_field is None else header.index(label_field)
+        g_at = None if group_field is None else header.index(group_field)
         for row in reader:
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) != len(header):
                 raise InputFileError(f"{path}:{line_no}: expected {len(header)} fields, got {len(row)}")
-            yield row[t_at], None if l_at is None else row[l_at].strip()
+            yield (row[t_at], None if l_at is None else row[l_at].strip(),
+                   None if g_at is None else row[g_at].strip())
     except csv.Error as e:
         raise InputFileError(f"{path}:{line_no}: malformed CSV ({e})") from None
 
@@ -302,6 +309,7 @@ def load_text(
     max_length: int | None = 128,
     delimiter: str | None = None,
     token_type_ids: bool | None = None,
+    group_field: str | None = None,
 ) -> Splits:
     """Text from JSONL / CSV / .txt file(s) at `path`, tokenized with the local folder `tokenizer`.
 
@@ -309,7 +317,9 @@ def load_text(
     `text_field` / `label_field`: the JSONL key or CSV column of the text and of the label (no
     labels in .txt). `max_length`: tokens kept per sample (null: no truncation). `delimiter`:
     CSV separator (default ',' or tab for .tsv). `token_type_ids`: whether batches carry them
-    (null: when the tokenizer produces them). Unlabelled corpora have `num_classes` 0.
+    (null: when the tokenizer produces them). `group_field`: a key / column naming each sample's
+    group (a document, a module, a speaker): whole groups go to one split, so test groups are
+    unseen in training. Unlabelled corpora have `num_classes` 0.
     """
     if path is None:
         raise ConfigError("text: pass path=<.jsonl, .csv or .txt file> (or a list of them)")
@@ -324,37 +334,73 @@ def load_text(
             raise InputFileError(f"{p}: text file not found")
     if label_field is not None and "txt" in formats:
         raise ConfigError("text: plain-text files have no labels; drop label_field or use JSONL / CSV")
+    if group_field is not None and "txt" in formats:
+        raise ConfigError("text: plain-text files have no fields; group_field needs JSONL / CSV")
     if labelled_fraction is not None and label_field is None:
         raise ConfigError("text: labelled_fraction needs labels (label_field=...)")
     tok = load_tokenizer(tokenizer, max_length=max_length, token_type_ids=token_type_ids)
     labels: list[Any] = []
+    groups: list[Any] = []
 
     def samples() -> Iterator[str]:
         for p, fmt in zip(paths, formats, strict=True):
             if fmt == "txt":
                 rows = _read_txt(p)
             elif fmt == "jsonl":
-                rows = _read_jsonl(p, text_field, label_field)
+                rows = _read_jsonl(p, text_field, label_field, group_field)
             else:
                 sep = delimiter if delimiter is not None else ("\t" if p.suffix.lower() == ".tsv" else ",")
-                rows = _read_csv(p, text_field, label_field, sep)
-            for text, label in rows:
+                rows = _read_csv(p, text_field, label_field, sep, group_field)
+            for text, label, group in rows:
                 labels.append(label)
+                groups.append(group)
                 yield text
 
-    ids, offsets, types = _tokenize(tok, samples())
+    where = ", ".join(map(str, paths))
+    return text_splits(samples(), tok, labels=labels if label_field is not None else None,
+                       groups=groups if group_field is not None else None, name="text", where=where,
+                       seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                       labelled_fraction=labelled_fraction,
+                       info={"path": where, "format": ", ".join(sorted(set(formats)))})
+
+
+def text_splits(
+    texts: Iterator[str] | Sequence[str],
+    tok: TextTokenizer,
+    *,
+    labels: list[Any] | None,
+    groups: list[Any] | None,
+    name: str,
+    where: str,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    labelled_fraction: float | None = None,
+    info: dict[str, Any] | None = None,
+) -> Splits:
+    """Tokenize `texts` and split them into train / val / test (/ unlabelled) `TextDataset`s.
+
+    `labels` / `groups` are filled while `texts` is consumed (a generator reading files) or given
+    in full. Splits are stratified by label; with `groups`, whole groups go to one split.
+    """
+    ids, offsets, types = _tokenize(tok, iter(texts))
     n = len(offsets) - 1
     if n == 0:
-        raise InputFileError(f"{', '.join(map(str, paths))}: no samples (every line is empty)")
-    targets, names = (None, []) if label_field is None else _encode_targets(labels, "text")
+        raise InputFileError(f"{where}: no samples (every line is empty)")
+    targets, names = (None, []) if labels is None else _encode_targets(labels, name)
     whole = TextDataset(ids, offsets, pad_id=tok.pad_id, type_ids=types, targets=targets, class_names=names,
                         source=tok.describe())
-    pos = split_positions(np.zeros(n, np.int64) if targets is None else targets, name="text", seed=seed,
-                          val_fraction=val_fraction, test_fraction=test_fraction,
-                          labelled_fraction=labelled_fraction)
+    y = np.zeros(n, np.int64) if targets is None else targets
+    fractions = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                 "labelled_fraction": labelled_fraction}
+    if groups is None:
+        pos = split_positions(y, name=name, **fractions)
+    else:
+        pos = group_split_positions(y, [str(g) for g in groups], name=name, **fractions)
     lengths = whole.lengths
+    max_length = tok.max_length
     return Splits(
-        name="text",
+        name=name,
         train=whole.subset(pos.train),
         val=whole.subset(pos.val),
         test=whole.subset(pos.test),
@@ -363,13 +409,14 @@ def load_text(
         class_names=names,
         unlabelled=None if pos.unlabelled is None else whole.subset(pos.unlabelled).without_labels(),
         info={
-            "path": ", ".join(map(str, paths)), "format": ", ".join(sorted(set(formats))),
+            **(info or {}),
             "tokenizer": str(tok.folder), "max_length": max_length, "pad_id": tok.pad_id,
             "tokens": int(len(ids)), "mean_length": float(lengths.mean()),
             "at_max_length": int((lengths == max_length).sum()) if max_length else 0,
             "token_type_ids": tok.token_type_ids,
+            **({} if groups is None else {"groups": len(set(map(str, groups))), "split_by": "group"}),
         },
     )
 
 
-__all__ = ["FORMATS", "TextDataset", "load_text", "text_dataset"]
+__all__ = ["FORMATS", "TextDataset", "load_text", "text_dataset", "text_splits"]

@@ -18,6 +18,7 @@ from condense.core.errors import ConfigError
 from condense.data.loader import as_source
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
+from condense.distill.defaults import is_encoder, teacher_defaults
 from condense.distill.losses import LOSSES, build_losses
 from condense.distill.task import DistillTask, combine_teachers
 from condense.models.signature import batch_to
@@ -154,6 +155,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "is_encoder",
+    "teacher_defaults",
     "DataFreeConfig",
     "datafree_distill",
     "synthesize",

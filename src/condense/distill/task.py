@@ -98,6 +98,30 @@ class DistillTask(TaskBase):
         self._beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
         self.mix_temperature = _mix_temperature(losses, config) if len(self.teachers) > 1 else config.temperature
 
+    # -- validation ----------------------------------------------------------------------------
+    @property
+    def selects_by_loss(self) -> bool:
+        """An encoder student has no accuracy: fit() keeps the epoch of the lowest validation loss."""
+        from condense.distill.defaults import is_encoder
+
+        return is_encoder(self.model)
+
+    def validate(self, model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
+        """Classifier students: loss and accuracy on labelled `data` (fit's default). Encoder
+        students: how closely they follow the first teacher on `data`: `loss` = 1 - mean cosine,
+        `mean_cosine`, `min_cosine`, `topk_overlap` (`evaluate(..., reference=teacher)`)."""
+        from condense.evaluate.metrics import evaluate
+        from condense.train.fit import default_validator
+
+        if not self.selects_by_loss:
+            return default_validator(model, data, device)
+        ref = evaluate(model, data, reference=self.teachers[0], device=device)["reference"]
+        out = {"loss": 1.0 - float(ref["mean_cosine"]), "mean_cosine": float(ref["mean_cosine"]),
+               "min_cosine": float(ref["min_cosine"])}
+        if "topk_overlap" in ref:
+            out["topk_overlap"] = float(ref["topk_overlap"])
+        return out
+
     # -- building the loss inputs -------------------------------------------------------------
     def _view(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch the student and (live) teachers see: `input` augmented / mixed up in training."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import Splits
 from condense.data.loader import example_inputs
+from condense.distill.defaults import is_encoder
 from condense.evaluate import evaluate, profile
 from condense.export import export_onnx
 
@@ -42,11 +44,15 @@ def measure_model(
     *,
     deployed_onnx: Path | None = None,
     metadata: dict[str, Any] | None = None,
+    reference: nn.Module | Callable[[], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Save `model` into `folder`, export (or take) its ONNX, and measure it on the test split.
 
     `deployed_onnx` is the file a deployment runs (e.g. the int8 ONNX of a quantized model); by
-    default a fp32 ONNX export with a parity check is written as `model.onnx`.
+    default a fp32 ONNX export with a parity check is written as `model.onnx`. An encoder (a
+    sentence embedding model, no class scores) is scored by its agreement with `reference` (the
+    run's first model, e.g. the uncompressed teacher): mean / min cosine and top-10 overlap of
+    its test embeddings, in place of accuracy.
     """
     cfg = cfg or MeasureConfig()
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,16 +64,22 @@ def measure_model(
         onnx_path, onnx_diff = exported.path, exported.max_abs_diff
     else:
         onnx_path, onnx_diff = Path(deployed_onnx), None
-    torch_metrics = evaluate(model, splits.test)
-    onnx_metrics = evaluate(onnx_path, splits.test, threads=cfg.threads)
+    encoder = is_encoder(model)
+    if encoder and reference is None:
+        reference = model  # the first stage of an encoder run is its own reference
+    elif encoder and not isinstance(reference, nn.Module):
+        reference = reference()  # type: ignore[operator]
+    ref = reference if encoder else None
+    torch_metrics = evaluate(model, splits.test, reference=ref)
+    onnx_metrics = evaluate(onnx_path, splits.test, threads=cfg.threads, reference=ref)
     prof = profile(model, example, runtimes=tuple(cfg.runtimes), batch_sizes=tuple(cfg.batch_sizes),
                    threads=cfg.threads, onnx_path=onnx_path, artifact_path=folder / "model.safetensors",
                    warmup=cfg.warmup, repeats=cfg.repeats)
     row = {
         "stage": stage,
-        "accuracy": torch_metrics["accuracy"],
-        "onnx_accuracy": onnx_metrics["accuracy"],
-        "f1_macro": torch_metrics["f1_macro"],
+        "accuracy": torch_metrics.get("accuracy"),
+        "onnx_accuracy": onnx_metrics.get("accuracy"),
+        "f1_macro": torch_metrics.get("f1_macro"),
         "params": prof["params"],
         "nonzero_params": prof["nonzero_params"],
         "bytes_safetensors": artifact_bytes(folder / "model.safetensors"),
@@ -82,6 +94,10 @@ def measure_model(
         "environment": prof.get("environment"),
         "notes": notes,
     }
+    if encoder:
+        r, o = torch_metrics["reference"], onnx_metrics["reference"]
+        row.update(mean_cosine=r["mean_cosine"], min_cosine=r["min_cosine"], topk_overlap=r.get("topk_overlap"),
+                   onnx_mean_cosine=o["mean_cosine"], onnx_min_cosine=o["min_cosine"])
     if prof["nonzero_params"] < 0.9 * prof["params"]:
         notes.append(f"{prof['params'] - prof['nonzero_params']:,} weights are zero but stored densely: "
                      "bytes on disk and latency do not shrink from these zeros")

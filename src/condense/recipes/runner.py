@@ -141,8 +141,9 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
             else:  # nothing to parallelise: rank 0 runs it and measures, the others wait
                 row = dist.on_main(partial(_run_and_measure, run_stage, recipe, spec, folder, splits, measure_cfg))
             rows.append(row)
-            say(f"  {spec.name}: test accuracy {row['accuracy']:.4f}, params {row['params']:,}, "
-                f"{row['bytes_onnx']:,} bytes ONNX")
+            quality = (f"test accuracy {row['accuracy']:.4f}" if row.get("accuracy") is not None
+                       else f"test mean cosine to {rows[0]['stage'] if rows else 'itself'} {row['mean_cosine']:.4f}")
+            say(f"  {spec.name}: {quality}, params {row['params']:,}, {row['bytes_onnx']:,} bytes ONNX")
     report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__,
               "wall_time_s": round(time.perf_counter() - t_run, 1)}
     return dist.on_main(lambda: _write_report(run, report))
@@ -165,8 +166,11 @@ def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure
     """Save, export and measure a stage's model; write metrics.json, then DONE (rank 0 only)."""
     meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
             "recipe": recipe.to_dict()}
+    first = next(s.name for s in recipe.stages if STAGES.get(s.kind).measured)
+    # encoders are scored against the run's first model (e.g. the uncompressed teacher); read lazily
+    reference = None if first == spec.name else partial(_stage_model, recipe, folder.parent, first)
     row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
-                        metadata=meta)
+                        metadata=meta, reference=reference)
     row.update({"kind": spec.kind, "from": spec.source, "teacher": spec.teachers[0] if spec.teachers else None,
                 "teachers": spec.teachers, "stage_time_s": round(train_s, 2), "info": out.info})
     row["notes"] = [*row.get("notes", []), *out.notes]

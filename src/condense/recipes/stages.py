@@ -249,7 +249,9 @@ def run_reduce(ctx: StageContext, cfg: Config) -> StageOutput:
 
 
 def run_evaluate(ctx: StageContext, cfg: EmptyConfig) -> StageOutput:
-    return StageOutput(_input(ctx))
+    """Measure a model as it is: the input stage's, or one built from `model:` (e.g. `hf:<folder>`,
+    a pretrained teacher that later stages compress)."""
+    return StageOutput(build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx))
 
 
 def _jsonable(obj: Any) -> Any:

@@ -100,6 +100,13 @@ def accuracy_scale(stages: Sequence[Stage]) -> float:
     return 1.0 if accs and max(accs) > 1.0 else 100.0
 
 
+def quality(stage: Stage) -> float | None:
+    """What a stage keeps: its accuracy, or for an encoder (no classes) its mean cosine to the
+    reference model's embeddings."""
+    acc = stage.metric("accuracy")
+    return acc if acc is not None else stage.metric("mean_cosine")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -108,7 +115,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def stage_values(stage: Stage, runtimes: Iterable[str], batches: Iterable[int]) -> dict[str, float | None]:
     """Every comparable number of a stage, keyed like the ratio dicts ("latency:<runtime>:<batch>")."""
-    vals: dict[str, float | None] = {"accuracy": stage.metric("accuracy")}
+    vals: dict[str, float | None] = {"accuracy": stage.metric("accuracy"), "mean_cosine": stage.metric("mean_cosine"),
+                                     "topk_overlap": stage.metric("topk_overlap")}
     for k in SIZE_KEYS:
         vals[k] = float(stage.bytes_onnx_int8) if (k == "bytes_onnx_int8" and stage.bytes_onnx_int8 is not None) else stage.metric(k)
     batches = list(batches)
@@ -164,7 +172,7 @@ def fronts(stages: Sequence[Stage], runtimes: Sequence[str], batches: Sequence[i
     """{front key: indices of the stages on that Pareto front}."""
     out = {}
     for key, _label in front_keys(runtimes, batches):
-        pts = [(st.index, front_cost(st, key), st.metric("accuracy")) for st in stages]
+        pts = [(st.index, front_cost(st, key), quality(st)) for st in stages]
         if sum(1 for _, c, a in pts if c is not None and a is not None):
             out[key] = pareto(pts)
     return out

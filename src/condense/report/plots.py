@@ -13,7 +13,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from condense.report.compare import front_cost, onnx_deployed_bytes
+from condense.report.compare import front_cost, onnx_deployed_bytes, quality
 from condense.report.data import Stage, num
 
 DPI = 100
@@ -73,7 +73,7 @@ def _log_axis(ax: Any) -> None:
 
 
 def _scatter_panel(ax: Any, stages: Sequence[Stage], key: str, front: Sequence[int], scale: float, xlabel: str, log: bool) -> bool:
-    pts = [(st.index, front_cost(st, key), st.metric("accuracy")) for st in stages]
+    pts = [(st.index, front_cost(st, key), quality(st)) for st in stages]
     pts = [(i, c, a * scale) for i, c, a in pts if c is not None and a is not None]
     if pts and "bytes" in xlabel:  # plot sizes in KiB or MiB so log ticks land on round numbers
         unit, div = ("MiB", 1024**2) if max(c for _, c, _ in pts) >= 10 * 1024**2 else ("KiB", 1024)

@@ -13,7 +13,16 @@ from typing import Any
 from condense import __version__
 from condense.report import compare
 from condense.report.data import Run, Stage
-from condense.report.fmt import fmt_acc, fmt_bytes, fmt_count, fmt_int, fmt_ms, fmt_pt, fmt_ratio
+from condense.report.fmt import (
+    DASH,
+    fmt_acc,
+    fmt_bytes,
+    fmt_count,
+    fmt_int,
+    fmt_ms,
+    fmt_pt,
+    fmt_ratio,
+)
 from condense.report.illusions import Illusion, detect
 
 FORMAT = "condense-report/1"
@@ -69,7 +78,8 @@ class Report:
         return None if a is None or b is None else (a - b) * self.scale
 
     def format_value(self, col: Column, v: float | None) -> str:
-        return {"acc": lambda: fmt_acc(v, self.scale), "int": lambda: fmt_int(v), "bytes": lambda: fmt_bytes(v),
+        return {"acc": lambda: fmt_acc(v, self.scale), "cos": lambda: DASH if v is None else f"{v:.4f}",
+                "int": lambda: fmt_int(v), "bytes": lambda: fmt_bytes(v),
                 "count": lambda: fmt_count(v), "ms": lambda: fmt_ms(v)}[col.kind]()
 
     def cell(self, index: int, col: Column, exact: bool = False) -> dict[str, str]:
@@ -84,6 +94,11 @@ class Report:
                 d = self.accuracy_delta_pt(index)
                 delta = fmt_pt(d)
                 cls = "" if d is None or abs(d) < 0.01 else ("better" if d > 0 else "worse")
+            elif col.kind == "cos":  # agreement with the reference: the difference, higher is better
+                first = self.values[0].get(col.key)
+                d = None if first is None else v - first
+                delta = "" if d is None else f"{d:+.4f}"
+                cls = "" if d is None or abs(d) < 1e-3 else ("better" if d > 0 else "worse")
             else:
                 r = self.vs_first[index].get(col.key)
                 delta = fmt_ratio(r)
@@ -94,6 +109,8 @@ class Report:
 def _columns(stages: list[Stage], values: list[dict[str, float | None]], runtimes: list[str], batches: list[int]) -> list[Column]:
     cands = [
         Column("accuracy", "accuracy", "acc"),
+        Column("mean_cosine", "cosine to teacher", "cos"),
+        Column("topk_overlap", "top-10 overlap", "cos"),
         Column("params", "params", "count"),
         Column("nonzero_params", "nonzero params", "count"),
         Column("bytes_safetensors", "bytes (safetensors)", "bytes"),

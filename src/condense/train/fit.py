@@ -193,6 +193,8 @@ def fit(
     validator = validator or getattr(task, "validate", None) or default_validator
     has_val = val_data is not None and len(as_source(val_data)) > 0
     select = config.select_best if has_val else "last"
+    if select == "val_accuracy" and getattr(task, "selects_by_loss", False):
+        select = "val_loss"  # the task's outputs have no accuracy (an encoder distilled to its teacher)
 
     torch.manual_seed(config.seed)
     for m in task.modules().values():

@@ -1,0 +1,201 @@
+"""Real English text that ships with every Python: the standard library's own prose.
+
+`stdlib_paragraphs()` reads the docstrings of the standard library's modules, classes and
+functions with `ast` (the files are parsed, never imported or executed) and splits them into
+paragraphs; `pydoc_topics()` adds the language reference sections pydoc serves (`help("if")`),
+from `pydoc_data.topics`. Nothing is downloaded: the corpus is whatever this Python installation
+holds, so it differs slightly between Python versions (the version is recorded in `info`).
+
+Two uses, both as the `stdlib-text` source (`condense.load_dataset("stdlib-text", ...)`):
+
+- `task="corpus"`: every paragraph, unlabelled: a transfer set for distilling a sentence encoder;
+- `task="package"`: classify a docstring paragraph by the top-level package it comes from
+  (`asyncio`, `email`, `xml`, ...): the `classes` packages with the most paragraphs among those
+  with at least `min_modules` modules. Split by module (`group_split_positions`): the test
+  modules are unseen in training, so the model must generalise from a package's vocabulary, not
+  memorise its modules.
+
+`write_stdlib_corpus(path, task=...)` writes the same records as JSON lines (`text`, `label`,
+`module`) for the CLI's `--data text:FILE` and for inspection.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import re
+import sys
+import sysconfig
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from condense.core.errors import ConfigError, did_you_mean
+from condense.core.io import atomic_write_text
+from condense.data.base import Splits
+from condense.data.text import text_splits
+from condense.data.tokenizer import load_tokenizer
+
+TASKS = ("corpus", "package")
+SKIP_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
+
+
+def _clean(paragraph: str) -> str:
+    return " ".join(paragraph.split())
+
+
+def _is_prose(text: str, min_chars: int, max_chars: int) -> bool:
+    """Mostly letters and spaces, long enough, a few words: no code listings, tables or signatures."""
+    if not min_chars <= len(text) <= max_chars or len(text.split()) < 6:
+        return False
+    return sum(c.isalpha() or c == " " for c in text) >= 0.8 * len(text)
+
+
+@functools.lru_cache(maxsize=4)
+def stdlib_paragraphs(min_chars: int = 40, max_chars: int = 600) -> tuple[dict[str, str], ...]:
+    """Docstring paragraphs of the standard library: `{"text", "package", "module"}` records,
+    deduplicated (case-insensitively), in file order. Test suites and site-packages are skipped."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise ConfigError(f"stdlib-text: the standard library's sources are not at {root}")
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for f in sorted(p for p in root.rglob("*.py") if not SKIP_PARTS & set(p.relative_to(root).parts)):
+        rel = f.relative_to(root)
+        module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # a few files are templates or use another encoding: not prose we need
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            doc = ast.get_docstring(node)
+            if not doc:
+                continue
+            for para in re.split(r"\n\s*\n", doc):
+                text = _clean(para)
+                if _is_prose(text, min_chars, max_chars) and text.lower() not in seen:
+                    seen.add(text.lower())
+                    out.append({"text": text, "package": rel.parts[0].removesuffix(".py"), "module": module})
+    return tuple(out)
+
+
+def pydoc_topics(min_chars: int = 40, max_chars: int = 600) -> list[dict[str, str]]:
+    """Paragraphs of the language reference topics pydoc serves (`pydoc_data.topics`)."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a stripped Python without pydoc_data
+        return []
+    out = []
+    for name in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[name]):
+            text = _clean(para)
+            if _is_prose(text, min_chars, max_chars):
+                out.append({"text": text, "package": "pydoc_topics", "module": f"pydoc_topics.{name}"})
+    return out
+
+
+def package_task_records(classes: int = 8, min_modules: int = 5, min_chars: int = 40,
+                         max_chars: int = 600) -> list[dict[str, str]]:
+    """Records of the `classes` largest packages having >= `min_modules` modules; label = package."""
+    paras = stdlib_paragraphs(min_chars, max_chars)
+    modules: dict[str, set[str]] = {}
+    for r in paras:
+        modules.setdefault(r["package"], set()).add(r["module"])
+    counts = Counter(r["package"] for r in paras if len(modules[r["package"]]) >= min_modules)
+    if len(counts) < 2 or classes < 2:
+        raise ConfigError(f"stdlib-text: classes must be >= 2 and this Python has {len(counts)} packages with "
+                          f">= {min_modules} modules")
+    chosen = {p for p, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:classes]}
+    return [{"text": r["text"], "label": r["package"], "module": r["module"]} for r in paras if r["package"] in chosen]
+
+
+def corpus_records(min_chars: int = 40, max_chars: int = 600, topics: bool = True) -> list[dict[str, str]]:
+    """Every docstring paragraph (+ the pydoc topics), unlabelled; `module` kept for grouping."""
+    recs = [{"text": r["text"], "module": r["module"]} for r in stdlib_paragraphs(min_chars, max_chars)]
+    if topics:
+        seen = {r["text"].lower() for r in recs}
+        recs += [{"text": r["text"], "module": r["module"]} for r in pydoc_topics(min_chars, max_chars)
+                 if r["text"].lower() not in seen]
+    return recs
+
+
+def _records(task: str, classes: int, min_modules: int, min_chars: int, max_chars: int) -> list[dict[str, str]]:
+    if task not in TASKS:
+        raise ConfigError(f"stdlib-text: unknown task {task!r}{did_you_mean(task, TASKS)}; expected one of "
+                          f"{', '.join(TASKS)}")
+    if task == "package":
+        return package_task_records(classes, min_modules, min_chars, max_chars)
+    return corpus_records(min_chars, max_chars)
+
+
+def _limit(records: list[dict[str, str]], limit: int | None, seed: int) -> list[dict[str, str]]:
+    if limit is None or limit >= len(records):
+        return records
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 10:
+        raise ConfigError(f"stdlib-text: limit must be an integer >= 10 or null, got {limit!r}")
+    keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(records))[:limit])
+    return [records[i] for i in keep]
+
+
+def write_stdlib_corpus(path: str | Path, *, task: str = "corpus", classes: int = 8, min_modules: int = 5,
+                        limit: int | None = None, seed: int = 0, min_chars: int = 40, max_chars: int = 600) -> Path:
+    """Write the records as JSON lines (`text`, [`label`], `module`), atomically; returns the path.
+
+    Read it back with `load_dataset("text", path=..., tokenizer=..., group_field="module"[,
+    label_field="label"])` to get the same splits as the `stdlib-text` source.
+    """
+    recs = _limit(_records(task, classes, min_modules, min_chars, max_chars), limit, seed)
+    out = Path(path)
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+    return out
+
+
+def default_tokenizer() -> Path:
+    """The tokenizer of the all-MiniLM-L6-v2 folder of the `nlp` extra (clear error without it)."""
+    from condense.models.hf_folder import packaged_model_dir
+
+    return packaged_model_dir()
+
+
+def load_stdlib_text(
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    labelled_fraction: float | None = None,
+    task: str = "corpus",
+    tokenizer: str | Path | None = None,
+    max_length: int | None = 128,
+    classes: int = 8,
+    min_modules: int = 5,
+    limit: int | None = None,
+    min_chars: int = 40,
+    max_chars: int = 600,
+) -> Splits:
+    """The standard library's prose as a text source (see the module docstring).
+
+    `tokenizer`: a local Hugging Face folder (default: the MiniLM folder of the `nlp` extra).
+    `limit`: keep a seeded sample of this many paragraphs (quick runs). Splits keep whole modules
+    together in both tasks.
+    """
+    recs = _limit(_records(task, classes, min_modules, min_chars, max_chars), limit, seed)
+    if labelled_fraction is not None and task != "package":
+        raise ConfigError("stdlib-text: labelled_fraction needs labels (task='package')")
+    tok = load_tokenizer(default_tokenizer() if tokenizer is None else tokenizer, max_length=max_length)
+    labels = [r["label"] for r in recs] if task == "package" else None
+    return text_splits(
+        [r["text"] for r in recs], tok, labels=labels, groups=[r["module"] for r in recs], name="stdlib-text",
+        where="stdlib-text", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        labelled_fraction=labelled_fraction,
+        info={"task": task, "python": sys.version.split()[0], "paragraphs": len(recs),
+              "stdlib": sysconfig.get_paths()["stdlib"]},
+    )
+
+
+__all__ = [
+    "TASKS", "corpus_records", "load_stdlib_text", "package_task_records", "pydoc_topics", "stdlib_paragraphs",
+    "write_stdlib_corpus",
+]

@@ -1,0 +1,37 @@
+"""Defaults that follow from the teacher: what a distillation config means when it does not say.
+
+A sentence encoder (an `hf:` model whose output is a pooled embedding, or its hidden states)
+has no class scores, so the logit losses (`soft_kd`, ...) cannot apply: unless the config names
+its losses, it is distilled with the cosine embedding loss alone (Reimers & Gurevych 2020; no
+labels are read), at a transformer's learning rate (1e-4 unless `train.lr` is set: the 3e-3
+that suits a small CNN wrecks a pretrained BERT's weights in a few steps). Classifier teachers
+keep `DistillConfig`'s own defaults.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+#: AdamW learning rate for distilling a pretrained transformer (DistilBERT, sentence-transformers)
+TRANSFORMER_LR = 1e-4
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """An hf: model whose output is an embedding / hidden states, not class scores."""
+    return getattr(model, "task", None) in ("sentence-embedding", "encoder")
+
+
+def teacher_defaults(raw: dict[str, Any], teacher: nn.Module) -> dict[str, Any]:
+    """`raw` (a DistillConfig mapping) with the losses an encoder teacher needs, when unset."""
+    if not is_encoder(teacher):
+        return raw
+    out = dict(raw)
+    out.setdefault("losses", [{"name": "embedding", "kind": "cosine"}])
+    train = dict(out.get("train") or {})
+    train.setdefault("lr", TRANSFORMER_LR)
+    out["train"] = train
+    return out
+
+
+__all__ = ["is_encoder", "teacher_defaults"]
