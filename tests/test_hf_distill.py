@@ -96,8 +96,8 @@ def test_cli_distills_an_hf_teacher_on_a_text_file(corpus, tmp_path, capsys):
     student = condense.load(out)
     assert student.config.num_hidden_layers == 2 and student.task == "sentence-embedding"
     meta = json.loads((out / "condense.json").read_text())
-    assert meta["extra"]["distill_config"]["losses"][0]["name"] == "embedding"  # the encoder default
-    assert meta["extra"]["distill_config"]["train"]["lr"] == 1e-4
+    assert meta["distill_config"]["losses"][0]["name"] == "embedding"  # the encoder default
+    assert meta["distill_config"]["train"]["lr"] == 1e-4
 
 
 def test_recipe_scores_encoder_stages_against_the_first_model(corpus, tmp_path):

@@ -50,6 +50,9 @@ def build_task(
     if len(source) == 0:
         raise ConfigError("distill(): the training data is empty")
     losses = build_losses(config.loss_specs())
+    if config.feature_teacher >= len(teachers):
+        raise ConfigError(f"feature_teacher={config.feature_teacher} but only {len(teachers)} teacher(s) given")
+    losses.bind(student, teachers[config.feature_teacher])  # before the cache asks for feature_layers()
     first = source.head(min(len(source), config.train.batch_size))
     if "targets" in losses.needs and "target" not in first:
         raise ConfigError(

@@ -5,6 +5,13 @@ keyed by each sample's stable dataset index, with a `cache.json` holding the fin
 teachers (weights + architecture) and of the data, written last. A cache whose fingerprint does
 not match is refused with a clear error (never silently reused); without a folder the cache
 lives in memory for one run.
+
+Per-token features of text batches (`(B, T, D)` hidden states or attention projections, for
+`hidden_state` / `minilm` / `fitnet` on transformer layers) are zero-padded on the token axis to
+the longest sample seen; the per-token losses cut them back to each training batch's length and
+ignore the padding through the batch's `attention_mask`. They take `N x T x D` floats per tapped
+module (all-MiniLM-L6-v2 at 64 tokens: ~98 KB per sample and module), so for a large transfer set
+give a `cache_dir` (memory-mapped shards) or set `cache: off` (the teacher then runs live).
 """
 from __future__ import annotations
 

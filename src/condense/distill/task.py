@@ -89,6 +89,7 @@ class DistillTask(TaskBase):
         self.cache = cache
         self.augment = build_augment(config.augment)
         self.needs = losses.needs
+        losses.bind(student, self.teachers[config.feature_teacher])  # layer indices -> module names
         s_layers, t_layers = losses.feature_layers()
         self.student_layers, self.teacher_layers = s_layers, t_layers
         self.student_tap = FeatureTap(student, s_layers) if s_layers else None
@@ -169,7 +170,7 @@ class DistillTask(TaskBase):
         s_logits = output_tensor(call_model(self.model, batch))
         s_feats = dict(self.student_tap.features) if self.student_tap is not None else {}
         inp = LossInputs(student_logits=s_logits, targets=batch.get("target"), student_features=s_feats,
-                         teacher_features=t_feats, index=batch.get("index"))
+                         teacher_features=t_feats, index=batch.get("index"), mask=batch.get("attention_mask"))
         if len(t_logits) == 1:
             inp.teacher_logits = t_logits[0]
         elif len(t_logits) > 1:

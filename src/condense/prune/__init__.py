@@ -4,8 +4,10 @@
 `PRUNERS`. Scoring, surgery and schedules are separate modules (`importance`, `graph` +
 `surgery`, `schedule`); `sensitivity` allocates per-layer ratios and `report` says honestly what
 a pruned model saves; `recover` prunes and wins the accuracy back (fine-tune or distill from
-the unpruned model, iterative cycles, MAC targets). Importing this package registers the
-edit-log kinds `prune_channels`, `prune_masks` and `prune_unmask` used by `load()`.
+the unpruned model, iterative cycles, MAC targets). `transformer` removes attention heads and FFN
+neurons of BERT-family `hf:` encoders (`heads` scores them). Importing this package registers the
+edit-log kinds `prune_channels`, `prune_masks`, `prune_unmask`, `prune_heads` and `prune_ffn`
+used by `load()`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.prune import structured, unstructured  # noqa: F401  (registers the methods)
+from condense.prune import structured, transformer, unstructured  # noqa: F401  (registers the methods)
 from condense.prune.config import (
     PRUNERS,
     ChannelConfig,
@@ -25,6 +27,7 @@ from condense.prune.config import (
     PruneContext,
     RandomConfig,
     SlimmingConfig,
+    TransformerConfig,
 )
 from condense.prune.graph import Group, PruneGraphError, dependency_groups
 from condense.prune.masks import make_permanent, sparsity_report
@@ -43,6 +46,7 @@ from condense.prune.schedule import (
     linear_sparsity,
 )
 from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
+from condense.prune.transformer import pad_pruned_heads, transformer_importance
 
 __all__ = [
     "PRUNERS",
@@ -57,6 +61,7 @@ __all__ = [
     "RecoverConfig",
     "SlimmingCallback",
     "SlimmingConfig",
+    "TransformerConfig",
     "allocate_ratios",
     "count_macs",
     "cubic_sparsity",
@@ -67,11 +72,13 @@ __all__ = [
     "linear_sparsity",
     "macs_ratio_to_channel_ratio",
     "make_permanent",
+    "pad_pruned_heads",
     "prune",
     "prune_and_recover",
     "pruning_report",
     "recalibrate_batchnorm",
     "sparsity_report",
+    "transformer_importance",
 ]
 
 
@@ -89,6 +96,8 @@ def prune(
     methods need `example_inputs` (one batch-shaped tensor or tuple; derived from
     `model.condense_spec` for zoo models) and, for Taylor importance, `data` (batches of
     `{"input", "target"}`). Unstructured methods only mask (see `make_permanent`, `report`).
+    `transformer` (heads / FFN neurons of an hf: encoder) reads calibration `data` (a dataset or
+    a list of dict batches) unless its importance is "weight".
     """
     if isinstance(config, dict):
         config = PruneConfig.from_dict(config)

@@ -5,6 +5,7 @@ Both commands follow the CLI's conventions: an artifact folder in, `--json` for 
 output, exit codes from the `CondenseError` subclasses (2 bad config, 3 bad input file, 4 run failure).
 
     condense prune runs/teacher --method channel --target-macs 0.25 --round-to 8 --recover distill --out runs/pruned
+    condense prune hf:models/all-MiniLM-L6-v2 --heads 0.3 --ffn 0.25 --data text:sentences.jsonl --out runs/minilm-pruned
     condense sensitivity runs/teacher --ratios 0.1 0.3 0.5 0.7 0.9 --budget macs --target 0.5
 """
 from __future__ import annotations
@@ -18,7 +19,15 @@ from typing import Any
 from condense.data.loader import example_inputs
 
 #: command-line option -> the config field it sets (only passed when given).
-_PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to"}
+_PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to",
+                  "heads": "heads", "ffn": "ffn"}
+
+
+def _method(args: argparse.Namespace) -> str:
+    """--method, else "transformer" when --heads / --ffn are given, else "channel"."""
+    if args.method is not None:
+        return str(args.method)
+    return "transformer" if args.heads is not None or args.ffn is not None else "channel"
 
 
 def _prune_config(args: argparse.Namespace) -> Any:
@@ -29,57 +38,83 @@ def _prune_config(args: argparse.Namespace) -> Any:
     from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
 
     _ensure_registered()
-    fields = {f.name for f in dataclasses.fields(PRUNERS.get(args.method).config)}
-    raw: dict[str, Any] = {"method": args.method}
+    method = _method(args)
+    fields = {f.name for f in dataclasses.fields(PRUNERS.get(method).config)}
+    raw: dict[str, Any] = {"method": method}
     for opt, field in _PRUNE_OPTIONS.items():
         value = getattr(args, opt)
         if value is None:
             continue
         if field not in fields:
-            raise ConfigError(f"--{opt.replace('_', '-')} does not apply to method {args.method!r} (its options: {', '.join(sorted(fields - {'method'}))})")
+            raise ConfigError(f"--{opt.replace('_', '-')} does not apply to method {method!r} (its options: {', '.join(sorted(fields - {'method'}))})")
         raw[field] = value
     raw.update(_kv(args.set, "--set"))
     return PruneConfig.from_dict(raw, where="condense prune")
 
 
+def _report(model: Any, example: Any, reference: Any) -> dict[str, Any]:
+    """pruning_report, with the MACs of a model called with dict batches (hf: encoders) added."""
+    from condense.prune.report import pruning_report
+
+    if not isinstance(example, dict):
+        return pruning_report(model, example, reference=reference)
+    from condense.prune.transformer import batch_macs
+
+    report = pruning_report(model, None, reference=reference)
+    report["model"]["macs"], report["reference"]["macs"] = batch_macs(model, example), batch_macs(reference, example)
+    report["ratio"]["macs"] = report["model"]["macs"] / max(report["reference"]["macs"], 1)
+    return report
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from condense.artifacts import save
-    from condense.cli import EXIT_OK, _data_from, _load_model_arg, _print
+    from condense.cli import (
+        EXIT_OK,
+        _data_from,
+        _hf_folder_of,
+        _load_model_arg,
+        _print,
+        _test_metrics,
+    )
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
-    from condense.evaluate import evaluate
     from condense.prune.recover import RecoverConfig, prune_and_recover
-    from condense.prune.report import pruning_report
 
     pcfg = _prune_config(args)
     if args.target_macs is not None and args.ratio is not None:
         raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
     model, meta = _load_model_arg(args.model, args.trust_pickle)
-    splits, data_name, data_kwargs = _data_from(args, meta)
+    splits, data_name, data_kwargs = _data_from(args, meta, tokenizer=_hf_folder_of(args.model, model))
     train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "select_best": "last",
                              "progress": "off" if args.json else "auto"}
     if args.lr is not None:
         train["lr"] = args.lr
+    encoder = getattr(model, "task", None) in ("sentence-embedding", "encoder")  # embeddings, not class scores
     rcfg = RecoverConfig.from_dict(
-        {"method": args.recover, "alpha": args.alpha, "temperature": args.temperature, "bn_batches": args.bn_batches,
-         "train": train}, where="condense prune"
+        {"method": args.recover or ("distill" if encoder else "finetune"), "alpha": args.alpha,
+         "temperature": args.temperature, "bn_batches": args.bn_batches, "train": train}, where="condense prune"
     )
     seed_everything(rcfg.train.seed)
     example = example_inputs(splits.test, 1)
-    before = evaluate(model, splits.test)
     reference = copy.deepcopy(model)  # the unpruned model: the report's reference and the distillation teacher
+    before = None if encoder else _test_metrics(model, splits, None)[0]
     model, info = prune_and_recover(
         model, pcfg, rcfg, splits.train, splits.val, example, args.targets, args.ignore,
         target_macs=args.target_macs, teacher=reference if rcfg.method == "distill" else None,
     )
-    after = evaluate(model, splits.test)
-    report = pruning_report(model, example, reference=reference)
+    after, line = _test_metrics(model, splits, reference)
+    report = _report(model, example, reference)
+    if getattr(getattr(model, "hf", None), "config", None) is not None and getattr(model.hf.config, "pruned_heads", None):
+        report["notes"].append("attention heads were removed: condense.load opens this folder, transformers 5 does not "
+                               "(no per-layer head count in its BERT config); condense.prune.pad_pruned_heads(model) "
+                               "gives a copy it opens, with full-size attention")
     save(model, args.out, metrics={"test": after, "test_before": before, "prune": info, "report": report},
          extra={"data": {"name": data_name, "kwargs": data_kwargs}, "prune_config": info["prune"],
                 "recover_config": rcfg.to_dict(), "source": str(args.model)})
     summary = {
         "artifact": str(args.out), "method": pcfg.method, "channel_ratio": info.get("channel_ratio"),
-        "test_accuracy_before": before["accuracy"], "test_accuracy": after["accuracy"],
+        "test_accuracy_before": before["accuracy"] if before else None, "test_accuracy": after.get("accuracy"),
+        "test_mean_cosine": after["reference"]["mean_cosine"] if encoder else None,
         "val_accuracy": info["val_accuracy"], "params": report["model"]["params"],
         "params_before": report["reference"]["params"], "macs": report["model"]["macs"],
         "macs_before": report["reference"]["macs"], "macs_fraction": info["macs_fraction"],
@@ -88,10 +123,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     }
     if "compressed_size_estimate" in report:
         summary["compressed_size_estimate"] = report["compressed_size_estimate"]
+    if pcfg.method == "transformer":
+        from condense.prune.transformer import head_counts
+
+        summary["heads_per_layer"] = head_counts(model)
+        summary["intermediate_size"] = int(model.hf.config.intermediate_size)
     text = (
         f"saved {args.out}  ({pcfg.method}, recover {rcfg.method})\n"
-        f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n"
-        f"params {summary['params_before']:,} -> {summary['params']:,}   MACs {summary['macs_before']:,} -> {summary['macs']:,} "
+        + (f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n" if before else f"{line}\n")
+        + (f"heads per layer {summary['heads_per_layer']}, FFN width {summary['intermediate_size']}\n"
+           if "heads_per_layer" in summary else "")
+        + f"params {summary['params_before']:,} -> {summary['params']:,}   MACs {summary['macs_before']:,} -> {summary['macs']:,} "
         f"({summary['macs_fraction']:.1%})   bytes {summary['bytes_before']:,} -> {summary['bytes_on_disk']:,}"
         + (f"\nsparsity {summary['sparsity']:.1%}" if summary["sparsity"] > 0.01 else "")
         + "".join(f"\nnote: {n}" for n in report["notes"])
@@ -160,16 +202,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("prune", help="prune an artifact (masks or physical channel removal) and recover its accuracy")
     common(sp)
-    sp.add_argument("--method", default="channel", help="channel | slimming | magnitude | random | nm (default: channel)")
+    sp.add_argument("--method", default=None,
+                    help="channel | slimming | magnitude | random | nm | transformer (default: transformer when "
+                         "--heads / --ffn are given, else channel)")
     sp.add_argument("--ratio", type=float, default=None, help="fraction removed (channels, or weights for masks)")
     sp.add_argument("--target-macs", type=float, default=None,
                     help="fraction of the original MACs to KEEP (0.25 = remove 75%%); chooses the channel ratio")
     sp.add_argument("--scope", choices=["layer", "global"], default=None)
-    sp.add_argument("--importance", choices=["l1", "l2", "bn_gamma", "taylor", "random"], default=None)
+    sp.add_argument("--heads", type=float, default=None,
+                    help="transformer: fraction of attention heads removed (BERT-family hf: encoders)")
+    sp.add_argument("--ffn", type=float, default=None, help="transformer: fraction of FFN neurons removed (every layer alike)")
+    sp.add_argument("--importance", default=None,
+                    choices=["l1", "l2", "bn_gamma", "taylor", "random", "gradient", "activation", "weight"],
+                    help="channel: l1 | l2 | bn_gamma | taylor | random; transformer: gradient | taylor | activation | weight")
     sp.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this (e.g. 8)")
     sp.add_argument("--set", action="append", metavar="K=V", help="any other field of the method's config, e.g. n=2 m=4")
-    sp.add_argument("--recover", choices=["finetune", "distill", "none"], default="finetune",
-                    help="finetune on labels, distill from the unpruned model, or none")
+    sp.add_argument("--recover", choices=["finetune", "distill", "none"], default=None,
+                    help="finetune on labels, distill from the unpruned model, or none (default: distill for "
+                         "hf: encoders, finetune otherwise)")
     sp.add_argument("--epochs", type=int, default=5, help="recovery epochs")
     sp.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 1e-3)")
     sp.add_argument("--batch-size", type=int, default=64)

@@ -133,6 +133,51 @@ class SlimmingConfig(ChannelConfig):
 
 
 @dataclasses.dataclass
+class TransformerConfig(PruneConfig):
+    """Structured pruning of BERT-family encoders: attention heads and FFN neurons, physically removed.
+
+    `heads`: fraction of all attention heads removed. `head_scope="global"` (default) ranks every
+    head of every layer together by its per-layer L2-normalised importance, as Michel, Levy &
+    Neubig 2019 ("Are Sixteen Heads Really Better than One?") do, so layers end with different
+    head counts (never fewer than `min_heads_per_layer`); `"layer"` removes that fraction from
+    each layer. `ffn`: fraction of each layer's FFN neurons removed; every layer loses the same
+    number (transformers needs one `intermediate_size`), each choosing its own neurons; the kept
+    width is rounded to a multiple of `round_to`. `importance`: "gradient" (Michel et al.'s
+    head-gate gradient), "taylor" (|activation x gradient|, Molchanov et al. 2017), "activation"
+    (mean |activation|) or "weight" (L2 norm of the weights; needs no data). The data-driven
+    ones read `calibration_batches` batches of `batch_size` (>= 2: the encoder loss compares
+    sentences within a batch) from `prune(..., data=...)`, shuffled with `seed`.
+    """
+
+    method: Literal["transformer"] = "transformer"
+    heads: float = 0.0
+    ffn: float = 0.0
+    importance: Literal["gradient", "taylor", "activation", "weight"] = "gradient"
+    head_scope: Literal["global", "layer"] = "global"
+    min_heads_per_layer: int = 1
+    round_to: int = 8
+    calibration_batches: int = 8
+    batch_size: int = 16
+    seed: int = 0
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        check_ratio(self.heads, f"{name}.heads")
+        check_ratio(self.ffn, f"{name}.ffn")
+        if self.heads == 0 and self.ffn == 0:
+            raise ConfigError(f"{name}: heads and ffn are both 0, nothing would be pruned; set heads=... and/or ffn=...")
+        if self.min_heads_per_layer < 1:
+            raise ConfigError(f"{name}.min_heads_per_layer must be >= 1 (a layer without heads cannot run), "
+                              f"got {self.min_heads_per_layer}")
+        if self.round_to < 1:
+            raise ConfigError(f"{name}.round_to must be >= 1, got {self.round_to}")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"{name}.calibration_batches must be >= 1, got {self.calibration_batches}")
+        if self.batch_size < 2:
+            raise ConfigError(f"{name}.batch_size must be >= 2 (the calibration loss compares examples), got {self.batch_size}")
+
+
+@dataclasses.dataclass
 class PruneContext:
     """What `prune()` hands a handler besides the config."""
 
@@ -156,4 +201,5 @@ PRUNERS: Registry[Pruner] = Registry("pruning method")
 def _ensure_registered() -> None:
     """Import the handler modules (explicitly) so `PRUNERS` is filled."""
     import condense.prune.structured  # noqa: F401
+    import condense.prune.transformer  # noqa: F401
     import condense.prune.unstructured  # noqa: F401

@@ -38,6 +38,7 @@ from condense.prune.config import (
     PruneConfig,
     PruneContext,
     RandomConfig,
+    TransformerConfig,
 )
 from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
@@ -66,7 +67,9 @@ class RecoverConfig(Config):
     layer's input distribution, so the stale statistics alone can take a pruned model to chance
     accuracy (Li et al. 2020, "EagleEye", adaptive BN). `keep_masks=True` leaves unstructured
     masks installed (for further pruning); by default they are made permanent so the model saves
-    and exports.
+    and exports. `losses` (distill): the distillation losses (`DistillConfig.losses`); by default
+    the Hinton mix above, or for an encoder teacher (an hf: sentence-embedding / hidden-states
+    model, which has no class scores) the cosine embedding loss.
     """
 
     method: Literal["finetune", "distill", "none"] = "finetune"
@@ -75,6 +78,7 @@ class RecoverConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=_default_train)
     bn_batches: int = 8
     keep_masks: bool = False
+    losses: list[dict[str, Any]] | None = None
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -84,10 +88,13 @@ class RecoverConfig(Config):
         if self.bn_batches < 0:
             raise ConfigError(f"RecoverConfig.bn_batches must be >= 0, got {self.bn_batches}")
 
-    def distill_config(self) -> Any:
+    def distill_config(self, teacher: nn.Module | None = None) -> Any:
         from condense.distill.config import DistillConfig
 
-        return DistillConfig(alpha=self.alpha, temperature=self.temperature, train=self.train)
+        losses = self.losses
+        if losses is None and getattr(teacher, "task", None) in ("sentence-embedding", "encoder"):
+            losses = [{"name": "embedding", "kind": "cosine"}]
+        return DistillConfig(losses=list(losses or []), alpha=self.alpha, temperature=self.temperature, train=self.train)
 
 
 def _prune_config(config: PruneConfig | dict[str, Any]) -> PruneConfig:
@@ -108,11 +115,16 @@ def _recover_config(config: RecoverConfig | dict[str, Any] | None) -> RecoverCon
     return config
 
 
-def _inputs(model: nn.Module, example_inputs: Any, data: Any | None) -> tuple[torch.Tensor, ...]:
-    """Batch-1 example inputs: given, else the first training sample, else from the model's spec."""
+def _inputs(model: nn.Module, example_inputs: Any, data: Any | None, batches: bool = False) -> Any:
+    """Batch-1 example inputs: given, else the first training sample, else from the model's spec.
+    With `batches` (transformer pruning: models called with dict batches) a dict batch is kept."""
+    if batches and isinstance(example_inputs, dict):
+        return example_inputs
     if example_inputs is None and data is not None and len(as_source(data)):
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         x = example_inputs_of(data, 1)
+        if batches and isinstance(x, dict):
+            return x
         if not isinstance(x, torch.Tensor):
             raise ConfigError(f"structured pruning traces models called as model(x); this data gives the inputs "
                               f"{sorted(x)} (transformer heads / FFN pruning is a separate method)")
@@ -195,8 +207,14 @@ def macs_ratio_to_channel_ratio(
 # ----------------------------------------------------------------------------- one cycle
 
 
-def _numbers(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    return {"macs": count_macs(model, inputs), "params": count_params(model),
+def _numbers(model: nn.Module, inputs: Any) -> dict[str, Any]:
+    if isinstance(inputs, dict):
+        from condense.prune.transformer import batch_macs
+
+        macs = batch_macs(model, inputs)
+    else:
+        macs = count_macs(model, inputs)
+    return {"macs": macs, "params": count_params(model),
             "sparsity": sparsity_report(model)["global"]["sparsity"]}
 
 
@@ -295,7 +313,7 @@ def prune_and_recover(
     rcfg = _recover_config(recover_config)
     if rcfg.method != "none" and (train_data is None or len(train_data) == 0):
         raise ConfigError(f"recovery {rcfg.method!r} needs training data")
-    inputs = _inputs(model, example_inputs, train_data)
+    inputs = _inputs(model, example_inputs, train_data, batches=isinstance(pcfg, TransformerConfig))
     if rcfg.method != "distill":
         teacher = None
     elif teacher is None:
@@ -336,7 +354,7 @@ def prune_and_recover(
     elif rcfg.method == "distill":
         from condense.distill import distill_fit
 
-        result = distill_fit(model, teacher, train_data, rcfg.distill_config(), val_data, resume=resume)  # type: ignore[arg-type]
+        result = distill_fit(model, teacher, train_data, rcfg.distill_config(teacher), val_data, resume=resume)  # type: ignore[arg-type]
     else:
         result = None
     if result is not None:
@@ -352,8 +370,11 @@ def prune_and_recover(
     return model, info
 
 
-def _taylor_batches(cfg: PruneConfig, data: Any | None, rcfg: RecoverConfig) -> list[dict[str, Any]] | None:
-    """The first few training batches, for Taylor importance (which needs gradients)."""
+def _taylor_batches(cfg: PruneConfig, data: Any | None, rcfg: RecoverConfig) -> Any:
+    """The first few training batches, for Taylor importance (which needs gradients); transformer
+    pruning gets the training data itself (it draws its own calibration batches)."""
+    if isinstance(cfg, TransformerConfig):
+        return data
     if not isinstance(cfg, ChannelConfig) or cfg.importance != "taylor" or data is None:
         return None
     return list(islice(as_source(data).batches(rcfg.train.batch_size), cfg.taylor_batches))

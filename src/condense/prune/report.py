@@ -8,12 +8,14 @@ Channel pruning changes the dense shapes, so its savings show up in every number
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from condense.models.signature import call_model
 from condense.prune.masks import MASKABLE, masked_layers, sparsity_report
 
 ZEROS_NOTE = "zeros are not removed: dense size and latency are unchanged"
@@ -29,7 +31,10 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*_inputs(example_inputs))
+            if isinstance(example_inputs, Mapping):  # a batch dict (named inputs, e.g. a BERT's)
+                call_model(model, example_inputs)
+            else:
+                model(*_inputs(example_inputs))
     finally:
         for m, mode in was.items():
             m.training = mode

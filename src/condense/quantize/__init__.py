@@ -18,6 +18,7 @@ from condense.quantize import (
     dynamic,  # noqa: F401  "dynamic"
     ptq,  # noqa: F401  "static"
     qat,  # noqa: F401  "qat"
+    transformer,  # noqa: F401  "transformer" (Hugging Face encoders -> dynamic int8 ONNX)
     weight_only,  # noqa: F401  "weight_only"
 )
 from condense.quantize.fake_quant import (
@@ -28,7 +29,12 @@ from condense.quantize.fake_quant import (
 )
 from condense.quantize.fold import fold_batchnorm
 from condense.quantize.observers import OBSERVERS, Observer, make_observer
-from condense.quantize.onnx_int8 import Int8ExportResult, export_int8_onnx, ort_latency_comparison
+from condense.quantize.onnx_int8 import (
+    Int8ExportResult,
+    export_int8_onnx,
+    interleaved_latency,
+    ort_latency_comparison,
+)
 from condense.quantize.primitives import (
     QuantSpec,
     compute_qparams,
@@ -38,6 +44,12 @@ from condense.quantize.primitives import (
 from condense.quantize.primitives import quantize as quantize_tensor
 from condense.quantize.ptq import QuantizeConfig, QuantReport, quantize_static
 from condense.quantize.registry import QUANTIZERS, QuantMethod
+from condense.quantize.transformer import (
+    TransformerInt8Config,
+    TransformerInt8Result,
+    export_transformer_int8,
+)
+from condense.quantize.transformer_choice import TransformerInt8Choice, choose_transformer_int8
 
 # A new method registers itself in its own file
 # (`QUANTIZERS.register("name", QuantMethod(ItsConfig, its_handler))`) and is imported above.
@@ -53,12 +65,18 @@ __all__ = [
     "QuantSpec",
     "QuantWrapper",
     "QuantizeConfig",
+    "TransformerInt8Choice",
+    "TransformerInt8Config",
+    "TransformerInt8Result",
+    "choose_transformer_int8",
     "compute_qparams",
     "dequantize",
     "export_int8_onnx",
+    "export_transformer_int8",
     "fake_quantize",
     "fold_batchnorm",
     "make_observer",
+    "interleaved_latency",
     "ort_latency_comparison",
     "quant_wrappers",
     "quantize",

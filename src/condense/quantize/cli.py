@@ -13,6 +13,9 @@ One command per method of `QUANTIZERS`:
 * dynamic      int8 weights, activations quantized per batch (`dynamic.py`) -> ORT dynamic int8
                ONNX. Its speed is measured at every latency batch and a slow-down REFUSES the
                file (exit 4, nothing written) unless `--allow-slowdown` (then it is warned about).
+* transformer  Hugging Face encoders (`transformer.py`): fp32 export, ORT fusion, SmoothQuant and
+               outlier channels from calibration text, ORT dynamic int8 -> `model.int8.onnx`,
+               measured by cosine agreement with the fp32 file (`cli_transformer.py`).
 
 Every run prints the accuracy of the float model, of the PyTorch model after quantization (the
 simulation, for static / qat) and of the ONNX file in onnxruntime, bytes on disk, the size ratio,
@@ -36,16 +39,18 @@ from typing import Any
 
 from condense.data.loader import example_inputs, heldout_inputs
 
-METHODS = ("static", "dynamic", "weight_only", "qat")
+METHODS = ("static", "dynamic", "weight_only", "qat", "transformer")
 ONNX_NAMES = {"static": "model.int8.onnx", "qat": "model.int8.onnx", "dynamic": "model.dynamic.onnx",
-              "weight_only": "model.weight_only.onnx"}
+              "weight_only": "model.weight_only.onnx", "transformer": "model.int8.onnx"}
+DEFAULT_LATENCY_BATCHES = {"transformer": [1, 32]}  # others: [1, 256]
 FP32_NAME = "model.fp32.onnx"
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `quantize` sub-command to `condense`'s sub-parsers; returns its parser."""
     sp = subparsers.add_parser(
-        "quantize", help="quantize an artifact (static / dynamic / weight_only / qat), write the deployable ONNX, measure it",
+        "quantize", help="quantize an artifact (static / dynamic / weight_only / qat / transformer), write the deployable "
+                         "ONNX, measure it",
         description="Quantize an artifact folder, write the deployable ONNX file and measure accuracy, bytes and "
                     "onnxruntime latency against fp32.")
     sp.add_argument("model", metavar="MODEL_DIR", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
@@ -76,8 +81,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--data", default=None, help="dataset name (default: the model's own)")
     sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
     sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for the latency runs")
-    sp.add_argument("--latency-batches", nargs="*", type=int, default=[1, 256], metavar="N",
-                    help="batch sizes timed in onnxruntime (default 1 256; none = skip timing)")
+    sp.add_argument("--latency-batches", nargs="*", type=int, default=None, metavar="N",
+                    help="batch sizes timed in onnxruntime (default 1 256; transformer 1 32; none = skip timing)")
     sp.add_argument("--out", required=True, help="output folder (artifact + ONNX files)")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_quantize)
@@ -141,7 +146,12 @@ def _config(args: argparse.Namespace) -> Any:
             raw["algorithm"] = args.algorithm
         return WeightOnlyConfig.from_dict({**raw, **extra}, where=where)
     if wbits != 8 or args.bits != 8:
-        raise ConfigError("--method dynamic is int8 only (onnxruntime's dynamic quantization); drop --bits / --weight-bits")
+        raise ConfigError(f"--method {args.method} is int8 only (onnxruntime's dynamic quantization); drop --bits / --weight-bits")
+    if args.method == "transformer":
+        from condense.quantize.transformer import TransformerInt8Config
+
+        raw = {} if args.calibration_samples is None else {"calibration_samples": args.calibration_samples}
+        return TransformerInt8Config.from_dict({**raw, **extra}, where=where)
     extra.setdefault("threads", args.threads)
     return DynamicConfig.from_dict({"refuse_slowdown": not args.allow_slowdown, **extra}, where=where)
 
@@ -204,11 +214,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.latency_batches is None:
+        args.latency_batches = DEFAULT_LATENCY_BATCHES.get(args.method, [1, 256])
     if any(b < 1 for b in args.latency_batches):
         raise ConfigError(f"--latency-batches must be >= 1, got {args.latency_batches}")
     cfg = _config(args)
     model, meta = _load_model_arg(args.model, args.trust_pickle)
     model.eval()
+    if args.method == "transformer":
+        from condense.quantize.cli_transformer import quantize_transformer
+
+        return quantize_transformer(args, cfg, model, meta)
     splits, data_name, data_kwargs = _data_from(args, meta)
     test = splits.test
     example = example_inputs(test, 1)

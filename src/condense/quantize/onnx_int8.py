@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class Int8ExportResult:
     max_abs_diff: float | None  # max |ORT int8 - simulation| over the outputs
     notes: list[str]
     latency: dict[str, Any] | None = None  # `ort_latency_comparison` output when asked for
+    details: dict[str, Any] | None = None  # method-specific record (the transformer path: what it did, cosine)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -106,6 +107,10 @@ def export_int8_onnx(
 ) -> Int8ExportResult:
     """Write `qmodel` (from static PTQ) as a QDQ int8 ONNX file and check it in ONNX Runtime.
 
+    A Hugging Face model from `quantize(..., TransformerInt8Config())` is written by the
+    transformer path instead (`condense.quantize.transformer.export_planned_int8`: dynamic int8,
+    checked by cosine agreement with the fp32 export on `heldout`, a batch dict or data).
+
     `heldout` inputs (default: `example`) are run through ORT int8 and through the PyTorch
     simulation to measure top-1 agreement and max output difference. The fp32 twin is exported
     for the size comparison and kept at `fp32_path` if given. `activation_dtype` "uint8" (ORT's
@@ -117,6 +122,11 @@ def export_int8_onnx(
 
     from condense.export.onnx import export_onnx, onnx_file_bytes
 
+    if getattr(qmodel, "condense_int8_plan", None) is not None:  # quantize(..., method "transformer")
+        from condense.quantize.transformer import export_planned_int8
+
+        return export_planned_int8(qmodel, example, path, heldout=heldout, fp32_path=fp32_path, threads=threads,
+                                   latency_batches=latency_batches)
     if activation_dtype not in ("uint8", "int8"):
         raise ConfigError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")
     wrappers = quant_wrappers(qmodel)
@@ -203,10 +213,58 @@ def simulation_agreement(qmodel: nn.Module, session: Any, x: torch.Tensor, batch
     return (100.0 * same / total if total else float("nan")), worst
 
 
+def interleaved_latency(
+    runs: Mapping[str, Callable[[Any], Any]],
+    feeds: Sequence[Any],
+    *,
+    repeats: int,
+    warmup: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Median wall and calling-thread CPU milliseconds of each runner `runs[name](feed)`.
+
+    Every round runs all runners on the same feed (feeds rotate round by round) in a new random
+    order, with garbage collection paused, so load from other processes on a shared machine hits
+    them all alike (timing one after the other lets a change of load bias the ratios). With one
+    intra-op thread, ORT computes on the calling thread, so CPU time is that run's own work.
+    """
+    import gc
+    import random
+    import statistics
+    import time
+
+    if repeats < 1 or warmup < 0 or not feeds:
+        raise ConfigError(f"interleaved_latency: repeats >= 1, warmup >= 0 and feeds are needed, got {repeats}, {warmup}, "
+                          f"{len(feeds)} feeds")
+    for fn in runs.values():
+        for i in range(warmup):
+            fn(feeds[i % len(feeds)])
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    order, rng = list(runs), random.Random(seed)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            feed = feeds[r % len(feeds)]
+            rng.shuffle(order)
+            for k in order:
+                c0, t0 = time.thread_time(), time.perf_counter()
+                runs[k](feed)
+                t1, c1 = time.perf_counter(), time.thread_time()
+                wall[k].append((t1 - t0) * 1e3)
+                cpu[k].append((c1 - c0) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {k: {"wall_ms": float(statistics.median(wall[k])), "cpu_ms": float(statistics.median(cpu[k]))}
+            for k in runs}
+
+
 def ort_latency_comparison(
     int8_path: str | os.PathLike[str],
     fp32_path: str | os.PathLike[str],
-    example: torch.Tensor,
+    example: Any,
     *,
     batch_sizes: Sequence[int] = (1, 256),
     threads: int | None = None,
@@ -215,49 +273,29 @@ def ort_latency_comparison(
 ) -> dict[str, Any]:
     """Median ORT latency of the int8 and fp32 files at each batch size (same threads, ORT_ENABLE_ALL).
 
-    The two sessions run alternately, in a random order each round, so load from other processes
-    on a shared machine hits both alike (timing one file after the other lets a change of load
-    bias the ratio). Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32"}},
-    "notes"}; a note says so in words wherever int8 is not faster than fp32 on this machine.
+    `example`: a tensor for a single-input model or a batch dict (`input_ids`, ...); its first
+    sample is repeated to each batch size. The sessions run interleaved (`interleaved_latency`).
+    Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32"}}, "notes"}; a
+    note says so in words wherever int8 is not faster than fp32 on this machine.
     """
-    import gc
-    import random
-    import statistics
-    import time
+    from condense.export.onnx import ort_input
+    from condense.models.signature import repeat_batch
 
     if warmup < 1 or repeats < 3:
         raise ConfigError(f"ort_latency_comparison: warmup must be >= 1 and repeats >= 3, got {warmup}, {repeats}")
     threads = threads or os.cpu_count() or 1
-    x1 = _inputs(example)[:1].detach().cpu().numpy().astype(np.float32)
+    x1 = example if isinstance(example, dict) else _inputs(example)
     sessions = {"fp32": onnx_session(fp32_path, threads), "int8": onnx_session(int8_path, threads)}
     out: dict[str, Any] = {"threads": threads, "batches": {}, "notes": []}
-    rng = random.Random(0)
-    for bs in batch_sizes:
-        feed = np.ascontiguousarray(np.repeat(x1, bs, axis=0))
-        feeds = {kind: {sess.get_inputs()[0].name: feed} for kind, sess in sessions.items()}
-        runs = {kind: (lambda s=sess, f=feeds[kind]: s.run(None, f)) for kind, sess in sessions.items()}
-        for _ in range(warmup):
-            for run in runs.values():
-                run()
-        times: dict[str, list[float]] = {kind: [] for kind in runs}
-        order = list(runs)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for _ in range(repeats):
-                rng.shuffle(order)
-                for kind in order:
-                    t0 = time.perf_counter()
-                    runs[kind]()
-                    times[kind].append((time.perf_counter() - t0) * 1e3)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        row: dict[str, float] = {f"{kind}_ms": float(statistics.median(v)) for kind, v in times.items()}
+    for i, bs in enumerate(batch_sizes):
+        xb = repeat_batch(x1, int(bs))
+        feeds = {kind: ort_input(sess, xb) for kind, sess in sessions.items()}
+        runs = {kind: (lambda _f, s=sess, f=feeds[kind]: s.run(None, f)) for kind, sess in sessions.items()}
+        t = interleaved_latency(runs, [None], repeats=repeats, warmup=warmup, seed=i)
+        row: dict[str, float] = {f"{kind}_ms": v["wall_ms"] for kind, v in t.items()}
         row["int8_over_fp32"] = row["int8_ms"] / row["fp32_ms"]
         if row["int8_over_fp32"] >= 1.0:
             out["notes"].append(f"int8 is NOT faster than fp32 at batch {bs} on this CPU "
                                 f"({row['int8_ms']:.3f} ms vs {row['fp32_ms']:.3f} ms)")
         out["batches"][int(bs)] = row
     return out
-

@@ -167,9 +167,12 @@ def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
     model = _input(ctx)
     qmodel = quantize(model, cfg, calibration=ctx.splits.train)
     out = StageOutput(qmodel, info={"quantize_config": cfg.to_dict()})
-    out.notes.append("torch latency of this stage is the PyTorch fake-quant simulation, not a deployment runtime; "
+    planned = getattr(qmodel, "condense_int8_plan", None) is not None  # transformer int8: ONNX only
+    out.notes.append("torch latency of this stage is the float model carrying the int8 plan, not an int8 runtime; "
+                     "the deployed model is the int8 ONNX file run by onnxruntime" if planned else
+                     "torch latency of this stage is the PyTorch fake-quant simulation, not a deployment runtime; "
                      "the deployed model is the ONNX file run by onnxruntime")
-    if getattr(cfg, "method", "static") in ("static", "qat"):
+    if getattr(cfg, "method", "static") in ("static", "qat") or planned:
         from condense.quantize import export_int8_onnx
 
         res = export_int8_onnx(qmodel, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
@@ -189,7 +192,7 @@ def run_export(ctx: StageContext, cfg: ExportStageConfig) -> StageOutput:
 
     model = _input(ctx)
     example = example_inputs(ctx.splits.test, 1)
-    if quant_wrappers(model):
+    if quant_wrappers(model) or getattr(model, "condense_int8_plan", None) is not None:
         res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx", heldout=heldout_inputs(ctx.splits.test),
                                opset=cfg.opset)
         return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())}, notes=list(res.notes))

