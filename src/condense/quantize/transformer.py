@@ -294,6 +294,12 @@ def export_transformer_int8(
     """
     cfg = config if isinstance(config, TransformerInt8Config) else TransformerInt8Config.from_dict(config)
     check_hf_model(model)
+    notes: list[str] = []
+    if cfg.fuse and _uneven_heads(model):
+        # ORT's fused Attention op needs hidden_size = heads x head size in every layer
+        cfg = dataclasses.replace(cfg, fuse=False)
+        notes.append("attention heads were pruned (a different count per layer): ORT's fused Attention op cannot "
+                     "express that, so the int8 graph is built on the plain (unfused) export")
     batches = calibration_batches(cfg, calibration)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +307,7 @@ def export_transformer_int8(
     try:
         ws = TransformerWorkspace(model, work, example=example, calibration=batches, opset=cfg.opset)
         res = ws.build(cfg, target)
+        res.notes[:0] = notes
         if fp32_path is not None:
             with atomic_path(fp32_path) as tmp:
                 shutil.copyfile(ws.graph("plain"), tmp)
@@ -308,6 +315,17 @@ def export_transformer_int8(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def _uneven_heads(model: nn.Module) -> bool:
+    """True when a layer has fewer attention heads than the config declares (pruned heads)."""
+    from condense.prune.transformer import head_counts
+
+    try:
+        counts = head_counts(model)
+    except Exception:  # noqa: BLE001 - not a BERT-family layout the pruner knows: nothing was pruned by it
+        return False
+    return any(c != int(model.hf.config.num_attention_heads) for c in counts)
 
 
 # -- the quantize() method and its export ------------------------------------------------------
