@@ -7,16 +7,15 @@ with the reason, when the model package or transformers is absent; `.ci/run` ins
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
 import condense
+from _corpus import stdlib_sentences, write_jsonl
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers: pip install condense[hf]"),
@@ -25,30 +24,12 @@ pytestmark = [
 ]
 
 
-def stdlib_sentences(n: int) -> list[str]:
-    """First sentences of docstrings in a few stdlib modules (read with ast, never imported)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out: list[str] = []
-    for name in ("argparse.py", "json/decoder.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
-                 "logging/__init__.py", "subprocess.py", "textwrap.py", "inspect.py"):
-        f = root / name
-        if not f.exists():
-            continue
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
-                first = " ".join(doc.split("\n\n")[0].split())
-                if 20 <= len(first) <= 200 and first not in out:
-                    out.append(first)
-    return out[:n]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
     sentences = stdlib_sentences(240)
     assert len(sentences) >= 200
-    path.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
-    return path
+    return write_jsonl(path, sentences)
 
 
 def test_distill_minilm_into_three_layers_on_a_text_file(corpus, tmp_path):

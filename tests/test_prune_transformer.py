@@ -7,18 +7,17 @@ all-MiniLM-L6-v2 (skipped without the model package) with a JSONL file of stdlib
 """
 from __future__ import annotations
 
-import ast
 import copy
 import importlib.util
 import json
 import shutil
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
 import condense
+from _corpus import MODULES, stdlib_sentences, write_jsonl
 from condense.core.errors import ConfigError
 from condense.prune import TransformerConfig, pad_pruned_heads, transformer_importance
 from condense.prune.heads import blocks_of, masked
@@ -205,29 +204,12 @@ def test_data_importance_needs_data(tiny_dir):
 # ----------------------------------------------------------------------------- MiniLM
 
 
-def stdlib_sentences(n: int) -> list[str]:
-    """First sentences of docstrings in a few stdlib modules (read with ast, never imported)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out: list[str] = []
-    for name in ("argparse.py", "json/decoder.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
-                 "logging/__init__.py", "subprocess.py", "textwrap.py", "inspect.py", "typing.py", "email/message.py"):
-        f = root / name
-        if f.exists():
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
-                    first = " ".join(doc.split("\n\n")[0].split())
-                    if 20 <= len(first) <= 200 and first not in out:
-                        out.append(first)
-    return out[:n]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
-    sentences = stdlib_sentences(400)
+    sentences = stdlib_sentences(400, modules=(*MODULES, "typing.py", "email/message.py"))
     assert len(sentences) >= 300
-    path.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
-    return path
+    return write_jsonl(path, sentences)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ disjoint. Skipped, with the reason, when transformers or the MiniLM package is a
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 import condense
+from _corpus import stdlib_sentences
 from condense.core.errors import ConfigError
 from condense.quantize import onnx_smooth as osm
 
@@ -105,27 +104,14 @@ def test_smoothing_and_outlier_split_preserve_fp32_outputs_of_a_graph(tmp_path):
 
 
 # -- all-MiniLM-L6-v2 ---------------------------------------------------------------------------
-def stdlib_sentences() -> list[str]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out: list[str] = []
-    for name in ("argparse.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py", "subprocess.py",
-                 "logging/__init__.py", "inspect.py", "textwrap.py", "json/decoder.py", "email/message.py"):
-        f = root / name
-        if f.exists():
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
-                    first = " ".join(doc.split("\n\n")[0].split())
-                    if 30 <= len(first) <= 200 and len(first.split()) >= 5 and first not in out:
-                        out.append(first)
-    return out
-
-
 @pytest.fixture(scope="module")
 def minilm():
     from condense.data.text import text_dataset
     from condense.models.hf import minilm_dir
 
-    texts = stdlib_sentences()
+    texts = stdlib_sentences(modules=("argparse.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
+                                      "subprocess.py", "logging/__init__.py", "inspect.py", "textwrap.py",
+                                      "json/decoder.py", "email/message.py"), min_chars=30, min_words=5)
     assert len(texts) >= 200
     folder = str(minilm_dir())
     return {"model": condense.build_model(f"hf:{folder}"), "folder": folder, "texts": texts,

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from _corpus import stdlib_sentences, write_jsonl
 from condense.core.errors import ConfigError
 from condense.core.taps import FeatureTap
 from condense.distill.losses import (
@@ -323,24 +324,6 @@ def test_head_count_mismatch_needs_relation_heads():
 
 
 # ------------------------------------------------------------------- all-MiniLM-L6-v2, end to end
-def _sentences(n: int) -> list[str]:
-    import ast
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out: list[str] = []
-    for name in ("argparse.py", "json/decoder.py", "pathlib.py", "shutil.py", "tarfile.py", "zipfile/__init__.py",
-                 "logging/__init__.py", "subprocess.py", "textwrap.py", "inspect.py"):
-        f = root / name
-        if f.exists():
-            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef | ast.FunctionDef) and (doc := ast.get_docstring(node)):
-                    first = " ".join(doc.split("\n\n")[0].split())
-                    if 20 <= len(first) <= 200 and first not in out:
-                        out.append(first)
-    return out[:n]
-
-
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     import condense
@@ -348,9 +331,9 @@ def minilm(tmp_path_factory):
 
     folder = minilm_dir()
     path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
-    sentences = _sentences(130)
+    sentences = stdlib_sentences(130)
     assert len(sentences) >= 100
-    path.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
+    write_jsonl(path, sentences)
     splits = condense.load_dataset("text", path=str(path), tokenizer=str(folder), max_length=48, seed=0)
     return folder, splits, condense.build_model(f"hf:{folder}")
 

@@ -96,9 +96,9 @@ def _test_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dict[
     encoder on unlabelled text) how closely the outputs follow `reference` (the teacher)."""
     from condense.core.errors import ConfigError
     from condense.evaluate import evaluate
-    from condense.models.hf import HFModel
+    from condense.models.hf import is_encoder
 
-    if not (isinstance(model, HFModel) and model.task != "sequence-classification"):
+    if not is_encoder(model):
         m = evaluate(model, splits.test)
         return m, f"test accuracy {m['accuracy']:.4f}"
     if reference is None:

@@ -13,13 +13,10 @@ from typing import Any
 
 from torch import nn
 
+from condense.models.hf import is_encoder
+
 #: AdamW learning rate for distilling a pretrained transformer (DistilBERT, sentence-transformers)
 TRANSFORMER_LR = 1e-4
-
-
-def is_encoder(model: nn.Module) -> bool:
-    """An hf: model whose output is an embedding / hidden states, not class scores."""
-    return getattr(model, "task", None) in ("sentence-embedding", "encoder")
 
 
 def teacher_defaults(raw: dict[str, Any], teacher: nn.Module) -> dict[str, Any]:

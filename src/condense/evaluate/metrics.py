@@ -238,9 +238,11 @@ def evaluate(
     labelled classification also the top-1 agreement with the reference's predictions.
     Always: `runtime` ("torch" or "onnxruntime") and `n`.
     """
+    from condense.models.hf import is_encoder
+
     outputs, targets, runtime = predict(model_or_onnx, data, batch_size=batch_size, device=device, threads=threads)
     out: dict[str, Any] = {}
-    if getattr(model_or_onnx, "task", None) in ("sentence-embedding", "encoder"):
+    if is_encoder(model_or_onnx):
         targets = None  # an encoder's (N, D) embeddings are not class scores, labelled data or not
     if targets is not None and outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
         targets = targets.detach().cpu().long()

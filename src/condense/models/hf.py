@@ -180,6 +180,14 @@ _WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding
                                        "sequence-classification": HFSequenceClassifier}
 
 
+ENCODER_TASKS = ("sentence-embedding", "encoder")
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """An hf: model whose output is an embedding / hidden states, not class scores."""
+    return getattr(model, "task", None) in ENCODER_TASKS
+
+
 def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normalize: bool | None,
                   attn_implementation: str) -> None:
     if task not in TASKS:
@@ -431,6 +439,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None = 
 
 
 __all__ = [
+    "is_encoder",
     "BUILD_ARGS",
     "HFEncoder",
     "HFModel",

@@ -89,7 +89,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                              "progress": "off" if args.json else "auto"}
     if args.lr is not None:
         train["lr"] = args.lr
-    encoder = getattr(model, "task", None) in ("sentence-embedding", "encoder")  # embeddings, not class scores
+    from condense.models.hf import is_encoder
+
+    encoder = is_encoder(model)  # embeddings, not class scores
     rcfg = RecoverConfig.from_dict(
         {"method": args.recover or ("distill" if encoder else "finetune"), "alpha": args.alpha,
          "temperature": args.temperature, "bn_batches": args.bn_batches, "train": train}, where="condense prune"

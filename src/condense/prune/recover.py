@@ -90,9 +90,10 @@ class RecoverConfig(Config):
 
     def distill_config(self, teacher: nn.Module | None = None) -> Any:
         from condense.distill.config import DistillConfig
+        from condense.models.hf import is_encoder
 
         losses = self.losses
-        if losses is None and getattr(teacher, "task", None) in ("sentence-embedding", "encoder"):
+        if losses is None and is_encoder(teacher):
             losses = [{"name": "embedding", "kind": "cosine"}]
         return DistillConfig(losses=list(losses or []), alpha=self.alpha, temperature=self.temperature, train=self.train)
 
