@@ -59,7 +59,7 @@ def test_misspelled_keys_name_file_line_and_close_key(tmp_path):
     _check(tmp_path, BASE.replace("kind: train", "kind: trian"), r"r.yaml:4: unknown stage kind 'trian'.*did you mean: train")
     _check(tmp_path, BASE + "  - {kind: prune, from: techer, config: {method: channel, ratio: 0.5}}\n",
            r"'from: techer' names no earlier stage.*did you mean: teacher")
-    _check(tmp_path, BASE + "  - {kind: factorize}\n", r"r.yaml:8: stage kind 'factorize' is not available")
+    _check(tmp_path, BASE + "  - {kind: factorize, config: {rank_by: enrgy}}\n", r"r.yaml:8: .*rank_by.*enrgy")
     _check(tmp_path, BASE + "  - {kind: quantize, config: {method: static, weight_bits: 9}}\n", r"r.yaml:8: .*weight_bits must be in 2..8")
     _check(tmp_path, BASE.replace("name: t\n", "name: t\nstages_: []\n"), r"unknown top-level key 'stages_'.*did you mean: stages")
     _check(tmp_path, BASE + "  - {kind: distill, model: {name: mlp}}\n", r"needs 'teacher: <earlier stage name>'")

@@ -275,6 +275,7 @@ def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
 
 def register_edit_handlers() -> None:
     """Import the packages whose structural edits `load()` may replay (they register in EDITS)."""
+    import condense.lowrank  # noqa: F401  factorize, drop_blocks
     import condense.prune  # noqa: F401  prune_channels, prune_masks, prune_unmask
     import condense.quantize  # noqa: F401  quantize_static, weight_only, qat, ...
 

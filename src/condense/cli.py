@@ -610,11 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_report)
 
+    from condense.lowrank.cli import register as register_lowrank
     from condense.prune.cli import register as register_prune
     from condense.quantize.cli import register as register_quantize
 
     register_prune(sub)
     register_quantize(sub)
+    register_lowrank(sub)
 
     for name, fn, help_ in (("models", cmd_models, "list the model zoo"), ("datasets", cmd_datasets, "list data sources")):
         sp = sub.add_parser(name, help=help_)

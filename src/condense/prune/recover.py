@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 from itertools import islice
 from typing import Any, Literal
@@ -26,11 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from condense.core.config import Config
 from condense.core.errors import ConfigError, RunError
 from condense.data.loader import as_source
 from condense.data.loader import example_inputs as example_inputs_of
-from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 from condense.prune.config import (
     ChannelConfig,
     MagnitudeConfig,
@@ -45,57 +42,20 @@ from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsi
 from condense.prune.report import count_macs, count_params
 from condense.prune.sensitivity import _layer_costs, estimate_cost
 from condense.prune.structured import eligible_groups, example_tuple, group_ratios
-from condense.train.config import TrainConfig
+from condense.train.recover import (
+    RecoverConfig,
+    check_recovery_data,
+    recalibrate_batchnorm,
+    recover,
+    recovery_teacher,
+    val_accuracy,
+)
+from condense.train.recover import recover_config as as_recover_config
+
+__all__ = ["RecoverConfig", "iterative_prune", "macs_ratio_to_channel_ratio", "prune_and_recover",
+           "recalibrate_batchnorm"]
 
 Patterns = Sequence[str] | str | None
-
-
-def _default_train() -> TrainConfig:
-    return TrainConfig(epochs=5, lr=1e-3, select_best="last")
-
-
-@dataclasses.dataclass
-class RecoverConfig(Config):
-    """How a pruned model gets its accuracy back.
-
-    `method`: "finetune" (cross-entropy on the labels), "distill" (from the unpruned model:
-    `alpha * soft_kd(temperature) + (1 - alpha) * ce`), or "none". `train` holds the optimizer,
-    epochs and seed of the recovery run (default: 5 epochs, lr 1e-3, last epoch kept: a small
-    validation set saturates early and "best" would pick an under-recovered epoch).
-    `bn_batches`: before recovery, BatchNorm running statistics are re-estimated on this many
-    training batches (no gradients; 0 = off). Removing channels or weights shifts every later
-    layer's input distribution, so the stale statistics alone can take a pruned model to chance
-    accuracy (Li et al. 2020, "EagleEye", adaptive BN). `keep_masks=True` leaves unstructured
-    masks installed (for further pruning); by default they are made permanent so the model saves
-    and exports. `losses` (distill): the distillation losses (`DistillConfig.losses`); by default
-    the Hinton mix above, or for an encoder teacher (an hf: sentence-embedding / hidden-states
-    model, which has no class scores) the cosine embedding loss.
-    """
-
-    method: Literal["finetune", "distill", "none"] = "finetune"
-    alpha: float = 0.9
-    temperature: float = 4.0
-    train: TrainConfig = dataclasses.field(default_factory=_default_train)
-    bn_batches: int = 8
-    keep_masks: bool = False
-    losses: list[dict[str, Any]] | None = None
-
-    def validate(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"RecoverConfig.alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"RecoverConfig.temperature must be > 0, got {self.temperature}")
-        if self.bn_batches < 0:
-            raise ConfigError(f"RecoverConfig.bn_batches must be >= 0, got {self.bn_batches}")
-
-    def distill_config(self, teacher: nn.Module | None = None) -> Any:
-        from condense.distill.config import DistillConfig
-        from condense.models.hf import is_encoder
-
-        losses = self.losses
-        if losses is None and is_encoder(teacher):
-            losses = [{"name": "embedding", "kind": "cosine"}]
-        return DistillConfig(losses=list(losses or []), alpha=self.alpha, temperature=self.temperature, train=self.train)
 
 
 def _prune_config(config: PruneConfig | dict[str, Any]) -> PruneConfig:
@@ -104,16 +64,6 @@ def _prune_config(config: PruneConfig | dict[str, Any]) -> PruneConfig:
     if not isinstance(config, PruneConfig):
         raise ConfigError(f"prune config must be a PruneConfig or a mapping, got {type(config).__name__}")
     return PruneConfig.from_dict(config.to_dict()) if type(config) is PruneConfig else config
-
-
-def _recover_config(config: RecoverConfig | dict[str, Any] | None) -> RecoverConfig:
-    if config is None:
-        return RecoverConfig()
-    if isinstance(config, dict):
-        return RecoverConfig.from_dict(config)
-    if not isinstance(config, RecoverConfig):
-        raise ConfigError(f"recover config must be a RecoverConfig or a mapping, got {type(config).__name__}")
-    return config
 
 
 def _inputs(model: nn.Module, example_inputs: Any, data: Any | None, batches: bool = False) -> Any:
@@ -219,46 +169,6 @@ def _numbers(model: nn.Module, inputs: Any) -> dict[str, Any]:
             "sparsity": sparsity_report(model)["global"]["sparsity"]}
 
 
-def _val_accuracy(model: nn.Module, data: Any | None) -> float | None:
-    if data is None or len(as_source(data)) == 0 or as_source(data).labelled is False:
-        return None
-    from condense.evaluate import evaluate
-
-    return float(evaluate(model, data)["accuracy"])
-
-
-def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
-    """Re-estimate every BatchNorm's running mean / variance on `batches` shuffled training batches.
-
-    Only the statistics change (cumulative average, no gradients, other layers in eval mode so
-    dropout is off); returns the number of samples seen (0 when the model has no BatchNorm).
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    source = as_source(data)
-    if not norms or batches < 1 or len(source) == 0:
-        return 0
-    was = {m: m.training for m in model.modules()}
-    momenta = [m.momentum for m in norms]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    seen = 0
-    try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average over the batches below
-            m.train()
-        with torch.no_grad():
-            for batch in islice(source.batches(batch_size, shuffle=True, seed=seed), batches):
-                call_model(model, batch_to(model_inputs(model, batch), device))
-                seen += batch_size_of(model_inputs(model, batch))
-    finally:
-        for m, mom in zip(norms, momenta, strict=True):
-            m.momentum = mom
-        for m, mode in was.items():
-            m.training = mode
-    return seen
-
-
 def mask_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every layer's pruning mask, to check later that training kept them."""
     return {n: get_mask(m).mask.detach().clone() for n, m in masked_layers(model).items()}  # type: ignore[union-attr]
@@ -311,20 +221,12 @@ def prune_and_recover(
     validation accuracy (dense, pruned, recovered; when `val_data` is given) and the fit history.
     """
     pcfg = _prune_config(prune_config)
-    rcfg = _recover_config(recover_config)
-    if rcfg.method != "none" and (train_data is None or len(train_data) == 0):
-        raise ConfigError(f"recovery {rcfg.method!r} needs training data")
+    rcfg = as_recover_config(recover_config)
+    check_recovery_data(rcfg, train_data)
     inputs = _inputs(model, example_inputs, train_data, batches=isinstance(pcfg, TransformerConfig))
-    if rcfg.method != "distill":
-        teacher = None
-    elif teacher is None:
-        teacher = copy.deepcopy(model)
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    teacher = recovery_teacher(model, rcfg, teacher)
     info: dict[str, Any] = {"recover": rcfg.to_dict(), "dense": _numbers(model, inputs), "val_accuracy": {}}
-    info["val_accuracy"]["dense"] = _val_accuracy(model, val_data)
+    info["val_accuracy"]["dense"] = val_accuracy(model, val_data)
     if target_macs is not None:
         if not isinstance(pcfg, ChannelConfig):
             raise ConfigError(f"target_macs needs a structured method (channel / slimming), got {pcfg.method!r}")
@@ -341,33 +243,22 @@ def prune_and_recover(
     info["pruned"] = _numbers(model, inputs)
     info["macs_fraction"] = info["pruned"]["macs"] / max(info["dense"]["macs"], 1)
     info["params_fraction"] = info["pruned"]["params"] / max(info["dense"]["params"], 1)
-    info["val_accuracy"]["pruned"] = _val_accuracy(model, val_data)
+    info["val_accuracy"]["pruned"] = val_accuracy(model, val_data)
     if rcfg.bn_batches and train_data is not None:
         info["bn_recalibration_samples"] = recalibrate_batchnorm(model, train_data, rcfg.bn_batches, rcfg.train.batch_size, rcfg.train.seed)
         if info["bn_recalibration_samples"]:
-            info["val_accuracy"]["pruned_bn_recalibrated"] = _val_accuracy(model, val_data)
+            info["val_accuracy"]["pruned_bn_recalibrated"] = val_accuracy(model, val_data)
 
     masks_before = mask_snapshot(model)
-    if rcfg.method == "finetune":
-        from condense.train.fit import train_model
-
-        result = train_model(model, train_data, rcfg.train, val_data, resume=resume)  # type: ignore[arg-type]
-    elif rcfg.method == "distill":
-        from condense.distill import distill_fit
-
-        result = distill_fit(model, teacher, train_data, rcfg.distill_config(teacher), val_data, resume=resume)  # type: ignore[arg-type]
-    else:
-        result = None
-    if result is not None:
-        model = result.model
-        info["fit"] = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "steps": result.steps,
-                       "history": result.history}
+    model, fit_info = recover(model, rcfg, train_data, val_data, teacher=teacher, resume=resume)
+    if fit_info is not None:
+        info["fit"] = fit_info
     if masks_before or masked_layers(model):
         info["masked_weights_checked"] = check_masks_held(model, masks_before)
         if not rcfg.keep_masks:
             make_permanent(model)
     info["recovered"] = _numbers(model, inputs)
-    info["val_accuracy"]["recovered"] = _val_accuracy(model, val_data)
+    info["val_accuracy"]["recovered"] = val_accuracy(model, val_data)
     return model, info
 
 
@@ -406,7 +297,7 @@ def iterative_prune(
     kept between steps and made permanent at the end (unless `keep_masks`).
     """
     pcfg = _prune_config(prune_config)
-    rcfg = _recover_config(recover_config)
+    rcfg = as_recover_config(recover_config)
     steps = [float(s) for s in steps]
     if not steps:
         raise ConfigError("iterative_prune: steps is empty")

@@ -34,5 +34,5 @@ def select_layers(
         chosen -= _expand(set(select_modules(model, ignore, field="ignore")), candidates)
     if not chosen:
         kinds_txt = "/".join(k.__name__ for k in kinds)
-        raise ConfigError(f"{what}: the selection (targets={targets!r}, ignore={ignore!r}) leaves no {kinds_txt} layer to prune")
+        raise ConfigError(f"{what}: the selection (targets={targets!r}, ignore={ignore!r}) leaves no {kinds_txt} layer to work on")
     return {n: m for n, m in named if n in chosen}

@@ -171,7 +171,20 @@ def allocate_ratios(sensitivity: dict[str, Any], global_target: float, budget: s
         raise ConfigError(f"allocate_ratios: budget must be 'macs' or 'params', got {budget!r}")
     if sensitivity["method"] == "magnitude" and budget == "macs":
         raise ConfigError("allocate_ratios: unstructured masks do not reduce dense MACs; use budget='params'")
-    grid = sensitivity["ratios"]
+    base = sensitivity["macs"] if budget == "macs" else sensitivity["params"]
+    best = allocate_by_tolerance(sensitivity, lambda ratios: estimate_cost(sensitivity, ratios, budget),
+                                 base * (1.0 - global_target))
+    if best is None:
+        most = 1.0 - estimate_cost(sensitivity, allocate_at(sensitivity, math.inf), budget) / base
+        raise ConfigError(
+            f"allocate_ratios: even the largest tested ratios remove only {most:.1%} of the {budget}, "
+            f"short of the target {global_target:.1%}; test larger ratios"
+        )
+    return best
+
+
+def _monotone_drops(sensitivity: dict[str, Any]) -> dict[str, list[float]]:
+    """Per entry, the metric drop from the baseline at each ratio, made non-decreasing in the ratio."""
     drops: dict[str, list[float]] = {}
     for e in sensitivity["entries"]:
         worst, mono = 0.0, []
@@ -179,29 +192,30 @@ def allocate_ratios(sensitivity: dict[str, Any], global_target: float, budget: s
             worst = max(worst, sensitivity["baseline"] - m)
             mono.append(worst)
         drops[e["name"]] = mono
-    base = sensitivity["macs"] if budget == "macs" else sensitivity["params"]
-    goal = base * (1.0 - global_target)
+    return drops
 
-    def at(tol: float) -> dict[str, float]:
-        out = {}
-        for name, mono in drops.items():
-            ok = [r for r, d in zip(grid, mono, strict=True) if d <= tol]
-            out[name] = max(ok) if ok else 0.0
-        return out
 
-    tolerances = sorted({d for mono in drops.values() for d in mono})
+def allocate_at(sensitivity: dict[str, Any], tolerance: float) -> dict[str, float]:
+    """Per entry, the largest tested ratio whose (monotonised) metric drop is <= `tolerance`."""
+    out = {}
+    for name, mono in _monotone_drops(sensitivity).items():
+        ok = [r for r, d in zip(sensitivity["ratios"], mono, strict=True) if d <= tolerance]
+        out[name] = max(ok) if ok else 0.0
+    return out
+
+
+def allocate_by_tolerance(sensitivity: dict[str, Any], cost: Callable[[dict[str, float]], float],
+                          goal: float) -> dict[str, float] | None:
+    """The allocation at the smallest common metric-drop tolerance whose `cost(ratios)` is <= `goal`
+    (None when no tested tolerance gets there). Shared by channel pruning and low-rank rank
+    selection: the cost model is the caller's, the bisection over measured drops is this one."""
+    tolerances = sorted({d for mono in _monotone_drops(sensitivity).values() for d in mono if math.isfinite(d)})
     best = None
     lo, hi = 0, len(tolerances) - 1
     while lo <= hi:  # the cost only falls as the tolerance grows: bisect for the smallest that fits
         mid = (lo + hi) // 2
-        if estimate_cost(sensitivity, at(tolerances[mid]), budget) <= goal:
+        if cost(allocate_at(sensitivity, tolerances[mid])) <= goal:
             best, hi = tolerances[mid], mid - 1
         else:
             lo = mid + 1
-    if best is None:
-        most = 1.0 - estimate_cost(sensitivity, at(math.inf), budget) / base
-        raise ConfigError(
-            f"allocate_ratios: even the largest tested ratios remove only {most:.1%} of the {budget}, "
-            f"short of the target {global_target:.1%}; test larger ratios"
-        )
-    return at(best)
+    return None if best is None else allocate_at(sensitivity, best)

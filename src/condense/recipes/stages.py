@@ -23,9 +23,10 @@ from condense.recipes.schema import Recipe, StageSpec, _Lines
 from condense.train.config import TrainConfig
 from condense.train.distributed import is_main, world
 
-PLANNED = {
-    "factorize": "low-rank factorization is not built yet",
-}
+PLANNED: dict[str, str] = {}  # kind -> why it is not available yet (none at present)
+
+#: stage kinds that edit a model's structure and take a `recover:` section
+RECOVERING = ("prune", "factorize", "reduce-depth")
 
 
 @dataclasses.dataclass
@@ -144,14 +145,11 @@ def run_distill(ctx: StageContext, cfg: Config) -> StageOutput:
 
 def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.prune import make_permanent, pruning_report
-    from condense.prune.recover import RecoverConfig, prune_and_recover
+    from condense.prune.recover import prune_and_recover
 
     model = _input(ctx)
     example = example_inputs(ctx.splits.test, 1)
-    raw = {"method": "none", **ctx.spec.recover}
-    if raw["method"] != "none":
-        raw["train"] = _train_config(ctx).to_dict()
-    rc = RecoverConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} recover")
+    rc = _stage_recover_config(ctx)
     pruned, info = prune_and_recover(model, cfg, rc, ctx.splits.train, ctx.splits.val, example_inputs=example,
                                      resume=ctx.resume)
     make_permanent(pruned)
@@ -159,6 +157,34 @@ def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
     if is_main():  # the report times the model: one process, not every torchrun rank at once
         out.info["report"] = _jsonable(pruning_report(pruned, example))
     return out
+
+
+def _stage_recover_config(ctx: StageContext) -> Any:
+    from condense.train.recover import RecoverConfig
+
+    raw = {"method": "none", **ctx.spec.recover}
+    if raw["method"] != "none":
+        raw["train"] = _train_config(ctx).to_dict()
+    return RecoverConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} recover")
+
+
+def run_factorize(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.lowrank import factorize_and_recover
+
+    model, info = factorize_and_recover(_input(ctx), cfg, _stage_recover_config(ctx), ctx.splits.train, ctx.splits.val,
+                                        resume=ctx.resume)
+    edit = info.get("edit") or {}
+    notes = [f"{name}: {why}" for name, why in (edit.get("skipped") or {}).items()]
+    return StageOutput(model, info={"factorize": _jsonable(info)}, notes=notes)
+
+
+def run_reduce_depth(ctx: StageContext, cfg: Config) -> StageOutput:
+    from condense.lowrank import reduce_depth_and_recover
+
+    model, info = reduce_depth_and_recover(_input(ctx), cfg, _stage_recover_config(ctx), ctx.splits.train,
+                                           ctx.splits.val, resume=ctx.resume)
+    dropped = (info.get("edit") or {}).get("dropped") or []
+    return StageOutput(model, info={"reduce_depth": _jsonable(info)}, notes=[f"removed blocks: {', '.join(dropped)}"])
 
 
 def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -287,6 +313,18 @@ def _parse_reduce(raw: dict[str, Any]) -> Config:
     return resolve_config(raw)[1]
 
 
+def _parse_factorize(raw: dict[str, Any]) -> Config:
+    from condense.lowrank import FactorizeConfig
+
+    return FactorizeConfig.from_dict(raw)
+
+
+def _parse_depth(raw: dict[str, Any]) -> Config:
+    from condense.lowrank import DepthConfig
+
+    return DepthConfig.from_dict(raw)
+
+
 def _parse_tune(raw: dict[str, Any]) -> Config:
     from condense.tune import TuneConfig
 
@@ -303,6 +341,8 @@ STAGES.register("train", StageKind(TrainStageConfig.from_dict, run_train, trains
 STAGES.register("finetune", StageKind(TrainStageConfig.from_dict, run_train, trains=True))
 STAGES.register("distill", StageKind(_parse_distill, run_distill, trains=True, needs_input=False))
 STAGES.register("prune", StageKind(_parse_prune, run_prune, trains=True))
+STAGES.register("factorize", StageKind(_parse_factorize, run_factorize, trains=True))
+STAGES.register("reduce-depth", StageKind(_parse_depth, run_reduce_depth, trains=True))
 STAGES.register("quantize", StageKind(_parse_quantize, run_quantize))
 STAGES.register("export", StageKind(ExportStageConfig.from_dict, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig.from_dict, run_evaluate))
@@ -356,10 +396,10 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
         if not kind.trains:
             raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: stage kind {spec.kind!r} does not train; remove 'train:'")
         _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
-    if spec.recover and spec.kind != "prune":
-        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only prune stages take 'recover:'")
+    if spec.recover and spec.kind not in RECOVERING:
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(RECOVERING)} stages take 'recover:'")
     if spec.recover:
-        from condense.prune.recover import RecoverConfig
+        from condense.train.recover import RecoverConfig
 
         _parse_at(RecoverConfig.from_dict, {k: v for k, v in spec.recover.items() if k != "train"}, recipe,
                   ("stages", i, "recover"))
