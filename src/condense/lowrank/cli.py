@@ -31,14 +31,14 @@ def _recover_cfg(args: argparse.Namespace, encoder: bool) -> Any:
 
 def _run(args: argparse.Namespace, verb: str) -> int:
     from condense.artifacts import save
-    from condense.cli import (
+    from condense.cli.common import (
         EXIT_OK,
-        _data_from,
-        _hf_folder_of,
-        _kv,
-        _load_model_arg,
-        _print,
-        _test_metrics,
+        data_from,
+        heldout_metrics,
+        hf_folder_of,
+        kv,
+        load_model_arg,
+        show,
     )
     from condense.core.seed import seed_everything
     from condense.lowrank import (
@@ -49,16 +49,16 @@ def _run(args: argparse.Namespace, verb: str) -> int:
     )
     from condense.models.hf import is_encoder
 
-    model, meta = _load_model_arg(args.model, args.trust_pickle)
-    splits, data_name, data_kwargs = _data_from(args, meta, tokenizer=_hf_folder_of(args.model, model))
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, data_name, data_kwargs = data_from(args, meta, tokenizer=hf_folder_of(args.model, model))
     encoder = is_encoder(model)
     rcfg = _recover_cfg(args, encoder)
     seed_everything(rcfg.train.seed)
     reference = copy.deepcopy(model)
-    before = None if encoder else _test_metrics(model, splits, None)[0]
+    before = None if encoder else heldout_metrics(model, splits, None)[0]
     if verb == "factorize":
         raw = {k: getattr(args, k) for k in _FACTORIZE_OPTIONS if getattr(args, k) not in (None, False)}
-        raw.update(_kv(args.set, "--set"))
+        raw.update(kv(args.set, "--set"))
         cfg: Any = FactorizeConfig.from_dict(raw, where="condense factorize")
         model, info = factorize_and_recover(model, cfg, rcfg, splits.train, splits.val,
                                             teacher=reference if rcfg.method == "distill" else None)
@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace, verb: str) -> int:
         cfg = DepthConfig.from_dict({k: v for k, v in raw.items() if v is not None}, where="condense reduce-depth")
         model, info = reduce_depth_and_recover(model, cfg, rcfg, splits.train, splits.val,
                                                teacher=reference if rcfg.method == "distill" else None)
-    after, line = _test_metrics(model, splits, reference)
+    after, line = heldout_metrics(model, splits, reference)
     save(model, args.out, metrics={"test": after, "test_before": before, verb: info},
          extra={"data": {"name": data_name, "kwargs": data_kwargs}, f"{verb}_config": cfg.to_dict(),
                 "recover_config": rcfg.to_dict(), "source": str(args.model)})
@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace, verb: str) -> int:
         + ("".join(f"\n  {n}: {why}" for n, why in summary.get("left_alone", {}).items()))
         + (f"\nremoved blocks: {', '.join(summary['dropped'])}" if summary.get("dropped") else "")
     )
-    _print(summary, args.json, text)
+    show(summary, args.json, text)
     return EXIT_OK
 
 

@@ -33,7 +33,7 @@ def _method(args: argparse.Namespace) -> str:
 def _prune_config(args: argparse.Namespace) -> Any:
     """Build the method's config from the options the user gave; an option the method does not
     take (e.g. --importance with magnitude) is a ConfigError naming it."""
-    from condense.cli import _kv
+    from condense.cli.common import kv
     from condense.core.errors import ConfigError
     from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
 
@@ -48,7 +48,7 @@ def _prune_config(args: argparse.Namespace) -> Any:
         if field not in fields:
             raise ConfigError(f"--{opt.replace('_', '-')} does not apply to method {method!r} (its options: {', '.join(sorted(fields - {'method'}))})")
         raw[field] = value
-    raw.update(_kv(args.set, "--set"))
+    raw.update(kv(args.set, "--set"))
     return PruneConfig.from_dict(raw, where="condense prune")
 
 
@@ -68,13 +68,13 @@ def _report(model: Any, example: Any, reference: Any) -> dict[str, Any]:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from condense.artifacts import save
-    from condense.cli import (
+    from condense.cli.common import (
         EXIT_OK,
-        _data_from,
-        _hf_folder_of,
-        _load_model_arg,
-        _print,
-        _test_metrics,
+        data_from,
+        heldout_metrics,
+        hf_folder_of,
+        load_model_arg,
+        show,
     )
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
@@ -83,8 +83,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pcfg = _prune_config(args)
     if args.target_macs is not None and args.ratio is not None:
         raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
-    model, meta = _load_model_arg(args.model, args.trust_pickle)
-    splits, data_name, data_kwargs = _data_from(args, meta, tokenizer=_hf_folder_of(args.model, model))
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, data_name, data_kwargs = data_from(args, meta, tokenizer=hf_folder_of(args.model, model))
     train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "select_best": "last",
                              "progress": "off" if args.json else "auto"}
     if args.lr is not None:
@@ -99,12 +99,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     seed_everything(rcfg.train.seed)
     example = example_inputs(splits.test, 1)
     reference = copy.deepcopy(model)  # the unpruned model: the report's reference and the distillation teacher
-    before = None if encoder else _test_metrics(model, splits, None)[0]
+    before = None if encoder else heldout_metrics(model, splits, None)[0]
     model, info = prune_and_recover(
         model, pcfg, rcfg, splits.train, splits.val, example, args.targets, args.ignore,
         target_macs=args.target_macs, teacher=reference if rcfg.method == "distill" else None,
     )
-    after, line = _test_metrics(model, splits, reference)
+    after, line = heldout_metrics(model, splits, reference)
     report = _report(model, example, reference)
     if getattr(getattr(model, "hf", None), "config", None) is not None and getattr(model.hf.config, "pruned_heads", None):
         report["notes"].append("attention heads were removed: condense.load opens this folder, transformers 5 does not "
@@ -140,18 +140,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
         + (f"\nsparsity {summary['sparsity']:.1%}" if summary["sparsity"] > 0.01 else "")
         + "".join(f"\nnote: {n}" for n in report["notes"])
     )
-    _print(summary, args.json, text)
+    show(summary, args.json, text)
     return EXIT_OK
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from condense.cli import EXIT_OK, _data_from, _load_model_arg, _print
+    from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
     from condense.core.io import atomic_write_json
     from condense.evaluate import evaluate
     from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
 
-    model, meta = _load_model_arg(args.model, args.trust_pickle)
-    splits, _, _ = _data_from(args, meta)
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = data_from(args, meta)
     data = getattr(splits, args.split)
     budget = args.budget or ("params" if args.method == "magnitude" else "macs")
 
@@ -171,7 +171,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                              "estimated": est, "estimated_fraction_kept": est / max(base, 1)}
     if args.out:
         atomic_write_json(Path(args.out), {**out, "table": table})
-    _print(out, args.json, _sensitivity_text(table, out, args.split))
+    show(out, args.json, _sensitivity_text(table, out, args.split))
     return EXIT_OK
 
 

@@ -112,7 +112,7 @@ def _calibration(args: argparse.Namespace, splits: Any, default: int) -> Any:
 
 def _config(args: argparse.Namespace) -> Any:
     """The method's config from the flags, then `--set` (which wins); validated by the config class."""
-    from condense.cli import _kv
+    from condense.cli.common import kv
     from condense.core.errors import ConfigError
     from condense.quantize import QuantizeConfig
     from condense.quantize.dynamic import DynamicConfig
@@ -121,7 +121,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     _check_bits(args.bits, "--bits")
     _check_bits(args.weight_bits, "--weight-bits")
-    extra = _kv(args.set, "--set")
+    extra = kv(args.set, "--set")
     wbits = args.weight_bits or args.bits
     where = f"condense quantize --method {args.method}"
     misplaced = [flag for flag, value, methods in (
@@ -205,7 +205,7 @@ def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.artifacts import artifact_bytes, save
-    from condense.cli import EXIT_OK, _data_from, _load_model_arg, _print
+    from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
     from condense.core.errors import ConfigError
     from condense.evaluate import evaluate
     from condense.export.onnx import export_onnx, onnx_file_bytes
@@ -219,13 +219,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if any(b < 1 for b in args.latency_batches):
         raise ConfigError(f"--latency-batches must be >= 1, got {args.latency_batches}")
     cfg = _config(args)
-    model, meta = _load_model_arg(args.model, args.trust_pickle)
+    model, meta = load_model_arg(args.model, args.trust_pickle)
     model.eval()
     if args.method == "transformer":
         from condense.quantize.cli_transformer import quantize_transformer
 
         return quantize_transformer(args, cfg, model, meta)
-    splits, data_name, data_kwargs = _data_from(args, meta)
+    splits, data_name, data_kwargs = data_from(args, meta)
     test = splits.test
     example = example_inputs(test, 1)
     out = Path(args.out)
@@ -337,7 +337,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
          extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
                 "quantize": {k: v for k, v in summary.items() if k not in ("report",)}})
     summary["bytes"]["artifact"] = artifact_bytes(out)
-    _print(summary, args.json, _text(summary))
+    show(summary, args.json, _text(summary))
     return EXIT_OK
 
 

@@ -23,11 +23,11 @@ STDLIB_LIMIT = 2000
 
 
 def _data(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any] | None) -> tuple[Any, str, dict[str, Any], list[str]]:
-    from condense.cli import _kv
+    from condense.cli.common import kv
     from condense.data import load_dataset
 
     notes: list[str] = []
-    name, kwargs = args.data, _kv(args.data_arg, "--data-arg")
+    name, kwargs = args.data, kv(args.data_arg, "--data-arg")
     if name is None and meta and meta.get("data"):
         name, kwargs = meta["data"]["name"], {**meta["data"].get("kwargs", {}), **kwargs}
     if name is None:
@@ -44,7 +44,7 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
     import numpy as np
 
     from condense.artifacts import artifact_bytes, save
-    from condense.cli import EXIT_OK, _print
+    from condense.cli.common import EXIT_OK, show
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs
     from condense.export.onnx import onnx_session
@@ -98,5 +98,5 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
     lines += [f"note: {n}" for n in summary["notes"]]
     if not np.isfinite(mean):
         lines.append("note: fewer than 2 test samples: no agreement measured")
-    _print(summary, args.json, "\n".join(lines))
+    show(summary, args.json, "\n".join(lines))
     return EXIT_OK

@@ -1,0 +1,165 @@
+"""What every `condense` command shares: exit codes, `key=value` and YAML options, printing,
+loading the model and data a command names, and the common argument groups.
+
+Command modules (`condense.cli.train`, `...measure`, `...run`, and the method packages' own
+`prune.cli`, `quantize.cli`, `lowrank.cli`) import from here; this module imports no command
+module, so there is no cycle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUN, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+
+def on_main(fn: Any) -> Any:
+    """`fn()` on rank 0 only under torchrun (its result on every rank); `fn()` in a plain run."""
+    from condense.train.distributed import on_main as _on_main
+
+    return _on_main(fn)
+
+
+def kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
+    """Parse `key=value` pairs; values are read as YAML scalars (numbers, bools, lists)."""
+    import yaml
+
+    from condense.core.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{field}: expected key=value, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{field}: cannot read the value of {key!r} ({str(e).splitlines()[0]})") from None
+    return out
+
+
+def show(obj: Any, as_json: bool, text: str | None = None) -> None:
+    from condense.train.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 speaks for the run
+        return
+    if as_json:
+        json.dump(obj, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+
+
+#: `--data NAME:VALUE` shorthands: the option VALUE fills (`text:notes.jsonl`, `imagefolder:photos/`)
+DATA_SHORTHAND = {"text": "path", "csv": "path", "jsonl": "path", "imagefolder": "root", "cifar10": "root",
+                  "mnist": "root"}
+
+
+def data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None, tokenizer: str | None = None):
+    """(splits, name, kwargs) from --data / --data-arg, else the artifact's own data. `text` data
+    without a tokenizer= option uses `tokenizer` (the folder of the hf: model being compressed)."""
+    from condense.data import load_dataset
+
+    name = args.data
+    kwargs = kv(args.data_arg, "--data-arg")
+    if name and ":" in name and name.split(":", 1)[0] in DATA_SHORTHAND:
+        name, value = name.split(":", 1)
+        kwargs = {DATA_SHORTHAND[name]: value, **kwargs}
+    if name is None and meta and meta.get("data"):
+        name = meta["data"]["name"]
+        kwargs = {**meta["data"].get("kwargs", {}), **kwargs}
+    if name in ("text", "stdlib-text") and "tokenizer" not in kwargs and tokenizer is not None:
+        kwargs["tokenizer"] = tokenizer
+    return load_dataset(name or "digits", **kwargs), name or "digits", kwargs
+
+
+def layers_arg(text: str) -> int | list[int]:
+    try:
+        return int(text) if "," not in text else [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer count (3) or a list (0,2,4), got {text!r}") from None
+
+
+def hf_folder_of(arg: str, model: Any) -> str | None:
+    """The folder holding an hf: model's tokenizer: the hf: folder itself, or the saved artifact."""
+    from condense.models.hf import HFModel
+
+    if not isinstance(model, HFModel):
+        return None
+    return arg[3:] if arg.startswith("hf:") else arg
+
+
+def heldout_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dict[str, Any], str]:
+    """Test metrics and a one-line summary: accuracy on labelled classification data, else (an
+    encoder on unlabelled text) how closely the outputs follow `reference` (the teacher)."""
+    from condense.core.errors import ConfigError
+    from condense.evaluate import evaluate
+    from condense.models.hf import is_encoder
+
+    if not is_encoder(model):
+        m = evaluate(model, splits.test)
+        return m, f"test accuracy {m['accuracy']:.4f}"
+    if reference is None:
+        raise ConfigError("this model's outputs are not class scores; compare it with a reference model")
+    m = evaluate(model, splits.test, reference=reference)
+    r = m["reference"]
+    return m, f"test mean cosine to the teacher {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
+
+
+def load_model_arg(path: str, trust_pickle: bool):
+    """An artifact folder, a Hugging Face folder as `hf:<folder>`, or a pickle with --trust-pickle
+    -> (model, metadata or None)."""
+    from condense.artifacts import load, read_metadata
+
+    if path.startswith("hf:"):
+        from condense.models import build_model
+
+        return build_model(path), None
+    p = Path(path)
+    meta = read_metadata(p) if p.is_dir() else None
+    return load(p, trust_pickle=trust_pickle), meta
+
+
+def yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader (never executes anything)."""
+    import yaml
+
+    from condense.core.errors import ConfigError, InputFileError
+
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"{p}: no such {what} file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of {what} settings, got {type(data).__name__}")
+    return data
+
+
+def train_overrides(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The `train:` mapping of a method config, with --epochs / --lr / --seed and a checkpoint folder."""
+    train = dict(raw.get("train") or {})
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed)):
+        if value is not None:
+            train[key] = value
+    train.setdefault("checkpoint_dir", str(Path(args.out) / "checkpoint"))
+    return train
+
+
+def add_data_opts(sp: argparse.ArgumentParser, default: str | None = None) -> None:
+    sp.add_argument("--data", default=default, help="dataset name (see `condense datasets`); default: the model's own")
+    sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option, e.g. root=/data/cifar (repeatable)")
+
+
+def add_model_opts(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, "
+                                  "(or a .pt pickle with --trust-pickle)")
+    sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")

@@ -1,0 +1,116 @@
+"""`condense eval | profile | export | models | datasets`: commands that look at a model or list what exists."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from condense.cli.common import (
+    EXIT_OK,
+    add_data_opts,
+    add_model_opts,
+    data_from,
+    load_model_arg,
+    show,
+)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from condense.models import list_models
+
+    rows = list_models()
+    show([{"name": n, "help": h} for n, h in rows], args.json, "\n".join(f"{n:14s} {h}" for n, h in rows))
+    return EXIT_OK
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from condense.data import list_datasets
+
+    rows = list_datasets()
+    show([{"name": n, "help": h} for n, h in rows], args.json, "\n".join(f"{n:14s} {h}" for n, h in rows))
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from condense.evaluate import evaluate
+
+    meta = None
+    target: Any = args.model
+    if not str(args.model).endswith(".onnx"):
+        target, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = data_from(args, meta)
+    data = getattr(splits, args.split)
+    metrics = evaluate(target, data, threads=args.threads)
+    text = (f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  "
+            f"loss {metrics['loss']:.4f}  (n={metrics['n']}, runtime {metrics.get('runtime')})")
+    show(metrics, args.json, text)
+    return EXIT_OK
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from condense.data.loader import example_inputs
+    from condense.evaluate import profile
+
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = data_from(args, meta)
+    example = example_inputs(splits.test, 1)
+    result = profile(model, example, runtimes=tuple(args.runtimes), batch_sizes=tuple(args.batch_sizes),
+                     threads=args.threads, artifact_path=args.model)
+    show(result, args.json, _profile_text(result))
+    return EXIT_OK
+
+
+def _profile_text(p: dict[str, Any]) -> str:
+    lines = [f"params {p['params']:,}  nonzero {p['nonzero_params']:,}  FLOPs/sample {p['flops']:,}  MACs/sample {p['macs']:,}"]
+    if p.get("artifact_bytes") is not None:
+        lines.append(f"artifact bytes on disk {p['artifact_bytes']:,}")
+    for rt, by_bs in p.get("latency", {}).items():
+        for bs, lat in by_bs.items():
+            lines.append(f"{rt:12s} batch {bs:>4}: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f} ms")
+    lines.append(f"threads {p.get('threads')}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from condense.data.loader import example_inputs
+    from condense.export import export_onnx
+
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, _, _ = data_from(args, meta)
+    res = export_onnx(model, example_inputs(splits.test, 1), args.out, atol=args.atol)
+    info = {"path": str(res.path), "bytes": res.bytes, "exporter": res.exporter, "max_abs_diff": res.max_abs_diff}
+    show(info, args.json, f"wrote {res.path} ({res.bytes:,} bytes, {res.exporter} exporter); max |onnx - torch| = {res.max_abs_diff:.2e}")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the `condense` subcommands."""
+    sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
+    sp.add_argument("model", help="artifact folder, hf:<folder> or .onnx file")
+    sp.add_argument("--trust-pickle", action="store_true")
+    add_data_opts(sp)
+    sp.add_argument("--split", choices=["test", "val", "train"], default="test")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("profile", help="params, bytes on disk, FLOPs/MACs, latency per runtime")
+    add_model_opts(sp)
+    add_data_opts(sp)
+    sp.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
+    sp.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 256])
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_profile)
+
+    sp = sub.add_parser("export", help="export to ONNX (fp32) with a parity check against PyTorch")
+    add_model_opts(sp)
+    add_data_opts(sp)
+    sp.add_argument("--out", required=True, help="path of the .onnx file to write")
+    sp.add_argument("--atol", type=float, default=1e-4)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_export)
+
+    for name, fn, help_ in (("models", cmd_models, "list the model zoo"), ("datasets", cmd_datasets, "list data sources")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--json", action="store_true")
+        sp.set_defaults(fn=fn)

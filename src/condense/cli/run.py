@@ -1,0 +1,164 @@
+"""`condense demo | run | resume | recipe validate | init | report | tune`: recipes and whole runs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from condense.cli.common import (
+    EXIT_OK,
+    add_data_opts,
+    add_model_opts,
+    data_from,
+    load_model_arg,
+    show,
+    yaml_mapping,
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from condense.demo import run_demo
+
+    report = run_demo(args.out, epochs=args.epochs, quiet=args.json, task=args.task)
+    if args.json:
+        show(report, True)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from condense.recipes import run_recipe
+
+    report = run_recipe(args.recipe, args.out, quiet=args.json)
+    show(report, args.json, _run_text(report, args.out))
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from condense.recipes import resume_run
+
+    report = resume_run(args.run, quiet=args.json)
+    show(report, args.json, _run_text(report, args.run))
+    return EXIT_OK
+
+
+def _run_text(report: dict[str, Any], out: str) -> str:
+    from condense.demo import format_table
+
+    text = format_table(report["stages"])
+    if report.get("html"):
+        text += f"\n\nreport: {report['html']}"
+    return text + f"\nrun folder: {out}"
+
+
+def cmd_recipe_validate(args: argparse.Namespace) -> int:
+    from condense.recipes import load_recipe, validate_recipe
+
+    results = []
+    for path in args.files:
+        recipe = load_recipe(path)
+        validate_recipe(recipe)
+        results.append({"file": path, "name": recipe.name, "stages": [f"{s.name} ({s.kind})" for s in recipe.stages]})
+    show(results, args.json, "\n".join(f"{r['file']}: ok — {', '.join(r['stages'])}" for r in results))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from condense.core.errors import ConfigError
+    from condense.core.io import atomic_write_text
+    from condense.recipes.template import TEMPLATE
+
+    p = Path(args.path)
+    if p.exists() and not args.force:
+        raise ConfigError(f"{p}: exists; pass --force to overwrite it")
+    atomic_write_text(p, TEMPLATE)
+    print(f"wrote {p}; edit it, check it with `condense recipe validate {p}`, run it with `condense run {p}`")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from condense.report import write_report
+
+    paths = write_report(args.run, args.out).to_dict()
+    show(paths, args.json, "\n".join(f"{k}: {v}" for k, v in paths.items()))
+    return EXIT_OK
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from condense.artifacts import save
+    from condense.core.errors import ConfigError
+    from condense.train.distributed import world
+    from condense.tune import TuneConfig, tune
+
+    if world().distributed:
+        raise ConfigError("condense tune times every trial's latency, which processes running side by side would "
+                          "distort; run it without torchrun")
+
+    model, meta = load_model_arg(args.model, args.trust_pickle)
+    splits, data_name, data_kwargs = data_from(args, meta)
+    raw = yaml_mapping(args.config, "tune config")
+    for key, value in (("tolerance", args.tolerance), ("objective", args.objective), ("max_trials", args.max_trials)):
+        if value is not None:
+            raw[key] = value
+    cfg = TuneConfig.from_dict(raw, where=args.config or "condense tune")
+    result = tune(model, splits, cfg)
+    save(result.model, args.out, metrics={"tune": result.to_dict()},
+         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "tune_config": cfg.to_dict()})
+    lines = [f"{'trial':>5} {'ratio':>5} {'recover':>8} {'int8':>5} {'val acc':>8} {'objective':>10}"]
+    for t in result.trials:
+        mark = "*" if t["trial"] == result.chosen else ("p" if t["trial"] in result.pareto else " ")
+        lines.append(f"{t['trial']:>4}{mark} {t['prune_ratio']:>5.2f} {t['recover']:>8} {str(t['quantize']):>5} "
+                     f"{t['val_accuracy']:>8.4f} {t['objective']:>10.4g}")
+    lines.append(result.message + f" -> saved {args.out} (* chosen, p Pareto)")
+    show(result.to_dict(), args.json, "\n".join(lines))
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's commands to the `condense` subcommands."""
+    sp = sub.add_parser("demo", help="run the whole chain on the bundled digits data")
+    sp.add_argument("--out", default="condense-demo", help="run folder (default: ./condense-demo)")
+    sp.add_argument("--epochs", type=int, default=None, help="epochs of every training stage (default: the demo's)")
+    sp.add_argument("--task", choices=["vision", "text"], default="vision",
+                    help="vision: digits CNN chain (default); text: all-MiniLM-L6-v2 -> small BERT (nlp extra)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("tune", help="search pruning ratio / recovery / int8 under an accuracy tolerance")
+    add_model_opts(sp)
+    add_data_opts(sp)
+    sp.add_argument("--config", help="YAML file with TuneConfig fields (search space, train: ...)")
+    sp.add_argument("--tolerance", type=float, default=None, help="allowed validation accuracy drop, in points")
+    sp.add_argument("--objective", choices=["latency", "bytes"], default=None)
+    sp.add_argument("--max-trials", type=int, default=None)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_tune)
+
+    sp = sub.add_parser("run", help="run a YAML recipe into a run folder (resumable)")
+    sp.add_argument("recipe")
+    sp.add_argument("--out", default="runs/run", help="run folder to create (must not exist or be empty)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("resume", help="continue an interrupted run folder")
+    sp.add_argument("run")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_resume)
+
+    sp = sub.add_parser("recipe", help="recipe tools")
+    rsub = sp.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    v = rsub.add_parser("validate", help="check recipes without running them")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(fn=cmd_recipe_validate)
+
+    sp = sub.add_parser("init", help="write a commented recipe template")
+    sp.add_argument("path", nargs="?", default="recipe.yaml")
+    sp.add_argument("--force", action="store_true")
+    sp.set_defaults(fn=cmd_init)
+
+    sp = sub.add_parser("report", help="write the HTML / Markdown / JSON report of a run folder")
+    sp.add_argument("run")
+    sp.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_report)
