@@ -18,17 +18,20 @@ paragraphs (`--limit`, `--max-length` tokens, split by module), calibration on 8
 batches of 32; mean cosine / top-10 overlap to the fp32 teacher on the held-out paragraphs,
 before recovery for every row and after `--minilm-epochs` of cosine-embedding distillation for
 the activation-aware rows and the plain 50 % row; ONNX Runtime and PyTorch latency at batch 1
-and 32 (one real paragraph / 32 real paragraphs per call).
+and 32 (one real paragraph / 32 real paragraphs per call). `--part minilm-sensitivity` adds one
+row: 50 % with ranks from measured per-layer sensitivity and `--sensitivity-epochs` of recovery
+(run it with a larger `--limit` to see what more data buys).
 
 Latency: every model of a part is timed in one process, in random interleaved order
 (`interleaved_latency`), 1 intra-op thread for ONNX Runtime; torch with its default threads.
 
-    python benchmarks/lowrank.py [--part cnn|minilm|all] [--json benchmarks/results/lowrank.json]
+    python benchmarks/lowrank.py [--part cnn|minilm|minilm-sensitivity|all] [--json benchmarks/results/lowrank.json]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import tempfile
@@ -220,11 +223,40 @@ def minilm_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                      "max_length": args.max_length}, "rows": rows, "targets": targets}
 
 
+def minilm_sensitivity_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """50 % fewer Linear parameters with ranks from measured per-layer sensitivity (the pruning
+    allocator) instead of one energy threshold, and a longer recovery (`--sensitivity-epochs`)."""
+    from condense.models.hf import minilm_dir
+
+    folder = minilm_dir()
+    splits = condense.load_dataset("stdlib-text", task="corpus", limit=args.limit, max_length=args.max_length,
+                                   tokenizer=str(folder))
+    teacher = condense.build_model(f"hf:{folder}")
+    fcfg = {"method": "activation_svd", "rank_by": "sensitivity", "ratio": 0.5, "targets": [r"re:encoder\.layer"],
+            "calibration_batches": 8, "batch_size": 32, "sensitivity_ratios": [0.25, 0.5, 0.75]}
+    rcfg = {"method": "distill", "train": {"epochs": args.sensitivity_epochs, "lr": 1e-4, "batch_size": 32,
+                                           "progress": "off", "select_best": "last"}}
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model, info = factorize_and_recover(copy.deepcopy(teacher), fcfg, rcfg, splits.train, splits.val, val_samples=96)
+    ref = condense.evaluate(model, splits.test, reference=teacher)["reference"]
+    row = {"config": fcfg, "recovery_epochs": args.sensitivity_epochs, "val": info["val"],
+           "linear_params_removed": info["edit"]["params_removed"], "seconds": round(time.perf_counter() - t0, 1),
+           "mean_cosine_after_recovery": ref["mean_cosine"], "min_cosine_after_recovery": ref["min_cosine"],
+           "top10_after_recovery": ref["topk_overlap"], "params": count_params(model)}
+    print(f"minilm sensitivity 50%: val {info['val']} test cosine {ref['mean_cosine']:.4f} ({row['seconds']} s)", flush=True)
+    return {"data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+                     "max_length": args.max_length},
+            "rows": {"activation_svd 50% sensitivity": row},
+            "targets": {"50%_cosine_after_recovery>=0.97": ref["mean_cosine"] >= 0.97}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["cnn", "minilm", "all"], default="all")
+    ap.add_argument("--part", choices=["cnn", "minilm", "minilm-sensitivity", "all"], default="all")
     ap.add_argument("--cnn-epochs", type=int, default=15)
     ap.add_argument("--minilm-epochs", type=int, default=1)
+    ap.add_argument("--sensitivity-epochs", type=int, default=4)
     ap.add_argument("--limit", type=int, default=3000)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
@@ -232,17 +264,22 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="lowrank_"))
-    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                       "torch": torch.__version__, "torch_threads": torch.get_num_threads()},
-                           "args": vars(args)}
-    if args.part in ("cnn", "all"):
-        out["cnn"] = cnn_part(args, work)
-        atomic_write_json(Path(args.json), out)
-    if args.part in ("minilm", "all"):
-        out["minilm"] = minilm_part(args, work)
+    # A partial rerun (--part) replaces its own part and keeps the others already in the file.
+    path = Path(args.json)
+    out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                      "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    parts = {"cnn": cnn_part, "minilm": minilm_part, "minilm-sensitivity": minilm_sensitivity_part}
+    for name, fn in parts.items():
+        if args.part in (name, "all"):
+            p0 = time.perf_counter()
+            out[name] = fn(args, work)
+            out[name]["args"] = vars(args)
+            out[name]["wall_s"] = round(time.perf_counter() - p0, 1)
+            atomic_write_json(path, out)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(Path(args.json), out)
-    for part in ("cnn", "minilm"):
+    atomic_write_json(path, out)
+    for part in parts:
         if part in out:
             print(f"\n{part} targets:", out[part]["targets"])
     print(f"wrote {args.json} ({out['wall_s']} s)")

@@ -94,7 +94,7 @@ def test_truncated_artifact_and_wrong_architecture_exit_3(capsys, trained, tmp_p
 
 
 def test_loss_turning_nan_is_exit_4(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--model", "mlp", "--epochs", "3", "--lr", "1e30", "--optimizer", "sgd",
+    code, _, err = run(capsys, "train", "--model", "mlp", "--epochs", "3", "--lr", "1e11", "--optimizer", "sgd",
                        "--set", "max_nonfinite_steps=2", "--out", str(tmp_path / "x"))
     assert code == 4 and "non-finite" in err
 

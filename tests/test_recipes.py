@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from condense.core.errors import ConfigError
 from condense.recipes import load_recipe, validate_recipe
+from condense.recipes.runner import RESOLVED
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").glob("*.yaml")) + sorted((ROOT / "src/condense/recipes").glob("*.yaml"))
@@ -87,10 +89,15 @@ stages:
     train: {epochs: 25, lr: 0.003, batch_size: 32}
   - name: student
     kind: distill
-    model: {name: mlp, kwargs: {hidden: [16]}}
+    model: {name: mlp, kwargs: {hidden: [32]}}
     teacher: teacher
     config: {alpha: 0.9, temperature: 4}
     train: {epochs: 25, lr: 0.005, batch_size: 32}
+  - name: pruned
+    kind: prune
+    config: {method: channel, ratio: 0.25, round_to: 8, importance: l1}
+    recover: {method: distill, alpha: 0.9, temperature: 4}
+    train: {epochs: 5, lr: 0.002, batch_size: 32}
   - name: int8
     kind: quantize
     config: {method: static, calibration_samples: 128}
@@ -145,6 +152,39 @@ def test_sigkill_then_resume_matches_uninterrupted(reference_run, point):
     assert _condense("resume", str(run)).wait(timeout=600) == 0
     assert (run / "DONE").exists()
     assert _digest(run) == ref
+
+
+def kill_after(cmd_args: list[str], seconds: float) -> int | None:
+    """Start `condense ...`, SIGKILL it after `seconds` (or let it finish first); its exit code
+    when it finished on its own, else None."""
+    proc = _condense(*cmd_args)
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_random_times_resumes_bit_identical(reference_run):
+    """SIGKILL at 20 seeded random moments of the 4-stage run (anywhere: mid-epoch, mid-write,
+    mid-measurement); every resume must end with the uninterrupted run's exact weights."""
+    import random
+
+    base, ref = reference_run
+    t0 = time.time()
+    assert _condense("run", str(base / "r.yaml"), "--out", str(base / "timed")).wait(timeout=600) == 0
+    wall = time.time() - t0
+    rng = random.Random(20)
+    for i in range(20):
+        run = base / f"random-{i}"
+        at = rng.uniform(0.02, 0.98) * wall
+        if kill_after(["run", str(base / "r.yaml"), "--out", str(run)], at) is None:
+            again = ["resume", str(run)] if (run / RESOLVED).is_file() else ["run", str(base / "r.yaml"), "--out", str(run)]
+            assert _condense(*again).wait(timeout=600) == 0, f"{again[0]} after a kill at {at:.1f} s"
+        assert _digest(run) == ref, f"kill at {at:.1f} s of {wall:.1f} s"
+        shutil.rmtree(run)
 
 
 def test_run_refuses_existing_folder(reference_run):

@@ -235,12 +235,21 @@ def load(path: str | Path, *, trust_pickle: bool = False, map_location: str | to
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputFileError(f"{weights}: not a readable safetensors file ({e})") from None
-    spec = ModelSpec.from_dict(meta["architecture"])
+    edits = meta.get("edits", [])
+    if not isinstance(edits, list) or not all(isinstance(e, dict) and isinstance(e.get("kind"), str)
+                                              and isinstance(e.get("params", {}), dict) for e in edits):
+        raise InputFileError(f"{p / META_NAME}: 'edits' must be a list of {{kind, params}} mappings")
     register_edit_handlers()
-    hf = spec.name.startswith(HF_PREFIX)
-    # A Hugging Face model is rebuilt from the artifact's own config.json: its source may be gone.
-    model = build_from_artifact(p, spec.kwargs) if hf else spec.build()
-    replay_edits(model, meta.get("edits", []))
+    try:  # the metadata names what to build: a name or edit it cannot resolve is a bad file, not a bad config
+        spec = ModelSpec.from_dict(meta["architecture"])
+        hf = spec.name.startswith(HF_PREFIX)
+        # A Hugging Face model is rebuilt from the artifact's own config.json: its source may be gone.
+        model = build_from_artifact(p, spec.kwargs) if hf else spec.build()
+        replay_edits(model, edits)
+    except InputFileError:
+        raise
+    except (ConfigError, TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        raise InputFileError(f"{p / META_NAME}: cannot rebuild the model it describes ({e})") from None
     if hf:
         state = from_hf_state(model, state)
     load_state_strict(model, state, source=str(weights))
@@ -286,7 +295,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
+    dtypes = sorted(k for k in set(own) & set(state) if own[k].dtype != state[k].dtype)
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -295,6 +305,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, sourc
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if dtypes:
+            k = dtypes[0]
+            parts.append(f"{len(dtypes)} dtype mismatches, e.g. {k}: file {state[k].dtype} vs model {own[k].dtype}")
         raise InputFileError(f"{source}: weights do not fit the architecture ({'; '.join(parts)})")
     model.load_state_dict(state, strict=True)
 

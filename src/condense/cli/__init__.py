@@ -46,9 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from condense.train import distributed as dist
     from condense.train.signals import stop_on_signals
 
+    ok = False
     try:
         with stop_on_signals():  # training commands stop at a step boundary with a checkpoint
-            return int(args.fn(args) or 0)
+            code = int(args.fn(args) or 0)
+        ok = True
+        return code
     except CondenseError as e:
         print(f"condense: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("condense: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        dist.destroy()
+        dist.destroy(graceful=ok)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -125,20 +125,17 @@ def load_model_arg(path: str, trust_pickle: bool):
 
 
 def yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader (never executes anything)."""
-    import yaml
-
+    """Read a YAML mapping with the recipes' safe reader (never executes anything; duplicate keys,
+    alias bombs and undecodable bytes are refused)."""
     from condense.core.errors import ConfigError, InputFileError
+    from condense.recipes.schema import read_yaml
 
     if not path:
         return {}
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"{p}: no such {what} file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    data = read_yaml(p)[0] or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of {what} settings, got {type(data).__name__}")
     return data

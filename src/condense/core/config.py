@@ -7,11 +7,16 @@ parses nested configs, and `to_dict()` gives back plain data that `from_dict` ac
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from condense.core.errors import ConfigError, did_you_mean
+
+#: no config number is meaningfully larger: a value past these is a typo or an attack, refused early
+MAX_INT = 2**31 - 1
+MAX_MAGNITUDE = 1e12
 
 C = TypeVar("C", bound="Config")
 
@@ -129,12 +134,17 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{field}: expected a number, got {value!r}")
+        if not math.isfinite(float(value)) or abs(float(value)) > MAX_MAGNITUDE:
+            raise ConfigError(f"{field}: expected a finite number of magnitude <= {MAX_MAGNITUDE:.0e}, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{field}: expected an integer, got {value!r}")
+                value = int(value)
+            else:
+                raise ConfigError(f"{field}: expected an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{field}: {value} is out of range (at most {MAX_INT:,} in magnitude)")
         return value
     if hint is bool:
         if not isinstance(value, bool):

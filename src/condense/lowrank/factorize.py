@@ -80,7 +80,8 @@ def plan_layers(model: nn.Module, cfg: FactorizeConfig, data: Any, example_input
     if data is None:
         example = example_inputs if isinstance(example_inputs, dict) else example_tuple(model, example_inputs)
     stats = collect_stats(model, layers, data=data, example=example, covariance=aware, batches=cfg.calibration_batches,
-                          batch_size=cfg.batch_size, max_vectors=cfg.max_vectors, seed=cfg.seed)
+                          batch_size=cfg.batch_size, max_vectors=cfg.max_vectors, seed=cfg.seed,
+                          mask_padding=cfg.mask_padding)
     plans = []
     for name, (m, form) in layers.items():
         st = stats[name]

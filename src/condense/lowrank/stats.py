@@ -33,10 +33,13 @@ def _device(model: nn.Module) -> torch.device:
 
 def collect_stats(model: nn.Module, layers: dict[str, tuple[nn.Module, str]], *, data: Any = None, example: Any = None,
                   covariance: bool, batches: int = 8, batch_size: int = 64, max_vectors: int = 4096,
-                  seed: int = 0) -> dict[str, LayerStats]:
+                  seed: int = 0, mask_padding: bool = False) -> dict[str, LayerStats]:
     """Run `model` (eval, no grad) on `batches` calibration batches of `data` (or once on `example`
-    inputs) with a hook on every layer; `layers` maps name -> (module, form)."""
+    inputs) with a hook on every layer; `layers` maps name -> (module, form). `mask_padding`: a
+    (batch, tokens, features) input contributes only the tokens its batch's `attention_mask`
+    marks real to the covariance."""
     stats = {name: LayerStats() for name in layers}
+    current_mask: list[Tensor | None] = [None]  # the batch's attention mask, read by the hooks
     gen = torch.Generator().manual_seed(seed)
     hooks = []
 
@@ -52,6 +55,9 @@ def collect_stats(model: nn.Module, layers: dict[str, tuple[nn.Module, str]], *,
                     tokens = max(1, x[..., 0].numel() // max(1, x.shape[0])) if x.dim() > 2 else 1
                     st.hw_in = st.hw_out = (tokens, 1)
             if covariance:
+                mask = current_mask[0]
+                if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                    x = x[mask.bool()]  # real tokens only: padding never reaches a pooled output
                 z = input_vectors(module, form, x).double().cpu()
                 if len(z) > max_vectors:
                     z = z[torch.randperm(len(z), generator=gen)[:max_vectors]]
@@ -68,7 +74,10 @@ def collect_stats(model: nn.Module, layers: dict[str, tuple[nn.Module, str]], *,
         with torch.no_grad():
             if data is not None:
                 for batch in islice(as_source(data).batches(batch_size, shuffle=True, seed=seed), batches):
-                    call_model(model, batch_to(model_inputs(model, batch), device))
+                    inputs = batch_to(model_inputs(model, batch), device)
+                    if mask_padding and isinstance(inputs, dict):
+                        current_mask[0] = inputs.get("attention_mask")
+                    call_model(model, inputs)
             else:
                 if isinstance(example, tuple):
                     model(*(t.to(device) for t in example))

@@ -74,7 +74,9 @@ def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     """Continue the run in `out`: finished stages are skipped, the unfinished one continues."""
     run = Path(out)
     if not (run / RESOLVED).is_file():
-        raise InputFileError(f"{run / RESOLVED}: missing; {run} is not a condense run folder")
+        hint = (f"; the run was stopped before it wrote anything, start it again with `condense run RECIPE --out {run}`"
+                if run.is_dir() and not any(run.iterdir()) else "")
+        raise InputFileError(f"{run / RESOLVED}: missing; {run} is not a condense run folder{hint}")
     recipe = load_recipe(run / RESOLVED)
     validate_recipe(recipe)
     return _execute(recipe, run, quiet=quiet)

@@ -102,16 +102,73 @@ class _Lines:
         return best
 
 
+#: a recipe whose YAML expands (aliases followed) to more nodes than this is refused ("billion laughs")
+MAX_YAML_NODES = 100_000
+MAX_RECIPE_BYTES = 1_000_000
+
+
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """Nodes of the document with every alias followed, counting stops past `limit`."""
+    count, stack = 0, [node]
+    while stack:
+        n = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.extend((k, v))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return count
+
+
+def _check_duplicate_keys(node: yaml.Node | None, where: str) -> None:
+    seen_nodes: set[int] = set()
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop()
+        if id(n) in seen_nodes:
+            continue
+        seen_nodes.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            keys: dict[Any, int] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in keys and k.value != "<<":
+                        raise ConfigError(f"{where}:{k.start_mark.line + 1}: duplicate key {k.value!r} (first at line "
+                                          f"{keys[k.value]}); YAML would silently keep only the last one")
+                    keys[k.value] = k.start_mark.line + 1
+                stack.extend((k, v))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+
+
 def read_yaml(path: str | Path) -> tuple[Any, _Lines]:
+    """Parse a YAML file with the safe loader: never runs code, refuses duplicate keys, alias
+    expansions past `MAX_YAML_NODES` nodes, files past `MAX_RECIPE_BYTES` and undecodable bytes."""
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"{p}: no such recipe file")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{p}: {len(raw):,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,} bytes")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from None
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"{p}: the YAML expands to more than {MAX_YAML_NODES:,} nodes through its aliases; "
+                              "refusing it (an alias bomb?)")
+        _check_duplicate_keys(node, str(p))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: the YAML is nested too deeply") from None
     return data, _Lines(node)
 
 
@@ -163,7 +220,10 @@ def load_recipe(path: str | Path) -> Recipe:
             raise ConfigError(f"{where}:{lines.line('stages', i, 'from')}: 'from: {source}' names no earlier stage"
                               f"{did_you_mean(str(source), [s.name for s in stages])}")
         teachers = raw.get("teacher") or []
-        teachers = [teachers] if isinstance(teachers, str) else list(teachers)
+        teachers = [teachers] if isinstance(teachers, str) else teachers
+        if not isinstance(teachers, list) or not all(isinstance(t, str) for t in teachers):
+            raise ConfigError(f"{where}:{lines.line('stages', i, 'teacher')}: 'teacher' must be a stage name or a list "
+                              f"of stage names, got {raw.get('teacher')!r}")
         for t in teachers:
             if not any(s.name == t for s in stages):
                 raise ConfigError(f"{where}:{lines.line('stages', i, 'teacher')}: teacher {t!r} names no earlier stage"

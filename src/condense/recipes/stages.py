@@ -413,5 +413,23 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
 
 
 def validate_recipe(recipe: Recipe) -> list[Config]:
-    """Parse every stage's config; return them in order (raises on the first problem)."""
+    """Check the recipe's data and measure sections and parse every stage's config; return the
+    stage configs in order (raises on the first problem)."""
+    from condense.data import DATASETS
+    from condense.recipes.measure import MeasureConfig
+
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    name = recipe.data.get("name")
+    if not isinstance(name, str) or name not in DATASETS:
+        from condense.core.errors import did_you_mean
+
+        known = sorted(DATASETS.names())
+        raise ConfigError(f"{recipe.path}:{lines.line('data', 'name')}: unknown dataset {name!r}"
+                          f"{did_you_mean(str(name), known)}; known: {', '.join(known)}")
+    _parse_at(lambda raw: MeasureConfig.from_dict(raw, where="measure"), recipe.measure, recipe, ("measure",))
+    for i, spec in enumerate(recipe.stages):
+        model = spec.model or {}
+        if model and (not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs") or {}, dict)):
+            raise ConfigError(f"{recipe.path}:{lines.line('stages', i, 'model')}: 'model' needs a string 'name' and a "
+                              "mapping 'kwargs'")
     return [parse_stage_config(recipe, i) for i in range(len(recipe.stages))]
