@@ -57,6 +57,7 @@ from condense.models import build_model
 from condense.quantize import QuantizeConfig, export_int8_onnx, quant_wrappers, quantize
 from condense.quantize.dynamic import quantize_dynamic_onnx
 from condense.quantize.mixed import solve_bits
+from condense.quantize.onnx_int8 import interleaved_latency
 from condense.quantize.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
@@ -193,29 +194,11 @@ def session(path: Path, threads: int, level: str = "all") -> Any:
 
 
 def interleaved(sessions: dict[str, Any], x: np.ndarray, reps: int, warmup: int = 10) -> dict[str, dict[str, float]]:
-    """Median wall and thread-CPU ms (and min wall) per session, sessions run in random order each round."""
+    """Median wall and thread-CPU ms (and min wall) per session, through the library's timer
+    (`interleaved_latency`: sessions in random order each round, GC paused)."""
     feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for _ in range(warmup):
-        for k, s in sessions.items():
-            s.run(None, feeds[k])
-    wall: dict[str, list[float]] = {k: [] for k in sessions}
-    cpu: dict[str, list[float]] = {k: [] for k in sessions}
-    order = list(sessions)
-    rng = random.Random(0)
-    gc.disable()
-    try:
-        for _ in range(reps):
-            rng.shuffle(order)
-            for k in order:
-                c0, t0 = time.thread_time(), time.perf_counter()
-                sessions[k].run(None, feeds[k])
-                t1, c1 = time.perf_counter(), time.thread_time()
-                wall[k].append((t1 - t0) * 1e3)
-                cpu[k].append((c1 - c0) * 1e3)
-    finally:
-        gc.enable()
-    return {k: {"wall_ms": statistics.median(wall[k]), "cpu_ms": statistics.median(cpu[k]), "min_ms": min(wall[k])}
-            for k in sessions}
+    runs = {k: (lambda _f, s=s, f=feeds[k]: s.run(None, f)) for k, s in sessions.items()}
+    return interleaved_latency(runs, [None], repeats=reps, warmup=warmup, seed=0)
 
 
 def iobinding_bs1(sessions: dict[str, Any], x: np.ndarray, reps: int) -> dict[str, float]:

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import hashlib
 import io
-import json
 import os
 import random
 import shutil
@@ -37,9 +36,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from _reliability import artifact_cases, recipe_cases  # noqa: E402
-
 import condense  # noqa: E402
+from _reliability import artifact_cases, recipe_cases  # noqa: E402
 from condense.cli import main as cli  # noqa: E402
 from condense.core.io import atomic_write_json  # noqa: E402
 from condense.recipes.runner import RESOLVED  # noqa: E402

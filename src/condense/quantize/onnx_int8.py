@@ -221,7 +221,8 @@ def interleaved_latency(
     warmup: int = 3,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Median wall and calling-thread CPU milliseconds of each runner `runs[name](feed)`.
+    """Median wall and calling-thread CPU milliseconds (and the fastest wall time) of each runner
+    `runs[name](feed)`.
 
     Every round runs all runners on the same feed (feeds rotate round by round) in a new random
     order, with garbage collection paused, so load from other processes on a shared machine hits
@@ -257,7 +258,8 @@ def interleaved_latency(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {k: {"wall_ms": float(statistics.median(wall[k])), "cpu_ms": float(statistics.median(cpu[k]))}
+    return {k: {"wall_ms": float(statistics.median(wall[k])), "cpu_ms": float(statistics.median(cpu[k])),
+                "min_ms": float(min(wall[k]))}
             for k in runs}
 
 

@@ -8,6 +8,7 @@ plain run. Only rank 0 writes checkpoints, artifacts, logs and reports (`is_main
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import gc
@@ -226,10 +227,8 @@ def destroy(graceful: bool = True) -> None:
     if not initialized():
         return
     if graceful:
-        try:
+        with contextlib.suppress(PeerError):  # a peer left already; nothing to wait for
             _collective(torch.distributed.barrier)
-        except PeerError:
-            pass  # a peer left already; nothing to wait for
     torch.distributed.destroy_process_group()
     gc.collect()  # drop the last Python references to collective tensors while the interpreter is whole
 
