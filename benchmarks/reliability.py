@@ -10,7 +10,7 @@ the tests assert, only more of it:
 - artifacts: every corruption of the matrix applied to a saved model and opened with
   `condense eval`; each must exit 3;
 - SIGKILL: `--kills` seeded random moments of the 4-stage recipe of tests/test_recipes.py, each
-  run resumed (`condense resume`) and its stage weights compared byte for byte (sha256) with an
+  run resumed (`condense resume`) and its stage weights (sha256) and accuracies compared with an
   uninterrupted run.
 
     python benchmarks/reliability.py [--recipes 10000] [--kills 20] [--json benchmarks/results/reliability.json]
@@ -20,13 +20,9 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import hashlib
 import io
-import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +33,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import condense  # noqa: E402
-from _reliability import artifact_cases, recipe_cases  # noqa: E402
+from _reliability import (  # noqa: E402
+    artifact_cases,
+    condense_process,
+    deadline,
+    kill_after,
+    recipe_cases,
+    run_digest,
+)
 from condense.cli import main as cli  # noqa: E402
 from condense.core.io import atomic_write_json  # noqa: E402
 from condense.recipes.runner import RESOLVED  # noqa: E402
@@ -55,36 +58,27 @@ def fuzz_recipes(n: int, seed: int, work: Path) -> dict[str, Any]:
     problems: list[str] = []
     slowest = 0.0
 
-    def alarm(*_a: Any) -> None:
-        raise TimeoutError
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    try:
-        for i, (what, data, must_fail) in enumerate(recipe_cases(n, seed)):
-            kind = what.split(":")[0].split(" ")[0]
-            p = work / f"r{i % 50}.yaml"
-            p.write_bytes(data)
-            t0 = time.perf_counter()
-            signal.alarm(20)
-            try:
+    for i, (what, data, must_fail) in enumerate(recipe_cases(n, seed)):
+        kind = what.split(":")[0].split(" ")[0]
+        p = work / f"r{i % 50}.yaml"
+        p.write_bytes(data)
+        t0 = time.perf_counter()
+        try:
+            with deadline(20, what):
                 code, err = _quiet(["recipe", "validate", str(p)])
-            except TimeoutError:
-                code, err = -1, "hang"
-            except BaseException as e:  # noqa: BLE001 - counted: a raise is the failure we look for
-                code, err = -2, f"{type(e).__name__}: {e}"
-            finally:
-                signal.alarm(0)
-            slowest = max(slowest, time.perf_counter() - t0)
-            outcome = {0: "exit 0", 2: "exit 2"}.get(code, f"other ({code})")
-            if code == 2 and not err.startswith("condense: error:"):
-                outcome = "exit 2 without a typed message"
-            if must_fail and code == 0:
-                outcome = "accepted an attack"
-            by_kind[kind][outcome] += 1
-            if outcome not in ("exit 0", "exit 2"):
-                problems.append(f"{what}: {outcome}: {err[-300:]}")
-    finally:
-        signal.signal(signal.SIGALRM, old)
+        except TimeoutError:
+            code, err = -1, "hang"
+        except BaseException as e:  # noqa: BLE001 - counted: a raise is the failure we look for
+            code, err = -2, f"{type(e).__name__}: {e}"
+        slowest = max(slowest, time.perf_counter() - t0)
+        outcome = {0: "exit 0", 2: "exit 2"}.get(code, f"other ({code})")
+        if code == 2 and not err.startswith("condense: error:"):
+            outcome = "exit 2 without a typed message"
+        if must_fail and code == 0:
+            outcome = "accepted an attack"
+        by_kind[kind][outcome] += 1
+        if outcome not in ("exit 0", "exit 2"):
+            problems.append(f"{what}: {outcome}: {err[-300:]}")
     total = collections.Counter()
     for c in by_kind.values():
         total.update(c)
@@ -110,44 +104,26 @@ def corrupt_artifacts(work: Path) -> dict[str, Any]:
     return {"cases": len(results), "exit_3": sum(r["exit"] == 3 for r in results.values()), "results": results}
 
 
-def _condense(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "condense.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
-def _digest(run: Path) -> dict[str, str]:
-    return {d.name: hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
-            for d in sorted(p for p in run.iterdir() if p.is_dir())}
-
-
 def sigkill(kills: int, work: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(HERE.parent / "tests"))
     from test_recipes import KILL_RECIPE
 
     recipe = work / "r.yaml"
     recipe.write_text(KILL_RECIPE)
     t0 = time.time()
-    if _condense("run", str(recipe), "--out", str(work / "ref")).wait() != 0:
+    if condense_process("run", str(recipe), "--out", str(work / "ref")).wait() != 0:
         raise SystemExit("the uninterrupted reference run failed")
     wall = time.time() - t0
-    ref = _digest(work / "ref")
+    ref = run_digest(work / "ref")
     rng = random.Random(20)
     rows = []
     for i in range(kills):
         run = work / f"killed-{i}"
         at = rng.uniform(0.02, 0.98) * wall
-        proc = _condense("run", str(recipe), "--out", str(run))
-        try:
-            proc.wait(timeout=at)
-            killed = False
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            killed = True
+        killed = kill_after(["run", str(recipe), "--out", str(run)], at) is None
         stages_done = sum(1 for d in run.glob("*/DONE")) if run.exists() else 0
         again = ["resume", str(run)] if (run / RESOLVED).is_file() else ["run", str(recipe), "--out", str(run)]
-        code = _condense(*again).wait() if killed else 0
-        same = code == 0 and _digest(run) == ref
+        code = condense_process(*again).wait() if killed else 0
+        same = code == 0 and run_digest(run) == ref
         rows.append({"kill_at_s": round(at, 2), "killed": killed, "stages_done_at_kill": stages_done,
                      "then": again[0] if killed else "-", "exit": code, "bit_identical": same})
         print(f"kill {i}: at {at:.1f} s of {wall:.1f} s, {stages_done} stages done -> {again[0]} exit {code}, "

@@ -11,10 +11,16 @@ condense.json, an edit log naming a layer the architecture lacks.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import random
+import signal
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +264,46 @@ def _rehash(folder: Path) -> None:
     meta = json.loads(meta_path.read_text())
     meta["files"]["model.safetensors"] = {"bytes": w.stat().st_size, "sha256": hashlib.sha256(w.read_bytes()).hexdigest()}
     meta_path.write_text(json.dumps(meta))
+
+
+# ----------------------------------------------------------------------------- time limits, kills
+
+@contextmanager
+def deadline(seconds: int, what: str) -> Iterator[None]:
+    """Raise TimeoutError (naming `what`) when the block runs longer than `seconds` (main thread)."""
+    def boom(*_a: Any) -> None:
+        raise TimeoutError(f"hang: {what} took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def condense_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`condense ARGS` in a child process, output discarded."""
+    return subprocess.Popen([sys.executable, "-m", "condense.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+
+def kill_after(cmd_args: list[str], seconds: float) -> int | None:
+    """Start `condense ...`, SIGKILL it after `seconds` (or let it finish first); its exit code
+    when it finished on its own, else None."""
+    proc = condense_process(*cmd_args)
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+def run_digest(run: Path) -> dict[str, Any]:
+    """sha256 of every stage's weights and its test accuracy: equal digests = bit-identical runs."""
+    out: dict[str, Any] = {}
+    for d in sorted(p for p in run.iterdir() if p.is_dir()):
+        out[d.name] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+        out[d.name + ":acc"] = json.loads((d / "metrics.json").read_text())["accuracy"]
+    return out

@@ -1,16 +1,13 @@
 """Recipes: validation with file:line errors, every shipped recipe validates, runs resume exactly after SIGKILL."""
-import hashlib
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from _reliability import condense_process, kill_after, run_digest
 from condense.core.errors import ConfigError
 from condense.recipes import load_recipe, validate_recipe
 from condense.recipes.runner import RESOLVED
@@ -104,26 +101,13 @@ stages:
 """
 
 
-def _condense(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "condense.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-
-
-def _digest(run: Path) -> dict:
-    out = {}
-    for d in sorted(p for p in run.iterdir() if p.is_dir()):
-        out[d.name] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
-        out[d.name + ":acc"] = json.loads((d / "metrics.json").read_text())["accuracy"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("kill")
     (base / "r.yaml").write_text(KILL_RECIPE)
-    proc = _condense("run", str(base / "r.yaml"), "--out", str(base / "ref"))
+    proc = condense_process("run", str(base / "r.yaml"), "--out", str(base / "ref"))
     assert proc.wait(timeout=600) == 0
-    return base, _digest(base / "ref")
+    return base, run_digest(base / "ref")
 
 
 def _kill_when(proc, path: Path, timeout=300):
@@ -147,23 +131,11 @@ def _kill_when(proc, path: Path, timeout=300):
 def test_sigkill_then_resume_matches_uninterrupted(reference_run, point):
     base, ref = reference_run
     run = base / ("killed-" + point.replace("/", "_"))
-    _kill_when(_condense("run", str(base / "r.yaml"), "--out", str(run)), run / point)
+    _kill_when(condense_process("run", str(base / "r.yaml"), "--out", str(run)), run / point)
     assert not (run / "DONE").exists()
-    assert _condense("resume", str(run)).wait(timeout=600) == 0
+    assert condense_process("resume", str(run)).wait(timeout=600) == 0
     assert (run / "DONE").exists()
-    assert _digest(run) == ref
-
-
-def kill_after(cmd_args: list[str], seconds: float) -> int | None:
-    """Start `condense ...`, SIGKILL it after `seconds` (or let it finish first); its exit code
-    when it finished on its own, else None."""
-    proc = _condense(*cmd_args)
-    try:
-        return proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
+    assert run_digest(run) == ref
 
 
 @pytest.mark.slow
@@ -174,7 +146,7 @@ def test_sigkill_at_20_random_times_resumes_bit_identical(reference_run):
 
     base, ref = reference_run
     t0 = time.time()
-    assert _condense("run", str(base / "r.yaml"), "--out", str(base / "timed")).wait(timeout=600) == 0
+    assert condense_process("run", str(base / "r.yaml"), "--out", str(base / "timed")).wait(timeout=600) == 0
     wall = time.time() - t0
     rng = random.Random(20)
     for i in range(20):
@@ -182,8 +154,8 @@ def test_sigkill_at_20_random_times_resumes_bit_identical(reference_run):
         at = rng.uniform(0.02, 0.98) * wall
         if kill_after(["run", str(base / "r.yaml"), "--out", str(run)], at) is None:
             again = ["resume", str(run)] if (run / RESOLVED).is_file() else ["run", str(base / "r.yaml"), "--out", str(run)]
-            assert _condense(*again).wait(timeout=600) == 0, f"{again[0]} after a kill at {at:.1f} s"
-        assert _digest(run) == ref, f"kill at {at:.1f} s of {wall:.1f} s"
+            assert condense_process(*again).wait(timeout=600) == 0, f"{again[0]} after a kill at {at:.1f} s"
+        assert run_digest(run) == ref, f"kill at {at:.1f} s of {wall:.1f} s"
         shutil.rmtree(run)
 
 

@@ -4,28 +4,13 @@ benchmarks/reliability.py (figures in docs/reliability.md)."""
 from __future__ import annotations
 
 import shutil
-import signal
-from contextlib import contextmanager
 
 import pytest
 
 import condense
-from _reliability import artifact_cases, recipe_cases
+from _reliability import artifact_cases, deadline, recipe_cases
 
 DEFAULT_RECIPES = 250
-
-
-@contextmanager
-def _deadline(seconds: int, what: str):
-    def boom(*_a):
-        raise TimeoutError(f"hang: {what} took more than {seconds} s")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _validate_all(tmp_path, n: int, seed: int, capsys) -> dict[str, int]:
@@ -35,7 +20,7 @@ def _validate_all(tmp_path, n: int, seed: int, capsys) -> dict[str, int]:
     for i, (what, data, must_fail) in enumerate(recipe_cases(n, seed)):
         p = tmp_path / f"r{i}.yaml"
         p.write_bytes(data)
-        with _deadline(20, what):
+        with deadline(20, what):
             code = main(["recipe", "validate", str(p)])  # an uncaught exception fails the test, naming the case
         err = capsys.readouterr().err
         assert code in (0, 2), f"{what}: exit {code}\n{err}"
@@ -71,7 +56,7 @@ def test_corrupt_artifacts_exit_3(saved, tmp_path, capsys, what, corrupt):
     folder = tmp_path / "m"
     shutil.copytree(saved, folder)
     corrupt(folder)
-    with _deadline(30, what):
+    with deadline(30, what):
         code = main(["eval", str(folder), "--data", "digits"])
     err = capsys.readouterr().err
     assert code == 3, f"{what}: exit {code}\n{err}"
