@@ -1,4 +1,6 @@
-"""Export: fp32 ONNX with an output-parity check; ONNX Runtime sessions."""
+"""Export: `export(model, example, path, format=...)` for onnx / pt2 / executorch / tflite, each
+checked against PyTorch in its runtime; fp32 ONNX with an output-parity check; ONNX Runtime sessions."""
+from condense.export.formats import FORMATS, DeployResult, MissingExtraError, deploy_precision, export
 from condense.export.onnx import (
     ExportParityError,
     ExportResult,
@@ -10,6 +12,11 @@ from condense.export.onnx import (
 )
 
 __all__ = [
+    "FORMATS",
+    "DeployResult",
+    "MissingExtraError",
+    "deploy_precision",
+    "export",
     "ExportParityError",
     "ExportResult",
     "export_onnx",

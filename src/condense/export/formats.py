@@ -1,0 +1,270 @@
+"""One entry point for every deployment format: `export(model, example, path, format=...)`.
+
+Formats: `onnx` (ONNX Runtime), `pt2` (a torch.export program saved with `torch.export.save`),
+`executorch` (an XNNPACK-lowered `.pte`, ExecuTorch's runtime) and `tflite` (LiteRT, through
+`litert-torch`). Each export is checked against PyTorch on sample inputs in the format's own
+runtime (max |diff|, top-1 agreement, cosine) and fails above tolerance; the file appears at
+`path` only after the check passed. Batch-1 latency is measured in the same runtime with its
+thread count recorded. The runtimes of `executorch` and `tflite` are optional extras; a missing
+one gives one line naming the extra to install.
+
+Precision "auto" is the one place the int8-or-fp32 decision is made: int8 when the model carries
+condense's int8 plan (static PTQ / QAT wrappers, or the transformer int8 plan), fp32 otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError, did_you_mean
+from condense.export.onnx import ExportParityError, output_tensor
+
+FORMATS: dict[str, str] = {
+    "onnx": ".onnx",
+    "pt2": ".pt2",
+    "executorch": ".pte",
+    "tflite": ".tflite",
+}
+PRECISIONS = ("auto", "fp32", "int8")
+RUNTIMES = {"onnx": "onnxruntime", "pt2": "torch.export", "executorch": "executorch", "tflite": "litert"}
+
+
+class MissingExtraError(ConfigError):
+    """A format's runtime is not installed: names the pip extra that brings it."""
+
+    def __init__(self, fmt: str, extra: str, detail: str = "") -> None:
+        super().__init__(f"format {fmt!r} needs its runtime, which is not installed: "
+                         f"pip install 'condense[{extra}]'" + (f" ({detail})" if detail else ""))
+
+
+@dataclasses.dataclass
+class DeployResult:
+    """One deployed file: where, how big, how close to PyTorch, how fast in its runtime."""
+
+    format: str
+    precision: str
+    path: Path
+    bytes: int
+    runtime: str
+    samples: int  # inputs the parity check ran on
+    max_abs_diff: float
+    top1_agreement: float | None  # classifiers
+    mean_cosine: float
+    latency_ms: float | None  # batch-1 p50 in `runtime`
+    latency_p90_ms: float | None
+    threads: int | None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}{did_you_mean(fmt, FORMATS)}; "
+                          f"known: {', '.join(FORMATS)}")
+    return fmt
+
+
+def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
+    """"int8" when `model` carries condense's int8 plan (QuantWrappers or the transformer plan)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    from condense.quantize.fake_quant import quant_wrappers
+
+    planned = getattr(model, "condense_int8_plan", None) is not None
+    return "int8" if quant_wrappers(model) or planned else "fp32"
+
+
+def batch_items(batch: Any) -> list[Any]:
+    """Split a batched input (tensor or dict of tensors) into batch-1 inputs."""
+    if isinstance(batch, dict):
+        n = len(next(iter(batch.values())))
+        return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(n)]
+    return [batch[i:i + 1] for i in range(len(batch))]
+
+
+def _samples(data: Any, n: int) -> list[Any]:
+    """`data` as at most `n` batch-1 inputs: a list of inputs, a batched tensor/dict, or a dataset."""
+    if data is None:
+        return []
+    if isinstance(data, list):
+        return data[:n]
+    if isinstance(data, (torch.Tensor, dict)):
+        return batch_items(data)[:n]
+    from condense.data.loader import heldout_inputs
+
+    return batch_items(heldout_inputs(data, n))
+
+
+def _call(model: Callable[..., Any], x: Any) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(**x) if isinstance(x, dict) else model(x)
+    if isinstance(out, dict) and "sentence_embedding" in out:
+        out = out["sentence_embedding"]
+    return output_tensor(out).detach().float().reshape(1, -1)
+
+
+def parity(reference: Callable[..., Any], runner: Callable[[Any], Any], samples: Sequence[Any]) -> dict[str, Any]:
+    """Max |diff|, top-1 agreement (outputs wider than 1) and mean cosine of `runner` vs `reference`."""
+    ref = torch.cat([_call(reference, x) for x in samples])
+    got = torch.cat([output_tensor(runner(x)).detach().float().reshape(1, -1) for x in samples])
+    if got.shape != ref.shape:
+        raise ExportParityError(f"exported output shape {tuple(got.shape)} differs from PyTorch's {tuple(ref.shape)}")
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=1, eps=1e-12)
+    return {
+        "samples": len(samples),
+        "max_abs_diff": float((got - ref).abs().max()),
+        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).float().mean()) if ref.shape[1] > 1 else None,
+        "mean_cosine": float(cos.mean()),
+    }
+
+
+def export(
+    model: nn.Module,
+    example: Any,
+    path: str | os.PathLike[str],
+    format: str = "onnx",
+    *,
+    precision: str = "auto",
+    calibration: Any = None,
+    samples: Any = None,
+    atol: float = 1e-4,
+    min_agreement: float = 0.95,
+    min_cosine: float = 0.98,
+    latency: bool = True,
+    repeats: int = 30,
+    calibration_samples: int = 128,
+    parity_samples: int = 64,
+) -> DeployResult:
+    """Export `model` to `format` at `path`, check it in its runtime, time it at batch 1.
+
+    `example` is one batch-1 input. `calibration` (int8 on executorch / tflite: a dataset, a
+    batched tensor / dict or a list of batch-1 inputs) feeds the int8 observers; `samples` (same
+    forms; default `example`) feed the parity check. fp32 fails when max |diff| > `atol`; int8
+    fails below `min_agreement` top-1 agreement (classifiers) or `min_cosine` mean cosine (other
+    outputs). Nothing is left at `path` when an export or its check fails.
+    """
+    fmt = check_format(format)
+    prec = deploy_precision(model, precision)
+    model = model.eval()
+    path = Path(path)
+    check = _samples(samples, parity_samples) or [example]
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None) as tmp:
+        tmp_path = Path(tmp) / f"model{FORMATS[fmt]}"
+        runner, reference, threads, extra_notes = _WRITERS[fmt](model, example, tmp_path, prec, calibration,
+                                                                 calibration_samples)
+        notes.extend(extra_notes)
+        p = parity(reference, runner, check)
+        _enforce(fmt, prec, p, atol, min_agreement, min_cosine)
+        lat = None
+        if latency:
+            from condense.evaluate.profile import measure_latency
+
+            lat = measure_latency(lambda: runner(example), warmup=5, repeats=repeats)
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir() if f.is_file())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for f in Path(tmp).iterdir():  # the file (and ONNX external data, if any) moves in after the check
+            target = path if f == tmp_path else path.parent / f.name.replace("model", path.stem, 1)
+            shutil.move(str(f), str(target))
+    return DeployResult(format=fmt, precision=prec, path=path, bytes=size, runtime=RUNTIMES[fmt],
+                        samples=p["samples"], max_abs_diff=p["max_abs_diff"], top1_agreement=p["top1_agreement"],
+                        mean_cosine=p["mean_cosine"], latency_ms=None if lat is None else lat["p50_ms"],
+                        latency_p90_ms=None if lat is None else lat["p90_ms"], threads=threads, notes=notes)
+
+
+def _enforce(fmt: str, prec: str, p: dict[str, Any], atol: float, min_agreement: float, min_cosine: float) -> None:
+    if prec == "fp32" and p["max_abs_diff"] > atol:
+        raise ExportParityError(f"{fmt} fp32 export differs from PyTorch by {p['max_abs_diff']:.3g} > atol {atol:g} "
+                                f"on {p['samples']} samples")
+    if prec == "int8":
+        agree = p["top1_agreement"]
+        if agree is not None and agree < min_agreement:
+            raise ExportParityError(f"{fmt} int8 export agrees with PyTorch on {agree:.1%} of top-1 predictions "
+                                    f"< {min_agreement:.0%} ({p['samples']} samples)")
+        if agree is None and p["mean_cosine"] < min_cosine:
+            raise ExportParityError(f"{fmt} int8 export: mean cosine to PyTorch {p['mean_cosine']:.4f} < {min_cosine}")
+
+
+# -- one writer per format: (model, example, tmp path, precision, calibration, n) ->
+#    (runner, reference model, runtime threads, notes) ------------------------------------------
+Writer = Callable[[nn.Module, Any, Path, str, Any, int], tuple[Callable[[Any], Any], Any, "int | None", list[str]]]
+
+
+def _write_onnx(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
+    from condense.export.onnx import export_onnx, onnx_session, ort_run
+
+    if prec == "int8":
+        from condense.quantize import export_int8_onnx, quant_wrappers
+
+        if not quant_wrappers(model) and getattr(model, "condense_int8_plan", None) is None:
+            raise ConfigError("onnx int8 export needs a quantized model: run `condense quantize` first "
+                              "(the int8 ONNX file is written from its calibrated plan)")
+        held = _samples(calibration, n)
+        heldout = torch.cat(held) if held and isinstance(held[0], torch.Tensor) else None
+        res = export_int8_onnx(model, example, path, heldout=heldout)
+        notes = list(res.notes)
+    else:
+        export_onnx(model, example, path)
+        notes = []
+    threads = os.cpu_count() or 1
+    session = onnx_session(path, threads=threads)
+
+    def run(x: Any) -> Any:
+        return torch.from_numpy(ort_run(session, x))
+
+    return run, model, threads, notes
+
+
+def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
+    from condense.export.pt2 import export_pt2, plain_layers
+
+    if prec == "int8":
+        raise ConfigError("pt2 stores the float program torch.export captures; for int8 use format "
+                          "'executorch' (XNNPACK int8 kernels) or 'onnx'")
+    _, module = export_pt2(model, example, path)
+    return (lambda x: _call(module, x)), plain_layers(model), torch.get_num_threads(), []
+
+
+def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
+    from condense.export.executorch import ExecuTorchRunner, export_executorch
+    from condense.export.pt2 import plain_layers
+
+    calib = _samples(calibration, n)
+    export_executorch(model, example, path, precision=prec, calibration=calib)
+    notes = []
+    if prec == "int8":
+        notes.append(f"int8 by PT2E with XNNPACK's per-channel symmetric quantizer, calibrated on {len(calib)} samples")
+    # a model with condense's int8 wrappers is compared with its simulation; a float one with itself
+    return ExecuTorchRunner(path), (model if prec == "int8" else plain_layers(model)), ExecuTorchRunner.threads(), notes
+
+
+def _write_tflite(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
+    from condense.export.pt2 import plain_layers
+    from condense.export.tflite import LiteRTRunner, export_tflite
+
+    calib = _samples(calibration, n)
+    export_tflite(model, example, path, precision=prec, calibration=calib)
+    runner = LiteRTRunner(path)
+    return runner, (model if prec == "int8" else plain_layers(model)), runner.threads, []
+
+
+_WRITERS: dict[str, Writer] = {
+    "onnx": _write_onnx,
+    "pt2": _write_pt2,
+    "executorch": _write_executorch,
+    "tflite": _write_tflite,
+}

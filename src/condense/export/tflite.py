@@ -1,0 +1,81 @@
+"""TFLite / LiteRT flatbuffers through `litert-torch` (formerly ai-edge-torch), and the LiteRT runtime.
+
+fp32: `litert_torch.convert(model, (example,))`; int8: the PT2E flow with litert-torch's
+symmetric per-channel quantizer, calibrated on condense's samples, passed to `convert` as its
+`quant_config`. Programs take batch 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError
+from condense.export.pt2 import _args_kwargs, plain_layers
+
+
+def require() -> None:
+    from condense.export.formats import MissingExtraError
+
+    try:
+        import litert_torch  # noqa: F401
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    except ImportError as e:
+        raise MissingExtraError("tflite", "tflite", str(e)) from e
+
+
+def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision: str = "fp32",
+                  calibration: list[Any] | None = None) -> Path:
+    require()
+    import litert_torch
+
+    model = plain_layers(model)
+    args, kwargs = _args_kwargs(example)
+    options: dict[str, Any] = {}
+    if precision == "int8":
+        if not calibration:
+            raise ConfigError("tflite int8 export needs calibration samples (none given)")
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        graph = torch.export.export(model, args, kwargs, strict=False).module()
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for sample in calibration:
+                a, kw = _args_kwargs(sample)
+                prepared(*a, **kw)
+        model = convert_pt2e(prepared, fold_quantize=False)
+        options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+    edge = litert_torch.convert(model, args, kwargs or None, **options)
+    from condense.core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        edge.export(str(tmp))
+    return Path(path)
+
+
+class LiteRTRunner:
+    """A `.tflite` file in the LiteRT interpreter, called like a model on batch-1 inputs."""
+
+    runtime = "litert"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        require()
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.threads = threads
+        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        self.interp.allocate_tensors()
+        self.inputs = self.interp.get_input_details()
+        self.output = self.interp.get_output_details()[0]
+
+    def __call__(self, example: Any) -> torch.Tensor:
+        a, kw = _args_kwargs(example)
+        for detail, value in zip(self.inputs, [*a, *kw.values()]):
+            self.interp.set_tensor(detail["index"], value.detach().numpy())
+        self.interp.invoke()
+        return torch.from_numpy(self.interp.get_tensor(self.output["index"]).copy())
