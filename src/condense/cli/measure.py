@@ -71,14 +71,33 @@ def _profile_text(p: dict[str, Any]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from condense.data.loader import example_inputs
-    from condense.export import export_onnx
+    from condense.core.errors import ConfigError
+    from condense.export import FORMATS, export
+    from condense.export.formats import check_format
 
     model, meta = load_model_arg(args.model, args.trust_pickle)
     splits, _, _ = data_from(args, meta)
-    res = export_onnx(model, example_inputs(splits.test, 1), args.out, atol=args.atol)
-    info = {"path": str(res.path), "bytes": res.bytes, "exporter": res.exporter, "max_abs_diff": res.max_abs_diff}
-    show(info, args.json, f"wrote {res.path} ({res.bytes:,} bytes, {res.exporter} exporter); max |onnx - torch| = {res.max_abs_diff:.2e}")
+    formats = [check_format(f) for f in (args.format or ["onnx"])]  # all checked before any export runs
+    if args.out and len(formats) > 1:
+        raise ConfigError("--out names one file; with several formats use --out-dir")
+    folder = Path(args.out_dir) if args.out_dir else Path(str(args.model).removeprefix("hf:"))
+    rows = []
+    for fmt in formats:
+        out = Path(args.out) if args.out else folder / f"model{FORMATS[fmt]}"
+        res = export(model, example_inputs(splits.test, 1), out, fmt, precision=args.precision,
+                     calibration=splits.train, samples=splits.test, atol=args.atol,
+                     calibration_samples=args.calibration_samples)
+        rows.append(res.to_dict())
+    text = "\n".join(
+        f"wrote {r['path']} ({r['bytes']:,} bytes, {r['format']} {r['precision']}); max |diff| {r['max_abs_diff']:.2e}"
+        + (f", top-1 agreement {r['top1_agreement']:.1%}" if r["top1_agreement"] is not None else "")
+        + (f"; batch-1 p50 {r['latency_ms']:.3f} ms in {r['runtime']} ({r['threads']} threads)"
+           if r["latency_ms"] is not None else "")
+        for r in rows)
+    show(rows if len(rows) > 1 else rows[0], args.json, text)
     return EXIT_OK
 
 
@@ -102,10 +121,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_profile)
 
-    sp = sub.add_parser("export", help="export to ONNX (fp32) with a parity check against PyTorch")
+    sp = sub.add_parser("export", help="export to onnx / pt2 / executorch / tflite, checked against PyTorch in "
+                                       "the format's runtime, with batch-1 latency")
     add_model_opts(sp)
     add_data_opts(sp)
-    sp.add_argument("--out", required=True, help="path of the .onnx file to write")
+    sp.add_argument("--format", nargs="+", default=None,
+                    help="one or more of onnx, pt2, executorch, tflite (default onnx)")
+    sp.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"],
+                    help="auto: int8 when the model is quantized, else fp32")
+    sp.add_argument("--out", default=None, help="file to write (one format); default next to the model")
+    sp.add_argument("--out-dir", default=None, help="folder for the files of several formats")
+    sp.add_argument("--calibration-samples", type=int, default=128, help="training samples for int8 calibration")
     sp.add_argument("--atol", type=float, default=1e-4)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_export)

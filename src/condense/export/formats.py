@@ -163,6 +163,10 @@ def export(
     path = Path(path)
     check = _samples(samples, parity_samples) or [example]
     notes: list[str] = []
+    if fmt == "pt2" and prec == "int8" and precision == "auto":
+        prec = "fp32"
+        notes.append("pt2 holds a float program: the quantized model's weights are stored on their int8 grid as "
+                     "float32, activations are not quantized (executorch or onnx run int8 kernels)")
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None) as tmp:
         tmp_path = Path(tmp) / f"model{FORMATS[fmt]}"
         runner, reference, threads, extra_notes = _WRITERS[fmt](model, example, tmp_path, prec, calibration,

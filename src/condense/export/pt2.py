@@ -130,15 +130,13 @@ def _failing_module(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 def export_pt2(model: nn.Module, example: Any, path: str | Path) -> tuple[Path, Any]:
-    """Capture with a dynamic batch (a static one if the model needs it), save atomically to
-    `path` (.pt2); returns (path, the reloaded program's module) for the parity check."""
-    from condense.core.io import atomic_path
-
+    """Capture with a dynamic batch (a static one if the model needs it), save to `path` (.pt2;
+    `export()` writes into a temporary folder and moves the file in after its check); returns
+    (path, the reloaded program's module) for the parity check."""
     try:
         ep = capture(model, example, dynamic_batch=True)
     except ExportTraceError:
         ep = capture(model, example, dynamic_batch=False)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.export.save(ep, str(tmp))
+    torch.export.save(ep, str(path))
     return path, torch.export.load(str(path)).module()

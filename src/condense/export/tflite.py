@@ -6,9 +6,11 @@ symmetric per-channel quantizer, calibrated on condense's samples, passed to `co
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,8 +69,8 @@ class LiteRTRunner:
         require()
         from ai_edge_litert.interpreter import Interpreter
 
-        self.threads = threads
-        self.interp = Interpreter(model_path=str(path), num_threads=threads)
+        self.threads = threads or os.cpu_count() or 1
+        self.interp = Interpreter(model_path=str(path), num_threads=self.threads)
         self.interp.allocate_tensors()
         self.inputs = self.interp.get_input_details()
         self.output = self.interp.get_output_details()[0]
@@ -76,6 +78,15 @@ class LiteRTRunner:
     def __call__(self, example: Any) -> torch.Tensor:
         a, kw = _args_kwargs(example)
         for detail, value in zip(self.inputs, [*a, *kw.values()]):
-            self.interp.set_tensor(detail["index"], value.detach().numpy())
+            arr = value.detach().numpy()
+            if detail["dtype"] != arr.dtype:  # an int8 program with integer input: quantize on its grid
+                scale, zero = detail["quantization"]
+                info = np.iinfo(detail["dtype"])
+                arr = np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(detail["dtype"])
+            self.interp.set_tensor(detail["index"], arr)
         self.interp.invoke()
-        return torch.from_numpy(self.interp.get_tensor(self.output["index"]).copy())
+        out = self.interp.get_tensor(self.output["index"]).copy()
+        if out.dtype != np.float32:  # integer output: back to float with its scale / zero point
+            scale, zero = self.output["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return torch.from_numpy(out)
