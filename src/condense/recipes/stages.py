@@ -18,6 +18,7 @@ from condense.core.registry import Registry
 from condense.data.augment import AugmentConfig, build_augment
 from condense.data.base import Splits
 from condense.data.loader import example_inputs, heldout_inputs
+from condense.export.formats import FORMATS as FORMATS_SUFFIX
 from condense.models.registry import build_model
 from condense.recipes.schema import Recipe, StageSpec, _Lines
 from condense.train.config import TrainConfig
@@ -38,10 +39,24 @@ class TrainStageConfig(Config):
 
 @dataclasses.dataclass
 class ExportStageConfig(Config):
-    """`export` stage: fp32 ONNX (parity-checked) of its input, and int8 when the input is quantized."""
+    """`export` stage: its input in each of `formats` (onnx, pt2, executorch, tflite), parity-checked
+    in the format's runtime and timed at batch 1; int8 when the input is quantized (precision auto)."""
 
     opset: int = 18
     atol: float = 1e-4
+    formats: list[str] = dataclasses.field(default_factory=lambda: ["onnx"])
+    precision: str = "auto"
+    calibration_samples: int = 128
+
+    def validate(self) -> None:
+        from condense.export.formats import PRECISIONS, check_format
+
+        if not self.formats:
+            raise ConfigError("export.formats must name at least one format")
+        for f in self.formats:
+            check_format(f)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"export.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclasses.dataclass
@@ -213,21 +228,40 @@ def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
 
 
 def run_export(ctx: StageContext, cfg: ExportStageConfig) -> StageOutput:
-    from condense.export import export_onnx
-    from condense.quantize import export_int8_onnx, quant_wrappers
+    from condense.export import deploy_precision, export, export_onnx
+    from condense.quantize import export_int8_onnx
 
     model = _input(ctx)
     example = example_inputs(ctx.splits.test, 1)
-    if quant_wrappers(model) or getattr(model, "condense_int8_plan", None) is not None:
-        res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx", heldout=heldout_inputs(ctx.splits.test),
-                               opset=cfg.opset)
-        return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())}, notes=list(res.notes))
-    res = export_onnx(model, example, ctx.folder / "model.onnx", opset=cfg.opset, atol=cfg.atol)
-    return StageOutput(model, Path(res.path), info={"export": _jsonable(res.to_dict())})
+    out = StageOutput(model)
+    # the measured row always has the ONNX file ONNX Runtime runs, whatever else is deployed
+    if deploy_precision(model, cfg.precision) == "int8":
+        res = export_int8_onnx(model, example, ctx.folder / "model.int8.onnx",
+                               heldout=heldout_inputs(ctx.splits.test), opset=cfg.opset)
+        out.notes.extend(res.notes)
+    else:
+        res = export_onnx(model, example, ctx.folder / "model.onnx", opset=cfg.opset, atol=cfg.atol)
+    out.deployed_onnx = Path(res.path)
+    out.info["export"] = _jsonable(res.to_dict())
+    deployed = []
+    for fmt in cfg.formats:
+        if fmt == "onnx":
+            continue
+        r = export(model, example, ctx.folder / f"model{FORMATS_SUFFIX[fmt]}", fmt, precision=cfg.precision,
+                   calibration=ctx.splits.train, samples=ctx.splits.test, atol=cfg.atol,
+                   calibration_samples=cfg.calibration_samples)
+        deployed.append(_jsonable(r.to_dict()))
+        out.notes.append(f"deployed {r.path.name}: {r.bytes:,} bytes, {r.format} {r.precision}, top-1 agreement "
+                         f"{'n/a' if r.top1_agreement is None else f'{r.top1_agreement:.1%}'}, batch-1 p50 "
+                         f"{r.latency_ms:.3f} ms in {r.runtime} ({r.threads} threads)")
+        out.notes.extend(r.notes)
+    out.info["deployed"] = deployed
+    return out
 
 
 def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
-    from condense.quantize import export_int8_onnx, quant_wrappers
+    from condense.export import deploy_precision
+    from condense.quantize import export_int8_onnx
     from condense.tune import tune
 
     if world().distributed:
@@ -236,7 +270,7 @@ def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
     cfg = cfg.replace(train={**cfg.train.to_dict(), **ctx.spec.train}) if ctx.spec.train else cfg
     result = tune(_input(ctx), ctx.splits, cfg)
     out = StageOutput(result.model, info={"tune": _jsonable(result.to_dict())}, notes=[result.message])
-    if quant_wrappers(result.model):
+    if deploy_precision(result.model) == "int8":  # the one int8-or-fp32 decision
         res = export_int8_onnx(result.model, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
                                heldout=heldout_inputs(ctx.splits.test))
         out.deployed_onnx = Path(res.path)

@@ -1,0 +1,174 @@
+"""export(format=...): pt2 / executorch (fp32, int8) / tflite, parity in each runtime, bad input."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from condense.core.errors import ConfigError
+from condense.export import export
+from condense.export.formats import MissingExtraError, batch_items, deploy_precision
+from condense.export.onnx import ExportParityError
+from condense.export.pt2 import ExportTraceError, capture
+
+HAS_ET = importlib.util.find_spec("executorch") is not None
+HAS_TFLITE = importlib.util.find_spec("litert_torch") is not None
+
+
+@pytest.fixture(scope="module")
+def pruned_quantized(digits_splits):
+    """A trained zoo CNN, channel-pruned (physically smaller) then static-int8 quantized."""
+    from condense.models import build_model
+    from condense.prune import ChannelConfig, prune
+    from condense.quantize import QuantizeConfig, quantize
+    from condense.train import TrainConfig, train_model
+
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, image_size=8, num_classes=10, width=16, depth=1)
+    model = train_model(model, digits_splits.train, TrainConfig(epochs=3, lr=3e-3, progress="off")).model
+    prune(model, ChannelConfig(ratio=0.5))
+    fp32 = model.eval()
+    q = quantize(fp32, QuantizeConfig(), calibration=digits_splits.train)
+    return fp32, q
+
+
+def _ex(splits):
+    from condense.data.loader import example_inputs
+
+    return example_inputs(splits.test, 1)
+
+
+def test_unknown_format_did_you_mean(tmp_path, tiny_model):
+    with pytest.raises(ConfigError, match="did you mean: executorch"):
+        export(tiny_model, torch.zeros(1, 1, 8, 8), tmp_path / "m.pte", "executorch2")
+
+
+def test_deploy_precision_is_the_int8_decision(pruned_quantized, tiny_model):
+    assert deploy_precision(tiny_model) == "fp32"
+    assert deploy_precision(pruned_quantized[1]) == "int8"
+    with pytest.raises(ConfigError, match="precision"):
+        deploy_precision(tiny_model, "int4")
+
+
+def test_batch_items_splits_tensor_and_dict():
+    assert [t.shape for t in batch_items(torch.zeros(3, 2))] == [torch.Size([1, 2])] * 3
+    items = batch_items({"input_ids": torch.zeros(2, 5), "attention_mask": torch.ones(2, 5)})
+    assert len(items) == 2 and items[1]["attention_mask"].shape == (1, 5)
+
+
+def test_pt2_roundtrip_of_pruned_model(tmp_path, pruned_quantized, digits_splits):
+    fp32, _ = pruned_quantized
+    r = export(fp32, _ex(digits_splits), tmp_path / "m.pt2", "pt2", samples=digits_splits.test)
+    assert r.path.is_file() and r.bytes == r.path.stat().st_size
+    assert r.max_abs_diff <= 1e-4 and r.top1_agreement == 1.0 and r.samples == 64
+    loaded = torch.export.load(str(r.path)).module()  # a batch of 5 through the dynamic batch dim
+    x = _ex(digits_splits)
+    assert loaded(torch.cat([x] * 5)).shape == (5, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]  # no temporary left behind
+
+
+def test_untraceable_model_names_op_and_module(tmp_path):
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum().reshape(1) if x.sum().item() > 0 else x.sum().reshape(1)
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = DataDependent()
+
+        def forward(self, x):
+            return self.body(x * 2)
+
+    with pytest.raises(ExportTraceError, match=r"Outer.*first failing submodule: body \(DataDependent\)"):
+        capture(Outer(), torch.ones(1, 4))
+    with pytest.raises(ExportTraceError):
+        export(Outer(), torch.ones(1, 4), tmp_path / "m.pt2", "pt2")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'condense[executorch]')")
+def test_executorch_fp32_and_int8_of_pruned_quantized_model(tmp_path, pruned_quantized, digits_splits):
+    fp32, q = pruned_quantized
+    ex = _ex(digits_splits)
+    r32 = export(fp32, ex, tmp_path / "fp32.pte", "executorch", samples=digits_splits.test)
+    assert r32.precision == "fp32" and r32.max_abs_diff <= 1e-4 and r32.top1_agreement == 1.0
+    assert r32.latency_ms > 0 and r32.threads >= 1 and r32.runtime == "executorch"
+    r8 = export(q, ex, tmp_path / "int8.pte", "executorch", calibration=digits_splits.train,
+                samples=digits_splits.test)
+    assert r8.precision == "int8" and r8.top1_agreement >= 0.95
+    assert r8.bytes < 0.5 * r32.bytes  # int8 weights really stored as int8
+    with pytest.raises(ConfigError, match="calibration"):
+        export(fp32, ex, tmp_path / "x.pte", "executorch", precision="int8")
+    assert not (tmp_path / "x.pte").exists()
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'condense[executorch]')")
+def test_executorch_parity_failure_leaves_no_file(tmp_path, tiny_model, monkeypatch):
+    import condense.export.formats as formats
+
+    monkeypatch.setattr(formats, "parity", lambda *a, **k: {"samples": 1, "max_abs_diff": 1.0,
+                                                             "top1_agreement": 0.0, "mean_cosine": 0.0})
+    (tmp_path / "m.pte").write_bytes(b"previous")
+    with pytest.raises(ExportParityError, match="executorch fp32"):
+        export(tiny_model, torch.zeros(1, 1, 8, 8), tmp_path / "m.pte", "executorch")
+    assert (tmp_path / "m.pte").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pte"]
+
+
+def test_missing_runtime_names_the_extra(tmp_path, tiny_model, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_edge(name, *a, **k):
+        if name.startswith(("executorch", "litert_torch")):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_edge)
+    for fmt, extra in (("executorch", "executorch"), ("tflite", "tflite")):
+        with pytest.raises(MissingExtraError, match=rf"pip install 'condense\[{extra}\]'"):
+            export(tiny_model, torch.zeros(1, 1, 8, 8), tmp_path / f"m.{fmt}", fmt)
+
+
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; "
+                                           "kept out of CI: it pins typing_extensions 4.12, see docs/export.md)")
+def test_tflite_fp32_and_int8(tmp_path, pruned_quantized, digits_splits):
+    fp32, q = pruned_quantized
+    ex = _ex(digits_splits)
+    r32 = export(fp32, ex, tmp_path / "m.tflite", "tflite", samples=digits_splits.test)
+    assert r32.max_abs_diff <= 1e-4
+    r8 = export(q, ex, tmp_path / "m8.tflite", "tflite", calibration=digits_splits.train, samples=digits_splits.test)
+    assert r8.top1_agreement >= 0.95 and r8.bytes < 0.5 * r32.bytes
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
+def test_cli_and_recipe_export_formats(tmp_path, digits_splits):
+    import yaml
+
+    from condense.cli import main
+
+    recipe = {
+        "name": "edge",
+        "data": {"name": "digits"},
+        "measure": {"batch_sizes": [1], "repeats": 3, "warmup": 1},
+        "stages": [
+            {"name": "base", "kind": "train", "model": {"name": "cnn", "kwargs": {"in_channels": 1, "num_classes": 10}},
+             "train": {"epochs": 1, "batch_size": 64}},
+            {"name": "ship", "kind": "export", "from": "base", "config": {"formats": ["onnx", "pt2", "executorch"]}},
+        ],
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    stage = tmp_path / "run" / "02-ship"
+    assert (stage / "model.pte").is_file() and (stage / "model.pt2").is_file() and (stage / "model.onnx").is_file()
+    assert main(["export", str(tmp_path / "run" / "01-base"), "--format", "executorch", "--out",
+                 str(tmp_path / "cli.pte")]) == 0
+    assert (tmp_path / "cli.pte").stat().st_size > 0
+    bad = {**recipe, "stages": [recipe["stages"][0], {**recipe["stages"][1], "config": {"formats": ["tflit"]}}]}
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["recipe", "validate", str(path)]) == 2
