@@ -69,6 +69,19 @@ def test_pt2_roundtrip_of_pruned_model(tmp_path, pruned_quantized, digits_splits
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]  # no temporary left behind
 
 
+def test_load_runner_bad_input(tmp_path):
+    from condense.core.errors import InputFileError
+    from condense.export import load_runner
+
+    with pytest.raises(ConfigError, match="suffix '.bin'"):
+        load_runner(tmp_path / "m.bin")
+    with pytest.raises(InputFileError, match="pt2 file not found"):
+        load_runner(tmp_path / "m.pt2")
+    (tmp_path / "bad.pt2").write_bytes(b"not a zip")
+    with pytest.raises(InputFileError, match="cannot load pt2 program"):
+        load_runner(tmp_path / "bad.pt2")
+
+
 def test_untraceable_model_names_op_and_module(tmp_path):
     class DataDependent(nn.Module):
         def forward(self, x):

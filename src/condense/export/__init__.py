@@ -6,6 +6,7 @@ from condense.export.formats import (
     MissingExtraError,
     deploy_precision,
     export,
+    load_runner,
 )
 from condense.export.onnx import (
     ExportParityError,
@@ -23,6 +24,7 @@ __all__ = [
     "MissingExtraError",
     "deploy_precision",
     "export",
+    "load_runner",
     "ExportParityError",
     "ExportResult",
     "export_onnx",

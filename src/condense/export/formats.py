@@ -272,3 +272,43 @@ _WRITERS: dict[str, Writer] = {
     "executorch": _write_executorch,
     "tflite": _write_tflite,
 }
+
+
+def load_runner(path: str | os.PathLike[str], format: str | None = None, threads: int | None = None) -> Callable[[Any], torch.Tensor]:
+    """A deployed file as a callable on batch-1 inputs returning a tensor, run in its own runtime.
+
+    `format` defaults to the one the file's suffix names. `threads` sets ONNX Runtime's and
+    LiteRT's thread count (None: the machine's CPU count); ExecuTorch uses its own thread pool and
+    torch.export programs torch's intra-op threads.
+    """
+    from condense.core.errors import InputFileError
+
+    p = Path(path)
+    if format is None:
+        by_suffix = {v: k for k, v in FORMATS.items()}
+        if p.suffix not in by_suffix:
+            raise ConfigError(f"{p}: cannot tell the format from the suffix {p.suffix!r}; "
+                              f"known: {', '.join(FORMATS.values())}")
+        format = by_suffix[p.suffix]
+    check_format(format)
+    if not p.is_file():
+        raise InputFileError(f"{format} file not found: {p}")
+    threads = threads or os.cpu_count() or 1
+    if format == "onnx":
+        from condense.export.onnx import onnx_session, ort_run
+
+        session = onnx_session(p, threads=threads)
+        return lambda x: torch.from_numpy(ort_run(session, x))
+    if format == "pt2":
+        try:
+            module = torch.export.load(str(p)).module()
+        except Exception as e:  # torch.export.load raises zipfile / pickle / runtime errors
+            raise InputFileError(f"cannot load pt2 program {p}: {e}") from e
+        return lambda x: _call(module, x)
+    if format == "executorch":
+        from condense.export.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(p)
+    from condense.export.tflite import LiteRTRunner
+
+    return LiteRTRunner(p, threads=threads)

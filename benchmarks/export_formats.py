@@ -1,0 +1,110 @@
+"""Deployed files per format: bytes, test accuracy and batch-1 latency in each format's own runtime.
+
+Models: the demo recipe's teacher (fp32), its final student (distilled, channel-pruned, fp32) and
+that student after static int8 (`recipes/demo.yaml`, run here into a temporary folder). Each model
+is exported with `condense.export.export` to every format whose runtime is installed (onnx,
+pt2, executorch; tflite when litert-torch is installed), each parity-checked by `export`. Test
+accuracy of each file is computed by running it sample by sample in its runtime (359 digits test
+images). Latency: batch 1, the runtimes of one model timed in one process in randomly interleaved
+rounds (`interleaved_latency`), medians; thread counts recorded per runtime.
+
+    python benchmarks/export_formats.py [--json benchmarks/results/export_formats.json] [--repeats 300]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from condense.artifacts import load
+from condense.data import load_dataset
+from condense.data.loader import example_inputs
+from condense.demo import run_demo
+from condense.export import export
+from condense.export.formats import batch_items, load_runner
+from condense.quantize import interleaved_latency
+
+
+def available_formats() -> list[str]:
+    fmts = ["onnx", "pt2"]
+    if importlib.util.find_spec("executorch") is not None:
+        fmts.append("executorch")
+    if importlib.util.find_spec("litert_torch") is not None:
+        fmts.append("tflite")
+    return fmts
+
+
+def accuracy(runner, items, labels) -> float:
+    pred = torch.cat([runner(x).reshape(1, -1).argmax(1) for x in items])
+    return float((pred == labels).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--run", default=None, help="an existing demo run folder (default: run the demo now)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="condense-export-bench-"))
+    run = Path(args.run) if args.run else tmp / "demo"
+    if not args.run:
+        run_demo(run, quiet=True)
+    splits = load_dataset("digits")
+    items = batch_items(example_inputs(splits.test, len(splits.test)))
+    labels = splits.test.targets  # digits: an in-memory ArrayDataset, same order as example_inputs
+    example = items[0]
+    folders = {p.name.split("-", 1)[1]: p for p in sorted(run.iterdir()) if p.is_dir() and "-" in p.name}
+    models = {"teacher fp32": folders["teacher"], "student fp32 (distilled, pruned)": folders["pruned"],
+              "student int8": folders["int8"]}
+    formats = available_formats()
+    rows = []
+    for label, folder in models.items():
+        model, _ = load(folder)
+        runners, results = {}, {}
+        for fmt in formats:
+            path = tmp / f"{folder.name}{'.pte' if fmt == 'executorch' else '.' + fmt}"
+            t0 = time.perf_counter()
+            res = export(model, example, path, fmt, calibration=splits.train, samples=splits.test, latency=False)
+            results[fmt] = (res, time.perf_counter() - t0)
+            runners[fmt] = load_runner(res.path, fmt)
+        lat = interleaved_latency(runners, items[:64], repeats=args.repeats, warmup=20)
+        for fmt in formats:
+            res, secs = results[fmt]
+            rows.append({
+                "model": label, "format": fmt, "precision": res.precision, "runtime": res.runtime,
+                "bytes": res.bytes, "test_accuracy": accuracy(runners[fmt], items, labels),
+                "top1_agreement_vs_torch": res.top1_agreement, "max_abs_diff_vs_torch": res.max_abs_diff,
+                "latency_p50_ms": lat[fmt]["wall_ms"], "latency_min_ms": lat[fmt].get("min_ms"),
+                "threads": {"onnx": os.cpu_count(), "tflite": os.cpu_count(), "pt2": torch.get_num_threads(),
+                            "executorch": res.threads}[fmt],
+                "export_s": round(secs, 1), "notes": res.notes,
+            })
+            r = rows[-1]
+            print(f"{label:34s} {fmt:10s} {r['precision']:5s} {r['bytes']:>10,} B  acc {r['test_accuracy']:.4f}  "
+                  f"p50 {r['latency_p50_ms']:.4f} ms  ({r['runtime']}, {r['threads']} threads)", flush=True)
+    out = {"rows": rows, "repeats": args.repeats, "formats": formats, "machine": platform.platform(),
+           "cpu_count": os.cpu_count(), "torch": torch.__version__,
+           "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch", "ai_edge_litert")}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def _version(module: str) -> str | None:
+    from importlib import metadata
+
+    name = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert"}.get(module, module)
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
