@@ -179,6 +179,8 @@ def test_cli_and_recipe_export_formats(tmp_path, digits_splits):
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
     stage = tmp_path / "run" / "02-ship"
     assert (stage / "model.pte").is_file() and (stage / "model.pt2").is_file() and (stage / "model.onnx").is_file()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| model.pte | executorch fp32 |" in report and "model.pt2" in (tmp_path / "run" / "report.html").read_text()
     assert main(["export", str(tmp_path / "run" / "01-base"), "--format", "executorch", "--out",
                  str(tmp_path / "cli.pte")]) == 0
     assert (tmp_path / "cli.pte").stat().st_size > 0

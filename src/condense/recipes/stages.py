@@ -251,9 +251,6 @@ def run_export(ctx: StageContext, cfg: ExportStageConfig) -> StageOutput:
                    calibration=ctx.splits.train, samples=ctx.splits.test, atol=cfg.atol,
                    calibration_samples=cfg.calibration_samples)
         deployed.append(_jsonable(r.to_dict()))
-        out.notes.append(f"deployed {r.path.name}: {r.bytes:,} bytes, {r.format} {r.precision}, top-1 agreement "
-                         f"{'n/a' if r.top1_agreement is None else f'{r.top1_agreement:.1%}'}, batch-1 p50 "
-                         f"{r.latency_ms:.3f} ms in {r.runtime} ({r.threads} threads)")
         out.notes.extend(r.notes)
     out.info["deployed"] = deployed
     return out

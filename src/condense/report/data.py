@@ -108,6 +108,7 @@ class Stage:
     per_layer: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     sensitivity: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
     int8_vs_fp32: dict[str, Any] | None = None
+    deployed: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one per deployed file (export stage)
     curves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     latency: dict[str, dict[int, float | None]] = dataclasses.field(default_factory=dict)
     bytes_onnx_int8: int | None = None
@@ -190,6 +191,9 @@ def _stage_extras(stage: Stage, warnings: list[str]) -> None:
                 if xy:
                     clean[str(layer)] = sorted(xy)  # type: ignore[arg-type]
         stage.sensitivity = clean
+    info_ = row.get("info") if isinstance(row.get("info"), dict) else {}
+    if isinstance(info_.get("deployed"), list):
+        stage.deployed = [d for d in info_["deployed"] if isinstance(d, dict)]
     if isinstance(row.get("int8_vs_fp32"), dict):
         stage.int8_vs_fp32 = row["int8_vs_fp32"]
     else:  # the runner keeps `Int8ExportResult.to_dict()` under info; its "latency" is the comparison

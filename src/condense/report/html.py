@@ -14,6 +14,7 @@ import jinja2
 from condense import __version__
 from condense.report import compare
 from condense.report.fmt import fmt_ms
+from condense.report.markdown import DEPLOYED_HEAD, deployed_cells
 from condense.report.plots import PER_LAYER_FIELDS, Plot, per_layer_fields
 from condense.report.summary import Report
 
@@ -89,6 +90,8 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 <p class="sub">{% if s.kind %}kind {{ s.kind }}{% endif %}{% if s.dir %} · {{ s.dir }}{% endif %}{% if s.done is false %} · <span class="warn">not finished (no DONE marker)</span>{% endif %}{% if s.edits %} · edits: {{ s.edits|join(', ') }}{% endif %}</p>
 {% if s.illusions %}<ul>{% for x in s.illusions %}<li class="worse">{{ x.message }}</li>{% endfor %}</ul>{% endif %}
 {% if s.notes %}<ul>{% for n in s.notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+{% if s.deployed %}<table><thead><tr>{% for h in deployed_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for r in s.deployed %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>{% endif %}
 {% if s.int8 %}<table><thead><tr><th>batch</th><th>fp32 (ms)</th><th>int8 (ms)</th><th>int8 / fp32</th></tr></thead><tbody>
 {% for r in s.int8 %}<tr><td>{{ r.batch }}</td><td>{{ r.fp32 }}</td><td>{{ r.int8 }}</td><td class="{{ r.cls }}">{{ r.ratio }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if s.layer_fields %}<details{% if s.layers|length <= 20 %} open{% endif %}><summary>Per layer ({{ s.layers|length }} layers)</summary>
@@ -160,6 +163,7 @@ def render_html(rep: Report, plots: dict[str, Plot]) -> str:
             "n": i + 1, "name": st.name, "kind": rep.kinds[i], "dir": st.dir, "done": st.done,
             "edits": [k for k in dict.fromkeys(e.get("kind") for e in compare.new_edits(st, stages[i - 1] if i else None)) if k],
             "illusions": rep.illusions_of(i), "notes": st.notes, "int8": _int8_rows(st.int8_vs_fp32),
+            "deployed": [deployed_cells(d) for d in st.deployed],
             "layer_fields": [labels[f] for f in fields],
             "layers": [{"name": name, "vals": [_layer_value(f, v.get(f)) for f in fields]}
                        for name, v in st.per_layer.items()] if fields else [],
@@ -170,6 +174,7 @@ def render_html(rep: Report, plots: dict[str, Plot]) -> str:
         threads = next((st.row.get("threads") for st in stages if isinstance(st.row.get("threads"), int)), None)
     return _ENV.from_string(TEMPLATE).render(
         csp=CSP,
+        deployed_head=DEPLOYED_HEAD,
         title=rep.run.root.name or str(rep.run.root),
         run_dir=str(rep.run.root),
         layout=rep.run.layout,

@@ -4,10 +4,24 @@ per-layer tables. User strings are escaped so they render as text: `|` cannot br
 from __future__ import annotations
 
 import html as _html
+from pathlib import Path
+from typing import Any
 
 from condense.report.fmt import DASH, fmt_ms
 from condense.report.plots import PER_LAYER_FIELDS, per_layer_fields
 from condense.report.summary import Report
+
+
+def deployed_cells(d: dict[str, Any]) -> list[str]:
+    """One deployed file as table cells (markdown and HTML share them)."""
+    agree = d.get("top1_agreement")
+    lat = d.get("latency_ms")
+    return [Path(str(d.get("path", ""))).name, f"{d.get('format')} {d.get('precision')}", f"{d.get('bytes', 0):,}",
+            DASH if agree is None else f"{100 * agree:.1f}%", f"{d.get('max_abs_diff', float('nan')):.2g}",
+            str(d.get("runtime")), DASH if lat is None else f"{lat:.3f} ({d.get('threads')} thr)"]
+
+
+DEPLOYED_HEAD = ["file", "format", "bytes", "top-1 vs torch", "max abs diff", "runtime", "batch-1 p50 ms"]
 
 
 def md_escape(s: object) -> str:
@@ -60,10 +74,13 @@ def render_markdown(rep: Report) -> str:
         fields = per_layer_fields(st)
         int8 = st.int8_vs_fp32 or {}
         batches = int8.get("batches") if isinstance(int8.get("batches"), dict) else None
-        if not (fields or st.notes or batches):
+        if not (fields or st.notes or batches or st.deployed):
             continue
         lines += [f"## {i + 1}. {md_escape(st.name)}", ""]
         lines += [f"- {md_escape(n)}" for n in st.notes] + ([""] if st.notes else [])
+        if st.deployed:
+            lines += _table(DEPLOYED_HEAD, [deployed_cells(d) for d in st.deployed],
+                            ["l", "l", "r", "r", "r", "l", "r"]) + [""]
         if batches:
             rows = [[str(b), fmt_ms(r.get("fp32_ms")), fmt_ms(r.get("int8_ms")),
                      f"{r['int8_ms'] / r['fp32_ms']:.2f}" if r.get("fp32_ms") and r.get("int8_ms") is not None else DASH]
