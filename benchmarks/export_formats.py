@@ -6,7 +6,8 @@ is exported with `condense.export.export` to every format whose runtime is insta
 pt2, executorch; tflite when litert-torch is installed), each parity-checked by `export`. Test
 accuracy of each file is computed by running it sample by sample in its runtime (359 digits test
 images). Latency: batch 1, the runtimes of one model timed in one process in randomly interleaved
-rounds (`interleaved_latency`), medians; thread counts recorded per runtime.
+rounds (`interleaved_latency`), medians and minima, at 1 and 2 threads (every runtime set to the
+same count; one block per count).
 
     python benchmarks/export_formats.py [--json benchmarks/results/export_formats.json] [--repeats 300]
 """
@@ -41,6 +42,16 @@ def available_formats() -> list[str]:
     return fmts
 
 
+def set_threads(n: int) -> None:
+    """The same thread count for every runtime: torch's intra-op pool and ExecuTorch's thread pool
+    (ONNX Runtime and LiteRT take theirs per session in `load_runner`)."""
+    torch.set_num_threads(n)
+    if importlib.util.find_spec("executorch") is not None:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(n)  # ExecuTorch's only setter (pybindings, 1.5)
+
+
 def accuracy(runner, items, labels) -> float:
     pred = torch.cat([runner(x).reshape(1, -1).argmax(1) for x in items])
     return float((pred == labels).float().mean())
@@ -50,6 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="intra-op threads of every runtime, one timing block each")
     ap.add_argument("--run", default=None, help="an existing demo run folder (default: run the demo now)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="condense-export-bench-"))
@@ -66,29 +79,30 @@ def main() -> None:
     formats = available_formats()
     rows = []
     for label, folder in models.items():
-        model, _ = load(folder)
-        runners, results = {}, {}
+        model = load(folder)
+        results = {}
         for fmt in formats:
             path = tmp / f"{folder.name}{'.pte' if fmt == 'executorch' else '.' + fmt}"
             t0 = time.perf_counter()
             res = export(model, example, path, fmt, calibration=splits.train, samples=splits.test, latency=False)
             results[fmt] = (res, time.perf_counter() - t0)
-            runners[fmt] = load_runner(res.path, fmt)
-        lat = interleaved_latency(runners, items[:64], repeats=args.repeats, warmup=20)
-        for fmt in formats:
-            res, secs = results[fmt]
-            rows.append({
-                "model": label, "format": fmt, "precision": res.precision, "runtime": res.runtime,
-                "bytes": res.bytes, "test_accuracy": accuracy(runners[fmt], items, labels),
-                "top1_agreement_vs_torch": res.top1_agreement, "max_abs_diff_vs_torch": res.max_abs_diff,
-                "latency_p50_ms": lat[fmt]["wall_ms"], "latency_min_ms": lat[fmt].get("min_ms"),
-                "threads": {"onnx": os.cpu_count(), "tflite": os.cpu_count(), "pt2": torch.get_num_threads(),
-                            "executorch": res.threads}[fmt],
-                "export_s": round(secs, 1), "notes": res.notes,
-            })
-            r = rows[-1]
-            print(f"{label:34s} {fmt:10s} {r['precision']:5s} {r['bytes']:>10,} B  acc {r['test_accuracy']:.4f}  "
-                  f"p50 {r['latency_p50_ms']:.4f} ms  ({r['runtime']}, {r['threads']} threads)", flush=True)
+        for threads in args.threads:
+            set_threads(threads)
+            runners = {fmt: load_runner(results[fmt][0].path, fmt, threads=threads) for fmt in formats}
+            lat = interleaved_latency(runners, items[:64], repeats=args.repeats, warmup=20)
+            for fmt in formats:
+                res, secs = results[fmt]
+                rows.append({
+                    "model": label, "format": fmt, "precision": res.precision, "runtime": res.runtime,
+                    "bytes": res.bytes, "test_accuracy": accuracy(runners[fmt], items, labels),
+                    "top1_agreement_vs_torch": res.top1_agreement, "max_abs_diff_vs_torch": res.max_abs_diff,
+                    "threads": threads, "latency_p50_ms": lat[fmt]["wall_ms"], "latency_min_ms": lat[fmt]["min_ms"],
+                    "cpu_p50_ms": lat[fmt]["cpu_ms"], "export_s": round(secs, 1), "notes": res.notes,
+                })
+                r = rows[-1]
+                print(f"{label:34s} {fmt:10s} {r['precision']:5s} {r['bytes']:>10,} B  acc {r['test_accuracy']:.4f}  "
+                      f"p50 {r['latency_p50_ms']:.4f} ms  min {r['latency_min_ms']:.4f} ({r['runtime']}, {threads} threads)",
+                      flush=True)
     out = {"rows": rows, "repeats": args.repeats, "formats": formats, "machine": platform.platform(),
            "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch", "ai_edge_litert")}}
