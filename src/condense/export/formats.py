@@ -96,17 +96,22 @@ def batch_items(batch: Any) -> list[Any]:
     return [batch[i:i + 1] for i in range(len(batch))]
 
 
-def _samples(data: Any, n: int) -> list[Any]:
-    """`data` as at most `n` batch-1 inputs: a list of inputs, a batched tensor/dict, or a dataset."""
+def _samples(model: nn.Module, data: Any, n: int) -> list[Any]:
+    """At most `n` batch-1 inputs for `model` from `data`: a list of batch-1 inputs (taken as they
+    are), or anything quantization calibration takes (`quantize.calibration.iter_calibration`:
+    a dataset, a batched tensor or batch dict, an iterable of batches)."""
     if data is None:
         return []
-    if isinstance(data, list):
+    if isinstance(data, list) and not (data and isinstance(data[0], (tuple, list))):
         return data[:n]
-    if isinstance(data, (torch.Tensor, dict)):
-        return batch_items(data)[:n]
-    from condense.data.loader import heldout_inputs
+    from condense.models.signature import model_inputs
+    from condense.quantize.calibration import iter_calibration
 
-    return batch_items(heldout_inputs(data, n))
+    out: list[Any] = []
+    for batch in iter_calibration(data, limit=n):
+        inputs = model_inputs(model, {"input": batch} if isinstance(batch, torch.Tensor) else batch)
+        out.extend(batch_items(inputs["input"] if list(inputs) == ["input"] else inputs))
+    return out[:n]
 
 
 def _call(model: Callable[..., Any], x: Any) -> torch.Tensor:
@@ -161,7 +166,7 @@ def export(
     prec = deploy_precision(model, precision)
     model = model.eval()
     path = Path(path)
-    check = _samples(samples, parity_samples) or [example]
+    check = _samples(model, samples, parity_samples) or [example]
     notes: list[str] = []
     if fmt == "pt2" and prec == "int8" and precision == "auto":
         prec = "fp32"
@@ -217,7 +222,7 @@ def _write_onnx(model: nn.Module, example: Any, path: Path, prec: str, calibrati
         if not quant_wrappers(model) and getattr(model, "condense_int8_plan", None) is None:
             raise ConfigError("onnx int8 export needs a quantized model: run `condense quantize` first "
                               "(the int8 ONNX file is written from its calibrated plan)")
-        held = _samples(calibration, n)
+        held = _samples(model, calibration, n)
         heldout = torch.cat(held) if held and isinstance(held[0], torch.Tensor) else None
         res = export_int8_onnx(model, example, path, heldout=heldout)
         notes = list(res.notes)
@@ -247,7 +252,7 @@ def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, cal
     from condense.export.executorch import ExecuTorchRunner, export_executorch
     from condense.export.pt2 import plain_layers
 
-    calib = _samples(calibration, n)
+    calib = _samples(model, calibration, n)
     export_executorch(model, example, path, precision=prec, calibration=calib)
     notes = []
     if prec == "int8":
@@ -260,7 +265,7 @@ def _write_tflite(model: nn.Module, example: Any, path: Path, prec: str, calibra
     from condense.export.pt2 import plain_layers
     from condense.export.tflite import LiteRTRunner, export_tflite
 
-    calib = _samples(calibration, n)
+    calib = _samples(model, calibration, n)
     export_tflite(model, example, path, precision=prec, calibration=calib)
     runner = LiteRTRunner(path)
     return runner, (model if prec == "int8" else plain_layers(model)), runner.threads, []
