@@ -165,17 +165,17 @@ def choose_neurons(blocks: Sequence[Block], scores: Mapping[int, torch.Tensor], 
 
 
 def calibration_batches(data: Any, cfg: TransformerConfig) -> list[dict[str, Any]] | None:
-    """Up to `cfg.calibration_batches` batches: from a dataset (shuffled with `cfg.seed`) or a
-    list / iterable of dict batches as given."""
+    """Up to `cfg.calibration_batches` batches: a dataset is batched shuffled with `cfg.seed`;
+    batches given as they are (a dict, a list / iterable of dicts) are read by quantization's one
+    calibration reader (`quantize.calibration.calibration_list`; an empty set is a ConfigError)."""
     if data is None:
         return None
-    if isinstance(data, Mapping):
-        return [dict(data)]
-    if isinstance(data, (list, tuple)) and data and all(isinstance(b, Mapping) for b in data):
-        return [dict(b) for b in data[: cfg.calibration_batches]]
     from condense.data.loader import as_source
+    from condense.quantize.calibration import calibration_list, is_data
 
-    return list(islice(as_source(data).batches(cfg.batch_size, shuffle=True, seed=cfg.seed), cfg.calibration_batches))
+    if is_data(data) and not isinstance(data, torch.Tensor):
+        data = islice(as_source(data).batches(cfg.batch_size, shuffle=True, seed=cfg.seed), cfg.calibration_batches)
+    return calibration_list(data, max_batches=cfg.calibration_batches)
 
 
 def transformer_importance(model: nn.Module, cfg: TransformerConfig | Mapping[str, Any],

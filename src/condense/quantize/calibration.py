@@ -22,7 +22,8 @@ from condense.models.signature import batch_size_of, batch_to, call_model, model
 BATCH_SIZE = 64
 
 
-def _is_data(obj: Any) -> bool:
+def is_data(obj: Any) -> bool:
+    """Data the loaders read (a dataset, DataLoader, ArrayDataset or tensor), not a batch list."""
     from torch.utils.data import DataLoader, Dataset
 
     return isinstance(obj, ArrayDataset | Dataset | DataLoader | Tensor)
@@ -34,7 +35,7 @@ def iter_calibration(calibration: Any, limit: int | None = None, batch_size: int
         raise ConfigError("this quantization method needs calibration data (calibration=None)")
     if isinstance(calibration, Tensor) and calibration.dim() == 0:
         raise ConfigError("calibration tensor must be a batch (N, ...)")
-    if _is_data(calibration):
+    if is_data(calibration):
         batches: Any = as_source(calibration).batches(batch_size)
     elif isinstance(calibration, dict):
         batches = [calibration]
