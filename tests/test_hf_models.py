@@ -293,7 +293,9 @@ def test_save_is_a_transformers_folder(folders, batch, tmp_path) -> None:
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
     hf = AutoModelForSequenceClassification.from_pretrained(str(out), local_files_only=True).eval()
     with torch.no_grad():
-        assert torch.equal(hf(**batch).logits, cls(**batch))
+        # same weights; bit-equality is not asserted: with torchao installed (executorch extra) the two
+        # forward passes can take different attention kernels (differences ~1e-7)
+        assert torch.allclose(hf(**batch).logits, cls(**batch), atol=1e-6)
 
 
 @needs_tf
