@@ -29,7 +29,7 @@ from condense.data import load_dataset
 from condense.data.loader import example_inputs
 from condense.demo import run_demo
 from condense.export import export
-from condense.export.formats import batch_items, load_runner
+from condense.export.formats import batch_items, load_runner, runtime_threads
 from condense.quantize import interleaved_latency
 
 
@@ -96,7 +96,7 @@ def main() -> None:
                     "model": label, "format": fmt, "precision": res.precision, "runtime": res.runtime,
                     "bytes": res.bytes, "test_accuracy": accuracy(runners[fmt], items, labels),
                     "top1_agreement_vs_torch": res.top1_agreement, "max_abs_diff_vs_torch": res.max_abs_diff,
-                    "threads": threads, "latency_p50_ms": lat[fmt]["wall_ms"], "latency_min_ms": lat[fmt]["min_ms"],
+                    "threads": runtime_threads(fmt, threads), "latency_p50_ms": lat[fmt]["wall_ms"], "latency_min_ms": lat[fmt]["min_ms"],
                     "cpu_p50_ms": lat[fmt]["cpu_ms"], "export_s": round(secs, 1), "notes": res.notes,
                 })
                 r = rows[-1]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, RunError
-from condense.export.pt2 import _args_kwargs, capture, plain_layers
+from condense.export.pt2 import _args_kwargs, capture
 
 
 def require() -> None:
@@ -107,4 +107,4 @@ class ExecuTorchRunner:
             return None
 
 
-__all__ = ["ExecuTorchRunner", "export_executorch", "plain_layers", "require"]
+__all__ = ["ExecuTorchRunner", "export_executorch", "require"]

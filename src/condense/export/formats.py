@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +152,7 @@ def export(
     repeats: int = 30,
     calibration_samples: int = 128,
     parity_samples: int = 64,
+    threads: int | None = None,
 ) -> DeployResult:
     """Export `model` to `format` at `path`, check it in its runtime, time it at batch 1.
 
@@ -160,7 +160,8 @@ def export(
     batched tensor / dict or a list of batch-1 inputs) feeds the int8 observers; `samples` (same
     forms; default `example`) feed the parity check. fp32 fails when max |diff| > `atol`; int8
     fails below `min_agreement` top-1 agreement (classifiers) or `min_cosine` mean cosine (other
-    outputs). Nothing is left at `path` when an export or its check fails.
+    outputs). Nothing is left at `path` when an export or its check fails. `threads`: the
+    runtime's thread count where it takes one (see `load_runner`).
     """
     fmt = check_format(format)
     prec = deploy_precision(model, precision)
@@ -172,11 +173,12 @@ def export(
         prec = "fp32"
         notes.append("pt2 holds a float program: the quantized model's weights are stored on their int8 grid as "
                      "float32, activations are not quantized (executorch or onnx run int8 kernels)")
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None) as tmp:
-        tmp_path = Path(tmp) / f"model{FORMATS[fmt]}"
-        runner, reference, threads, extra_notes = _WRITERS[fmt](model, example, tmp_path, prec, calibration,
-                                                                 calibration_samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        tmp_path = Path(tmp) / path.name  # the final name, so ONNX external data keeps its reference
+        reference, extra_notes = _WRITERS[fmt](model, example, tmp_path, prec, calibration, calibration_samples)
         notes.extend(extra_notes)
+        runner = load_runner(tmp_path, fmt, threads=threads)
         p = parity(reference, runner, check)
         _enforce(fmt, prec, p, atol, min_agreement, min_cosine)
         lat = None
@@ -185,14 +187,13 @@ def export(
 
             lat = measure_latency(lambda: runner(example), warmup=5, repeats=repeats)
         size = sum(f.stat().st_size for f in Path(tmp).iterdir() if f.is_file())
-        path.parent.mkdir(parents=True, exist_ok=True)
         for f in Path(tmp).iterdir():  # the file (and ONNX external data, if any) moves in after the check
-            target = path if f == tmp_path else path.parent / f.name.replace("model", path.stem, 1)
-            shutil.move(str(f), str(target))
+            os.replace(f, path.parent / f.name)
     return DeployResult(format=fmt, precision=prec, path=path, bytes=size, runtime=RUNTIMES[fmt],
                         samples=p["samples"], max_abs_diff=p["max_abs_diff"], top1_agreement=p["top1_agreement"],
                         mean_cosine=p["mean_cosine"], latency_ms=None if lat is None else lat["p50_ms"],
-                        latency_p90_ms=None if lat is None else lat["p90_ms"], threads=threads, notes=notes)
+                        latency_p90_ms=None if lat is None else lat["p90_ms"],
+                        threads=runtime_threads(fmt, threads), notes=notes)
 
 
 def _enforce(fmt: str, prec: str, p: dict[str, Any], atol: float, min_agreement: float, min_cosine: float) -> None:
@@ -208,34 +209,25 @@ def _enforce(fmt: str, prec: str, p: dict[str, Any], atol: float, min_agreement:
             raise ExportParityError(f"{fmt} int8 export: mean cosine to PyTorch {p['mean_cosine']:.4f} < {min_cosine}")
 
 
-# -- one writer per format: (model, example, tmp path, precision, calibration, n) ->
-#    (runner, reference model, runtime threads, notes) ------------------------------------------
-Writer = Callable[[nn.Module, Any, Path, str, Any, int], tuple[Callable[[Any], Any], Any, "int | None", list[str]]]
+# -- one writer per format: (model, example, path, precision, calibration, n) ->
+#    (the PyTorch model the file is compared with, notes) ------------------------------------------
+Writer = Callable[[nn.Module, Any, Path, str, Any, int], tuple[nn.Module, list[str]]]
 
 
 def _write_onnx(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.onnx import export_onnx, onnx_session, ort_run
+    from condense.export.onnx import export_onnx
 
-    if prec == "int8":
-        from condense.quantize import export_int8_onnx, quant_wrappers
-
-        if not quant_wrappers(model) and getattr(model, "condense_int8_plan", None) is None:
-            raise ConfigError("onnx int8 export needs a quantized model: run `condense quantize` first "
-                              "(the int8 ONNX file is written from its calibrated plan)")
-        held = _samples(model, calibration, n)
-        heldout = torch.cat(held) if held and isinstance(held[0], torch.Tensor) else None
-        res = export_int8_onnx(model, example, path, heldout=heldout)
-        notes = list(res.notes)
-    else:
+    if prec == "fp32":
         export_onnx(model, example, path)
-        notes = []
-    threads = os.cpu_count() or 1
-    session = onnx_session(path, threads=threads)
+        return model, []
+    if deploy_precision(model) != "int8":
+        raise ConfigError("onnx int8 export needs a quantized model: run `condense quantize` first "
+                          "(the int8 ONNX file is written from its calibrated plan)")
+    from condense.quantize import export_int8_onnx
 
-    def run(x: Any) -> Any:
-        return torch.from_numpy(ort_run(session, x))
-
-    return run, model, threads, notes
+    held = _samples(model, calibration, n)
+    heldout = torch.cat(held) if held and isinstance(held[0], torch.Tensor) else None
+    return model, list(export_int8_onnx(model, example, path, heldout=heldout).notes)
 
 
 def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
@@ -244,31 +236,31 @@ def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibratio
     if prec == "int8":
         raise ConfigError("pt2 stores the float program torch.export captures; for int8 use format "
                           "'executorch' (XNNPACK int8 kernels) or 'onnx'")
-    _, module = export_pt2(model, example, path)
-    return (lambda x: _call(module, x)), plain_layers(model), torch.get_num_threads(), []
+    export_pt2(model, example, path)
+    return plain_layers(model), []
 
 
 def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.executorch import ExecuTorchRunner, export_executorch
+    from condense.export.executorch import export_executorch
     from condense.export.pt2 import plain_layers
 
     calib = _samples(model, calibration, n)
     export_executorch(model, example, path, precision=prec, calibration=calib)
-    notes = []
-    if prec == "int8":
-        notes.append(f"int8 by PT2E with XNNPACK's per-channel symmetric quantizer, calibrated on {len(calib)} samples")
-    # a model with condense's int8 wrappers is compared with its simulation; a float one with itself
-    return ExecuTorchRunner(path), (model if prec == "int8" else plain_layers(model)), ExecuTorchRunner.threads(), notes
+    if prec == "fp32":
+        return plain_layers(model), []
+    # a model with condense's int8 wrappers is compared with its own simulation
+    return model, [f"int8 by PT2E with XNNPACK's per-channel symmetric quantizer, calibrated on {len(calib)} samples"]
 
 
 def _write_tflite(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
     from condense.export.pt2 import plain_layers
-    from condense.export.tflite import LiteRTRunner, export_tflite
+    from condense.export.tflite import export_tflite
 
     calib = _samples(model, calibration, n)
     export_tflite(model, example, path, precision=prec, calibration=calib)
-    runner = LiteRTRunner(path)
-    return runner, (model if prec == "int8" else plain_layers(model)), runner.threads, []
+    if prec == "fp32":
+        return plain_layers(model), []
+    return model, [f"int8 by PT2E with litert-torch's per-channel symmetric quantizer, calibrated on {len(calib)} samples"]
 
 
 _WRITERS: dict[str, Writer] = {
@@ -277,6 +269,17 @@ _WRITERS: dict[str, Writer] = {
     "executorch": _write_executorch,
     "tflite": _write_tflite,
 }
+
+
+def runtime_threads(fmt: str, threads: int | None = None) -> int | None:
+    """The thread count a format's runtime runs with under `load_runner(..., threads=threads)`."""
+    if fmt in ("onnx", "tflite"):
+        return threads or os.cpu_count() or 1
+    if fmt == "pt2":
+        return torch.get_num_threads()
+    from condense.export.executorch import ExecuTorchRunner
+
+    return ExecuTorchRunner.threads()
 
 
 def load_runner(path: str | os.PathLike[str], format: str | None = None, threads: int | None = None) -> Callable[[Any], torch.Tensor]:
@@ -298,7 +301,7 @@ def load_runner(path: str | os.PathLike[str], format: str | None = None, threads
     check_format(format)
     if not p.is_file():
         raise InputFileError(f"{format} file not found: {p}")
-    threads = threads or os.cpu_count() or 1
+    threads = runtime_threads(format, threads) if format in ("onnx", "tflite") else None
     if format == "onnx":
         from condense.export.onnx import onnx_session, ort_run
 

@@ -191,13 +191,12 @@ def _stage_extras(stage: Stage, warnings: list[str]) -> None:
                 if xy:
                     clean[str(layer)] = sorted(xy)  # type: ignore[arg-type]
         stage.sensitivity = clean
-    info_ = row.get("info") if isinstance(row.get("info"), dict) else {}
-    if isinstance(info_.get("deployed"), list):
-        stage.deployed = [d for d in info_["deployed"] if isinstance(d, dict)]
+    info = row.get("info") if isinstance(row.get("info"), dict) else {}
+    if isinstance(info.get("deployed"), list):
+        stage.deployed = [d for d in info["deployed"] if isinstance(d, dict)]
     if isinstance(row.get("int8_vs_fp32"), dict):
         stage.int8_vs_fp32 = row["int8_vs_fp32"]
     else:  # the runner keeps `Int8ExportResult.to_dict()` under info; its "latency" is the comparison
-        info = row.get("info") if isinstance(row.get("info"), dict) else {}
         for key in ("int8_export", "export"):
             res = info.get(key)
             if isinstance(res, dict) and isinstance(res.get("latency"), dict) and isinstance(res["latency"].get("batches"), dict):
