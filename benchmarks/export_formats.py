@@ -63,8 +63,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="intra-op threads of every runtime, one timing block each")
+    ap.add_argument("--minilm", action="store_true",
+                    help="only the MiniLM encoder (fp32 pt2 / executorch, int8 executorch attempt), merged into --json")
     ap.add_argument("--run", default=None, help="an existing demo run folder (default: run the demo now)")
     args = ap.parse_args()
+    if args.minilm:
+        return minilm(args.json)
     tmp = Path(tempfile.mkdtemp(prefix="condense-export-bench-"))
     run = Path(args.run) if args.run else tmp / "demo"
     if not args.run:
@@ -108,6 +112,40 @@ def main() -> None:
            "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch", "ai_edge_litert")}}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+def minilm(json_path: str | None) -> None:
+    """all-MiniLM-L6-v2 through export(): 4 sentences padded to 32 tokens, batch-1 latency from
+    export()'s own timer (30 runs, one format at a time), machine's thread count."""
+    from transformers import AutoTokenizer
+
+    from condense.core.errors import CondenseError
+    from condense.models import build_model
+    from condense.models.hf_folder import minilm_dir
+
+    model = build_model(f"hf:{minilm_dir()}").eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    texts = ["The quick brown fox jumps over the lazy dog.", "Export a sentence encoder to a phone.",
+             "int8 kernels", "pydoc topics"]
+    enc = tok(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    example = {k: v[:1] for k, v in batch.items()}
+    tmp = Path(tempfile.mkdtemp(prefix="condense-export-minilm-"))
+    rows = []
+    for fmt, prec in (("onnx", "fp32"), ("pt2", "fp32"), ("executorch", "fp32"), ("executorch", "int8")):
+        try:
+            r = export(model, example, tmp / f"minilm.{prec}{'.pte' if fmt == 'executorch' else '.' + fmt}", fmt,
+                       precision=prec, calibration=batch, samples=batch, atol=1e-3)
+            row = {"format": fmt, "precision": prec, **{k: v for k, v in r.to_dict().items() if k != "path"}}
+        except CondenseError as e:
+            row = {"format": fmt, "precision": prec, "error": str(e)}
+        rows.append(row)
+        print(row, flush=True)
+    if json_path:
+        p = Path(json_path)
+        data = json.loads(p.read_text()) if p.exists() else {}
+        data["minilm"] = rows
+        p.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _version(module: str) -> str | None:
