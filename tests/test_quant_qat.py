@@ -233,3 +233,51 @@ def test_converted_qat_exports_to_int8_onnx(tmp_path) -> None:
     c = convert_qat(q, example=x[:1])
     res = export_int8_onnx(c, x[:1], tmp_path / "qat_int8.onnx", heldout=x)
     assert res.path.is_file() and res.top1_agreement >= 0.95
+
+
+def test_qat_fit_schedule_defaults_and_limits() -> None:
+    from condense.quantize.qat_fit import qat_schedule
+
+    assert qat_schedule(QATConfig(), 4) == {"freeze_bn_epoch": 2, "freeze_steps_epoch": 3}
+    assert qat_schedule(QATConfig(), 1) == {"freeze_bn_epoch": 0, "freeze_steps_epoch": None}
+    with pytest.raises(ConfigError, match="freeze_bn_epoch is 5 but training runs 3"):
+        qat_schedule(QATConfig(freeze_bn_epoch=5), 3)
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        QATConfig(alpha=1.5)
+
+
+def test_recipe_quantize_stage_trains_qat_and_exports_int8(tmp_path) -> None:
+    """`kind: quantize, method: qat` trains (the stage's `train:`), converts and deploys int8 ONNX;
+    `train:` on a static quantize stage is refused with file:line."""
+    import condense
+    from condense.quantize import quant_wrappers
+    from condense.recipes import load_recipe, validate_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""version: 1
+name: qat
+data: {name: digits}
+stages:
+  - name: float
+    kind: train
+    model: {name: cnn}
+    train: {epochs: 2, lr: 0.003}
+  - name: qat4
+    kind: quantize
+    config: {method: qat, bits: 4}
+    train: {epochs: 2, lr: 0.0005}
+""")
+    report = condense.run_recipe(recipe, tmp_path / "run", quiet=True)
+    rows = {s["stage"]: s for s in report["stages"]}
+    folder = tmp_path / "run" / "02-qat4"
+    assert (folder / "model.int8.onnx").is_file()
+    model = condense.load(folder)
+    wrappers = quant_wrappers(model)
+    assert wrappers and {w.weight_fq.spec.bits for w in wrappers.values()} >= {4}
+    assert rows["qat4"]["accuracy"] > rows["float"]["accuracy"] - 0.05  # 2 epochs of distilled QAT keep it
+    assert rows["qat4"]["bytes_onnx"] < rows["float"]["bytes_onnx"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("method: qat, bits: 4", "method: static"))
+    with pytest.raises(ConfigError, match=r"bad.yaml:12: stage kind 'quantize' with method 'static' does not train"):
+        validate_recipe(load_recipe(bad))

@@ -137,7 +137,10 @@ def _config(args: argparse.Namespace) -> Any:
             raw["calibration_samples"] = args.calibration_samples
         return QuantizeConfig.from_dict({**raw, **extra}, where=where)
     if args.method == "qat":
-        return QATConfig.from_dict({"bits": wbits, "act_bits": args.bits, **extra}, where=where)
+        raw = {"bits": wbits, "act_bits": args.bits}
+        if args.no_distill:
+            raw["distill"] = False
+        return QATConfig.from_dict({**raw, **extra}, where=where)
     if args.method == "weight_only":
         raw = {"bits": wbits}
         if args.group_size is not None:
@@ -158,38 +161,22 @@ def _config(args: argparse.Namespace) -> Any:
 
 # -- the methods ---------------------------------------------------------------------------------
 def _qat_train(args: argparse.Namespace, model: Any, cfg: Any, splits: Any) -> tuple[Any, dict[str, Any]]:
-    """prepare_qat -> fit (distilling the float model unless --no-distill) -> convert_qat."""
+    """`qat_fit`: prepare -> fit (distilling the float model unless --no-distill) -> convert."""
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
-    from condense.distill import DistillConfig, distill_fit
-    from condense.quantize.qat import (
-        FreezeBatchNormCallback,
-        FreezeObserversCallback,
-        convert_qat,
-        prepare_qat,
-    )
-    from condense.train import TrainConfig, train_model
+    from condense.quantize.qat_fit import qat_fit
+    from condense.train import TrainConfig
 
     if args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
     seed_everything(args.seed)
-    init = _calibration(args, splits, 256)
-    prepared = prepare_qat(model, cfg, calibration=init)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=64, seed=args.seed,
                         progress="off" if args.json else "auto")
-    # BatchNorm statistics freeze half-way (the weights then adapt to the statistics they will be
-    # folded with); step sizes freeze for the last epoch.
-    callbacks: list[Any] = [FreezeBatchNormCallback(at_epoch=args.epochs // 2)]
-    if args.epochs >= 2:
-        callbacks.append(FreezeObserversCallback(at_epoch=args.epochs - 1))
-    if args.no_distill:
-        result = train_model(prepared, splits.train, train, splits.val, callbacks)
-    else:
-        dcfg = DistillConfig(alpha=0.9, temperature=4.0, train=train)
-        result = distill_fit(prepared, model, splits.train, dcfg, splits.val, callbacks=callbacks)
-    converted = convert_qat(result.model.eval(), example=example_inputs(splits.test, 1))
-    info = {"epochs": args.epochs, "lr": args.lr, "distilled": not args.no_distill, "best_epoch": result.best_epoch}
-    return converted, info
+    result = qat_fit(model, splits.train, cfg, train, splits.val, calibration=_calibration(args, splits, 256),
+                     example=example_inputs(splits.test, 1))
+    info = {"epochs": args.epochs, "lr": args.lr, "distilled": result.distilled, "best_epoch": result.fit.best_epoch,
+            **result.schedule}
+    return result.model, info
 
 
 def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:

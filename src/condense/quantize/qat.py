@@ -76,6 +76,13 @@ class QATConfig(Config):
     quantize_activations: False trains weight-only QAT. learn_scales: LSQ (True) or observer-style
     tracked steps (False). per_channel: one weight step per output channel. targets / ignore: the
     layer-selection language (default Conv1d, Conv2d, Linear).
+
+    The training schedule `qat_fit` runs (the `quantize` recipe stage and `condense quantize
+    --method qat`): distill: learn from the float model (Hinton KD, `alpha` * soft targets at
+    `temperature` + (1 - alpha) * labels) rather than from the labels alone; freeze_bn_epoch:
+    the 0-based epoch from which BatchNorm statistics are fixed (None: half-way);
+    freeze_steps_epoch: from which the step sizes are fixed (None: the last epoch when there
+    are two or more). `prepare_qat` itself reads only the fields above.
     """
 
     bits: int = 4
@@ -86,11 +93,24 @@ class QATConfig(Config):
     per_channel: bool = True
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
+    distill: bool = True
+    alpha: float = 0.9
+    temperature: float = 4.0
+    freeze_bn_epoch: int | None = None
+    freeze_steps_epoch: int | None = None
 
     def validate(self) -> None:
         _check_bits(self.bits, "bits")
         _check_bits(self.act_bits, "act_bits")
         _check_bits(self.first_last_bits, "first_last_bits")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"QATConfig.alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"QATConfig.temperature must be > 0, got {self.temperature}")
+        for field in ("freeze_bn_epoch", "freeze_steps_epoch"):
+            v = getattr(self, field)
+            if v is not None and (isinstance(v, bool) or v < 0):
+                raise ConfigError(f"QATConfig.{field} must be >= 0 (a 0-based epoch) or null, got {v}")
 
 
 class QATWrapper(nn.Module):

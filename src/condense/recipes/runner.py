@@ -137,7 +137,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
                 dist.on_main(partial(_finish_data_stage, folder, spec, out, splits))
                 say(f"  {spec.name}: data now {splits.summary()}")
                 continue
-            if kind.trains:  # every process trains (data-parallel under torchrun); rank 0 measures
+            if kind.trains_for(cfg):  # every process trains (data-parallel under torchrun); rank 0 measures
                 out, train_s = run_stage()
                 row = dist.on_main(partial(_measure_stage, recipe, spec, folder, splits, measure_cfg, out, train_s))
             else:  # nothing to parallelise: rank 0 runs it and measures, the others wait

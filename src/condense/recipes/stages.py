@@ -92,6 +92,11 @@ class StageKind:
     trains: bool = False  # has a `train:` section (TrainConfig), checkpointed and resumable
     needs_input: bool = True
     measured: bool = True  # False: the stage changes data, not a model (no measured row)
+    trains_when: Callable[[Config], bool] | None = None  # per-config answer (quantize trains for qat only)
+
+    def trains_for(self, cfg: Config) -> bool:
+        """Whether a stage of this kind with config `cfg` trains (takes `train:`, runs on every rank)."""
+        return self.trains if self.trains_when is None else self.trains_when(cfg)
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
@@ -203,24 +208,37 @@ def run_reduce_depth(ctx: StageContext, cfg: Config) -> StageOutput:
 
 
 def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
+    """Quantize the input model; `method: qat` trains it first (`qat_fit`, the stage's `train:`).
+    A model that comes out int8 (`deploy_precision`) is written as the int8 ONNX file ONNX Runtime
+    runs; the others (weight-only, dynamic) are measured as their float export."""
+    from condense.export import deploy_precision
     from condense.quantize import quantize
 
     model = _input(ctx)
-    qmodel = quantize(model, cfg, calibration=ctx.splits.train)
-    out = StageOutput(qmodel, info={"quantize_config": cfg.to_dict()})
+    out = StageOutput(model, info={"quantize_config": cfg.to_dict()})
+    if _quant_method(cfg) == "qat":
+        from condense.quantize.qat_fit import qat_fit
+
+        res = qat_fit(model, ctx.splits.train, cfg, _train_config(ctx), ctx.splits.val,
+                      example=example_inputs(ctx.splits.test, 1), resume=ctx.resume)
+        qmodel = res.model
+        out.info["qat"] = _jsonable(res.to_dict())
+    else:
+        qmodel = quantize(model, cfg, calibration=ctx.splits.train)
+    out.model = qmodel
     planned = getattr(qmodel, "condense_int8_plan", None) is not None  # transformer int8: ONNX only
     out.notes.append("torch latency of this stage is the float model carrying the int8 plan, not an int8 runtime; "
                      "the deployed model is the int8 ONNX file run by onnxruntime" if planned else
                      "torch latency of this stage is the PyTorch fake-quant simulation, not a deployment runtime; "
                      "the deployed model is the ONNX file run by onnxruntime")
-    if getattr(cfg, "method", "static") in ("static", "qat") or planned:
+    if deploy_precision(qmodel) == "int8" and is_main():  # the one int8-or-fp32 decision (export, tune too)
         from condense.quantize import export_int8_onnx
 
-        res = export_int8_onnx(qmodel, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
-                               heldout=heldout_inputs(ctx.splits.test))
-        out.deployed_onnx = Path(res.path)
-        out.info["int8_export"] = _jsonable(res.to_dict())
-        out.notes.extend(res.notes)
+        res8 = export_int8_onnx(qmodel, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
+                                heldout=heldout_inputs(ctx.splits.test))
+        out.deployed_onnx = Path(res8.path)
+        out.info["int8_export"] = _jsonable(res8.to_dict())
+        out.notes.extend(res8.notes)
     report = getattr(qmodel, "condense_quant_report", None)
     if report is not None:
         out.info["quant_report"] = _jsonable(report.to_dict() if hasattr(report, "to_dict") else report)
@@ -332,6 +350,12 @@ def _parse_prune(raw: dict[str, Any]) -> Config:
     return PruneConfig.from_dict(raw)  # picks the method's own dataclass
 
 
+def _quant_method(cfg: Config) -> str:
+    from condense.quantize import resolve_config
+
+    return resolve_config(cfg)[0]
+
+
 def _parse_quantize(raw: dict[str, Any]) -> Config:
     from condense.quantize import resolve_config
 
@@ -374,7 +398,8 @@ STAGES.register("distill", StageKind(_parse_distill, run_distill, trains=True, n
 STAGES.register("prune", StageKind(_parse_prune, run_prune, trains=True))
 STAGES.register("factorize", StageKind(_parse_factorize, run_factorize, trains=True))
 STAGES.register("reduce-depth", StageKind(_parse_depth, run_reduce_depth, trains=True))
-STAGES.register("quantize", StageKind(_parse_quantize, run_quantize))
+STAGES.register("quantize", StageKind(_parse_quantize, run_quantize,
+                                       trains_when=lambda cfg: _quant_method(cfg) == "qat"))
 STAGES.register("export", StageKind(ExportStageConfig.from_dict, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig.from_dict, run_evaluate))
 STAGES.register("tune", StageKind(_parse_tune, run_tune, trains=True))
@@ -419,13 +444,14 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
         raise ConfigError(f"{where}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
                           f"known: {', '.join(known)}")
     kind = STAGES.get(spec.kind)
-    if kind.trains and "train" in spec.config:
+    if (kind.trains or kind.trains_when is not None) and "train" in spec.config:
         raise ConfigError(f"{where}:{lines.line('stages', i, 'config', 'train')}: put training settings in the "
                           "stage's 'train:', not in 'config:'")
     cfg = _parse_at(kind.parse, spec.config, recipe, ("stages", i, "config"))
     if spec.train:
-        if not kind.trains:
-            raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: stage kind {spec.kind!r} does not train; remove 'train:'")
+        if not kind.trains_for(cfg):
+            what = f"stage kind {spec.kind!r}" + (f" with method {_quant_method(cfg)!r}" if spec.kind == "quantize" else "")
+            raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: {what} does not train; remove 'train:'")
         _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
     if spec.recover and spec.kind not in RECOVERING:
         raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(RECOVERING)} stages take 'recover:'")
