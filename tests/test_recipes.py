@@ -64,6 +64,12 @@ def test_misspelled_keys_name_file_line_and_close_key(tmp_path):
     _check(tmp_path, BASE + "  - {kind: distill, model: {name: mlp}}\n", r"needs 'teacher: <earlier stage name>'")
     _check(tmp_path, BASE.replace("name: t\n", "name: t\nmeasure: [1, 2]\n"), r"'measure' must be a mapping")
     _check(tmp_path, BASE.replace("train: {epochs: 2}", "train: [2]"), r"'train' must be a mapping")
+    _check(tmp_path, BASE.replace("{name: digits}", "{name: digits, sede: 1}"),
+           r"r.yaml:2: dataset 'digits': unknown option 'sede'.*did you mean: seed")
+    _check(tmp_path, BASE.replace("hidden: [32]", "hiden: [32]"), r"r.yaml:6: model 'mlp': unknown argument 'hiden'.*did you mean: hidden")
+    _check(tmp_path, BASE.replace("name: mlp", "name: mpl"), r"r.yaml:6: unknown model 'mpl'.*did you mean: mlp")
+    _check(tmp_path, BASE.replace("{name: mlp, kwargs: {hidden: [32]}}", "{name: 'hf:/nowhere', kwargs: {layerz: 2}}"),
+           r"r.yaml:6: model 'hf:/nowhere': unknown argument 'layerz'")
 
 
 def test_yaml_is_read_safely(tmp_path):

@@ -41,15 +41,19 @@ def dataset_options(name: str) -> list[str]:
 
 def load_dataset(name: str, **kwargs: Any) -> Splits:
     """Load the registered source `name` with its options (unknown options are a ConfigError)."""
-    loader = DATASETS.get(name)
-    options = dataset_options(name)
-    for key in kwargs:
-        if key not in options:
+    check_dataset_options(name, kwargs)
+    return DATASETS.get(name)(**kwargs)
+
+
+def check_dataset_options(name: str, options: Any) -> None:
+    """ConfigError naming the first option `name`'s loader does not take (with a did-you-mean)."""
+    known = dataset_options(name)
+    for key in options:
+        if key not in known:
             raise ConfigError(
-                f"dataset {name!r}: unknown option {key!r}{did_you_mean(key, options)}; "
-                f"options: {', '.join(options)}"
+                f"dataset {name!r}: unknown option {key!r}{did_you_mean(key, known)}; "
+                f"options: {', '.join(known)}"
             )
-    return loader(**kwargs)
 
 
 def list_datasets() -> list[tuple[str, str]]:
@@ -59,6 +63,7 @@ def list_datasets() -> list[tuple[str, str]]:
 
 __all__ = [
     "DATASETS",
+    "check_dataset_options",
     "ArrayDataset",
     "Augment",
     "AugmentConfig",

@@ -87,5 +87,33 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
+    """Check `kwargs` against what model `name` takes, without building it (recipe validation).
+
+    A zoo model's factory signature and the `hf:` build arguments are checked (unknown name or
+    argument: a ConfigError with a did-you-mean); a user's `package.module:factory` is not
+    imported here, so its arguments are checked when it is built."""
+    if name.startswith(HF_PREFIX):
+        from condense.models.hf import BUILD_ARGS
+
+        unknown = sorted(set(kwargs) - set(BUILD_ARGS))
+        if unknown:
+            raise ConfigError(f"model {name!r}: unknown argument {unknown[0]!r}{did_you_mean(unknown[0], BUILD_ARGS)}; "
+                              f"it takes {', '.join(BUILD_ARGS)}")
+        return
+    if ":" in name:
+        return
+    import inspect
+
+    params = inspect.signature(MODELS.get(name)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in kwargs:
+        if key not in known:
+            raise ConfigError(f"model {name!r}: unknown argument {key!r}{did_you_mean(key, known)}; "
+                              f"it takes {', '.join(known)}")
+
+
 def model_spec(model: nn.Module) -> ModelSpec | None:
     return getattr(model, "condense_spec", None)

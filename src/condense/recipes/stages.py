@@ -472,7 +472,8 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
 def validate_recipe(recipe: Recipe) -> list[Config]:
     """Check the recipe's data and measure sections and parse every stage's config; return the
     stage configs in order (raises on the first problem)."""
-    from condense.data import DATASETS
+    from condense.data import DATASETS, check_dataset_options
+    from condense.models.registry import check_model_args
     from condense.recipes.measure import MeasureConfig
 
     lines: _Lines = recipe._lines  # type: ignore[attr-defined]
@@ -483,10 +484,16 @@ def validate_recipe(recipe: Recipe) -> list[Config]:
         known = sorted(DATASETS.names())
         raise ConfigError(f"{recipe.path}:{lines.line('data', 'name')}: unknown dataset {name!r}"
                           f"{did_you_mean(str(name), known)}; known: {', '.join(known)}")
+    options = {k: v for k, v in recipe.data.items() if k != "name"}
+    _parse_at(lambda raw: check_dataset_options(name, raw), options, recipe, ("data",))
     _parse_at(lambda raw: MeasureConfig.from_dict(raw, where="measure"), recipe.measure, recipe, ("measure",))
     for i, spec in enumerate(recipe.stages):
         model = spec.model or {}
         if model and (not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs") or {}, dict)):
             raise ConfigError(f"{recipe.path}:{lines.line('stages', i, 'model')}: 'model' needs a string 'name' and a "
                               "mapping 'kwargs'")
+        if model:
+            where = ("stages", i, "model", "kwargs") if model.get("kwargs") else ("stages", i, "model", "name")
+            _parse_at(lambda raw, n=model["name"]: check_model_args(n, raw), dict(model.get("kwargs") or {}),
+                      recipe, where)
     return [parse_stage_config(recipe, i) for i in range(len(recipe.stages))]
