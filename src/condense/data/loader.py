@@ -22,10 +22,7 @@ resume mid-epoch.
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
-import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import Any
 
@@ -38,182 +35,22 @@ from torch.utils.data import (
     IterableDataset,
     SequentialSampler,
 )
-from torch.utils.data._utils.collate import default_collate
 
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
-
-ORDER_SEED_STRIDE = 1_000_003
-LABEL_KEYS = ("label", "labels")
-
-
-class DataError(ConfigError):
-    """A dataset item or batch cannot be used (wrong type, missing field, unequal shapes)."""
-
-
-# -- order ----------------------------------------------------------------------------------------
-class _Sized:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def epoch_positions(
-    n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0, world: int = 1, drop_last: bool = False
-) -> list[int]:
-    """Dataset positions rank `rank` of `world` visits in `epoch` (DistributedSampler's order)."""
-    sampler = DistributedSampler(_Sized(n), num_replicas=world, rank=rank, shuffle=shuffle,
-                                 seed=seed * ORDER_SEED_STRIDE, drop_last=drop_last)
-    sampler.set_epoch(epoch)
-    return list(sampler)
-
-
-def per_rank_samples(n: int, world: int, drop_last: bool) -> int:
-    if world == 1:
-        return n
-    return math.ceil((n - world) / world) if drop_last and n % world else math.ceil(n / world)
-
-
-def count_batches(n: int, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
-    """Batches per epoch on each rank (`batch_size` is the per-rank batch)."""
-    m = per_rank_samples(n, world, drop_last)
-    if drop_last and m >= batch_size:
-        return m // batch_size
-    return (m + batch_size - 1) // batch_size
-
-
-def _chunks(positions: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
-    n = len(positions)
-    stop = n - (n % batch_size) if drop_last and n >= batch_size else n
-    return [positions[s : s + batch_size] for s in range(0, stop, batch_size)]
-
-
-# -- items -> batches -----------------------------------------------------------------------------
-_LEAF = (torch.Tensor, np.ndarray, numbers.Number, np.generic)
-
-
-def item_fields(item: Any, position: int) -> dict[str, Any]:
-    """One dataset item as a dict of fields (see the module docstring)."""
-    if isinstance(item, _LEAF) and not isinstance(item, bool | str):
-        fields = {"input": item}
-    elif isinstance(item, tuple | list):
-        if len(item) == 1:
-            fields = {"input": item[0]}
-        elif len(item) == 2:
-            fields = {"input": item[0], "target": item[1]}
-        else:
-            raise DataError(f"dataset item {position} is a {type(item).__name__} of {len(item)} elements; "
-                            "condense reads (input,) or (input, target) tuples, or a dict of named fields")
-    elif isinstance(item, Mapping):
-        fields = dict(item)
-        if "target" not in fields:
-            for k in LABEL_KEYS:
-                if k in fields:
-                    fields["target"] = fields.pop(k)
-                    break
-        if "index" in fields:
-            raise DataError(f"dataset item {position}: the key 'index' is reserved (condense adds each sample's id)")
-    else:
-        raise DataError(f"dataset item {position} is a {type(item).__module__}.{type(item).__name__}, which cannot be "
-                        "batched; items must be a tensor, an (input, target) tuple or a dict of tensors "
-                        "(convert it in the Dataset, e.g. with a transform to a tensor)")
-    for k, v in fields.items():
-        if not isinstance(v, _LEAF) or isinstance(v, str):
-            raise DataError(f"dataset item {position}: field {k!r} is a {type(v).__module__}.{type(v).__name__}, "
-                            "which cannot be batched; expected a tensor, a NumPy array or a number")
-    return fields
-
-
-def collate_fields(rows: Sequence[dict[str, Any]], positions: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Stack per-item fields into a batch (same keys and shapes required, named on a mismatch)."""
-    keys = list(rows[0])
-    out: dict[str, torch.Tensor] = {}
-    for row, pos in zip(rows, positions, strict=True):
-        if list(row) != keys:
-            raise DataError(f"dataset items {positions[0]} and {pos} have different fields: {keys} vs {list(row)}")
-    for k in keys:
-        values = [r[k] for r in rows]
-        try:
-            out[k] = default_collate(values)
-        except RuntimeError as e:
-            shapes = {tuple(np.shape(v)) for v in values}
-            raise DataError(f"field {k!r} of dataset items {list(positions)[:4]}...: shapes differ ({sorted(shapes)[:3]}); "
-                            "items of one batch must have equal shapes (resize/pad them, or give the dataset a "
-                            f"`collate` method): {e}") from None
-        if isinstance(out[k], torch.Tensor) and out[k].dtype == torch.float64:
-            out[k] = out[k].float()
-    return out
-
-
-class _RandomState:
-    """Seed torch, `random` and NumPy for one item, and restore their state afterwards."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed % (2**63)
-
-    def __enter__(self) -> None:
-        self._torch = torch.random.get_rng_state()
-        self._py = random.getstate()
-        self._np = np.random.get_state()
-        torch.manual_seed(self.seed)
-        random.seed(self.seed)
-        np.random.seed(self.seed % (2**32))
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.random.set_rng_state(self._torch)
-        random.setstate(self._py)
-        np.random.set_state(self._np)
-
-
-class _Indexed(Dataset):
-    """Wraps a user's Dataset: `[pos] -> (id, fields)`, made under a per-(seed, epoch, id) random state."""
-
-    def __init__(self, dataset: Dataset, ids: np.ndarray | None, item_seed: int | None) -> None:
-        self.dataset, self.ids, self.item_seed = dataset, ids, item_seed
-        self.raw = callable(getattr(dataset, "collate", None))  # the dataset batches its own items
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, pos: int) -> tuple[int, Any]:
-        sid = int(self.ids[pos]) if self.ids is not None else int(pos)
-        if self.item_seed is None:
-            item = self.dataset[pos]
-        else:
-            with _RandomState(self.item_seed * 2_654_435_761 + sid):
-                item = self.dataset[pos]
-        return sid, (item if self.raw else item_fields(item, pos))
-
-    def collate(self, pairs: list[tuple[int, Any]]) -> dict[str, torch.Tensor]:
-        ids = [p[0] for p in pairs]
-        if self.raw:
-            batch = dict(self.dataset.collate([p[1] for p in pairs]))  # type: ignore[attr-defined]
-        else:
-            batch = collate_fields([p[1] for p in pairs], ids)
-        batch["index"] = torch.tensor(ids, dtype=torch.int64)
-        return batch
-
-
-def loader_batch(raw: Any, where: str) -> dict[str, torch.Tensor]:
-    """A batch from a user's DataLoader as a dict (tensor -> input; (x, y) -> input, target)."""
-    if isinstance(raw, torch.Tensor):
-        return {"input": raw}
-    if isinstance(raw, tuple | list):
-        if len(raw) in (1, 2) and all(isinstance(v, torch.Tensor) for v in raw):
-            return {"input": raw[0]} if len(raw) == 1 else {"input": raw[0], "target": raw[1]}
-        raise DataError(f"{where}: a batch is a {type(raw).__name__} of {len(raw)} elements; expected a tensor, "
-                        "(inputs, targets) or a dict of tensors")
-    if isinstance(raw, Mapping):
-        batch = dict(raw)
-        if "target" not in batch:
-            for k in LABEL_KEYS:
-                if k in batch:
-                    batch["target"] = batch.pop(k)
-                    break
-        return batch
-    raise DataError(f"{where}: a batch is a {type(raw).__name__}; expected a tensor, (inputs, targets) or a dict of tensors")
+from condense.data.items import (  # noqa: F401  (re-exported: the loader API names them)
+    LABEL_KEYS,
+    ORDER_SEED_STRIDE,
+    DataError,
+    _chunks,
+    _Indexed,
+    collate_fields,
+    count_batches,
+    epoch_positions,
+    item_fields,
+    loader_batch,
+    per_rank_samples,
+)
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -418,44 +255,6 @@ class LoaderSource(BatchSource):
         return hashlib.sha256(f"{base}:{type(self.loader.sampler).__name__}:{self.loader.batch_size}".encode()).hexdigest()[:16]
 
 
-class IdSubset(Dataset):
-    """The samples of `dataset` at `positions`, keeping their ids (`sample_ids`): a coreset of a
-    Dataset is still keyed like the full data (teacher cache, CRD's memory bank)."""
-
-    def __init__(self, dataset: Dataset, positions: Sequence[int] | np.ndarray) -> None:
-        self.dataset = dataset
-        self.positions = np.asarray(positions, dtype=np.int64)
-        parent = getattr(dataset, "sample_ids", None)
-        base = np.arange(len(dataset)) if parent is None else np.asarray(parent, dtype=np.int64)  # type: ignore[arg-type]
-        self.sample_ids = base[self.positions]
-        if callable(getattr(dataset, "collate", None)):
-            self.collate = dataset.collate  # type: ignore[attr-defined]
-        flag = getattr(dataset, "labelled", None)
-        if isinstance(flag, bool):
-            self.labelled = flag
-        self.uses_random = getattr(dataset, "uses_random", True)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[int(self.positions[i])]
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(DatasetSource(self.dataset).fingerprint().encode())
-        h.update(self.positions.tobytes())
-        return h.hexdigest()[:16]
-
-
-def subset(data: Any, positions: Sequence[int] | np.ndarray) -> Any:
-    """The samples of `data` at `positions` (an ArrayDataset stays one), ids kept."""
-    if isinstance(data, ArrayDataset):
-        return data.subset(positions)
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        return IdSubset(data, positions)
-    raise DataError(f"cannot take a subset of a {type(data).__name__}; pass the Dataset itself")
-
-
 def _first_len(batch: Mapping[str, Any]) -> int:
     for v in batch.values():
         if isinstance(v, torch.Tensor) and v.dim():
@@ -549,51 +348,6 @@ def heldout_inputs(data: Any, n: int = 512) -> Any:
     return example_inputs(data, min(n, len(as_source(data))))
 
 
-class IdConcat(Dataset):
-    """Several datasets one after the other, each sample keeping its id (`sample_ids`)."""
-
-    def __init__(self, parts: Sequence[Any]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-        self.sample_ids = np.concatenate([as_source(p).ids() for p in self.parts]) if self.parts else np.zeros(0, np.int64)
-        if len(np.unique(self.sample_ids)) != len(self.sample_ids):
-            raise DataError("concatenated datasets share sample ids; give each part distinct ids")
-        self.uses_random = any(getattr(p, "uses_random", True) for p in self.parts)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int) -> Any:
-        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        part = self.parts[k]
-        j = i - int(self.offsets[k])
-        if isinstance(part, ArrayDataset):
-            b = part.batch(torch.tensor([j]))
-            return {key: v[0] for key, v in b.items() if key != "index"}
-        return part[j]
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for p in self.parts:
-            h.update(as_source(p).fingerprint().encode())
-        return h.hexdigest()[:16]
-
-
-def concat(parts: Sequence[Any]) -> Any:
-    """The samples of `parts` in order (ArrayDatasets stay one in memory), ids kept."""
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        raise DataError("nothing to concatenate")
-    if len(parts) == 1:
-        return parts[0]
-    if all(isinstance(p, ArrayDataset) for p in parts):
-        labelled = all(p.labelled for p in parts)
-        return ArrayDataset(torch.cat([p.inputs for p in parts]),
-                            torch.cat([p.targets for p in parts]) if labelled else None,
-                            torch.cat([p.indices for p in parts]))
-    return IdConcat(parts)
-
-
 def collect(data: Any, key: str = "input", batch_size: int = 512) -> torch.Tensor:
     """One field of every sample, concatenated in position order (for in-memory methods)."""
     src = as_source(data)
@@ -607,11 +361,15 @@ def collect(data: Any, key: str = "input", batch_size: int = 512) -> torch.Tenso
     return torch.cat(parts)
 
 
+# subsets and concatenations of any data, ids kept (they read data through `as_source`)
+from condense.data.views import IdConcat, IdSubset, concat, subset  # noqa: E402
+
 __all__ = [
     "ArraySource",
     "BatchSource",
     "DataError",
     "DatasetSource",
+    "IdConcat",
     "IdSubset",
     "LoaderSource",
     "as_source",

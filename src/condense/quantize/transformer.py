@@ -30,7 +30,6 @@ model and the calibration data and returns a float copy that carries the plan;
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import shutil
@@ -48,7 +47,6 @@ from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.quantize import onnx_smooth as osm
-from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer_graph import (
     agreement,
     batches_of,
@@ -328,76 +326,13 @@ def _uneven_heads(model: nn.Module) -> bool:
     return any(c != int(model.hf.config.num_attention_heads) for c in counts)
 
 
-# -- the quantize() method and its export ------------------------------------------------------
-@dataclasses.dataclass
-class TransformerInt8Plan:
-    """Carried by the model `quantize(..., method "transformer")` returns; used by export_int8_onnx."""
-
-    config: TransformerInt8Config
-    calibration: list[dict[str, Any]] | None
-
-
-def transformer_handler(model: nn.Module, config: TransformerInt8Config, calibration: Any) -> nn.Module:
-    """`quantize()` entry: checks the model and reads the calibration data; returns a float copy
-    carrying the plan (`condense_int8_plan`). The int8 model is the ONNX file `export_int8_onnx`
-    writes from it: dynamic int8 runs in ONNX Runtime, not in PyTorch."""
-    check_hf_model(model)
-    batches = calibration_batches(config, calibration)
-    out = copy.deepcopy(model).eval()
-    out.condense_int8_plan = TransformerInt8Plan(config, batches)  # type: ignore[assignment]
-    return out
-
-
-def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike[str], *, heldout: Any = None,
-                        fp32_path: str | os.PathLike[str] | None = None, threads: int | None = None,
-                        latency_batches: Sequence[int] | None = None) -> Any:
-    """`export_int8_onnx` for a model from `quantize(..., "transformer")`: the int8 file, checked
-    against the fp32 export on `heldout` (cosine agreement), timed when `latency_batches` is given."""
-    from condense.export.onnx import onnx_session
-    from condense.quantize.onnx_int8 import (
-        FLOAT_COMPUTE_OPS,
-        Int8ExportResult,
-        ort_latency_comparison,
-    )
-
-    plan: TransformerInt8Plan = qmodel.condense_int8_plan  # type: ignore[assignment]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".check", dir=target.parent))
-    try:
-        fp32 = Path(fp32_path) if fp32_path is not None else work / "fp32.onnx"
-        res = export_transformer_int8(qmodel, target, plan.config, calibration=plan.calibration,
-                                      example=example if isinstance(example, dict) else None, fp32_path=fp32)
-        optimized = work / "optimized.onnx"
-        s8, s32 = onnx_session(target, threads, optimized_path=str(optimized)), onnx_session(fp32, threads)
-        import onnx
-
-        ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node) if optimized.is_file() else Counter()
-        data = heldout if heldout is not None else (plan.calibration or example)
-        batches = list(batches_of(data, 32, 512))
-        quality = agreement(output_rows(s8, batches), output_rows(s32, batches))
-        notes = list(res.notes)
-        if "mean_cosine" in quality:
-            notes.append(f"int8 vs fp32 ONNX on {quality['n']} held-out rows: mean cosine {quality['mean_cosine']:.5f}, "
-                         f"min {quality['min_cosine']:.5f}")
-        float_ops = sum(ops[o] for o in FLOAT_COMPUTE_OPS)
-        latency = None
-        if latency_batches:
-            ex = next(iter(batches_of(example if isinstance(example, dict) else batches[0], 1, 1)))
-            latency = ort_latency_comparison(target, fp32, ex, batch_sizes=latency_batches, threads=threads)
-            notes += latency["notes"]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return Int8ExportResult(
-        path=target, bytes=res.bytes, fp32_bytes=res.fp32_bytes, size_ratio=res.size_ratio,
-        fp32_path=None if fp32_path is None else Path(fp32_path), activation_dtype="uint8 (dynamic, per batch)",
-        quantized_layers=res.int8_layers,
-        qdq_nodes={}, ort_ops=dict(sorted(ops.items())), float_compute_ops=float_ops,
-        checked_samples=int(quality.get("n", 0)), top1_agreement=None, max_abs_diff=quality["max_abs_diff"],
-        notes=notes, latency=latency, details={"transformer": res.to_dict(), "agreement": quality})
-
-
-QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler))
+# the quantize() method ("transformer") and its export live in transformer_plan.py; imported here
+# so that importing this module registers the method, and its names stay importable from here
+from condense.quantize.transformer_plan import (  # noqa: E402
+    TransformerInt8Plan,
+    export_planned_int8,
+    transformer_handler,
+)
 
 __all__ = [
     "TransformerInt8Config", "TransformerInt8Plan", "TransformerInt8Result", "TransformerWorkspace", "agreement",
