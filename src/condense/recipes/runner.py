@@ -37,7 +37,8 @@ from condense.core.seed import seed_everything
 from condense.data import load_dataset
 from condense.recipes.measure import MeasureConfig, measure_model
 from condense.recipes.schema import Recipe, load_recipe
-from condense.recipes.stages import STAGES, StageContext, validate_recipe
+from condense.recipes.stages import STAGES, StageContext
+from condense.recipes.validate import validate_recipe
 from condense.train import distributed as dist
 from condense.train.signals import stop_on_signals
 

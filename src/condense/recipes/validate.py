@@ -1,0 +1,109 @@
+"""Recipe validation: every check a recipe gets before anything runs, with file:line errors.
+
+`validate_recipe` checks the data options, the measure section and each stage's model arguments,
+then parses every stage's `config:` (and `train:` / `recover:`) with its kind's config class;
+an error names the file and the line of the key it is about, with a did-you-mean where a name is
+close to a known one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from condense.core.config import Config
+from condense.core.errors import ConfigError
+from condense.recipes.schema import Recipe, _Lines
+from condense.recipes.stages import PLANNED, RECOVERING, STAGES, _quant_method
+from condense.train.config import TrainConfig
+
+
+def _line_of_error(lines: _Lines, path: tuple[str | int, ...], data: Any, message: str) -> int:
+    """The line of the deepest key under `path` that `message` names in quotes (else `path`'s line)."""
+    best = lines.line(*path)
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if f"'{key}'" in message or f".{key}:" in message or f".{key} " in message:
+                best = lines.line(*path, key)
+            deeper = _line_of_error(lines, (*path, key), value, message) if isinstance(value, dict) else None
+            if deeper is not None and deeper != lines.line(*path, key):
+                best = deeper
+    return best
+
+
+def _parse_at(parse: Callable[[dict[str, Any]], Config], raw: dict[str, Any], recipe: Recipe,
+              path: tuple[str | int, ...]) -> Config:
+    """Run a parser; prefix its ConfigError with file:line of the key it names."""
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    try:
+        return parse(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{recipe.path}:{_line_of_error(lines, path, raw, str(e))}: {e}") from None
+
+
+def parse_stage_config(recipe: Recipe, i: int) -> Config:
+    """Parse stage `i`'s `config:` into its kind's config object (errors carry file:line)."""
+    spec = recipe.stages[i]
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    where = recipe.path
+    if spec.kind in PLANNED:
+        raise ConfigError(f"{where}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
+    if spec.kind not in STAGES:
+        from condense.core.errors import did_you_mean
+
+        known = sorted([*STAGES.names(), *PLANNED])
+        raise ConfigError(f"{where}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
+                          f"known: {', '.join(known)}")
+    kind = STAGES.get(spec.kind)
+    if (kind.trains or kind.trains_when is not None) and "train" in spec.config:
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'config', 'train')}: put training settings in the "
+                          "stage's 'train:', not in 'config:'")
+    cfg = _parse_at(kind.parse, spec.config, recipe, ("stages", i, "config"))
+    if spec.train:
+        if not kind.trains_for(cfg):
+            what = f"stage kind {spec.kind!r}" + (f" with method {_quant_method(cfg)!r}" if spec.kind == "quantize" else "")
+            raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: {what} does not train; remove 'train:'")
+        _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
+    if spec.recover and spec.kind not in RECOVERING:
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(RECOVERING)} stages take 'recover:'")
+    if spec.recover:
+        from condense.train.recover import RecoverConfig
+
+        _parse_at(RecoverConfig.from_dict, {k: v for k, v in spec.recover.items() if k != "train"}, recipe,
+                  ("stages", i, "recover"))
+    if kind.needs_input and spec.source is None and spec.model is None:
+        raise ConfigError(f"{where}:{spec.line}: stage {spec.name!r} ({spec.kind}) has no input model (it is first, or 'from: none')")
+    if spec.kind == "distill" and not spec.teachers:
+        raise ConfigError(f"{where}:{spec.line}: distill stage {spec.name!r} needs 'teacher: <earlier stage name>'")
+    if spec.kind == "train" and spec.model is None and spec.source is None:
+        raise ConfigError(f"{where}:{spec.line}: train stage {spec.name!r} needs 'model: {{name: ...}}' or an input stage")
+    return cfg
+
+
+def validate_recipe(recipe: Recipe) -> list[Config]:
+    """Check the recipe's data and measure sections and parse every stage's config; return the
+    stage configs in order (raises on the first problem)."""
+    from condense.data import DATASETS, check_dataset_options
+    from condense.models.registry import check_model_args
+    from condense.recipes.measure import MeasureConfig
+
+    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    name = recipe.data.get("name")
+    if not isinstance(name, str) or name not in DATASETS:
+        from condense.core.errors import did_you_mean
+
+        known = sorted(DATASETS.names())
+        raise ConfigError(f"{recipe.path}:{lines.line('data', 'name')}: unknown dataset {name!r}"
+                          f"{did_you_mean(str(name), known)}; known: {', '.join(known)}")
+    options = {k: v for k, v in recipe.data.items() if k != "name"}
+    _parse_at(lambda raw: check_dataset_options(name, raw), options, recipe, ("data",))
+    _parse_at(lambda raw: MeasureConfig.from_dict(raw, where="measure"), recipe.measure, recipe, ("measure",))
+    for i, spec in enumerate(recipe.stages):
+        model = spec.model or {}
+        if model and (not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs") or {}, dict)):
+            raise ConfigError(f"{recipe.path}:{lines.line('stages', i, 'model')}: 'model' needs a string 'name' and a "
+                              "mapping 'kwargs'")
+        if model:
+            where = ("stages", i, "model", "kwargs") if model.get("kwargs") else ("stages", i, "model", "name")
+            _parse_at(lambda raw, n=model["name"]: check_model_args(n, raw), dict(model.get("kwargs") or {}),
+                      recipe, where)
+    return [parse_stage_config(recipe, i) for i in range(len(recipe.stages))]
