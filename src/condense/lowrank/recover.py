@@ -35,7 +35,7 @@ def _numbers(model: nn.Module, example: Any) -> dict[str, int]:
 
 def _edit_and_recover(model: nn.Module, edit: Callable[[nn.Module], nn.Module], report_attr: str,
                       rcfg: RecoverConfig, train_data: Any, val_data: Any, teacher: nn.Module | None,
-                      resume: bool, val_samples: int) -> tuple[nn.Module, dict[str, Any]]:
+                      resume: bool, val_samples: int, recover_data: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     from condense.lowrank.sensitivity import default_metric
 
     check_recovery_data(rcfg, train_data)
@@ -58,7 +58,8 @@ def _edit_and_recover(model: nn.Module, edit: Callable[[nn.Module], nn.Module], 
         recalibrate_batchnorm(model, train_data, rcfg.bn_batches, rcfg.train.batch_size, rcfg.train.seed))
     if recalibrated and metric:
         info["val"]["edited_bn_recalibrated"] = metric(model)
-    model, fit_info = recover(model, rcfg, train_data, val_data, teacher=teacher, resume=resume)
+    model, fit_info = recover(model, rcfg, train_data if recover_data is None else recover_data, val_data,
+                              teacher=teacher, resume=resume)
     if fit_info is not None:
         info["fit"] = fit_info
     info["recovered"] = _numbers(model, example)
@@ -86,9 +87,10 @@ def factorize_and_recover(
     teacher: nn.Module | None = None,
     resume: bool = False,
     val_samples: int = 2048,
+    recover_data: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Factorize `model` (calibrated on `train_data`; sensitivity measured on `val_data`) and
-    recover; returns `(model, info)` (module docstring)."""
+    recover (on `recover_data`, default `train_data`); returns `(model, info)` (module docstring)."""
     from condense.lowrank.factorize import as_factorize_config, factorize
 
     fcfg = as_factorize_config(factorize_config)
@@ -102,7 +104,7 @@ def factorize_and_recover(
         return factorize(m, fcfg, data=train_data, eval_data=eval_data)
 
     return _edit_and_recover(model, edit, "condense_lowrank_report", rcfg,
-                             train_data, val_data, teacher, resume, val_samples)
+                             train_data, val_data, teacher, resume, val_samples, recover_data)
 
 
 def reduce_depth_and_recover(
@@ -115,8 +117,10 @@ def reduce_depth_and_recover(
     teacher: nn.Module | None = None,
     resume: bool = False,
     val_samples: int = 2048,
+    recover_data: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Remove blocks (importance measured on `val_data`) and recover; returns `(model, info)`."""
+    """Remove blocks (importance measured on `val_data`) and recover (on `recover_data`, default
+    `train_data`); returns `(model, info)`."""
     from condense.lowrank.depth import reduce_depth
 
     dcfg = DepthConfig.from_dict(depth_config) if isinstance(depth_config, dict) else (depth_config or DepthConfig())
@@ -125,4 +129,5 @@ def reduce_depth_and_recover(
     def edit(m: nn.Module) -> nn.Module:
         return reduce_depth(m, dcfg, val_data if val_data is not None else train_data)
 
-    return _edit_and_recover(model, edit, "condense_depth_report", rcfg, train_data, val_data, teacher, resume, val_samples)
+    return _edit_and_recover(model, edit, "condense_depth_report", rcfg, train_data, val_data, teacher, resume,
+                             val_samples, recover_data)

@@ -209,6 +209,7 @@ def prune_and_recover(
     target_macs: float | None = None,
     teacher: nn.Module | None = None,
     resume: bool = False,
+    recover_data: Any | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune `model` (in place) and recover its accuracy; return `(model, info)`.
 
@@ -217,6 +218,9 @@ def prune_and_recover(
     teacher is `teacher`, by default a frozen deep copy of `model` taken before pruning.
     `resume=True` continues the recovery run from `recover_config.train.checkpoint_dir`: pruning
     is deterministic given the same dense model and config, so it is simply redone first.
+    `recover_data` (default `train_data`) is what the recovery trains on, e.g. labelled plus
+    unlabelled images for a label-free distillation recovery; importance and BatchNorm
+    recalibration still read `train_data`.
     `info` holds the configs, the chosen ratio, MACs / params / sparsity before and after,
     validation accuracy (dense, pruned, recovered; when `val_data` is given) and the fit history.
     """
@@ -250,7 +254,8 @@ def prune_and_recover(
             info["val_accuracy"]["pruned_bn_recalibrated"] = val_accuracy(model, val_data)
 
     masks_before = mask_snapshot(model)
-    model, fit_info = recover(model, rcfg, train_data, val_data, teacher=teacher, resume=resume)
+    model, fit_info = recover(model, rcfg, train_data if recover_data is None else recover_data, val_data,
+                              teacher=teacher, resume=resume)
     if fit_info is not None:
         info["fit"] = fit_info
     if masks_before or masked_layers(model):

@@ -145,22 +145,37 @@ def run_train(ctx: StageContext, cfg: TrainStageConfig) -> StageOutput:
     return StageOutput(res.model, info={"fit": res.to_dict(), "train_config": tc.to_dict()})
 
 
+def _label_free_transfer(ctx: StageContext, dc: Any) -> tuple[Any, list[str]]:
+    """All training images (labelled + unlabelled, labels dropped) when the distillation `dc`
+    needs no labels and the data has an unlabelled part; else (None, [])."""
+    from condense.distill.losses import build_losses
+
+    if ctx.splits.unlabelled is None or "targets" in build_losses(dc.loss_specs()).needs:
+        return None, []
+    transfer = all_training_images(ctx.splits)
+    return transfer, [f"label-free distillation: the transfer set is all {len(transfer)} training images "
+                      f"({len(ctx.splits.train)} labelled + {len(ctx.splits.unlabelled)} unlabelled)"]
+
+
 def run_distill(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.distill import distill_fit
 
     if not ctx.teachers:
         raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: distill stage {ctx.spec.name!r} needs 'teacher: <stage name>'")
-    from condense.distill.losses import build_losses
-
     student = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
     dc = cfg.replace(train=_train_config(ctx).to_dict())
-    transfer, notes = ctx.splits.train, []
-    if ctx.splits.unlabelled is not None and "targets" not in build_losses(dc.loss_specs()).needs:
-        transfer = all_training_images(ctx.splits)
-        notes.append(f"label-free distillation: the transfer set is all {len(transfer)} training images "
-                     f"({len(ctx.splits.train)} labelled + {len(ctx.splits.unlabelled)} unlabelled)")
-    res = distill_fit(student, ctx.teachers, transfer, dc, ctx.splits.val, resume=ctx.resume)
+    transfer, notes = _label_free_transfer(ctx, dc)
+    res = distill_fit(student, ctx.teachers, ctx.splits.train if transfer is None else transfer, dc, ctx.splits.val,
+                      resume=ctx.resume)
     return StageOutput(res.model, info={"fit": res.to_dict(), "distill_config": dc.to_dict()}, notes=notes)
+
+
+def _recovery_transfer(ctx: StageContext, rc: Any) -> tuple[Any, list[str]]:
+    """What a distillation recovery trains on: all training images when it needs no labels."""
+    if rc.method != "distill":
+        return None, []
+    data, notes = _label_free_transfer(ctx, rc.distill_config(_input(ctx)))
+    return data, [n.replace("label-free distillation", "label-free recovery") for n in notes]
 
 
 def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -170,10 +185,11 @@ def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
     model = _input(ctx)
     example = example_inputs(ctx.splits.test, 1)
     rc = _stage_recover_config(ctx)
+    transfer, notes = _recovery_transfer(ctx, rc)
     pruned, info = prune_and_recover(model, cfg, rc, ctx.splits.train, ctx.splits.val, example_inputs=example,
-                                     resume=ctx.resume)
+                                     resume=ctx.resume, recover_data=transfer)
     make_permanent(pruned)
-    out = StageOutput(pruned, info={"prune": _jsonable(info)})
+    out = StageOutput(pruned, info={"prune": _jsonable(info)}, notes=notes)
     if is_main():  # the report times the model: one process, not every torchrun rank at once
         out.info["report"] = _jsonable(pruning_report(pruned, example))
     return out
@@ -191,20 +207,24 @@ def _stage_recover_config(ctx: StageContext) -> Any:
 def run_factorize(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.lowrank import factorize_and_recover
 
-    model, info = factorize_and_recover(_input(ctx), cfg, _stage_recover_config(ctx), ctx.splits.train, ctx.splits.val,
-                                        resume=ctx.resume)
+    rc = _stage_recover_config(ctx)
+    transfer, notes = _recovery_transfer(ctx, rc)
+    model, info = factorize_and_recover(_input(ctx), cfg, rc, ctx.splits.train, ctx.splits.val,
+                                        resume=ctx.resume, recover_data=transfer)
     edit = info.get("edit") or {}
-    notes = [f"{name}: {why}" for name, why in (edit.get("skipped") or {}).items()]
+    notes += [f"{name}: {why}" for name, why in (edit.get("skipped") or {}).items()]
     return StageOutput(model, info={"factorize": _jsonable(info)}, notes=notes)
 
 
 def run_reduce_depth(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.lowrank import reduce_depth_and_recover
 
-    model, info = reduce_depth_and_recover(_input(ctx), cfg, _stage_recover_config(ctx), ctx.splits.train,
-                                           ctx.splits.val, resume=ctx.resume)
+    rc = _stage_recover_config(ctx)
+    transfer, notes = _recovery_transfer(ctx, rc)
+    model, info = reduce_depth_and_recover(_input(ctx), cfg, rc, ctx.splits.train, ctx.splits.val,
+                                           resume=ctx.resume, recover_data=transfer)
     dropped = (info.get("edit") or {}).get("dropped") or []
-    return StageOutput(model, info={"reduce_depth": _jsonable(info)}, notes=[f"removed blocks: {', '.join(dropped)}"])
+    return StageOutput(model, info={"reduce_depth": _jsonable(info)}, notes=[f"removed blocks: {', '.join(dropped)}", *notes])
 
 
 def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
