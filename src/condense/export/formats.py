@@ -241,14 +241,18 @@ def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibratio
 
 
 def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.executorch import export_executorch
+    from condense.export.executorch import export_executorch, int8_scheme
     from condense.export.pt2 import plain_layers
 
-    calib = _samples(model, calibration, n)
-    export_executorch(model, example, path, precision=prec, calibration=calib)
+    scheme = int8_scheme(model) if prec == "int8" else None
+    calib = _samples(model, calibration, n) if scheme == "static" else []
+    export_executorch(model, example, path, precision=prec, calibration=calib, scheme=scheme or "auto")
     if prec == "fp32":
         return plain_layers(model), []
     # a model with condense's int8 wrappers is compared with its own simulation
+    if scheme == "dynamic":
+        return model, ["int8 by PT2E with XNNPACK's dynamic quantizer: Linear weights int8 per channel, their "
+                       "inputs quantized per call (a transformer's outlier activations rule out one static scale)"]
     return model, [f"int8 by PT2E with XNNPACK's per-channel symmetric quantizer, calibrated on {len(calib)} samples"]
 
 
