@@ -64,11 +64,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="intra-op threads of every runtime, one timing block each")
     ap.add_argument("--minilm", action="store_true",
-                    help="only the MiniLM encoder (fp32 pt2 / executorch, int8 executorch attempt), merged into --json")
+                    help="only the MiniLM encoder (every available format, fp32 and int8), merged into --json")
     ap.add_argument("--run", default=None, help="an existing demo run folder (default: run the demo now)")
     args = ap.parse_args()
     if args.minilm:
-        return minilm(args.json)
+        return minilm(args.json, repeats=min(args.repeats, 60), threads=args.threads[-1])
     tmp = Path(tempfile.mkdtemp(prefix="condense-export-bench-"))
     run = Path(args.run) if args.run else tmp / "demo"
     if not args.run:
@@ -110,18 +110,26 @@ def main() -> None:
     out = {"rows": rows, "repeats": args.repeats, "formats": formats, "machine": platform.platform(),
            "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch", "ai_edge_litert")}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if args.json:  # the MiniLM section (--minilm) of an existing file is kept
+        p = Path(args.json)
+        old = json.loads(p.read_text()) if p.exists() else {}
+        if "minilm" in old:
+            out["minilm"] = old["minilm"]
+        p.write_text(json.dumps(out, indent=1) + "\n")
 
 
-def minilm(json_path: str | None) -> None:
-    """all-MiniLM-L6-v2 through export(): 4 sentences padded to 32 tokens, batch-1 latency from
-    export()'s own timer (30 runs, one format at a time), machine's thread count."""
+def minilm(json_path: str | None, repeats: int = 60, threads: int = 2) -> None:
+    """all-MiniLM-L6-v2 in every available format, fp32 and int8, through export(): 4 sentences
+    padded to 32 tokens; parity (cosine to PyTorch fp32) on those 4; batch-1 latency interleaved
+    across all files in one process (`interleaved_latency`, `repeats` rounds, `threads` threads).
+    ONNX int8 is the library's transformer path (`quantize(..., TransformerInt8Config())`)."""
     from transformers import AutoTokenizer
 
     from condense.core.errors import CondenseError
     from condense.models import build_model
     from condense.models.hf_folder import minilm_dir
+    from condense.quantize import quantize
+    from condense.quantize.transformer import TransformerInt8Config
 
     model = build_model(f"hf:{minilm_dir()}").eval()
     tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
@@ -130,21 +138,47 @@ def minilm(json_path: str | None) -> None:
     enc = tok(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     example = {k: v[:1] for k, v in batch.items()}
+    set_threads(threads)
     tmp = Path(tempfile.mkdtemp(prefix="condense-export-minilm-"))
-    rows = []
-    for fmt, prec in (("onnx", "fp32"), ("pt2", "fp32"), ("executorch", "fp32"), ("executorch", "int8")):
-        try:
-            r = export(model, example, tmp / f"minilm.{prec}{'.pte' if fmt == 'executorch' else '.' + fmt}", fmt,
-                       precision=prec, calibration=batch, samples=batch, atol=1e-3)
-            row = {"format": fmt, "precision": prec, **{k: v for k, v in r.to_dict().items() if k != "path"}}
-        except CondenseError as e:
-            row = {"format": fmt, "precision": prec, "error": str(e)}
-        rows.append(row)
-        print(row, flush=True)
+    planned = quantize(model, TransformerInt8Config(), calibration=batch)  # ONNX int8 comes from its plan
+    rows, runners = [], {}
+    for fmt in available_formats():
+        for prec in ("fp32", "int8"):
+            if fmt == "pt2" and prec == "int8":
+                continue  # pt2 holds a float program
+            source = planned if (fmt, prec) == ("onnx", "int8") else model
+            path = tmp / f"minilm.{prec}{'.pte' if fmt == 'executorch' else '.' + fmt}"
+            t0 = time.perf_counter()
+            try:
+                r = export(source, example, path, fmt, precision=prec, calibration=batch, samples=batch,
+                           atol=1e-3, latency=False, threads=threads)
+                row = {"format": fmt, "precision": prec, "export_s": round(time.perf_counter() - t0, 1),
+                       **{k: v for k, v in r.to_dict().items() if k not in ("path", "latency_ms", "latency_p90_ms")}}
+                runners[f"{fmt} {prec}"] = load_runner(r.path, fmt, threads=threads)
+            except CondenseError as e:
+                row = {"format": fmt, "precision": prec, "error": str(e)}
+            rows.append(row)
+            print(row, flush=True)
+    feeds = batch_items(batch)
+    lat = interleaved_latency(runners, feeds, repeats=repeats, warmup=5)
+    # Each runtime alone too: interleaving seven runtimes' thread pools on a 2-core machine slows
+    # every one of them (idle workers of the previous runtime still spin), so the block figures
+    # are what one deployed runtime sees; the interleaved ones keep the comparison fair under load.
+    block = {k: interleaved_latency({k: r}, feeds, repeats=repeats, warmup=5)[k] for k, r in runners.items()}
+    for row in rows:
+        key = f"{row['format']} {row['precision']}"
+        if key in lat:
+            row.update(latency_p50_ms=lat[key]["wall_ms"], latency_min_ms=lat[key]["min_ms"], cpu_p50_ms=lat[key]["cpu_ms"],
+                       alone_p50_ms=block[key]["wall_ms"], alone_min_ms=block[key]["min_ms"])
+            print(f"{key:18s} {row['bytes']:>12,} B  cos {row['mean_cosine']:.5f}  interleaved p50 "
+                  f"{row['latency_p50_ms']:.2f} ms  alone p50 {row['alone_p50_ms']:.2f} ms", flush=True)
     if json_path:
         p = Path(json_path)
         data = json.loads(p.read_text()) if p.exists() else {}
-        data["minilm"] = rows
+        data["minilm"] = {"rows": rows, "repeats": repeats, "threads": threads, "machine": platform.platform(),
+                          "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                          "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch",
+                                                                  "ai_edge_litert")}}
         p.write_text(json.dumps(data, indent=1) + "\n")
 
 

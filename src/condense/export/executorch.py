@@ -53,6 +53,8 @@ def export_executorch(
     from executorch.exir import to_edge_transform_and_lower
 
     if precision == "int8":
+        from condense.export.formats import int8_scheme
+
         scheme = int8_scheme(model, scheme)
         if scheme == "static" and not calibration:
             raise ConfigError("executorch int8 export (static scheme) needs calibration samples (none given)")
@@ -68,20 +70,6 @@ def export_executorch(
     from condense.core.io import atomic_write_bytes
 
     return atomic_write_bytes(path, program.buffer)
-
-
-SCHEMES = ("auto", "static", "dynamic")
-
-
-def int8_scheme(model: nn.Module, scheme: str = "auto") -> str:
-    """The int8 scheme `scheme` means for `model`: "auto" -> dynamic for a Hugging Face model."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"executorch int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    if scheme != "auto":
-        return scheme
-    from condense.models.hf import HFModel
-
-    return "dynamic" if isinstance(model, HFModel) else "static"
 
 
 def _quantized_program(model: nn.Module, example: Any, calibration: list[Any],
@@ -163,4 +151,4 @@ class ExecuTorchRunner:
             return None
 
 
-__all__ = ["SCHEMES", "ExecuTorchRunner", "export_executorch", "int8_scheme", "integer_scalar_ops", "require"]
+__all__ = ["ExecuTorchRunner", "export_executorch", "integer_scalar_ops", "require"]

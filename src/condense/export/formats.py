@@ -87,6 +87,22 @@ def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
     return "int8" if quant_wrappers(model) or planned else "fp32"
 
 
+SCHEMES = ("auto", "static", "dynamic")
+
+
+def int8_scheme(model: nn.Module, scheme: str = "auto") -> str:
+    """The PT2E int8 scheme (executorch, tflite) `scheme` means for `model`: "auto" -> "dynamic"
+    for a Hugging Face model (Linear weights int8 per channel, inputs quantized per call: a
+    transformer's outlier activations defeat one static scale), else "static" (calibrated)."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if scheme != "auto":
+        return scheme
+    from condense.models.hf import HFModel
+
+    return "dynamic" if isinstance(model, HFModel) else "static"
+
+
 def batch_items(batch: Any) -> list[Any]:
     """Split a batched input (tensor or dict of tensors) into batch-1 inputs."""
     if isinstance(batch, dict):
@@ -163,6 +179,8 @@ def export(
     outputs). Nothing is left at `path` when an export or its check fails. `threads`: the
     runtime's thread count where it takes one (see `load_runner`).
     """
+    from condense.models.hf import is_encoder
+
     fmt = check_format(format)
     prec = deploy_precision(model, precision)
     model = model.eval()
@@ -180,6 +198,8 @@ def export(
         notes.extend(extra_notes)
         runner = load_runner(tmp_path, fmt, threads=threads)
         p = parity(reference, runner, check)
+        if is_encoder(model):  # an embedding's argmax means nothing: the check is cosine
+            p["top1_agreement"] = None
         _enforce(fmt, prec, p, atol, min_agreement, min_cosine)
         lat = None
         if latency:
@@ -241,7 +261,7 @@ def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibratio
 
 
 def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.executorch import export_executorch, int8_scheme
+    from condense.export.executorch import export_executorch
     from condense.export.pt2 import plain_layers
 
     scheme = int8_scheme(model) if prec == "int8" else None
@@ -260,10 +280,14 @@ def _write_tflite(model: nn.Module, example: Any, path: Path, prec: str, calibra
     from condense.export.pt2 import plain_layers
     from condense.export.tflite import export_tflite
 
-    calib = _samples(model, calibration, n)
-    export_tflite(model, example, path, precision=prec, calibration=calib)
+    scheme = int8_scheme(model) if prec == "int8" else None
+    calib = _samples(model, calibration, n) if scheme == "static" else []
+    export_tflite(model, example, path, precision=prec, calibration=calib, scheme=scheme or "auto")
     if prec == "fp32":
         return plain_layers(model), []
+    if scheme == "dynamic":
+        return model, ["int8 by the AI Edge Quantizer's dynamic recipe: weights (embeddings included) int8 per "
+                       "channel, activations quantized per call"]
     return model, [f"int8 by PT2E with litert-torch's per-channel symmetric quantizer, calibrated on {len(calib)} samples"]
 
 

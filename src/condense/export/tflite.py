@@ -1,8 +1,10 @@
 """TFLite / LiteRT flatbuffers through `litert-torch` (formerly ai-edge-torch), and the LiteRT runtime.
 
-fp32: `litert_torch.convert(model, (example,))`; int8: the PT2E flow with litert-torch's
-symmetric per-channel quantizer, calibrated on condense's samples, passed to `convert` as its
-`quant_config`. Programs take batch 1.
+fp32: `litert_torch.convert(model, (example,))`. int8 "static" (CNNs): the PT2E flow with
+litert-torch's symmetric per-channel quantizer, calibrated on condense's samples, passed to
+`convert` as its `quant_config`. int8 "dynamic" (Hugging Face transformers; see
+`condense.export.formats.int8_scheme`): the AI Edge Quantizer's dynamic recipe, int8 weights per
+channel (embedding tables included) and activations quantized per call. Programs take batch 1.
 """
 from __future__ import annotations
 
@@ -29,16 +31,29 @@ def require() -> None:
 
 
 def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision: str = "fp32",
-                  calibration: list[Any] | None = None) -> Path:
+                  calibration: list[Any] | None = None, scheme: str = "auto") -> Path:
+    """Write `model` as a `.tflite` at `path` (batch 1). int8 `scheme` (see
+    `condense.export.formats.int8_scheme`): "static" needs `calibration`, "dynamic" does not."""
     require()
     import litert_torch
 
+    from condense.export.formats import int8_scheme
+
+    scheme = int8_scheme(model, scheme) if precision == "int8" else scheme
     model = plain_layers(model)
     args, kwargs = _args_kwargs(example)
     options: dict[str, Any] = {}
-    if precision == "int8":
+    if precision == "int8" and scheme == "dynamic":
+        # The AI Edge Quantizer's dynamic recipe: every weight (Linear and the embedding tables)
+        # int8 per channel, activations quantized per call. litert-torch's PT2E dynamic mode
+        # quantized the embedding table with a non-zero zero point, which LiteRT's
+        # EMBEDDING_LOOKUP kernel refuses at load time.
+        from litert_torch.generative.quantize import quant_recipes
+
+        options["quant_config"] = quant_recipes.full_dynamic_recipe()
+    elif precision == "int8":
         if not calibration:
-            raise ConfigError("tflite int8 export needs calibration samples (none given)")
+            raise ConfigError("tflite int8 export (static scheme) needs calibration samples (none given)")
         from litert_torch.quantize.pt2e_quantizer import (
             PT2EQuantizer,
             get_symmetric_quantization_config,
@@ -80,10 +95,21 @@ class LiteRTRunner:
 
     def __call__(self, example: Any) -> torch.Tensor:
         a, kw = _args_kwargs(example)
-        for detail, value in zip(self.inputs, [*a, *kw.values()], strict=False):
+        values = [*a, *kw.values()]
+        if kw and not a:  # named inputs ("serving_default_input_ids"): matched by name, not by position
+            by_name = {d["name"].removeprefix("serving_default_").split(":")[0]: d for d in self.inputs}
+            if set(kw) <= set(by_name):
+                pairs = [(by_name[k], v) for k, v in kw.items()]
+            else:
+                pairs = list(zip(self.inputs, values, strict=False))
+        else:
+            pairs = list(zip(self.inputs, values, strict=False))
+        for detail, value in pairs:
             arr = value.detach().numpy()
-            if detail["dtype"] != arr.dtype:  # an int8 program with integer input: quantize on its grid
-                scale, zero = detail["quantization"]
+            scale, zero = detail["quantization"]
+            if detail["dtype"] != arr.dtype and not scale:  # e.g. int64 token ids -> LiteRT's int32
+                arr = arr.astype(detail["dtype"])
+            elif detail["dtype"] != arr.dtype:  # an int8 program with float input: quantize on its grid
                 info = np.iinfo(detail["dtype"])
                 arr = np.clip(np.round(arr / scale) + zero, info.min, info.max).astype(detail["dtype"])
             self.interp.set_tensor(detail["index"], arr)
