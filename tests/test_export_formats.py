@@ -147,8 +147,8 @@ def test_missing_runtime_names_the_extra(tmp_path, tiny_model, monkeypatch):
             export(tiny_model, torch.zeros(1, 1, 8, 8), tmp_path / f"m.{fmt}", fmt)
 
 
-@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; "
-                                           "kept out of CI: it pins typing_extensions 4.12, see docs/export.md)")
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; it pins "
+                                           "typing_extensions 4.12, so .ci/run runs these in a layered venv)")
 def test_tflite_fp32_and_int8(tmp_path, pruned_quantized, digits_splits):
     fp32, q = pruned_quantized
     ex = _ex(digits_splits)
@@ -259,8 +259,8 @@ def test_integer_index_arithmetic_survives_static_int8():
     assert out.shape == (1, 6, 4) and torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; "
-                                           "kept out of CI: it pins typing_extensions 4.12, see docs/export.md)")
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; it pins "
+                                           "typing_extensions 4.12, so .ci/run runs these in a layered venv)")
 def test_minilm_encoder_tflite_fp32_and_int8(tmp_path):
     """MiniLM in .tflite: int64 token ids reach LiteRT's int32 inputs by name; int8 is the dynamic
     recipe (weights and embedding tables int8), a quarter of the fp32 file, cosine > 0.99."""
