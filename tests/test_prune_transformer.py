@@ -157,6 +157,23 @@ def test_pruned_model_exports_to_onnx(tiny_dir, tmp_path):
     assert Path(res.path).exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="ExecuTorch not installed")
+def test_pruned_model_exports_to_executorch_fp32_and_int8(tiny_dir, tmp_path):
+    """Uneven heads per layer and narrower FFNs survive torch.export and XNNPACK lowering; int8 is
+    the dynamic scheme a transformer gets."""
+    from condense.export import export
+
+    model = _model(tiny_dir, task="sentence-embedding")
+    condense.prune(model, TransformerConfig(heads=0.5, ffn=0.25, importance="weight", head_scope="global"))
+    batch = _batch()
+    example = {k: v[1:2] for k, v in batch.items()}
+    r32 = export(model, example, tmp_path / "pruned.pte", "executorch", samples=batch, latency=False)
+    assert r32.max_abs_diff < 1e-4 and r32.mean_cosine > 0.99999
+    r8 = export(model, example, tmp_path / "pruned8.pte", "executorch", precision="int8", samples=batch,
+                latency=False)
+    assert r8.precision == "int8" and r8.mean_cosine > 0.98 and any("dynamic" in n for n in r8.notes)
+
+
 def test_sdpa_attention_runs_pruned_heads(tiny_dir):
     model = condense.build_model(f"hf:{tiny_dir}", task="encoder", attn_implementation="sdpa")
     dense, batch = copy.deepcopy(model), _batch()
