@@ -299,3 +299,46 @@ def test_cli_prunes_heads_and_ffn_on_a_text_file(tiny_dir, tmp_path, capsys):
     assert head_counts(loaded) != [HEADS] * LAYERS and loaded.hf.config.intermediate_size == 48
     meta = json.loads((out / "condense.json").read_text())
     assert meta["prune_config"]["method"] == "transformer" and meta["prune_config"]["heads"] == 0.25
+
+
+# ----------------------------------------------------------------------------- vocabulary trimming
+
+
+@needs_minilm
+def test_vocab_trim_keeps_seen_tokens_exactly_and_round_trips(tmp_path):
+    """MiniLM trimmed to the tokens of a few sentences: those sentences give the untrimmed
+    embedding exactly, unseen words go to [UNK], the table shrinks, save/load and ONNX work."""
+    from condense.models.hf import encode_texts, load_hf_tokenizer, minilm_dir
+    from condense.prune import VocabConfig
+    from condense.prune.vocab import TrimmedEmbedding
+
+    model = condense.build_model(f"hf:{minilm_dir()}").eval()
+    tok = load_hf_tokenizer(model)
+    seen = encode_texts(tok, ["Return the number of items in a container.", "Open the file and read its lines."])
+    before = _out(model, seen)
+    params = _params(model)
+    trimmed = condense.prune(copy.deepcopy(model), VocabConfig(), data=seen)
+    emb = trimmed.hf.get_input_embeddings()
+    assert isinstance(emb, TrimmedEmbedding) and emb.num_embeddings == 30522
+    report = trimmed.condense_vocab_report
+    assert report["kept"] == emb.embedding.num_embeddings < 50 and report["distinct_tokens_seen"] <= report["kept"]
+    assert _params(trimmed) == params - (30522 - report["kept"]) * 384
+    torch.testing.assert_close(_out(trimmed, seen), before, rtol=0, atol=1e-6)  # seen text: exact
+    unseen = encode_texts(tok, ["Quantum chromodynamics describes gluons."])
+    ids = unseen["input_ids"][unseen["attention_mask"].bool()]
+    unk = tok.unk_token_id
+    kept = set(trimmed.condense_edits[-1]["params"]["kept"])
+    assert set(seen["input_ids"].flatten().tolist()) <= kept
+    gone = [i for i in ids.tolist() if i not in kept]
+    assert gone and all(int(emb.token_map[i]) == int(emb.token_map[unk]) for i in gone)  # unseen ids -> [UNK]
+
+    condense.save(trimmed, tmp_path / "trimmed")
+    loaded = condense.load(tmp_path / "trimmed")
+    torch.testing.assert_close(_out(loaded, unseen), _out(trimmed, unseen), rtol=0, atol=0)
+    res = condense.export_onnx(trimmed, {k: v[:1] for k, v in seen.items()}, tmp_path / "trimmed.onnx")
+    assert Path(res.path).stat().st_size < 0.5 * 90_000_000  # the 11.7M-row table is gone
+
+    with pytest.raises(ConfigError, match="already trimmed"):
+        condense.prune(trimmed, VocabConfig(), data=seen)
+    with pytest.raises(ConfigError, match="needs data"):
+        condense.prune(copy.deepcopy(model), VocabConfig())

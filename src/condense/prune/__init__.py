@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.prune import structured, transformer, unstructured  # noqa: F401  (registers the methods)
+from condense.prune import structured, transformer, unstructured, vocab  # noqa: F401  (registers the methods)
 from condense.prune.config import (
     PRUNERS,
     ChannelConfig,
@@ -28,6 +28,7 @@ from condense.prune.config import (
     RandomConfig,
     SlimmingConfig,
     TransformerConfig,
+    VocabConfig,
 )
 from condense.prune.graph import Group, PruneGraphError, dependency_groups
 from condense.prune.masks import make_permanent, sparsity_report
@@ -62,6 +63,7 @@ __all__ = [
     "SlimmingCallback",
     "SlimmingConfig",
     "TransformerConfig",
+    "VocabConfig",
     "allocate_ratios",
     "count_macs",
     "cubic_sparsity",

@@ -187,6 +187,39 @@ class PruneContext:
     data: Any = None
 
 
+@dataclasses.dataclass
+class VocabConfig(PruneConfig):
+    """Vocabulary trimming of a Hugging Face encoder: keep the word-embedding rows of the tokens
+    the data uses (Abdaoui et al. 2020, "Load What You Need: Smaller Versions of Multilingual
+    BERT"; Ushio et al. 2023, "Efficient Multilingual Language Model Compression through
+    Vocabulary Trimming"). The tokenizer is unchanged: a token id map inside the model sends kept
+    ids to their new rows and every other id to [UNK], so text made only of kept tokens gives
+    exactly the untrimmed output.
+
+    `min_count`: keep tokens seen at least this often in the data (`prune(..., data=...)`, its
+    `input_ids` under its attention mask); `max_tokens`: keep at most this many (most frequent
+    first; special tokens always kept and counted in); `max_batches` / `batch_size`: how much of
+    the data is read (None: all of it).
+    """
+
+    method: Literal["vocab"] = "vocab"
+    min_count: int = 1
+    max_tokens: int | None = None
+    max_batches: int | None = None
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        if self.min_count < 1:
+            raise ConfigError(f"{name}.min_count must be >= 1, got {self.min_count}")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ConfigError(f"{name}.max_tokens must be >= 2 (the special tokens alone need that), got {self.max_tokens}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"{name}.max_batches must be >= 1 or null, got {self.max_batches}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{name}.batch_size must be >= 1, got {self.batch_size}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Pruner:
     """A registered method: its config class and `run(model, config, context) -> model`."""
@@ -203,3 +236,4 @@ def _ensure_registered() -> None:
     import condense.prune.structured  # noqa: F401
     import condense.prune.transformer  # noqa: F401
     import condense.prune.unstructured  # noqa: F401
+    import condense.prune.vocab  # noqa: F401
