@@ -342,3 +342,39 @@ def test_vocab_trim_keeps_seen_tokens_exactly_and_round_trips(tmp_path):
         condense.prune(trimmed, VocabConfig(), data=seen)
     with pytest.raises(ConfigError, match="needs data"):
         condense.prune(copy.deepcopy(model), VocabConfig())
+
+
+def test_vocab_trim_from_cli_and_recipe(tiny_dir, tmp_path, capsys):
+    """`condense prune --method vocab` on a text file, and a recipe prune stage `{method: vocab}`."""
+    from condense.cli import main
+
+    if not (tiny_dir / "tokenizer.json").exists():
+        pytest.skip("needs the MiniLM model package for its tokenizer")
+    text = tmp_path / "t.jsonl"
+    text.write_text("".join(json.dumps({"text": f"sentence number {i} about {w}"}) + "\n"
+                            for i, w in enumerate(["cats", "dogs", "files", "paths", "json", "zip"] * 8)), encoding="utf-8")
+    out = tmp_path / "cli"
+    code = main(["prune", f"hf:{tiny_dir}", "--method", "vocab", "--data", f"text:{text}", "--recover", "none",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "vocab" and 5 < summary["vocabulary"]["kept"] < 100
+    assert summary["params"] < summary["params_before"] - 29_000 * H
+    assert condense.load(out).hf.get_input_embeddings().embedding.num_embeddings == summary["vocabulary"]["kept"]
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""version: 1
+name: trim
+data: {{name: text, path: "{text}", tokenizer: "{tiny_dir}"}}
+stages:
+  - name: base
+    kind: evaluate
+    model: {{name: "hf:{tiny_dir}"}}
+  - name: trimmed
+    kind: prune
+    config: {{method: vocab, min_count: 2}}
+""")
+    report = condense.run_recipe(recipe, tmp_path / "run", quiet=True)
+    rows = {r["stage"]: r for r in report["stages"]}
+    assert rows["trimmed"]["params"] < rows["base"]["params"] - 29_000 * H
+    assert rows["trimmed"]["bytes_onnx"] < rows["base"]["bytes_onnx"] / 2

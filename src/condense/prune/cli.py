@@ -130,8 +130,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
         summary["heads_per_layer"] = head_counts(model)
         summary["intermediate_size"] = int(model.hf.config.intermediate_size)
+    vocab = getattr(model, "condense_vocab_report", None)
+    if vocab is not None:
+        summary["vocabulary"] = vocab
     text = (
         f"saved {args.out}  ({pcfg.method}, recover {rcfg.method})\n"
+        + (f"vocabulary: kept {vocab['kept']:,} of {vocab['vocab_size']:,} tokens "
+           f"({vocab['distinct_tokens_seen']:,} seen in {vocab['tokens_read']:,} training tokens)\n" if vocab else "")
         + (f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n" if before else f"{line}\n")
         + (f"heads per layer {summary['heads_per_layer']}, FFN width {summary['intermediate_size']}\n"
            if "heads_per_layer" in summary else "")
@@ -205,8 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("prune", help="prune an artifact (masks or physical channel removal) and recover its accuracy")
     common(sp)
     sp.add_argument("--method", default=None,
-                    help="channel | slimming | magnitude | random | nm | transformer (default: transformer when "
-                         "--heads / --ffn are given, else channel)")
+                    help="channel | slimming | magnitude | random | nm | transformer | vocab (default: transformer "
+                         "when --heads / --ffn are given, else channel)")
     sp.add_argument("--ratio", type=float, default=None, help="fraction removed (channels, or weights for masks)")
     sp.add_argument("--target-macs", type=float, default=None,
                     help="fraction of the original MACs to KEEP (0.25 = remove 75%%); chooses the channel ratio")

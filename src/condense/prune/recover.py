@@ -36,6 +36,7 @@ from condense.prune.config import (
     PruneContext,
     RandomConfig,
     TransformerConfig,
+    VocabConfig,
 )
 from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
@@ -227,7 +228,7 @@ def prune_and_recover(
     pcfg = _prune_config(prune_config)
     rcfg = as_recover_config(recover_config)
     check_recovery_data(rcfg, train_data)
-    inputs = _inputs(model, example_inputs, train_data, batches=isinstance(pcfg, TransformerConfig))
+    inputs = _inputs(model, example_inputs, train_data, batches=isinstance(pcfg, (TransformerConfig, VocabConfig)))
     teacher = recovery_teacher(model, rcfg, teacher)
     info: dict[str, Any] = {"recover": rcfg.to_dict(), "dense": _numbers(model, inputs), "val_accuracy": {}}
     info["val_accuracy"]["dense"] = val_accuracy(model, val_data)
@@ -269,8 +270,8 @@ def prune_and_recover(
 
 def _taylor_batches(cfg: PruneConfig, data: Any | None, rcfg: RecoverConfig) -> Any:
     """The first few training batches, for Taylor importance (which needs gradients); transformer
-    pruning gets the training data itself (it draws its own calibration batches)."""
-    if isinstance(cfg, TransformerConfig):
+    pruning and vocabulary trimming get the training data itself (they draw their own batches)."""
+    if isinstance(cfg, (TransformerConfig, VocabConfig)):
         return data
     if not isinstance(cfg, ChannelConfig) or cfg.importance != "taylor" or data is None:
         return None
