@@ -34,14 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_path, atomic_write_text, read_json
+from condense.core.io import atomic_path, atomic_write_text
 from condense.models.hf_folder import (
     CONFIG_NAME,
     TASKS,
     check_weights,
     detect_task,
     folder_num_labels,
-    max_seq_length,
     minilm_dir,
     model_folder,
     packaged_model_dir,
@@ -405,38 +404,8 @@ def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:
             "source": str(model.source_dir)}
 
 
-# -- tokenizers ------------------------------------------------------------------------------------
-def load_hf_tokenizer(source: str | Path | HFModel) -> Any:
-    """The fast tokenizer of a model folder (or of an hf: model's source folder), offline.
-
-    Its `model_max_length` is sentence-transformers' `max_seq_length` when the folder declares one
-    (all-MiniLM-L6-v2: 256), so `encode_texts` truncates as sentence-transformers does.
-    """
-    folder = model_folder(source.source_dir if isinstance(source, HFModel) else source)
-    tcfg_path = folder / "tokenizer_config.json"
-    tcfg = read_json(tcfg_path, "tokenizer config") if tcfg_path.is_file() else {}
-    if isinstance(tcfg, dict) and "auto_map" in tcfg:
-        raise ConfigError(f"{tcfg_path}: declares auto_map (custom tokenizer code); refused: condense never runs "
-                          "code from a model folder")
-    try:
-        with _quiet():
-            tok = _auto("AutoTokenizer").from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise InputFileError(f"{folder}: no usable tokenizer ({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
-    limit = max_seq_length(folder)
-    if limit is not None:
-        tok.model_max_length = limit
-    return tok
-
-
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """A dict batch (int64 input_ids, attention_mask[, token_type_ids]) padded to the longest text."""
-    if isinstance(texts, str):
-        raise ConfigError("encode_texts: pass a list of texts, not one string")
-    limit = max_length or min(int(tokenizer.model_max_length), 512)
-    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=limit, return_tensors="pt")
-    return {k: enc[k].long() for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-
+# tokenizers (offline, no remote code) live in hf_tokenizer.py; re-exported here
+from condense.models.hf_tokenizer import encode_texts, load_hf_tokenizer  # noqa: E402
 
 __all__ = [
     "is_encoder",
