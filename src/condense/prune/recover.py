@@ -29,14 +29,13 @@ from condense.core.errors import ConfigError, RunError
 from condense.data.loader import as_source
 from condense.data.loader import example_inputs as example_inputs_of
 from condense.prune.config import (
+    PRUNERS,
     ChannelConfig,
     MagnitudeConfig,
     NMConfig,
     PruneConfig,
     PruneContext,
     RandomConfig,
-    TransformerConfig,
-    VocabConfig,
 )
 from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
@@ -228,7 +227,7 @@ def prune_and_recover(
     pcfg = _prune_config(prune_config)
     rcfg = as_recover_config(recover_config)
     check_recovery_data(rcfg, train_data)
-    inputs = _inputs(model, example_inputs, train_data, batches=isinstance(pcfg, (TransformerConfig, VocabConfig)))
+    inputs = _inputs(model, example_inputs, train_data, batches=_reads_data(pcfg))
     teacher = recovery_teacher(model, rcfg, teacher)
     info: dict[str, Any] = {"recover": rcfg.to_dict(), "dense": _numbers(model, inputs), "val_accuracy": {}}
     info["val_accuracy"]["dense"] = val_accuracy(model, val_data)
@@ -268,10 +267,14 @@ def prune_and_recover(
     return model, info
 
 
+def _reads_data(cfg: PruneConfig) -> bool:
+    return PRUNERS.get(cfg.method).reads_data
+
+
 def _taylor_batches(cfg: PruneConfig, data: Any | None, rcfg: RecoverConfig) -> Any:
-    """The first few training batches, for Taylor importance (which needs gradients); transformer
-    pruning and vocabulary trimming get the training data itself (they draw their own batches)."""
-    if isinstance(cfg, (TransformerConfig, VocabConfig)):
+    """The first few training batches, for Taylor importance (which needs gradients); a method that
+    reads the data itself (`Pruner.reads_data`: transformer, vocab) gets the training data."""
+    if _reads_data(cfg):
         return data
     if not isinstance(cfg, ChannelConfig) or cfg.importance != "taylor" or data is None:
         return None

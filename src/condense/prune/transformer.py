@@ -294,7 +294,7 @@ def head_counts(model: nn.Module) -> list[int]:
     return [b.heads for b in blocks_of(model)]
 
 
-PRUNERS.register("transformer", Pruner(TransformerConfig, prune_transformer),
+PRUNERS.register("transformer", Pruner(TransformerConfig, prune_transformer, reads_data=True),
                  help="BERT-family heads + FFN neurons (physically removed)")
 EDITS.register("prune_heads", _replay_heads)
 EDITS.register("prune_ffn", _replay_ffn)

@@ -140,6 +140,6 @@ def _replay_trim_vocab(model: nn.Module, module: str, kept: list[int], unk: int)
     _apply(model, module, emb, list(kept), int(unk))  # weights come from the saved state afterwards
 
 
-PRUNERS.register("vocab", Pruner(VocabConfig, prune_vocab),
+PRUNERS.register("vocab", Pruner(VocabConfig, prune_vocab, reads_data=True),
                  help="word-embedding rows of the tokens the data uses (Hugging Face encoders; tokenizer unchanged)")
 EDITS.register("trim_vocab", _replay_trim_vocab)

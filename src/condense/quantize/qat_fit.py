@@ -78,7 +78,7 @@ def qat_fit(
 
     `calibration` initialises the step sizes (default: the first 256 training inputs);
     `example` is one input for the BatchNorm-pair trace at convert time (default: the first
-    calibration input). With `resume` the run continues from `train.checkpoint_dir`.
+    training input). With `resume` the run continues from `train.checkpoint_dir`.
     """
     from condense.data.loader import heldout_inputs
 

@@ -145,7 +145,7 @@ def run_train(ctx: StageContext, cfg: TrainStageConfig) -> StageOutput:
     return StageOutput(res.model, info={"fit": res.to_dict(), "train_config": tc.to_dict()})
 
 
-def _label_free_transfer(ctx: StageContext, dc: Any) -> tuple[Any, list[str]]:
+def _label_free_transfer(ctx: StageContext, dc: Any, what: str = "distillation") -> tuple[Any, list[str]]:
     """All training images (labelled + unlabelled, labels dropped) when the distillation `dc`
     needs no labels and the data has an unlabelled part; else (None, [])."""
     from condense.distill.losses import build_losses
@@ -153,7 +153,7 @@ def _label_free_transfer(ctx: StageContext, dc: Any) -> tuple[Any, list[str]]:
     if ctx.splits.unlabelled is None or "targets" in build_losses(dc.loss_specs()).needs:
         return None, []
     transfer = all_training_images(ctx.splits)
-    return transfer, [f"label-free distillation: the transfer set is all {len(transfer)} training images "
+    return transfer, [f"label-free {what}: the transfer set is all {len(transfer)} training images "
                       f"({len(ctx.splits.train)} labelled + {len(ctx.splits.unlabelled)} unlabelled)"]
 
 
@@ -174,8 +174,7 @@ def _recovery_transfer(ctx: StageContext, rc: Any) -> tuple[Any, list[str]]:
     """What a distillation recovery trains on: all training images when it needs no labels."""
     if rc.method != "distill":
         return None, []
-    data, notes = _label_free_transfer(ctx, rc.distill_config(_input(ctx)))
-    return data, [n.replace("label-free distillation", "label-free recovery") for n in notes]
+    return _label_free_transfer(ctx, rc.distill_config(_input(ctx)), "recovery")
 
 
 def run_prune(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -235,17 +234,17 @@ def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
     from condense.quantize import quantize
 
     model = _input(ctx)
-    out = StageOutput(model, info={"quantize_config": cfg.to_dict()})
+    info: dict[str, Any] = {"quantize_config": cfg.to_dict()}
     if _quant_method(cfg) == "qat":
         from condense.quantize.qat_fit import qat_fit
 
         res = qat_fit(model, ctx.splits.train, cfg, _train_config(ctx), ctx.splits.val,
                       example=example_inputs(ctx.splits.test, 1), resume=ctx.resume)
         qmodel = res.model
-        out.info["qat"] = _jsonable(res.to_dict())
+        info["qat"] = _jsonable(res.to_dict())
     else:
         qmodel = quantize(model, cfg, calibration=ctx.splits.train)
-    out.model = qmodel
+    out = StageOutput(qmodel, info=info)
     planned = getattr(qmodel, "condense_int8_plan", None) is not None  # transformer int8: ONNX only
     out.notes.append("torch latency of this stage is the float model carrying the int8 plan, not an int8 runtime; "
                      "the deployed model is the int8 ONNX file run by onnxruntime" if planned else
