@@ -61,6 +61,28 @@ def feeds_of(sess: Any, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]
     return {k: v.numpy() for k, v in batch.items() if k in names}
 
 
+def prune_chain(student: Any, splits: Any, example: Any, args: Any, times: dict[str, float]) -> tuple[Any, ...]:
+    """The distilled L3 with 30 % of heads and 25 % of FFN removed, recovered by distillation from
+    it; and that model with its vocabulary trimmed to the training paragraphs' tokens."""
+    from condense.prune import PruneConfig, VocabConfig
+    from condense.prune.recover import RecoverConfig, prune_and_recover
+
+    t0 = time.perf_counter()
+    base = copy.deepcopy(student)  # prune_and_recover edits its model in place
+    pcfg = PruneConfig.from_dict({"method": "transformer", "heads": 0.3, "ffn": 0.25, "importance": "gradient"})
+    rcfg = RecoverConfig.from_dict({"method": "distill", "train": {"epochs": args.recover_epochs, "lr": 1e-4,
+                                                                   "batch_size": 32, "progress": "off"}})
+    pruned, prune_info = prune_and_recover(base, pcfg, rcfg, splits.train, splits.val, example_inputs=example)
+    times["prune+recover_s"] = round(time.perf_counter() - t0, 1)
+    print(f"pruned + recovered in {times['prune+recover_s']} s", flush=True)
+    # vocabulary trimming: keep the embedding rows of the tokens the training paragraphs use; the
+    # held-out modules' other tokens go to [UNK] (what that costs is measured)
+    trimmed = condense.prune(copy.deepcopy(pruned), VocabConfig(), data=splits.train)
+    vocab_report = trimmed.condense_vocab_report
+    print(f"vocabulary: kept {vocab_report['kept']} of {vocab_report['vocab_size']} tokens", flush=True)
+    return pruned, trimmed, prune_info, vocab_report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--limit", type=int, default=4000)
@@ -69,14 +91,22 @@ def main() -> None:
     ap.add_argument("--recover-epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--students", default="3,2", help="student depths to distil (comma-separated)")
+    ap.add_argument("--no-chain", action="store_true", help="skip prune / vocab trim / int8 (the students only)")
+    ap.add_argument("--extra-packages", default="",
+                    help="more training text: docstrings of these installed packages (comma-separated; "
+                         "val / test stay the standard library's)")
+    ap.add_argument("--extra-limit", type=int, default=None, help="a seeded sample of the extra paragraphs")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "nlp_distill.json"))
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     t_start = time.perf_counter()
     folder = minilm_dir()
+    extra = [p for p in args.extra_packages.split(",") if p]
     splits = condense.load_dataset("stdlib-text", task="corpus", limit=args.limit, max_length=args.max_length,
-                                   tokenizer=str(folder))
-    print(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test paragraphs")
+                                   tokenizer=str(folder), extra_packages=extra or None, extra_limit=args.extra_limit)
+    print(f"data: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test paragraphs "
+          f"(extra training paragraphs: {splits.info.get('extra_paragraphs', {})})", flush=True)
     work = Path(tempfile.mkdtemp(prefix="nlp_distill_"))
     teacher = condense.build_model(f"hf:{folder}")
     models: dict[str, Any] = {"teacher fp32": teacher}
@@ -94,42 +124,24 @@ def main() -> None:
         times[f"L{layers} distill_s"] = round(time.perf_counter() - t0, 1)
         return out
 
-    for layers in (3, 2):
+    for layers in (int(n) for n in args.students.split(",")):
         models[f"L{layers} copy"] = condense.build_model(f"hf:{folder}", layers=layers)
         models[f"L{layers} distilled"] = distilled(layers)
-        print(f"L{layers} distilled in {times[f'L{layers} distill_s']} s")
-
-    from condense.prune import PruneConfig
-    from condense.prune.recover import RecoverConfig, prune_and_recover
-
-    t0 = time.perf_counter()
-    base = copy.deepcopy(models["L3 distilled"])  # prune_and_recover edits its model in place
-    pcfg = PruneConfig.from_dict({"method": "transformer", "heads": 0.3, "ffn": 0.25, "importance": "gradient"})
-    rcfg = RecoverConfig.from_dict({"method": "distill", "train": {"epochs": args.recover_epochs, "lr": 1e-4,
-                                                                   "batch_size": 32, "progress": "off"}})
+        print(f"L{layers} distilled in {times[f'L{layers} distill_s']} s", flush=True)
     example = condense.example_inputs(splits.test, 1)
-    pruned, prune_info = prune_and_recover(base, pcfg, rcfg, splits.train, splits.val, example_inputs=example)
-    times["prune+recover_s"] = round(time.perf_counter() - t0, 1)
-    models["L3 pruned"] = pruned
-    print(f"pruned + recovered in {times['prune+recover_s']} s")
-
-    # vocabulary trimming: the pruned student keeps the embedding rows of the tokens the training
-    # paragraphs use; the held-out modules' other tokens go to [UNK] (what that costs is measured)
-    from condense.prune import VocabConfig
-
-    trimmed = condense.prune(copy.deepcopy(pruned), VocabConfig(), data=splits.train)
-    vocab_report = trimmed.condense_vocab_report
-    print(f"vocabulary: kept {vocab_report['kept']} of {vocab_report['vocab_size']} tokens")
-
-    # ONNX files: fp32 export of each model, int8 of the teacher and of the pruned student
+    vocab_report: dict[str, Any] = {}
+    prune_info: Any = None
+    int8_rows = {"teacher int8": teacher}
+    if not args.no_chain:
+        pruned, trimmed, prune_info, vocab_report = prune_chain(models["L3 distilled"], splits, example, args, times)
+        models["L3 pruned"] = pruned
+        int8_rows.update({"chain": pruned, "chain + vocab trim": trimmed})
+    # ONNX files: fp32 export of each model, int8 of the teacher and of the pruned students
     files: dict[str, Path] = {}
     for name, m in models.items():
         files[name] = Path(condense.export_onnx(m, example, work / f"{name.replace(' ', '_')}.onnx").path)
-    models["L3 pruned, vocab trimmed"] = trimmed
-    calib = splits.train
-    for name, src in (("teacher int8", "teacher fp32"), ("chain", "L3 pruned"),
-                      ("chain + vocab trim", "L3 pruned, vocab trimmed")):
-        res = export_transformer_int8(models[src], work / f"{name.replace(' ', '_')}.int8.onnx", calibration=calib,
+    for name, m in int8_rows.items():
+        res = export_transformer_int8(m, work / f"{name.replace(' ', '_')}.int8.onnx", calibration=splits.train,
                                       example=example)
         files[name] = Path(res.path)
 
@@ -159,6 +171,8 @@ def main() -> None:
         r["bytes_ratio"] = r["bytes"] / t1["bytes"]
     verdicts = {}
     for name, want in TARGETS.items():
+        if name not in rows:
+            continue
         got = rows[name]
         verdicts[name] = {k: {"target": v, "got": got[k],
                               "met": got[k] >= v if k in ("mean_cosine", "topk_overlap") else got[k] <= v}
@@ -166,7 +180,8 @@ def main() -> None:
     result = {
         "rows": rows, "targets": verdicts, "times_s": times, "prune": prune_info if isinstance(prune_info, dict) else str(prune_info),
         "vocab": vocab_report,
-        "settings": vars(args), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "settings": vars(args), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+                                         "extra_paragraphs": splits.info.get("extra_paragraphs", {})},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "loadavg_end": os.getloadavg()},
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -506,3 +506,17 @@ def test_keeping_a_subset_of_layers_copies_them_and_saves_a_shallower_folder(fol
                        (7, "between 1 and"), ("x", "count or a list")):
         with pytest.raises(ConfigError, match=match):
             resolve_layers(bad, 6)
+
+
+def test_teacher_defaults_give_transformer_lr_and_the_encoder_loss(folders, tiny_model) -> None:
+    from condense.distill import teacher_defaults
+    from condense.distill.defaults import TRANSFORMER_LR
+
+    encoder = build_model(f"hf:{folders['st']}")
+    classifier = build_model(f"hf:{folders['cls']}")
+    got = teacher_defaults({}, encoder)
+    assert got["losses"] == [{"name": "embedding", "kind": "cosine"}] and got["train"]["lr"] == TRANSFORMER_LR
+    got = teacher_defaults({"alpha": 0.5, "train": {"epochs": 2}}, classifier)  # a fine-tuned BERT classifier
+    assert "losses" not in got and got["train"] == {"epochs": 2, "lr": TRANSFORMER_LR} and got["alpha"] == 0.5
+    assert teacher_defaults({"train": {"lr": 3e-5}}, classifier)["train"]["lr"] == 3e-5  # the user's value stays
+    assert teacher_defaults({"alpha": 0.7}, tiny_model) == {"alpha": 0.7}  # a CNN teacher: DistillConfig decides

@@ -60,3 +60,37 @@ def test_package_task_splits_by_module(tmp_path):
     assert again.train.fingerprint() == s.train.fingerprint()  # the file gives the same split
     with pytest.raises(ConfigError, match="unknown task 'packages'"):
         condense.load_dataset("stdlib-text", task="packages")
+
+
+def _fake_package(root, stdlib_text_copy):
+    pkg = root / "condense_fake_docs"
+    (pkg / "tests").mkdir(parents=True)
+    prose = "This paragraph explains how the frobnicator combines several widgets into one tidy bundle."
+    (pkg / "__init__.py").write_text(f'"""{prose}\n\n{stdlib_text_copy}\n"""\n')
+    (pkg / "sub.py").write_text('def f():\n    """Return the number of widgets that the bundle holds after it was packed."""\n')
+    (pkg / "tests" / "test_x.py").write_text('"""A test module whose words must never become training text here."""\n')
+    return pkg
+
+
+def test_extra_packages_join_the_training_split_only(tmp_path, monkeypatch):
+    pytest.importorskip("tokenizers")
+    from condense.models.hf_folder import packaged_model_dir
+
+    copy_of_stdlib = stdlib_text.stdlib_paragraphs()[0]["text"]
+    _fake_package(tmp_path, copy_of_stdlib)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    paras = stdlib_text.package_paragraphs(["condense_fake_docs"], seen={copy_of_stdlib.lower()})
+    assert [p["module"] for p in paras] == ["condense_fake_docs", "condense_fake_docs.sub"]  # copy + tests skipped
+    kw = {"task": "corpus", "limit": 300, "max_length": 32, "tokenizer": str(packaged_model_dir())}
+    base = condense.load_dataset("stdlib-text", **kw)
+    more = condense.load_dataset("stdlib-text", **kw, extra_packages=["condense_fake_docs"])
+    assert more.info["extra_paragraphs"] == {"condense_fake_docs": 2} and more.info["paragraphs"] == 300
+    assert len(more.train) == len(base.train) + 2
+    assert more.val.fingerprint() == base.val.fingerprint() and more.test.fingerprint() == base.test.fingerprint()
+    assert sorted(as_source(more.train).ids())[-2:] == [300, 301]  # the extra texts, in training only
+    with pytest.raises(ConfigError, match="'no_such_pkg_xyz' is not installed"):
+        condense.load_dataset("stdlib-text", **kw, extra_packages=["no_such_pkg_xyz"])
+    with pytest.raises(ConfigError, match="needs task='corpus'"):
+        condense.load_dataset("stdlib-text", **{**kw, "task": "package"}, extra_packages=["condense_fake_docs"])
+    with pytest.raises(ConfigError, match="extra_limit must be an integer"):
+        condense.load_dataset("stdlib-text", **kw, extra_packages=["condense_fake_docs"], extra_limit=3)

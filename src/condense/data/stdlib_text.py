@@ -15,6 +15,10 @@ Two uses, both as the `stdlib-text` source (`condense.load_dataset("stdlib-text"
   modules are unseen in training, so the model must generalise from a package's vocabulary, not
   memorise its modules.
 
+More training text (`extra_packages=["numpy", "scipy"]`, task "corpus"): the docstrings of
+installed third-party packages, read the same way; they join the training split only, so the
+held-out paragraphs are the same standard-library ones with or without them.
+
 `write_stdlib_corpus(path, task=...)` writes the same records as JSON lines (`text`, `label`,
 `module`) for the CLI's `--data text:FILE` and for inspection.
 """
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.util
 import json
 import re
 import sys
 import sysconfig
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +58,14 @@ def _is_prose(text: str, min_chars: int, max_chars: int) -> bool:
     return sum(c.isalpha() or c == " " for c in text) >= 0.8 * len(text)
 
 
-@functools.lru_cache(maxsize=4)
-def stdlib_paragraphs(min_chars: int = 40, max_chars: int = 600) -> tuple[dict[str, str], ...]:
-    """Docstring paragraphs of the standard library: `{"text", "package", "module"}` records,
-    deduplicated (case-insensitively), in file order. Test suites and site-packages are skipped."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    if not root.is_dir():
-        raise ConfigError(f"stdlib-text: the standard library's sources are not at {root}")
+def docstring_paragraphs(root: Path, files: Sequence[Path], *, min_chars: int = 40, max_chars: int = 600,
+                         seen: set[str] | None = None) -> list[dict[str, str]]:
+    """Docstring paragraphs of the Python `files` under `root` (parsed with `ast`, never
+    imported): `{"text", "package", "module"}` records in file order, module names dotted from
+    `root`. Paragraphs whose lower-cased text is in `seen` are skipped, and new ones added to it."""
+    seen = set() if seen is None else seen
     out: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for f in sorted(p for p in root.rglob("*.py") if not SKIP_PARTS & set(p.relative_to(root).parts)):
+    for f in files:
         rel = f.relative_to(root)
         module = ".".join(rel.with_suffix("").parts).removesuffix(".__init__")
         try:
@@ -79,7 +83,50 @@ def stdlib_paragraphs(min_chars: int = 40, max_chars: int = 600) -> tuple[dict[s
                 if _is_prose(text, min_chars, max_chars) and text.lower() not in seen:
                     seen.add(text.lower())
                     out.append({"text": text, "package": rel.parts[0].removesuffix(".py"), "module": module})
-    return tuple(out)
+    return out
+
+
+def _python_files(root: Path, skip: frozenset[str]) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+
+
+@functools.lru_cache(maxsize=4)
+def stdlib_paragraphs(min_chars: int = 40, max_chars: int = 600) -> tuple[dict[str, str], ...]:
+    """Docstring paragraphs of the standard library: `{"text", "package", "module"}` records,
+    deduplicated (case-insensitively), in file order. Test suites and site-packages are skipped."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise ConfigError(f"stdlib-text: the standard library's sources are not at {root}")
+    return tuple(docstring_paragraphs(root, _python_files(root, SKIP_PARTS), min_chars=min_chars,
+                                      max_chars=max_chars))
+
+
+def package_paragraphs(packages: Sequence[str], *, min_chars: int = 40, max_chars: int = 600,
+                       seen: set[str] | None = None) -> list[dict[str, str]]:
+    """Docstring paragraphs of installed top-level packages (`["numpy", "scipy"]`), found with
+    `importlib.util.find_spec` (located, not imported); their tests and vendored copies
+    (`_vendor`) are skipped. A package that is not installed is a ConfigError naming it."""
+    seen = set() if seen is None else seen
+    out: list[dict[str, str]] = []
+    for name in packages:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"stdlib-text: extra_packages entries are top-level package names, got {name!r}")
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not (spec.submodule_search_locations or spec.origin):
+            raise ConfigError(f"stdlib-text: extra_packages: {name!r} is not installed in this Python")
+        if spec.submodule_search_locations:
+            where = Path(next(iter(spec.submodule_search_locations)))
+            files = _python_files(where, SKIP_PARTS | {"testing", "_vendor"})
+        else:
+            where = Path(spec.origin or "")
+            files = [where] if where.suffix == ".py" else []
+        if not files:
+            raise ConfigError(f"stdlib-text: extra_packages: {name!r} has no Python sources at {where}")
+        out += docstring_paragraphs(where.parent, files, min_chars=min_chars, max_chars=max_chars, seen=seen)
+    return out
 
 
 def pydoc_topics(min_chars: int = 40, max_chars: int = 600) -> list[dict[str, str]]:
@@ -131,11 +178,11 @@ def _records(task: str, classes: int, min_modules: int, min_chars: int, max_char
     return corpus_records(min_chars, max_chars)
 
 
-def _limit(records: list[dict[str, str]], limit: int | None, seed: int) -> list[dict[str, str]]:
+def _limit(records: list[dict[str, str]], limit: int | None, seed: int, field: str = "limit") -> list[dict[str, str]]:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 10):
+        raise ConfigError(f"stdlib-text: {field} must be an integer >= 10 or null, got {limit!r}")
     if limit is None or limit >= len(records):
         return records
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 10:
-        raise ConfigError(f"stdlib-text: limit must be an integer >= 10 or null, got {limit!r}")
     keep = np.sort(np.random.default_rng([seed, 3]).permutation(len(records))[:limit])
     return [records[i] for i in keep]
 
@@ -174,28 +221,47 @@ def load_stdlib_text(
     limit: int | None = None,
     min_chars: int = 40,
     max_chars: int = 600,
+    extra_packages: Sequence[str] | None = None,
+    extra_limit: int | None = None,
 ) -> Splits:
     """The standard library's prose as a text source (see the module docstring).
 
     `tokenizer`: a local Hugging Face folder (default: the MiniLM folder of the `nlp` extra).
     `limit`: keep a seeded sample of this many paragraphs (quick runs). Splits keep whole modules
     together in both tasks.
+    `extra_packages` (task "corpus"): more training text, the docstring paragraphs of these
+    installed packages (`package_paragraphs`; `extra_limit`: a seeded sample of them). They join
+    the training split only: val and test stay the standard library's (the same as without
+    them), and a paragraph whose text is anywhere in the standard-library corpus is dropped, so
+    a vendored copy of a held-out module cannot leak into training.
     """
     recs = _limit(_records(task, classes, min_modules, min_chars, max_chars), limit, seed)
     if labelled_fraction is not None and task != "package":
         raise ConfigError("stdlib-text: labelled_fraction needs labels (task='package')")
+    extra: list[dict[str, str]] = []
+    if extra_packages:
+        if task != "corpus":
+            raise ConfigError("stdlib-text: extra_packages adds unlabelled training text; it needs task='corpus'")
+        if isinstance(extra_packages, str):
+            extra_packages = [extra_packages]
+        seen = {r["text"].lower() for r in _records(task, classes, min_modules, min_chars, max_chars)}
+        extra = _limit(package_paragraphs(list(extra_packages), min_chars=min_chars, max_chars=max_chars, seen=seen),
+                       extra_limit, seed, "extra_limit")
+        recs = recs + extra
     tok = load_tokenizer(default_tokenizer() if tokenizer is None else tokenizer, max_length=max_length)
     labels = [r["label"] for r in recs] if task == "package" else None
     return text_splits(
         [r["text"] for r in recs], tok, labels=labels, groups=[r["module"] for r in recs], name="stdlib-text",
         where="stdlib-text", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        labelled_fraction=labelled_fraction,
-        info={"task": task, "python": sys.version.split()[0], "paragraphs": len(recs),
-              "stdlib": sysconfig.get_paths()["stdlib"]},
+        labelled_fraction=labelled_fraction, train_only=len(extra),
+        info={"task": task, "python": sys.version.split()[0], "paragraphs": len(recs) - len(extra),
+              "stdlib": sysconfig.get_paths()["stdlib"],
+              **({"extra_paragraphs": dict(Counter(r["package"] for r in extra))} if extra else {})},
     )
 
 
 __all__ = [
-    "TASKS", "corpus_records", "load_stdlib_text", "package_task_records", "pydoc_topics", "stdlib_paragraphs",
+    "TASKS", "corpus_records", "docstring_paragraphs", "load_stdlib_text", "package_paragraphs", "package_task_records",
+    "pydoc_topics", "stdlib_paragraphs",
     "write_stdlib_corpus",
 ]

@@ -16,6 +16,7 @@ non-negative integers are kept as they are. Splits are seeded and stratified whe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -377,11 +378,14 @@ def text_splits(
     test_fraction: float = 0.2,
     labelled_fraction: float | None = None,
     info: dict[str, Any] | None = None,
+    train_only: int = 0,
 ) -> Splits:
     """Tokenize `texts` and split them into train / val / test (/ unlabelled) `TextDataset`s.
 
     `labels` / `groups` are filled while `texts` is consumed (a generator reading files) or given
     in full. Splits are stratified by label; with `groups`, whole groups go to one split.
+    `train_only`: the last `train_only` texts are extra training text: they join the training
+    split and take no part in the split (val / test are those of the other texts alone).
     """
     ids, offsets, types = _tokenize(tok, iter(texts))
     n = len(offsets) - 1
@@ -393,10 +397,15 @@ def text_splits(
     y = np.zeros(n, np.int64) if targets is None else targets
     fractions = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                  "labelled_fraction": labelled_fraction}
+    core = n - train_only
+    if not 0 <= train_only < n:
+        raise ConfigError(f"{where}: train_only={train_only} must leave texts to split (there are {n})")
     if groups is None:
-        pos = split_positions(y, name=name, **fractions)
+        pos = split_positions(y[:core], name=name, **fractions)
     else:
-        pos = group_split_positions(y, [str(g) for g in groups], name=name, **fractions)
+        pos = group_split_positions(y[:core], [str(g) for g in groups[:core]], name=name, **fractions)
+    if train_only:
+        pos = dataclasses.replace(pos, train=np.concatenate([pos.train, np.arange(core, n)]))
     lengths = whole.lengths
     max_length = tok.max_length
     return Splits(

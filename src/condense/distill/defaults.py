@@ -3,9 +3,10 @@
 A sentence encoder (an `hf:` model whose output is a pooled embedding, or its hidden states)
 has no class scores, so the logit losses (`soft_kd`, ...) cannot apply: unless the config names
 its losses, it is distilled with the cosine embedding loss alone (Reimers & Gurevych 2020; no
-labels are read), at a transformer's learning rate (1e-4 unless `train.lr` is set: the 3e-3
-that suits a small CNN wrecks a pretrained BERT's weights in a few steps). Classifier teachers
-keep `DistillConfig`'s own defaults.
+labels are read). Every Hugging Face teacher (an encoder or a fine-tuned classifier, whose
+student is a transformer built from its layers) sets a transformer's learning rate (1e-4 unless
+`train.lr` is set: the 1e-3 that suits a small CNN wrecks a pretrained BERT's weights in a few
+steps). Other classifier teachers keep `DistillConfig`'s own defaults.
 """
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from typing import Any
 
 from torch import nn
 
-from condense.models.hf import is_encoder
+from condense.models.hf import HFModel, is_encoder
 
 #: AdamW learning rate for distilling a pretrained transformer (DistilBERT, sentence-transformers)
 TRANSFORMER_LR = 1e-4
 
 
 def teacher_defaults(raw: dict[str, Any], teacher: nn.Module) -> dict[str, Any]:
-    """`raw` (a DistillConfig mapping) with the losses an encoder teacher needs, when unset."""
-    if not is_encoder(teacher):
+    """`raw` (a DistillConfig mapping) with the losses an encoder teacher needs and a
+    transformer's learning rate for any Hugging Face teacher, where unset."""
+    if not isinstance(teacher, HFModel):
         return raw
     out = dict(raw)
-    out.setdefault("losses", [{"name": "embedding", "kind": "cosine"}])
+    if is_encoder(teacher):
+        out.setdefault("losses", [{"name": "embedding", "kind": "cosine"}])
     train = dict(out.get("train") or {})
     train.setdefault("lr", TRANSFORMER_LR)
     out["train"] = train
