@@ -520,3 +520,73 @@ def test_teacher_defaults_give_transformer_lr_and_the_encoder_loss(folders, tiny
     assert "losses" not in got and got["train"] == {"epochs": 2, "lr": TRANSFORMER_LR} and got["alpha"] == 0.5
     assert teacher_defaults({"train": {"lr": 3e-5}}, classifier)["train"]["lr"] == 3e-5  # the user's value stays
     assert teacher_defaults({"alpha": 0.7}, tiny_model) == {"alpha": 0.7}  # a CNN teacher: DistillConfig decides
+
+
+@needs_tf
+def test_student_from_a_fine_tuned_teacher_keeps_its_head_and_blocks(folders, batch) -> None:
+    from condense.models import student_from_teacher
+
+    teacher = build_model(f"hf:{folders['cls']}")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = student_from_teacher(teacher, [1])
+    assert student.build_kwargs["layers"] == [1] and student.config.num_hidden_layers == 1
+    assert teacher.config.num_hidden_layers == 2 and all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    for k, v in student.hf.bert.encoder.layer[0].state_dict().items():  # teacher block 1, copied
+        assert torch.equal(v, teacher.hf.bert.encoder.layer[1].state_dict()[k]), k
+    assert torch.equal(student.hf.classifier.weight, teacher.hf.classifier.weight)  # the task head comes along
+    assert student(**batch).shape == teacher(**batch).shape
+    with pytest.raises(ConfigError, match="needs a Hugging Face"):
+        student_from_teacher(torch.nn.Linear(2, 2), 1)
+
+
+@needs_tf
+def test_recipe_distills_a_student_copied_from_its_fine_tuned_teacher(folders, tmp_path) -> None:
+    """train a BERT classifier -> distill into `model: {name: teacher, kwargs: {layers: 1}}` with
+    soft targets, labels and TinyBERT hidden states through the kept-layer map."""
+    import random
+
+    import condense
+    from condense.recipes import load_recipe, validate_recipe
+
+    rng = random.Random(0)
+    rows = []
+    for i in range(96):
+        label = i % 2
+        words = (["cat", "dog", "mat", "sat"] if label else ["fox", "quick", "brown", "jumps"]) + WORDS[:8]
+        rows.append({"text": " ".join(rng.choice(words) for _ in range(8)), "label": ["b", "a"][label], "doc": f"d{i % 12}"})
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    head = f"""version: 1
+name: nlp-kd
+data: {{name: text, path: "{data}", tokenizer: "{folders['cls']}", label_field: label, group_field: doc}}
+measure: {{batch_sizes: [1], repeats: 3}}
+stages:
+  - name: teacher
+    kind: train
+    model: {{name: "hf:{folders['encoder']}", kwargs: {{task: sequence-classification, num_labels: 2}}}}
+    train: {{epochs: 2, lr: 0.001, batch_size: 16}}
+"""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(head + """  - name: student
+    kind: distill
+    teacher: teacher
+    model: {name: teacher, kwargs: {layers: [1]}}
+    config: {losses: [{name: soft_kd, weight: 0.5, temperature: 2}, {name: ce, weight: 0.5},
+                      {name: hidden_state, layer_map: kept}]}
+    train: {epochs: 1, lr: 0.001, batch_size: 16}
+""")
+    report = condense.run_recipe(recipe, tmp_path / "run", quiet=True)
+    got = {r["stage"]: r for r in report["stages"]}
+    assert got["student"]["params"] < got["teacher"]["params"] and "accuracy" in got["student"]
+    assert condense.load(tmp_path / "run" / "02-student").config.num_hidden_layers == 1
+    assert "train_hidden_state" in (tmp_path / "run" / "02-student" / "metrics.json").read_text()  # the kept map ran
+    bad = tmp_path / "bad.yaml"
+    for stage, pattern in (
+        ("  - {name: s, kind: distill, teacher: teacher, model: {name: teacher, kwargs: {layerz: 1}}}\n",
+         r"bad.yaml:10: model 'teacher' takes exactly one argument, 'layers'.*got \['layerz'\]"),
+        ("  - {name: s, kind: train, from: teacher, model: {name: teacher, kwargs: {layers: 1}}}\n",
+         r"bad.yaml:10: .*needs a distill stage with 'teacher:'; stage 's' is train"),
+    ):
+        bad.write_text(head + stage)
+        with pytest.raises(ConfigError, match=pattern):
+            validate_recipe(load_recipe(bad))

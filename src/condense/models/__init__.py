@@ -17,6 +17,7 @@ from condense.models.hf import (
     load_hf_tokenizer,
     minilm_dir,
     packaged_model_dir,
+    student_from_teacher,
 )
 from condense.models.registry import MODELS, ModelSpec, build_model, model_spec
 from condense.models.signature import InputSignature, set_signature
@@ -38,6 +39,7 @@ __all__ = [
     "record_edit",
     "replay_edits",
     "set_signature",
+    "student_from_teacher",
 ]
 
 

@@ -49,6 +49,12 @@ from condense.models.hf_folder import (
     side_files,
     transformers_module,
 )
+from condense.models.hf_layers import (
+    encoder_layers,
+    keep_layers,
+    resolve_layers,
+    student_from_teacher,
+)
 from condense.models.signature import InputSignature, set_signature
 
 HF_PREFIX = "hf:"
@@ -203,51 +209,6 @@ def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normal
         raise ConfigError(f"hf: num_labels applies to task 'sequence-classification', not {task!r}")
     if (pooling is not None or normalize is not None) and task not in ("auto", "sentence-embedding"):
         raise ConfigError(f"hf: pooling / normalize apply to task 'sentence-embedding', not {task!r}")
-
-
-def encoder_layers(hf: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of a BERT-family model (`<base>.encoder.layer`)."""
-    base = getattr(hf, "base_model", hf)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(f"hf: {type(hf).__name__} has no BERT-style encoder.layer list; keeping a subset of layers "
-                          "supports BERT-family encoders (bert, roberta, xlm-roberta, electra, mpnet, ...)")
-    return layers
-
-
-def resolve_layers(layers: int | Sequence[int], total: int) -> list[int]:
-    """`layers` as sorted indices into `total` blocks: a list as given (checked), or an int `k`
-    meaning k blocks spread evenly from the first to the last (DistilBERT / sentence-transformers
-    initialise a shallow student this way)."""
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        if not 1 <= layers <= total:
-            raise ConfigError(f"hf: layers={layers} must be between 1 and the model's {total} layers")
-        if layers == 1:
-            return [total - 1]
-        return sorted({round(i * (total - 1) / (layers - 1)) for i in range(layers)})
-    idx = list(layers) if isinstance(layers, Sequence) and not isinstance(layers, str) else None
-    if not idx or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
-        raise ConfigError(f"hf: layers must be a count or a list of layer indices, got {layers!r}")
-    if any(i < 0 or i >= total for i in idx):
-        raise ConfigError(f"hf: layers {idx} out of range: the model has layers 0..{total - 1}")
-    if any(b <= a for a, b in zip(idx, idx[1:], strict=False)):
-        raise ConfigError(f"hf: layers {idx} must be strictly increasing")
-    return idx
-
-
-def keep_layers(hf: nn.Module, layers: int | Sequence[int]) -> list[int]:
-    """Keep only the transformer blocks `layers` (their weights copied as they are), and say so
-    in the config, so `from_pretrained` opens the saved folder. Returns the kept indices."""
-    blocks = encoder_layers(hf)
-    idx = resolve_layers(layers, len(blocks))
-    base = getattr(hf, "base_model", hf)
-    base.encoder.layer = nn.ModuleList([blocks[i] for i in idx])
-    for new, block in enumerate(base.encoder.layer):  # attention layer indices (KV caches) follow the position
-        attn = getattr(getattr(block, "attention", None), "self", None)
-        if attn is not None and hasattr(attn, "layer_idx"):
-            attn.layer_idx = new
-    hf.config.num_hidden_layers = len(idx)
-    return idx
 
 
 def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | None = None,
@@ -418,6 +379,10 @@ __all__ = [
     "Pooling",
     "build_hf_model",
     "encode_texts",
+    "encoder_layers",
+    "keep_layers",
+    "resolve_layers",
+    "student_from_teacher",
     "load_hf_tokenizer",
     "minilm_dir",
     "packaged_model_dir",

@@ -121,11 +121,20 @@ def model_kwargs_for(splits: Splits, kwargs: dict[str, Any], name: str | None = 
     return {**base, **kwargs}
 
 
+#: `model: {name: teacher, kwargs: {layers: 3}}` in a distill stage: the student is a copy of
+#: the stage's (Hugging Face) teacher keeping these blocks (`student_from_teacher`)
+FROM_TEACHER = "teacher"
+
+
 def build_stage_model(ctx: StageContext) -> nn.Module:
     spec = ctx.spec.model or {}
     torch.manual_seed(ctx.recipe.seed + 1000 * (ctx.index + 1))
     name = spec["name"]
     kwargs = dict(spec.get("kwargs") or {})
+    if name == FROM_TEACHER:
+        from condense.models.hf_layers import student_from_teacher
+
+        return student_from_teacher(ctx.teachers[0], kwargs["layers"])
     return build_model(name, **model_kwargs_for(ctx.splits, kwargs, name))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.recipes.schema import Recipe, _Lines
-from condense.recipes.stages import PLANNED, RECOVERING, STAGES, _quant_method
+from condense.recipes.stages import FROM_TEACHER, PLANNED, RECOVERING, STAGES, _quant_method
 from condense.train.config import TrainConfig
 
 
@@ -79,6 +79,19 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
     return cfg
 
 
+def _check_from_teacher(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> None:
+    """`model: {name: teacher, kwargs: {layers: ...}}`: a distill stage's student copied from its
+    teacher's blocks; the teacher's type is checked when the stage runs."""
+    where = f"{recipe.path}:{lines.line('stages', i, 'model')}"
+    if spec.kind != "distill" or not spec.teachers:
+        raise ConfigError(f"{where}: model name {FROM_TEACHER!r} (a student copied from its teacher's layers) needs a "
+                          f"distill stage with 'teacher:'; stage {spec.name!r} is {spec.kind}")
+    kwargs = dict(spec.model.get("kwargs") or {})
+    if set(kwargs) != {"layers"}:
+        raise ConfigError(f"{where}: model {FROM_TEACHER!r} takes exactly one argument, 'layers' (a count or a list of "
+                          f"the teacher's block indices), got {sorted(kwargs) or 'none'}")
+
+
 def validate_recipe(recipe: Recipe) -> list[Config]:
     """Check the recipe's data and measure sections and parse every stage's config; return the
     stage configs in order (raises on the first problem)."""
@@ -102,7 +115,9 @@ def validate_recipe(recipe: Recipe) -> list[Config]:
         if model and (not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs") or {}, dict)):
             raise ConfigError(f"{recipe.path}:{lines.line('stages', i, 'model')}: 'model' needs a string 'name' and a "
                               "mapping 'kwargs'")
-        if model:
+        if model.get("name") == FROM_TEACHER:
+            _check_from_teacher(recipe, lines, i, spec)
+        elif model:
             where = ("stages", i, "model", "kwargs") if model.get("kwargs") else ("stages", i, "model", "name")
             _parse_at(lambda raw, n=model["name"]: check_model_args(n, raw), dict(model.get("kwargs") or {}),
                       recipe, where)
