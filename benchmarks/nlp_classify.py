@@ -15,7 +15,11 @@ split BY MODULE (test modules never seen in training). Metrics on the test split
 macro F1. Same epochs, batch, optimizer and learning rate for every student. `--teacher-dir`
 keeps the fine-tuned teacher so later runs (other students, other seeds) reuse it.
 
-    python benchmarks/nlp_classify.py [--epochs 3] [--teacher-dir DIR] [--json ...]
+    python benchmarks/nlp_classify.py [--epochs 3] [--seed 0] [--teacher-dir DIR] [--json ...]
+    python benchmarks/nlp_classify.py --aggregate seed0.json seed1.json ... --json summary.json
+
+`--aggregate` combines runs that differ only in `--seed` (one teacher, reused through
+`--teacher-dir`) into mean and standard deviation per student.
 """
 from __future__ import annotations
 
@@ -35,6 +39,35 @@ from condense.models.hf import minilm_dir
 VARIANTS = ("alone", "kd", "ft_alone", "ft_kd")
 
 
+def aggregate(paths: list[str], out: str) -> None:
+    """Mean / sd of accuracy and macro F1 per row over per-seed result files (one teacher)."""
+    import json
+    import statistics
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("epochs", "lr", "alpha", "temperature", "hidden_weight", "max_length", "layers", "limit")
+    if len({json.dumps({k: r["settings"].get(k) for k in keys}) for r in runs}) != 1:
+        raise SystemExit("--aggregate: the runs differ in more than --seed")
+    rows = {}
+    for name in runs[0]["rows"]:
+        acc = [r["rows"][name]["accuracy"] for r in runs]
+        f1 = [r["rows"][name]["f1_macro"] for r in runs]
+        rows[name] = {"accuracy_mean": statistics.mean(acc), "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                      "f1_macro_mean": statistics.mean(f1), "f1_macro_sd": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+                      "accuracy": acc, "f1_macro": f1, "params": runs[0]["rows"][name]["params"]}
+    teacher = rows["teacher (6 layers)"]["accuracy_mean"]
+    target = {v: {"gap_pt": round(100 * (teacher - rows[v]["accuracy_mean"]), 2),
+                  "met": 100 * (teacher - rows[v]["accuracy_mean"]) <= 1.5} for v in ("kd", "ft_kd") if v in rows}
+    atomic_write_json(out, {"rows": rows, "target": target, "seeds": [r["settings"]["seed"] for r in runs],
+                            "runs": {p: {"times_s": r["times_s"], "wall_s": r["wall_s"], "machine": r["machine"]}
+                                     for p, r in zip(paths, runs, strict=True)},
+                            "settings": runs[0]["settings"], "data": runs[0]["data"], "classes": runs[0]["classes"]})
+    for name, r in rows.items():
+        print(f"{name:20s} acc {100 * r['accuracy_mean']:.2f} +- {100 * r['accuracy_sd']:.2f}  "
+              f"F1 {100 * r['f1_macro_mean']:.2f} +- {100 * r['f1_macro_sd']:.2f}")
+    print(target)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=3)
@@ -50,7 +83,12 @@ def main() -> None:
     ap.add_argument("--teacher-dir", default=None, help="save the fine-tuned teacher here; reuse it when present")
     ap.add_argument("--limit", type=int, default=None, help="a seeded sample of paragraphs (quick checks)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "nlp_classify.json"))
+    ap.add_argument("--aggregate", nargs="+", default=None, metavar="RUN_JSON",
+                    help="combine per-seed result files into --json (no training)")
     args = ap.parse_args()
+    if args.aggregate:
+        aggregate(args.aggregate, args.json)
+        return
     variants = [v for v in args.variants.split(",") if v]
     if bad := [v for v in variants if v not in VARIANTS]:
         ap.error(f"unknown variants {bad}; choose from {VARIANTS}")
