@@ -5,6 +5,7 @@ A kind whose method is not built yet is listed in `PLANNED` and rejected with a 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -366,16 +367,14 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
 
 
-def _parse_distill(raw: dict[str, Any]) -> Config:
-    from condense.distill.config import DistillConfig
+def _config_of(module: str, name: str) -> Callable[[dict[str, Any]], Config]:
+    """A stage's config parser: `module.name.from_dict`, imported when a recipe uses the kind."""
+    return lambda raw: getattr(importlib.import_module(module), name).from_dict(raw)
 
-    return DistillConfig.from_dict(raw)
 
-
-def _parse_prune(raw: dict[str, Any]) -> Config:
-    from condense.prune import PruneConfig
-
-    return PruneConfig.from_dict(raw)  # picks the method's own dataclass
+def _resolved_config_of(module: str) -> Callable[[dict[str, Any]], Config]:
+    """`module.resolve_config(raw)`: the method named in the config picks its own dataclass."""
+    return lambda raw: importlib.import_module(module).resolve_config(raw)[1]
 
 
 def _quant_method(cfg: Config) -> str:
@@ -384,53 +383,17 @@ def _quant_method(cfg: Config) -> str:
     return resolve_config(cfg)[0]
 
 
-def _parse_quantize(raw: dict[str, Any]) -> Config:
-    from condense.quantize import resolve_config
-
-    return resolve_config(raw)[1]  # picks the method's own dataclass
-
-
-def _parse_reduce(raw: dict[str, Any]) -> Config:
-    from condense.reduce import resolve_config
-
-    return resolve_config(raw)[1]
-
-
-def _parse_factorize(raw: dict[str, Any]) -> Config:
-    from condense.lowrank import FactorizeConfig
-
-    return FactorizeConfig.from_dict(raw)
-
-
-def _parse_depth(raw: dict[str, Any]) -> Config:
-    from condense.lowrank import DepthConfig
-
-    return DepthConfig.from_dict(raw)
-
-
-def _parse_tune(raw: dict[str, Any]) -> Config:
-    from condense.tune import TuneConfig
-
-    return TuneConfig.from_dict(raw)
-
-
-def _parse_pretrain(raw: dict[str, Any]) -> Config:
-    from condense.ssl import PretrainConfig
-
-    return PretrainConfig.from_dict(raw)
-
-
 STAGES.register("train", StageKind(TrainStageConfig.from_dict, run_train, trains=True, needs_input=False))
 STAGES.register("finetune", StageKind(TrainStageConfig.from_dict, run_train, trains=True))
-STAGES.register("distill", StageKind(_parse_distill, run_distill, trains=True, needs_input=False))
-STAGES.register("prune", StageKind(_parse_prune, run_prune, trains=True))
-STAGES.register("factorize", StageKind(_parse_factorize, run_factorize, trains=True))
-STAGES.register("reduce-depth", StageKind(_parse_depth, run_reduce_depth, trains=True))
-STAGES.register("quantize", StageKind(_parse_quantize, run_quantize,
+STAGES.register("distill", StageKind(_config_of("condense.distill.config", "DistillConfig"), run_distill, trains=True, needs_input=False))
+STAGES.register("prune", StageKind(_config_of("condense.prune", "PruneConfig"), run_prune, trains=True))
+STAGES.register("factorize", StageKind(_config_of("condense.lowrank", "FactorizeConfig"), run_factorize, trains=True))
+STAGES.register("reduce-depth", StageKind(_config_of("condense.lowrank", "DepthConfig"), run_reduce_depth, trains=True))
+STAGES.register("quantize", StageKind(_resolved_config_of("condense.quantize"), run_quantize,
                                        trains_when=lambda cfg: _quant_method(cfg) == "qat"))
 STAGES.register("export", StageKind(ExportStageConfig.from_dict, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig.from_dict, run_evaluate))
-STAGES.register("tune", StageKind(_parse_tune, run_tune, trains=True))
-STAGES.register("pretrain", StageKind(_parse_pretrain, run_pretrain, trains=True, needs_input=False))
-STAGES.register("reduce-data", StageKind(_parse_reduce, run_reduce, needs_input=False, measured=False))
+STAGES.register("tune", StageKind(_config_of("condense.tune", "TuneConfig"), run_tune, trains=True))
+STAGES.register("pretrain", StageKind(_config_of("condense.ssl", "PretrainConfig"), run_pretrain, trains=True, needs_input=False))
+STAGES.register("reduce-data", StageKind(_resolved_config_of("condense.reduce"), run_reduce, needs_input=False, measured=False))
 
