@@ -7,7 +7,6 @@ standardization of every sample). String labels become ints in sorted order.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
 from condense.data.base import Splits, make_splits
+from condense.data.text_files import json_objects
 
 
 def encode_labels(raw: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
@@ -174,45 +174,33 @@ def load_jsonl(
     labels: list[Any] = []
     keys: list[str] | None = None
     width: int | None = None
-    try:
-        with p.open(encoding="utf-8-sig") as f:
-            for line_no, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputFileError(f"{p}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(obj, dict):
-                    raise InputFileError(f"{p}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-                if label_column not in obj:
-                    raise InputFileError(
-                        f"{p}:{line_no}: no label key {label_column!r}"
-                        f"{did_you_mean(label_column, list(obj))}; keys: {', '.join(obj)} "
-                        "(choose one with label_column=...)"
-                    )
-                label = obj[label_column]
-                if not isinstance(label, (str, int)) or isinstance(label, bool):
-                    raise InputFileError(f"{p}:{line_no}: label must be a string or an integer, got {label!r}")
-                if "features" in obj and label_column != "features":
-                    feats = obj["features"]
-                    if not isinstance(feats, list):
-                        raise InputFileError(f"{p}:{line_no}: 'features' must be a list of numbers")
-                    width = len(feats) if width is None else width
-                    if len(feats) != width:
-                        raise InputFileError(f"{p}:{line_no}: expected {width} features, got {len(feats)}")
-                    rows.append([_number(v, p, line_no, f"features[{i}]") for i, v in enumerate(feats)])
-                else:
-                    these = [k for k in obj if k != label_column]
-                    keys = these if keys is None else keys
-                    if set(these) != set(keys):
-                        raise InputFileError(
-                            f"{p}:{line_no}: keys {sorted(these)} differ from the first record's {sorted(keys)}"
-                        )
-                    rows.append([_number(obj[k], p, line_no, k) for k in keys])
-                labels.append(label)
-    except UnicodeDecodeError as e:
-        raise InputFileError(f"{p}: not UTF-8 text ({e})") from None
+    for line_no, obj in json_objects(p):
+        if label_column not in obj:
+            raise InputFileError(
+                f"{p}:{line_no}: no label key {label_column!r}"
+                f"{did_you_mean(label_column, list(obj))}; keys: {', '.join(obj)} "
+                "(choose one with label_column=...)"
+            )
+        label = obj[label_column]
+        if not isinstance(label, (str, int)) or isinstance(label, bool):
+            raise InputFileError(f"{p}:{line_no}: label must be a string or an integer, got {label!r}")
+        if "features" in obj and label_column != "features":
+            feats = obj["features"]
+            if not isinstance(feats, list):
+                raise InputFileError(f"{p}:{line_no}: 'features' must be a list of numbers")
+            width = len(feats) if width is None else width
+            if len(feats) != width:
+                raise InputFileError(f"{p}:{line_no}: expected {width} features, got {len(feats)}")
+            rows.append([_number(v, p, line_no, f"features[{i}]") for i, v in enumerate(feats)])
+        else:
+            these = [k for k in obj if k != label_column]
+            keys = these if keys is None else keys
+            if set(these) != set(keys):
+                raise InputFileError(
+                    f"{p}:{line_no}: keys {sorted(these)} differ from the first record's {sorted(keys)}"
+                )
+            rows.append([_number(obj[k], p, line_no, k) for k in keys])
+        labels.append(label)
     if keys is not None and width is not None:
         raise InputFileError(f"{p}: mixes records with a 'features' list and records with named keys")
     names = keys if keys is not None else [f"f{i}" for i in range(width or 0)]

@@ -34,8 +34,9 @@ def read_txt(path: Path) -> Iterator[tuple[str, Any, Any]]:
             yield line.strip(), None, None
 
 
-def read_jsonl(path: Path, text_field: str, label_field: str | None,
-                group_field: str | None = None) -> Iterator[tuple[str, Any, Any]]:
+def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-empty line of a JSON-lines file; a line that is not a
+    JSON object is an InputFileError naming the file and line."""
     for n, line in _lines(path):
         if not line.strip():
             continue
@@ -45,6 +46,12 @@ def read_jsonl(path: Path, text_field: str, label_field: str | None,
             raise InputFileError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
             raise InputFileError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
+
+
+def read_jsonl(path: Path, text_field: str, label_field: str | None,
+               group_field: str | None = None) -> Iterator[tuple[str, Any, Any]]:
+    for n, obj in json_objects(path):
         for key in (text_field, label_field, group_field):
             if key is not None and key not in obj:
                 raise InputFileError(f"{path}:{n}: no field {key!r}{did_you_mean(key, list(obj))}; "
@@ -108,4 +115,4 @@ def format_of(path: Path, format: str) -> str:
     return found
 
 
-__all__ = ["FORMATS", "SUFFIX_FORMATS", "format_of", "read_csv", "read_jsonl", "read_txt"]
+__all__ = ["FORMATS", "SUFFIX_FORMATS", "format_of", "json_objects", "read_csv", "read_jsonl", "read_txt"]
