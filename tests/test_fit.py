@@ -123,6 +123,19 @@ def test_lr_schedule_warmup_cosine_step():
     assert [lr_factor(s, 100, 10, step) for s in (0, 19, 20, 45)] == [1.0, 1.0, 0.5, 0.25]
 
 
+def test_progress_takes_booleans(digits_splits, tiny_model, capsys):
+    import yaml
+
+    assert TrainConfig(progress=False).progress == "off" and TrainConfig(progress=True).progress == "auto"
+    assert TrainConfig.from_dict(yaml.safe_load("progress: off")).progress == "off"  # YAML reads `off` as false
+    assert TrainConfig.from_dict(TrainConfig(progress=False).to_dict()).progress == "off"
+    assert [TrainConfig(progress=p).progress for p in ("auto", "bar", "log", "off")] == ["auto", "bar", "log", "off"]
+    with pytest.raises(ConfigError, match="TrainConfig.progress: expected bool \\| 'auto'.*got 'of'"):
+        TrainConfig(progress="of")
+    fit(SupervisedTask(tiny_model), digits_splits.train, _cfg(max_steps=2, progress=False), None)
+    assert capsys.readouterr().err == ""  # off: no bar, no epoch lines
+
+
 def test_bad_inputs(digits_splits, tiny_model):
     with pytest.raises(ConfigError, match="needs labelled data"):
         fit(SupervisedTask(tiny_model), digits_splits.train.without_labels(), _cfg(epochs=1), None)

@@ -158,4 +158,11 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
 
 
 def _name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):  # typing.Union's own name is just "Union"
+        return " | ".join("None" if a is type(None) else _name(a) for a in get_args(hint))
+    if origin is Literal:
+        return " | ".join(map(repr, get_args(hint)))
+    if origin is not None:  # list[int], dict[str, float]: the alias says more than its origin's name
+        return str(hint).replace("typing.", "")
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -53,10 +53,14 @@ class TrainConfig(Config):
     select_best: Literal["val_accuracy", "val_loss", "last"] = "val_accuracy"
     checkpoint_dir: str | None = None
     log_file: str | None = None  # JSONL metrics log; default <checkpoint_dir>/metrics.jsonl
-    progress: Literal["auto", "bar", "log", "off"] = "auto"
+    # "auto": a bar on a terminal, log lines otherwise; True / False (as users and YAML's
+    # `progress: off` write it) mean "auto" / "off" and are stored as those names.
+    progress: bool | Literal["auto", "bar", "log", "off"] = "auto"
     max_nonfinite_steps: int = 5  # consecutive non-finite losses before stopping with an error
 
     def validate(self) -> None:
+        if isinstance(self.progress, bool):
+            self.progress = "auto" if self.progress else "off"
         if self.epochs < 1:
             raise ConfigError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
