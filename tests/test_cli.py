@@ -45,6 +45,16 @@ def test_train_eval_profile_export_distill(capsys, trained, tmp_path):
     assert code == 0 and json.loads(out)["test_accuracy"] > 0.3
 
 
+def test_eval_without_a_recorded_dataset_needs_data(capsys, trained, tmp_path):
+    from condense.artifacts import load, save
+
+    bare = save(load(trained), tmp_path / "bare")  # saved from Python: no dataset in its metadata
+    code, out, err = run(capsys, "eval", str(bare))
+    assert code == 2 and out == "" and "--data" in err and "records no dataset" in err
+    code, out, _ = run(capsys, "eval", str(bare), "--data", "digits", "--json")
+    assert code == 0 and json.loads(out)["n"] > 0
+
+
 def test_unknown_model_is_exit_2(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--model", "resnett", "--epochs", "1", "--out", str(tmp_path / "x"))
     assert code == 2 and "did you mean: resnet" in err and len(err.strip().splitlines()) == 1

@@ -59,9 +59,13 @@ DATA_SHORTHAND = {"text": "path", "csv": "path", "jsonl": "path", "imagefolder":
                   "mnist": "root"}
 
 
-def data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None, tokenizer: str | None = None):
-    """(splits, name, kwargs) from --data / --data-arg, else the artifact's own data. `text` data
-    without a tokenizer= option uses `tokenizer` (the folder of the hf: model being compressed)."""
+def data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None, tokenizer: str | None = None,
+              *, required: bool = False):
+    """(splits, name, kwargs) from --data / --data-arg, else the artifact's own data, else digits.
+    `text` data without a tokenizer= option uses `tokenizer` (the folder of the hf: model being
+    compressed). `required`: no digits fallback (a ConfigError naming --data instead), for
+    commands whose numbers are only meaningful on the model's own data (eval)."""
+    from condense.core.errors import ConfigError
     from condense.data import load_dataset
 
     name = args.data
@@ -72,6 +76,10 @@ def data_from(args: argparse.Namespace, meta: dict[str, Any] | None = None, toke
     if name is None and meta and meta.get("data"):
         name = meta["data"]["name"]
         kwargs = {**meta["data"].get("kwargs", {}), **kwargs}
+    if name is None and required:
+        where = "this model's metadata records no dataset" if meta else "this model carries no record of its dataset"
+        raise ConfigError(f"{args.model}: {where}; name the data to use with --data NAME [--data-arg K=V] "
+                          "(see `condense datasets`)")
     if name in ("text", "stdlib-text") and "tokenizer" not in kwargs and tokenizer is not None:
         kwargs["tokenizer"] = tokenizer
     return load_dataset(name or "digits", **kwargs), name or "digits", kwargs

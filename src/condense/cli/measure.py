@@ -37,7 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     target: Any = args.model
     if not str(args.model).endswith(".onnx"):
         target, meta = load_model_arg(args.model, args.trust_pickle)
-    splits, _, _ = data_from(args, meta)
+    splits, _, _ = data_from(args, meta, required=True)
     data = getattr(splits, args.split)
     metrics = evaluate(target, data, threads=args.threads)
     text = (f"{args.split}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  "
