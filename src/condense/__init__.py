@@ -12,31 +12,92 @@ The public API is a handful of verbs and their configs::
     condense.evaluate(student, splits.test); condense.profile(student, condense.example_inputs(splits.test))
     condense.save(student, "runs/student"); condense.load("runs/student")
 
-The verbs are imported here, eagerly: several share their name with the subpackage that holds
-them (`condense.distill`, `prune`, `quantize`, `tune`), and importing them here makes the name
-on `condense` the verb, whatever is imported later.
+The verbs are imported on first use (`condense.prune` imports the pruning package then), so that
+`import condense.cli` and `condense --help` do not pay for torch. Several verbs share their name
+with the subpackage that holds them (`condense.distill`, `evaluate`, `prune`, `quantize`, `tune`);
+the name on `condense` is always the verb, whatever is imported later (importing a subpackage
+does not rebind it).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from condense.artifacts import load, save  # noqa: E402
-from condense.core.errors import CondenseError, ConfigError, InputFileError, RunError  # noqa: E402
-from condense.data import AugmentConfig, load_dataset  # noqa: E402
-from condense.data.loader import example_inputs  # noqa: E402
-from condense.distill import DistillConfig, distill  # noqa: E402
-from condense.distill.datafree import DataFreeConfig, datafree_distill  # noqa: E402
-from condense.evaluate import evaluate, profile  # noqa: E402
-from condense.export import export_onnx  # noqa: E402
-from condense.models import ModelSpec, build_model  # noqa: E402
-from condense.models.signature import InputSignature, set_signature  # noqa: E402
-from condense.prune import PruneConfig, prune  # noqa: E402
-from condense.quantize import QuantizeConfig, quantize  # noqa: E402
-from condense.recipes import resume_run, run_recipe  # noqa: E402
-from condense.reduce import CoresetConfig, PCAConfig, SelectConfig, reduce_data  # noqa: E402
-from condense.ssl import PretrainConfig, pretrain, ssl_distill  # noqa: E402
-from condense.train import Callback, SupervisedTask, TrainConfig, fit, train_model  # noqa: E402
-from condense.tune import TuneConfig, tune  # noqa: E402
+#: public name -> the module that defines it (imported when the name is first read)
+_EXPORTS = {
+    "load": "condense.artifacts", "save": "condense.artifacts",
+    "CondenseError": "condense.core.errors", "ConfigError": "condense.core.errors",
+    "InputFileError": "condense.core.errors", "RunError": "condense.core.errors",
+    "AugmentConfig": "condense.data", "load_dataset": "condense.data",
+    "example_inputs": "condense.data.loader",
+    "DistillConfig": "condense.distill", "distill": "condense.distill",
+    "DataFreeConfig": "condense.distill.datafree", "datafree_distill": "condense.distill.datafree",
+    "evaluate": "condense.evaluate", "profile": "condense.evaluate",
+    "export_onnx": "condense.export",
+    "ModelSpec": "condense.models", "build_model": "condense.models",
+    "InputSignature": "condense.models.signature", "set_signature": "condense.models.signature",
+    "PruneConfig": "condense.prune", "prune": "condense.prune",
+    "QuantizeConfig": "condense.quantize", "quantize": "condense.quantize",
+    "resume_run": "condense.recipes", "run_recipe": "condense.recipes",
+    "CoresetConfig": "condense.reduce", "PCAConfig": "condense.reduce", "SelectConfig": "condense.reduce",
+    "reduce_data": "condense.reduce",
+    "PretrainConfig": "condense.ssl", "pretrain": "condense.ssl", "ssl_distill": "condense.ssl",
+    "Callback": "condense.train", "SupervisedTask": "condense.train", "TrainConfig": "condense.train",
+    "fit": "condense.train", "train_model": "condense.train",
+    "TuneConfig": "condense.tune", "tune": "condense.tune",
+}
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time the names load on first use
+    from condense.artifacts import load, save
+    from condense.core.errors import CondenseError, ConfigError, InputFileError, RunError
+    from condense.data import AugmentConfig, load_dataset
+    from condense.data.loader import example_inputs
+    from condense.distill import DistillConfig, distill
+    from condense.distill.datafree import DataFreeConfig, datafree_distill
+    from condense.evaluate import evaluate, profile
+    from condense.export import export_onnx
+    from condense.models import ModelSpec, build_model
+    from condense.models.signature import InputSignature, set_signature
+    from condense.prune import PruneConfig, prune
+    from condense.quantize import QuantizeConfig, quantize
+    from condense.recipes import resume_run, run_recipe
+    from condense.reduce import CoresetConfig, PCAConfig, SelectConfig, reduce_data
+    from condense.ssl import PretrainConfig, pretrain, ssl_distill
+    from condense.train import Callback, SupervisedTask, TrainConfig, fit, train_model
+    from condense.tune import TuneConfig, tune
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:  # a subpackage read as an attribute (`condense.models` after `import condense`)
+        if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module 'condense' has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later reads find it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """`condense` itself: importing a subpackage whose name is a verb (`condense.prune`) binds the
+    subpackage on its parent; that binding is skipped, so `condense.prune` stays the verb."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AugmentConfig", "Callback", "CondenseError", "ConfigError", "CoresetConfig", "DataFreeConfig",

@@ -16,8 +16,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from condense.data.loader import example_inputs
-
 #: command-line option -> the config field it sets (only passed when given).
 _PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to",
                   "heads": "heads", "ffn": "ffn"}
@@ -78,6 +76,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     )
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
+    from condense.data.loader import example_inputs
     from condense.prune.recover import RecoverConfig, prune_and_recover
 
     pcfg = _prune_config(args)
@@ -152,6 +151,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
     from condense.core.io import atomic_write_json
+    from condense.data.loader import example_inputs
     from condense.evaluate import evaluate
     from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
 

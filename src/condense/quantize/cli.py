@@ -37,8 +37,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from condense.data.loader import example_inputs, heldout_inputs
-
 METHODS = ("static", "dynamic", "weight_only", "qat", "transformer")
 ONNX_NAMES = {"static": "model.int8.onnx", "qat": "model.int8.onnx", "dynamic": "model.dynamic.onnx",
               "weight_only": "model.weight_only.onnx", "transformer": "model.int8.onnx"}
@@ -100,6 +98,7 @@ def _check_bits(value: int | None, flag: str) -> None:
 def _calibration(args: argparse.Namespace, splits: Any, default: int) -> Any:
     """The calibration inputs (N samples of the chosen split); empty -> ConfigError."""
     from condense.core.errors import ConfigError
+    from condense.data.loader import heldout_inputs
 
     n = default if args.calibration_samples is None else args.calibration_samples
     if n < 1:
@@ -164,6 +163,7 @@ def _qat_train(args: argparse.Namespace, model: Any, cfg: Any, splits: Any) -> t
     """`qat_fit`: prepare -> fit (distilling the float model unless --no-distill) -> convert."""
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
+    from condense.data.loader import example_inputs
     from condense.quantize.qat_fit import qat_fit
     from condense.train import TrainConfig
 
@@ -194,6 +194,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.artifacts import artifact_bytes, save
     from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
     from condense.core.errors import ConfigError
+    from condense.data.loader import example_inputs, heldout_inputs
     from condense.evaluate import evaluate
     from condense.export.onnx import export_onnx, onnx_file_bytes
     from condense.quantize import export_int8_onnx, quant_wrappers, quantize
