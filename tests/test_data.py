@@ -58,6 +58,49 @@ def test_digits_labelled_fraction_gives_unlabelled_split():
     assert "target" not in s.unlabelled.batch(torch.arange(3))
 
 
+def _torch_tools_accept(ds) -> None:
+    """Indexing, DataLoader (default collate) and Subset work on a split as on any torch Dataset."""
+    from torch.utils.data import DataLoader, Dataset, Subset
+
+    assert isinstance(ds, Dataset)
+    x, y = ds[0]
+    assert torch.equal(x, ds.inputs[0]) and y.dtype == torch.int64 and int(y) == int(ds.targets[0])
+    assert torch.equal(ds[-1][0], ds.inputs[-1]) and int(ds[np.int64(2)][1]) == int(ds.targets[2])
+    xb, yb = next(iter(DataLoader(ds, batch_size=5)))
+    assert torch.equal(xb, ds.inputs[:5]) and torch.equal(yb, ds.targets[:5])
+    assert [len(b[1]) for b in DataLoader(ds)][:2] == [1, 1]  # DataLoader's defaults too
+    sub = Subset(ds, [4, 1])
+    assert len(sub) == 2 and torch.equal(sub[1][0], ds.inputs[1])
+    xs, ys = next(iter(DataLoader(sub, batch_size=2)))
+    assert torch.equal(ys, ds.targets[[4, 1]])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    unl = ds.without_labels()
+    assert torch.equal(unl[3], ds.inputs[3])  # unlabelled: the input alone
+    assert torch.equal(next(iter(DataLoader(unl, batch_size=3))), ds.inputs[:3])
+
+
+def test_splits_are_torch_datasets(tmp_path):
+    splits = load_dataset("digits")
+    for split in (splits.train, splits.val, splits.test):
+        _torch_tools_accept(split)
+    p = tmp_path / "d.csv"
+    p.write_text(_csv_text())
+    _torch_tools_accept(load_dataset("csv", path=p).train)
+
+
+def test_condense_verbs_read_a_torch_subset_of_a_split(tiny_model):
+    from torch.utils.data import Subset
+
+    from condense.evaluate import evaluate
+
+    splits = load_dataset("digits")
+    idx = list(range(0, 300, 3))
+    direct = evaluate(tiny_model, splits.test.subset(idx))
+    wrapped = evaluate(tiny_model, Subset(splits.test, idx))
+    assert wrapped["n"] == direct["n"] == len(idx) and wrapped["accuracy"] == direct["accuracy"]
+
+
 def test_digits_upscale_and_channels():
     s = load_dataset("digits", image_size=28, channels=3, val_fraction=0.1)
     assert s.input_shape == (3, 28, 28)

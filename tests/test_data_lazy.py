@@ -46,16 +46,24 @@ def test_lazy_items_and_batches(tmp_path):
     assert isinstance(s.train, ImageFolderDataset) and s.info["lazy"] is True
     assert s.input_shape == (3, 16, 16) and s.num_classes == 3 and s.class_names == ["cat", "dog", "eel"]
     assert len(s.train) + len(s.val) + len(s.test) == 24
-    item = s.train[0]
-    assert item["input"].shape == (3, 16, 16) and item["input"].dtype == torch.float32
-    assert item["target"].dtype == torch.int64 and s.train.labelled
+    x, y = s.train[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and y.dim() == 0 and s.train.labelled
     batches = list(as_source(s.train).batches(4))
     assert [len(b["index"]) for b in batches] == [4] * (len(s.train) // 4) + [len(s.train) % 4] * (len(s.train) % 4 > 0)
     assert torch.equal(torch.cat([b["index"] for b in batches]), torch.from_numpy(s.train.sample_ids))
     assert batches[0]["input"].shape == (4, 3, 16, 16) and batches[0]["target"].dtype == torch.int64
     assert set(s.info["normalize"]) == {"mean", "std", "sample"} and s.info["normalize"]["sample"] == len(s.train)
+    from torch.utils.data import DataLoader, Subset  # a split is an ordinary torch Dataset
+
+    xb, yb = next(iter(DataLoader(s.train, batch_size=4)))
+    assert torch.equal(xb, batches[0]["input"]) and torch.equal(yb, batches[0]["target"])
+    sub = Subset(s.train, [2, 0])
+    assert torch.equal(sub[1][0], x) and torch.equal(next(iter(DataLoader(sub, batch_size=2)))[1], torch.stack([s.train[2][1], y]))
+    eager = load_dataset("imagefolder", root=tmp_path / "imgs", image_size=16, lazy=False)
+    assert type(eager.train[0]) is type(s.train[0]) is tuple  # lazy or not, an item is (image, label)
     gray = load_dataset("imagefolder", root=tmp_path / "imgs", image_size=(8, 12), mode="L", lazy=True)
-    assert gray.input_shape == (1, 8, 12) and gray.train[0]["input"].shape == (1, 8, 12)
+    assert gray.input_shape == (1, 8, 12) and gray.train[0][0].shape == (1, 8, 12)
 
 
 @pytest.mark.parametrize("labelled_fraction", [None, 0.5])
@@ -147,7 +155,7 @@ def test_dataset_pickles_for_spawned_workers(tmp_path):
     _write_folder(tmp_path / "imgs", per_class=2)
     s = load_dataset("imagefolder", root=tmp_path / "imgs", lazy=True, val_fraction=0.0)
     back = pickle.loads(pickle.dumps(s.train))
-    assert torch.equal(back[0]["input"], s.train[0]["input"]) and back.fingerprint() == s.train.fingerprint()
+    assert torch.equal(back[0][0], s.train[0][0]) and back.fingerprint() == s.train.fingerprint()
 
 
 def test_verify_modes_skip_bad_files_up_front(tmp_path):
@@ -221,7 +229,7 @@ def test_stats_come_from_a_bounded_seeded_sample(tmp_path):
     a = load_dataset("imagefolder", root=tmp_path / "imgs", lazy=True, stats_sample=5)
     b = load_dataset("imagefolder", root=tmp_path / "imgs", lazy=True, stats_sample=5)
     assert a.info["normalize"] == b.info["normalize"] and a.info["normalize"]["sample"] == 5
-    assert torch.equal(a.train[0]["input"], b.train[0]["input"])
+    assert torch.equal(a.train[0][0], b.train[0][0])
 
 
 def test_train_model_one_epoch_on_a_lazy_folder(tmp_path):

@@ -81,6 +81,16 @@ def test_jsonl_labels_per_batch_padding_and_stratified_split(tok_dir, tmp_path):
         assert b["target"].dtype == torch.int64 and (b["token_type_ids"] == 0).all()
     item = s.train[0]
     assert item["input_ids"].dtype == np.int32 and item["target"] in (0, 1)
+    from torch.utils.data import DataLoader, Subset  # a split is an ordinary torch Dataset
+
+    b = next(iter(DataLoader(s.train, batch_size=4, collate_fn=s.train.collate)))
+    _check_padded(b)
+    assert b["target"].tolist() == s.train.targets[:4].tolist()
+    sub = Subset(s.train, [3, 0])
+    assert np.array_equal(sub[1]["input_ids"], item["input_ids"])
+    one = next(iter(DataLoader(sub)))  # torch's default collate, batch 1
+    assert torch.equal(one["input_ids"][0], torch.from_numpy(s.train[3]["input_ids"]))
+    assert "target" not in s.train.without_labels()[0]  # unlabelled: the same dict without target
 
 
 def test_csv_numeric_labels_kept_and_tsv(tok_dir, tmp_path):

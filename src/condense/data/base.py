@@ -14,13 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from condense.core.errors import ConfigError
 
 
 @dataclasses.dataclass
-class ArrayDataset:
-    """Samples held as tensors. `targets` is None for unlabelled data."""
+class ArrayDataset(Dataset):
+    """Samples held as tensors. `targets` is None for unlabelled data.
+
+    A map-style `torch.utils.data.Dataset`: `ds[i]` is `(input, label)` (a float tensor and an
+    int64 scalar tensor) for labelled data and the input tensor alone for unlabelled data, so
+    `DataLoader(ds, batch_size=64)` yields `[inputs, labels]` (or inputs) and `Subset(ds, idx)`
+    works. `ds[a:b]` / `ds[index_tensor]` give the same, batched. condense's own loaders read the
+    tensors directly (`batch`, in memory, with each sample's stable id from `indices`).
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor | None
@@ -41,6 +49,11 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def __getitem__(self, i: Any) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        if isinstance(i, np.integer):
+            i = int(i)
+        return self.inputs[i] if self.targets is None else (self.inputs[i], self.targets[i])
 
     @property
     def labelled(self) -> bool:

@@ -63,7 +63,8 @@ def check_header(path: str) -> str | None:
 
 
 class ImageFolderDataset(Dataset):
-    """Images read from disk one per item: `{"input": float (C, H, W), "target": int64}`.
+    """Images read from disk one per item: `(image, label)`, a float (C, H, W) tensor and an int64
+    scalar tensor (the image alone when unlabelled), like an eager split's `ArrayDataset`.
 
     Holds the root, the file names (one bytes array) and labels only. Each item is decoded with
     Pillow, converted to `mode`, resized (bilinear) to `size` = (H, W), scaled to [0, 1] and
@@ -118,7 +119,7 @@ class ImageFolderDataset(Dataset):
     def path(self, i: int) -> str:
         return os.path.join(self.root, os.fsdecode(self.names[i]))
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         path = self.path(i)
         with strict_truncation():
             arr = read_image(path, self.size, self.mode)
@@ -128,10 +129,10 @@ class ImageFolderDataset(Dataset):
                 "with verify='full' to skip unreadable images up front"
             )
         x = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32) / 255.0))  # as the eager mode
-        item = {"input": (x - self._mean_t) / self._std_t}
-        if self.targets is not None:
-            item["target"] = torch.tensor(int(self.targets[i]), dtype=torch.int64)
-        return item
+        x = (x - self._mean_t) / self._std_t
+        if self.targets is None:
+            return x
+        return x, torch.tensor(int(self.targets[i]), dtype=torch.int64)
 
     def subset(self, positions: Any) -> ImageFolderDataset:
         pos = np.asarray(positions, dtype=np.int64)

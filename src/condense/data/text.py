@@ -38,6 +38,13 @@ class TextDataset(Dataset):
     """Tokenized samples: item i is `{"input_ids", ["token_type_ids"], ["target"]}` (NumPy), and
     `collate(items)` pads a batch to its longest sample, adding `attention_mask` (all int64).
 
+    A map-style `torch.utils.data.Dataset` whose items are dicts, as a Hugging Face tokenizer gives
+    one text: `input_ids` (1-D int32 array, unpadded), `token_type_ids` when the tokenizer makes
+    them, and `target` (an int class index) only when the data is labelled; an unlabelled split has
+    no `target`. Texts differ in length, so batch with the dataset's own padding:
+    `DataLoader(ds, batch_size=32, collate_fn=ds.collate)` (also for `Subset(ds, idx)`); torch's
+    default collate only stacks equal lengths (batch_size=1).
+
     Token ids live in one flat int32 array with per-sample offsets, so the dataset pickles and
     forks cheaply to DataLoader workers whatever the number of samples.
     """
