@@ -46,6 +46,58 @@ def _cnn(**kw):
 # ---------------------------------------------------------------- configs
 
 
+def _bn_inputs(model, x):
+    """What each BatchNorm layer receives when `model` runs on `x` (eval mode)."""
+    seen, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, inp[0])))
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_prune_with_data_recalibrates_batchnorm(digits_splits):
+    import warnings
+
+    model = _cnn()
+    x = digits_splits.train.inputs
+    for m in model.modules():  # exact running statistics of the dense model on the data
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stale statistics" warning when data is given
+        prune(model, {"method": "channel", "ratio": 0.5}, data=digits_splits.train)
+    # every BatchNorm now describes what the *pruned* network feeds it (8 batches of 64 drawn from
+    # the training split: close to the whole split's statistics), not the dense network's
+    for name, inp in _bn_inputs(model, x).items():
+        bn = model.get_submodule(name)
+        mean, var = inp.mean(dim=(0, 2, 3)), inp.var(dim=(0, 2, 3))
+        scale = var.sqrt().mean()
+        assert (bn.running_mean - mean).abs().max() < 0.15 * scale, name
+        assert ((bn.running_var - var).abs() / var).max() < 0.3, name
+
+
+def test_prune_without_data_warns_that_batchnorm_is_stale(digits_splits, tiny_model):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"BatchNorm running statistics are stale.*prune\(\.\.\., data="):
+        prune(_cnn(), {"method": "channel", "ratio": 0.5})
+    with pytest.warns(UserWarning, match="BatchNorm running statistics are stale"):
+        prune(_cnn(), {"method": "magnitude", "ratio": 0.5})  # masks change the activations too
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(_cnn(), {"method": "channel", "ratio": 0.5}, recalibrate=False)  # the caller recalibrates itself
+        prune(tiny_model, {"method": "magnitude", "ratio": 0.5})  # no BatchNorm: nothing goes stale
+
+
 def test_config_dispatch_and_round_trip():
     cfg = PruneConfig.from_dict({"method": "channel", "ratio": 0.25, "round_to": 8, "importance": "l2"})
     assert isinstance(cfg, ChannelConfig) and cfg.round_to == 8

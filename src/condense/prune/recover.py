@@ -135,7 +135,7 @@ def macs_ratio_to_channel_ratio(
 
         def cost(r: float) -> float:
             trial = copy.deepcopy(model)
-            prune(trial, cfg.replace(ratio=r), inputs, targets, ignore, data)
+            prune(trial, cfg.replace(ratio=r), inputs, targets, ignore, data, recalibrate=False)
             return count_macs(trial, inputs)
 
     if cost(hi) > goal:
@@ -243,7 +243,7 @@ def prune_and_recover(
 
     from condense.prune import prune
 
-    prune(model, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg))
+    prune(model, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg), recalibrate=False)  # BN: below
     info["pruned"] = _numbers(model, inputs)
     info["macs_fraction"] = info["pruned"]["macs"] / max(info["dense"]["macs"], 1)
     info["params_fraction"] = info["pruned"]["params"] / max(info["dense"]["params"], 1)

@@ -132,13 +132,23 @@ def val_accuracy(model: nn.Module, data: Any | None) -> float | None:
 def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
     """Re-estimate every BatchNorm's running mean / variance on `batches` shuffled training batches.
 
-    Only the statistics change (cumulative average, no gradients, other layers in eval mode so
-    dropout is off); returns the number of samples seen (0 when the model has no BatchNorm).
+    `data`: anything `condense.data.loader.as_source` takes, or a list of batch dicts used in
+    order as they are. Only the statistics change (cumulative average, no gradients, other layers
+    in eval mode so dropout is off); returns the number of samples seen (0 when the model has no
+    BatchNorm).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    source = as_source(data)
-    if not norms or batches < 1 or len(source) == 0:
+    if not norms or batches < 1:
         return 0
+    if isinstance(data, list | tuple) and all(isinstance(b, dict) for b in data):
+        if not data:
+            return 0
+        stream: Any = data
+    else:
+        source = as_source(data)
+        if len(source) == 0:
+            return 0
+        stream = source.batches(batch_size, shuffle=True, seed=seed)
     was = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in norms]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -150,7 +160,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int = 8, batch_s
             m.momentum = None  # cumulative moving average over the batches below
             m.train()
         with torch.no_grad():
-            for batch in islice(source.batches(batch_size, shuffle=True, seed=seed), batches):
+            for batch in islice(stream, batches):
                 call_model(model, batch_to(model_inputs(model, batch), device))
                 seen += batch_size_of(model_inputs(model, batch))
     finally:
