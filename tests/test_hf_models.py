@@ -590,3 +590,18 @@ stages:
         bad.write_text(head + stage)
         with pytest.raises(ConfigError, match=pattern):
             validate_recipe(load_recipe(bad))
+
+
+@needs_tf
+def test_building_and_listing_models_print_nothing(folders) -> None:
+    """transformers' model classes import torchao when it is installed, which logged `.so` load
+    failures and a torch pytree deprecation on every run; condense drops exactly those records."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    code = f"import condense; condense.build_model({'hf:' + str(folders['encoder'])!r}); print('built')"
+    built = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert built.returncode == 0 and built.stdout.strip() == "built" and built.stderr == ""
+    listed = subprocess.run([sys.executable, "-m", "condense", "models"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert listed.returncode == 0 and "cnn" in listed.stdout and listed.stderr == ""

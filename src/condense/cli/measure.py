@@ -74,7 +74,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from condense.core.errors import ConfigError
+    from condense.core.noise import quiet_known_noise
     from condense.data.loader import example_inputs
+
+    quiet_known_noise()  # the ExecuTorch / LiteRT exporters import torchao (harmless .so / pytree notes)
     from condense.export import FORMATS, export
     from condense.export.formats import check_format
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import read_json
+from condense.core.noise import quiet_known_noise
 
 CONFIG_NAME = "config.json"
 TASKS = ("auto", "sentence-embedding", "sequence-classification", "encoder")
@@ -37,6 +38,7 @@ def transformers_module() -> ModuleType:
     """`import transformers`, offline; a one-line ConfigError when the extra is not installed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    quiet_known_noise()  # its model classes import torchao, which logs harmless .so / pytree notes
     try:
         import transformers
     except ImportError:
