@@ -10,18 +10,25 @@ ExecuTorch and LiteRT exporters) logs two kinds of records that say nothing abou
   torch.compile ... register_constant() on Enum subclasses is deprecated", for torchao's own enums
   (torchao registers them at import; nothing for a user to change).
 
+Exporting through torch.export / ExecuTorch then copies pytree specs, and each copy of torch's
+own `LeafSpec` warns "`isinstance(treespec, LeafSpec)` is deprecated" (a FutureWarning torch
+itself suppresses where it makes its leaf spec; the copies come from torch and ExecuTorch code).
+
 `quiet_known_noise()` adds a filter to exactly those two loggers that drops exactly those records
-(the torchao `.so` load failures, and the pytree deprecation for enums defined in torchao); every
-other record of theirs still shows. It is idempotent and imports nothing heavy.
+(the torchao `.so` load failures, and the pytree deprecation for enums defined in torchao), and a
+warnings filter for that one FutureWarning message; every other record and warning still shows.
+It is idempotent and imports nothing heavy.
 """
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable
 
 _TORCHAO_SO = re.compile(r"^Failed to load \S*torchao[/\\]_C[^/\\]*\.so: ")
 _ENUM_NOTE = "is an Enum subclass and is now natively supported by torch.compile"
+_LEAFSPEC_NOTE = r"`isinstance\(treespec, LeafSpec\)` is deprecated, use `isinstance\(treespec, TreeSpec\) and"
 
 
 def _torchao_so(record: logging.LogRecord) -> bool:
@@ -54,6 +61,7 @@ def quiet_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) and f.known is known for f in logger.filters):
             logger.addFilter(_DropKnown(known))
+    warnings.filterwarnings("ignore", message=_LEAFSPEC_NOTE, category=FutureWarning)  # replaces an identical filter
 
 
 __all__ = ["quiet_known_noise"]
