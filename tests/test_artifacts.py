@@ -72,3 +72,47 @@ def test_pickle_refused_unless_trusted(tmp_path, tiny_model):
         load(p)
     m = load(p, trust_pickle=True)
     assert isinstance(m, torch.nn.Module)
+
+
+def test_pt_checkpoints_into_a_named_architecture(tmp_path, tiny_model):
+    import os
+
+    from condense.models import ModelSpec
+
+    spec = ModelSpec("conftest:tiny_factory", {"num_classes": 10})
+    x = torch.randn(3, 1, 8, 8)
+    tiny_model.eval()
+    sd, nested, whole = tmp_path / "sd.pt", tmp_path / "ckpt.pt", tmp_path / "whole.pt"
+    torch.save(tiny_model.state_dict(), sd)
+    torch.save({"state_dict": tiny_model.state_dict(), "epoch": 7}, nested)
+    torch.save(tiny_model, whole)
+    for p in (sd, nested):  # a state_dict: read without running code, strictly into the spec
+        with pytest.raises(ConfigError, match="holds a state_dict.*spec=ModelSpec.*--model package.module:factory"):
+            load(p, trust_pickle=True)
+        m = load(p, spec=spec)
+        assert torch.equal(m(x), tiny_model(x)) and m.condense_spec == spec and not m.training
+        assert load(save(m, tmp_path / p.stem)).condense_spec == spec
+    with pytest.raises(InputFileError, match=r"sd.pt \(into conftest:tiny_factory\): weights do not fit"):
+        load(sd, spec=ModelSpec("conftest:tiny_factory", {"num_classes": 3}))
+    # a whole pickled module still needs trust; with a spec it becomes a savable condense model
+    with pytest.raises(InputFileError, match="refusing to load a pickle"):
+        load(whole, spec=spec)
+    m = load(whole, trust_pickle=True, spec=spec)
+    assert type(m) is type(tiny_model) and m.condense_spec == spec and torch.equal(m(x), tiny_model(x))
+    save(m, tmp_path / "from-pickle")
+    # checking for a state_dict never unpickles code
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {sentinel}",))
+
+    torch.save({"weight": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(InputFileError, match="refusing to load a pickle"):
+        load(tmp_path / "evil.pt", spec=spec)
+    assert not sentinel.exists()
+    (tmp_path / "cut.pt").write_bytes(sd.read_bytes()[:64])
+    with pytest.raises(InputFileError, match="cut.pt: cannot read this checkpoint"):
+        load(tmp_path / "cut.pt", spec=spec)
+    with pytest.raises(ConfigError, match="records its own architecture"):
+        load(save(tiny_model, tmp_path / "art"), spec=spec)

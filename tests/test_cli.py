@@ -143,3 +143,67 @@ def test_reduce_and_pretrain_commands(capsys, tmp_path):
     code, out, _ = run(capsys, "pretrain", "--model", "cnn", "--model-arg", "width=4", "--method", "simclr",
                        "--epochs", "1", "--out", str(tmp_path / "ssl"), "--json")
     assert code == 0 and (tmp_path / "ssl" / "model.safetensors").exists()
+
+
+USER_NETS = '''
+from torch import nn
+
+
+def small_cnn(width: int = 16, num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+'''
+
+
+def test_user_model_from_a_pt_file_with_model_factory(capsys, tmp_path, monkeypatch):
+    import torch
+
+    from condense.artifacts import load
+
+    (tmp_path / "user_nets_cli.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from user_nets_cli import small_cnn
+
+    torch.manual_seed(0)
+    net = small_cnn(width=8)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    torch.save(net, tmp_path / "whole.pt")
+    arch = ["--model", "user_nets_cli:small_cnn", "--model-arg", "width=8"]
+    prune = ["--data", "digits", "--ratio", "0.5", "--recover", "none", "--json"]
+
+    # a state_dict without its architecture: told how to name it, nothing read as code
+    code, _, err = run(capsys, "prune", str(tmp_path / "weights.pt"), *prune, "--out", str(tmp_path / "x"))
+    assert code == 2 and "state_dict" in err and "--model package.module:factory" in err
+    # with it: built by the factory, loaded strictly, pruned and saved as a condense artifact
+    code, out, err = run(capsys, "prune", str(tmp_path / "weights.pt"), *arch, *prune, "--out", str(tmp_path / "sd"))
+    assert code == 0, err
+    assert json.loads(out)["params"] < json.loads(out)["params_before"]
+    meta = json.loads((tmp_path / "sd" / "condense.json").read_text())
+    assert meta["architecture"] == {"name": "user_nets_cli:small_cnn", "kwargs": {"width": 8}}
+    assert (tmp_path / "sd" / "model.safetensors").exists() and not list((tmp_path / "sd").glob("*.pt"))
+    reloaded = load(tmp_path / "sd")
+    assert reloaded[0].out_channels == 4  # the edit log replayed on the factory's architecture
+    code, out, _ = run(capsys, "eval", str(tmp_path / "sd"), "--json")  # the dataset is recorded
+    assert code == 0 and json.loads(out)["n"] > 0
+    # the weights must fit the architecture named, strictly
+    code, _, err = run(capsys, "eval", str(tmp_path / "weights.pt"), "--model", "user_nets_cli:small_cnn",
+                       "--model-arg", "width=16", "--data", "digits")
+    assert code == 3 and "weights do not fit" in err and "user_nets_cli:small_cnn" in err
+    code, out, _ = run(capsys, "eval", str(tmp_path / "weights.pt"), *arch, "--data", "digits", "--json")
+    assert code == 0 and json.loads(out)["n"] > 0
+
+    # a pickled whole model: pruning it would end in an artifact without a spec, so it is refused first
+    code, _, err = run(capsys, "prune", str(tmp_path / "whole.pt"), "--trust-pickle", *prune, "--out", str(tmp_path / "y"))
+    assert code == 2 and "--model package.module:factory" in err and not (tmp_path / "y").exists()
+    code, _, err = run(capsys, "prune", str(tmp_path / "whole.pt"), "--trust-pickle", *arch, *prune,
+                       "--out", str(tmp_path / "pk"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "pk" / "condense.json").read_text())["architecture"]["name"] == "user_nets_cli:small_cnn"
+    pk, sd = load(tmp_path / "pk"), load(tmp_path / "sd")
+    assert all(torch.equal(a, b) for a, b in zip(pk.state_dict().values(), sd.state_dict().values(), strict=True))
+
+    # --model names the architecture of a .pt file only
+    code, _, err = run(capsys, "eval", str(tmp_path / "sd"), *arch)
+    assert code == 2 and "records its own architecture" in err

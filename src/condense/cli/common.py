@@ -118,18 +118,50 @@ def heldout_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dic
     return m, f"test mean cosine to the teacher {r['mean_cosine']:.4f} (min {r['min_cosine']:.4f})"
 
 
-def load_model_arg(path: str, trust_pickle: bool):
-    """An artifact folder, a Hugging Face folder as `hf:<folder>`, or a pickle with --trust-pickle
-    -> (model, metadata or None)."""
-    from condense.artifacts import load, read_metadata
+def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_args: Sequence[str] | None = None,
+                   *, need_spec: bool = False):
+    """An artifact folder, a Hugging Face folder as `hf:<folder>`, or a `.pt` checkpoint ->
+    (model, metadata or None).
 
+    A `.pt` state_dict is loaded strictly into the architecture `arch` (`--model
+    package.module:factory` or a zoo name) builds with `arch_args` (`--model-arg K=V`); a pickled
+    whole model needs `trust_pickle`, and with `arch` gets that spec. `need_spec` (commands that
+    save an artifact): a model without an architecture spec is refused before any work is done.
+    """
+    from condense.artifacts import load, read_metadata
+    from condense.core.errors import ConfigError
+
+    if arch_args and not arch:
+        raise ConfigError("--model-arg needs --model package.module:factory (the architecture they build)")
     if path.startswith("hf:"):
         from condense.models import build_model
 
+        if arch:
+            raise ConfigError(f"{path}: a Hugging Face folder names its own architecture; --model is for a .pt checkpoint")
         return build_model(path), None
     p = Path(path)
-    meta = read_metadata(p) if p.is_dir() else None
-    return load(p, trust_pickle=trust_pickle), meta
+    if p.is_dir():
+        if arch:
+            raise ConfigError(f"{p}: an artifact folder records its own architecture; --model is for a .pt checkpoint")
+        meta = read_metadata(p)
+        return load(p), meta
+    spec = None
+    if arch:
+        from condense.models import ModelSpec
+
+        spec = ModelSpec(arch, kv(arch_args, "--model-arg"))
+    model = load(p, trust_pickle=trust_pickle, spec=spec)
+    if need_spec and getattr(model, "condense_spec", None) is None:
+        raise ConfigError(f"{p}: a pickled model carries no architecture spec, so the result could not be saved as a "
+                          "condense artifact (safetensors + condense.json); name the code that builds it with "
+                          "--model package.module:factory [--model-arg K=V]")
+    return model, None
+
+
+def model_from_args(args: argparse.Namespace, *, need_spec: bool = False):
+    """`load_model_arg` with the command's MODEL, --trust-pickle, --model and --model-arg."""
+    return load_model_arg(args.model, args.trust_pickle, getattr(args, "arch", None), getattr(args, "arch_arg", None),
+                          need_spec=need_spec)
 
 
 def yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
@@ -162,6 +194,16 @@ def train_overrides(raw: dict[str, Any], args: argparse.Namespace) -> dict[str, 
 def add_data_opts(sp: argparse.ArgumentParser, default: str | None = None) -> None:
     sp.add_argument("--data", default=default, help="dataset name (see `condense datasets`); default: the model's own")
     sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option, e.g. root=/data/cifar (repeatable)")
+
+
+def add_arch_opts(sp: argparse.ArgumentParser) -> None:
+    """--model / --model-arg for a MODEL given as a .pt file (read by `model_from_args`)."""
+    sp.add_argument("--model", dest="arch", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                    help="for a .pt MODEL: the code that builds its architecture (importable, e.g. on PYTHONPATH); a "
+                         "state_dict is loaded into it strictly, a pickled model (--trust-pickle) gets it as its spec "
+                         "so the result saves as a condense artifact")
+    sp.add_argument("--model-arg", dest="arch_arg", action="append", metavar="K=V",
+                    help="argument of the --model factory, e.g. width=16 (repeatable)")
 
 
 def add_model_opts(sp: argparse.ArgumentParser) -> None:

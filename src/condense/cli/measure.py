@@ -6,10 +6,11 @@ from typing import Any
 
 from condense.cli.common import (
     EXIT_OK,
+    add_arch_opts,
     add_data_opts,
     add_model_opts,
     data_from,
-    load_model_arg,
+    model_from_args,
     show,
 )
 
@@ -36,7 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     meta = None
     target: Any = args.model
     if not str(args.model).endswith(".onnx"):
-        target, meta = load_model_arg(args.model, args.trust_pickle)
+        target, meta = model_from_args(args)
     splits, _, _ = data_from(args, meta, required=True)
     data = getattr(splits, args.split)
     metrics = evaluate(target, data, threads=args.threads)
@@ -50,7 +51,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from condense.data.loader import example_inputs
     from condense.evaluate import profile
 
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args)
     splits, _, _ = data_from(args, meta)
     example = example_inputs(splits.test, 1)
     result = profile(model, example, runtimes=tuple(args.runtimes), batch_sizes=tuple(args.batch_sizes),
@@ -81,7 +82,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from condense.export import FORMATS, export
     from condense.export.formats import check_format
 
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args)
     splits, _, _ = data_from(args, meta)
     formats = [check_format(f) for f in (args.format or ["onnx"])]  # all checked before any export runs
     if args.out and len(formats) > 1:
@@ -107,8 +108,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the `condense` subcommands."""
     sp = sub.add_parser("eval", help="accuracy, top-k, macro P/R/F1, confusion matrix of a model or .onnx file")
-    sp.add_argument("model", help="artifact folder, hf:<folder> or .onnx file")
+    sp.add_argument("model", help="artifact folder, hf:<folder>, .onnx file or .pt checkpoint (see --model)")
     sp.add_argument("--trust-pickle", action="store_true")
+    add_arch_opts(sp)
     add_data_opts(sp)
     sp.add_argument("--split", choices=["test", "val", "train"], default="test")
     sp.add_argument("--threads", type=int, default=None)
@@ -117,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("profile", help="params, bytes on disk, FLOPs/MACs, latency per runtime")
     add_model_opts(sp)
+    add_arch_opts(sp)
     add_data_opts(sp)
     sp.add_argument("--runtimes", nargs="+", default=["torch", "onnxruntime"], choices=["torch", "onnxruntime"])
     sp.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 256])
@@ -127,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="export to onnx / pt2 / executorch / tflite, checked against PyTorch in "
                                        "the format's runtime, with batch-1 latency")
     add_model_opts(sp)
+    add_arch_opts(sp)
     add_data_opts(sp)
     sp.add_argument("--format", nargs="+", default=None,
                     help="one or more of onnx, pt2, executorch, tflite (default onnx)")

@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace, verb: str) -> int:
         heldout_metrics,
         hf_folder_of,
         kv,
-        load_model_arg,
+        model_from_args,
         show,
     )
     from condense.core.seed import seed_everything
@@ -49,7 +49,7 @@ def _run(args: argparse.Namespace, verb: str) -> int:
     )
     from condense.models.hf import is_encoder
 
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args, need_spec=True)
     splits, data_name, data_kwargs = data_from(args, meta, tokenizer=hf_folder_of(args.model, model))
     encoder = is_encoder(model)
     rcfg = _recover_cfg(args, encoder)
@@ -108,10 +108,13 @@ def cmd_reduce_depth(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `factorize` and `reduce-depth` to the `condense` subcommands."""
+    from condense.cli.common import add_arch_opts
+
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder> "
-                                      "(or a .pt pickle with --trust-pickle)")
+        sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, or a .pt "
+                                      "checkpoint: a state_dict with --model, a pickled model with --trust-pickle")
         sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+        add_arch_opts(sp)
         sp.add_argument("--data", default=None, help="dataset name or text:FILE; default: the one the model was trained on")
         sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
         sp.add_argument("--targets", nargs="+", default=None, help="layers / blocks: names, re:<regex> or types")

@@ -71,7 +71,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         data_from,
         heldout_metrics,
         hf_folder_of,
-        load_model_arg,
+        model_from_args,
         show,
     )
     from condense.core.errors import ConfigError
@@ -82,7 +82,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pcfg = _prune_config(args)
     if args.target_macs is not None and args.ratio is not None:
         raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args, need_spec=True)
     splits, data_name, data_kwargs = data_from(args, meta, tokenizer=hf_folder_of(args.model, model))
     train: dict[str, Any] = {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "select_best": "last",
                              "progress": "off" if args.json else "auto"}
@@ -149,13 +149,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
+    from condense.cli.common import EXIT_OK, data_from, model_from_args, show
     from condense.core.io import atomic_write_json
     from condense.data.loader import example_inputs
     from condense.evaluate import evaluate
     from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
 
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args)
     splits, _, _ = data_from(args, meta)
     data = getattr(splits, args.split)
     budget = args.budget or ("params" if args.method == "magnitude" else "macs")
@@ -198,9 +198,13 @@ def _sensitivity_text(table: dict[str, Any], out: dict[str, Any], split: str) ->
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `prune` and `sensitivity` to the `condense` subcommands (imports nothing heavy itself)."""
+    from condense.cli.common import add_arch_opts
+
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
+        sp.add_argument("model", help="artifact folder written by condense, or a .pt checkpoint: a state_dict with "
+                                      "--model, a pickled model with --trust-pickle")
         sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+        add_arch_opts(sp)
         sp.add_argument("--data", default=None, help="dataset name; default: the one the model was trained on")
         sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
         sp.add_argument("--targets", nargs="+", default=None, help="layers to prune: names, re:<regex> or types (Conv2d, Linear)")
