@@ -1,12 +1,20 @@
 """Shared fixtures: small real data (sklearn digits, bundled) and tiny models."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 # One intra-op thread: tests are many small ops, and CI has 2 cores shared with other work.
 torch.set_num_threads(1)
+
+# int8 files are built for an explicit CPU family, never for whatever CPU runs the tests: "avx2"
+# (x86 without VNNI, the strictest) gives 7-bit weights / exact kernels, so every int8 file a test
+# writes computes what its PyTorch simulation computes on any CPU. Tests of the 8-bit grid name
+# their target themselves (condense.core.cpu; tests/test_cpu_target.py).
+os.environ.setdefault("CONDENSE_INT8_TARGET", "avx2")
 
 
 def pytest_sessionstart(session) -> None:

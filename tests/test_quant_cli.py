@@ -75,11 +75,12 @@ def test_static_writes_artifact_and_int8_onnx(cli, tiny, tmp_path):
 
 def test_static_w4a8_and_per_layer_bits(cli, tiny, tmp_path):
     code, stdout, _ = cli("quantize", tiny, "--weight-bits", "4", "--set", "layer_bits={features.1.0.conv: 2}",
-                          "--out", tmp_path / "w4", NO_TIMING, "--json")
+                          "--target", "avx2", "--out", tmp_path / "w4", NO_TIMING, "--json")
     assert code == 0
     s = json.loads(stdout)
     bits = {layer["name"]: layer["weight_bits"] for layer in s["report"]["layers"]}
-    assert bits["features.0.0.conv"] == 8 and bits["classifier"] == 8  # first / last kept at 8 bits
+    # first / last kept at the widest grid that cannot saturate AVX2's int16 pair sums: 7 bits
+    assert bits["features.0.0.conv"] == 7 and bits["classifier"] == 7
     assert bits["features.1.0.conv"] == 2 and bits["features.1.1.conv"] == 4
     assert any("int8 containers" in n for n in s["notes"])
     assert s["agreement"]["top1_pct"] >= 99.0

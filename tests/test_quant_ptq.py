@@ -79,7 +79,7 @@ def test_caller_model_is_not_mutated(trained_cnn, qmodel):
 
 
 def test_report_folds_bn_and_keeps_first_last_at_8_bits(trained_cnn, digits):
-    q = quantize(trained_cnn, {"method": "static", "weight_bits": 4, "calibration_samples": 100},
+    q = quantize(trained_cnn, {"method": "static", "weight_bits": 4, "calibration_samples": 100, "target": "avx512-vnni"},
                  calibration=[{"input": digits.train.inputs[i : i + 32]} for i in range(0, 320, 32)])
     rep = q.condense_quant_report
     assert rep.calibration_samples == 100 and rep.calibration_batches == 4

@@ -54,12 +54,31 @@ def onnx_session(
     if optimized_path is not None:
         opts.optimized_model_filepath = optimized_path
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             str(p), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
         )
     except Exception as e:  # onnxruntime raises its own pybind exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputFileError(f"cannot load ONNX file {p}: {first}") from e
+    _warn_if_cpu_saturates(session, p)
+    return session
+
+
+def _warn_if_cpu_saturates(session: Any, path: Path) -> None:
+    """Warn when an int8 file built for a CPU with exact u8 x s8 sums runs on one without."""
+    import warnings
+
+    from condense.core.cpu import TARGETS, resolve_target
+
+    meta = session.get_modelmeta().custom_metadata_map
+    built_for = meta.get("condense.int8_target")
+    if meta.get("condense.int8_exact_on") != "u8s8-exact" or not built_for:
+        return
+    here = resolve_target("auto")
+    if not TARGETS[here].u8s8_exact:
+        warnings.warn(f"{path}: int8 file built for {built_for}, whose int8 kernels sum u8 x s8 products exactly; "
+                      f"this CPU ({here}) sums them in saturating int16, so outputs can differ from the "
+                      f"quantized model. Re-export with target={here!r}.", stacklevel=3)
 
 
 def onnx_file_bytes(path: str | os.PathLike[str]) -> int:

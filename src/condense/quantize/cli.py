@@ -76,6 +76,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     help="dynamic: keep the file (with a warning) when int8 is measured slower than fp32")
     sp.add_argument("--activation-dtype", choices=["uint8", "int8"], default="uint8",
                     help="static / qat ONNX: activation integer type (uint8 = ORT's U8S8 kernels, default)")
+    sp.add_argument("--target", default="auto", metavar="CPU",
+                    help="CPU family that will run the int8 file: auto (this one), avx2, avx512, avx512-vnni, avx-vnni, "
+                         "arm64, x86-64; without VNNI, weights get 7 bits so ONNX Runtime's kernels cannot saturate")
     sp.add_argument("--data", default=None, help="dataset name (default: the model's own)")
     sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
     sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for the latency runs")
@@ -129,7 +132,8 @@ def _config(args: argparse.Namespace) -> Any:
     if misplaced:
         raise ConfigError(f"{', '.join(misplaced)} does not apply to --method {args.method}")
     if args.method == "static":
-        raw: dict[str, Any] = {"method": "static", "weight_bits": wbits, "activation_bits": args.bits}
+        raw: dict[str, Any] = {"method": "static", "weight_bits": wbits, "activation_bits": args.bits,
+                               "target": args.target}
         if args.observer is not None:
             raw["observer"] = args.observer
         if args.calibration_samples is not None:
@@ -152,10 +156,13 @@ def _config(args: argparse.Namespace) -> Any:
     if args.method == "transformer":
         from condense.quantize.transformer import TransformerInt8Config
 
-        raw = {} if args.calibration_samples is None else {"calibration_samples": args.calibration_samples}
+        raw = {"target": args.target}
+        if args.calibration_samples is not None:
+            raw["calibration_samples"] = args.calibration_samples
         return TransformerInt8Config.from_dict({**raw, **extra}, where=where)
     extra.setdefault("threads", args.threads)
-    return DynamicConfig.from_dict({"refuse_slowdown": not args.allow_slowdown, **extra}, where=where)
+    return DynamicConfig.from_dict({"refuse_slowdown": not args.allow_slowdown, "target": args.target, **extra},
+                                   where=where)
 
 
 # -- the methods ---------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             else:
                 res = export_int8_onnx(qmodel, example, onnx_path, heldout=heldout_inputs(test), fp32_path=fp32_path,
                                        activation_dtype=args.activation_dtype, threads=args.threads,
-                                       latency_batches=batches or None)
+                                       latency_batches=batches or None, target=args.target)
                 agreement = (res.top1_agreement, res.max_abs_diff)
                 latency, info["ort_ops"] = res.latency, res.ort_ops
                 notes += res.notes

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from condense.core.config import Config
+from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError, InputFileError, RunError
 from condense.core.io import atomic_path
 from condense.core.select import select_modules
@@ -73,6 +74,7 @@ class DynamicConfig(Config):
     op_types: list[str] = dataclasses.field(default_factory=lambda: ["MatMul", "Gemm"])
     reduce_range: bool = False
     weight_type: Literal["qint8", "quint8"] = "qint8"
+    target: str = "auto"
     refuse_slowdown: bool = False
     max_ratio: float = 1.0
     threads: int | None = None
@@ -89,6 +91,8 @@ class DynamicConfig(Config):
             raise ConfigError(f"DynamicConfig.max_ratio must be > 0, got {self.max_ratio}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"DynamicConfig.threads must be >= 1, got {self.threads}")
+        if self.target != "auto":
+            resolve_target(self.target)
 
 
 @contextlib.contextmanager
@@ -150,6 +154,7 @@ def quantize_dynamic_onnx(
     weight_type: str = "qint8",
     nodes_to_exclude: Sequence[str] = (),
     extra_options: Mapping[str, Any] | None = None,
+    target: str = "auto",
 ) -> Path:
     """Dynamic-int8 quantize an fp32 ONNX file with ONNX Runtime; write `out_path` atomically.
 
@@ -158,7 +163,9 @@ def quantize_dynamic_onnx(
     per_channel: one weight scale per output channel (recommended; per-tensor loses accuracy on
     layers with uneven rows). weight_type: "qint8" or "quint8". reduce_range: 7-bit weights,
     for CPUs without VNNI where u8*s8 products could saturate. extra_options: passed to ORT
-    (e.g. {"MatMulConstBOnly": True}, the default for dynamic mode).
+    (e.g. {"MatMulConstBOnly": True}, the default for dynamic mode). target: the CPU family that
+    will run the file ("auto": this one); on one that saturates, reduce_range is switched on
+    unless uint8 weights were asked for (`condense.core.cpu.dynamic_int8_scheme`).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -171,10 +178,12 @@ def quantize_dynamic_onnx(
             f"quantize_dynamic_onnx: op_types {bad or list(op_types)} not supported; "
             f"choose from {', '.join(DYNAMIC_OP_TYPES)}"
         )
-    wt = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}.get(weight_type)
-    if wt is None:
+    if weight_type not in ("qint8", "quint8"):
         raise ConfigError(f"quantize_dynamic_onnx: weight_type must be 'qint8' or 'quint8', got {weight_type!r}")
     ops = sorted({"MatMul" if o == "Gemm" else o for o in op_types})
+    built_for = resolve_target(target)
+    reduce_range, weight_type, _ = dynamic_int8_scheme(built_for, reduce_range, weight_type)
+    wt = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[weight_type]
     import onnx
 
     try:
@@ -184,8 +193,8 @@ def quantize_dynamic_onnx(
     # Stale shape annotations (the dynamo exporter writes one for every tensor) clash with ORT's
     # Gemm -> MatMul rewrite (it transposes B in place); ORT re-infers them anyway.
     del model.graph.value_info[:]
-    target = Path(out_path)
-    with atomic_path(target) as tmp:
+    dest = Path(out_path)
+    with atomic_path(dest) as tmp:
         onnx_tmp = tmp.with_name(tmp.name + ".onnx")  # ORT wants to choose its own file name
         try:
             with _quiet_ort():
@@ -201,11 +210,16 @@ def quantize_dynamic_onnx(
                 )
             if not onnx_tmp.is_file():
                 raise RunError(f"onnxruntime quantize_dynamic wrote no file for {src}")
+            written = onnx.load(str(onnx_tmp), load_external_data=False)
+            exact = "all" if reduce_range or weight_type == "quint8" else "u8s8-exact"
+            onnx.helper.set_model_props(written, {"condense.int8_target": built_for,
+                                                  "condense.int8_exact_on": exact})
+            onnx.save(written, str(onnx_tmp))
             os.replace(onnx_tmp, tmp)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 onnx_tmp.unlink()
-    return target
+    return dest
 
 
 def _session(path: str | os.PathLike[str], threads: int | None) -> Any:
@@ -320,7 +334,7 @@ def export_dynamic_int8(
         export_onnx(model, example, fp32)
         out = quantize_dynamic_onnx(
             fp32, out_path, per_channel=cfg.per_channel, op_types=cfg.op_types,
-            reduce_range=cfg.reduce_range, weight_type=cfg.weight_type,
+            reduce_range=cfg.reduce_range, weight_type=cfg.weight_type, target=cfg.target,
         )
         s32, s8 = _session(fp32, cfg.threads), _session(out, cfg.threads)
         diff = float(np.abs(ort_run(s32, example) - ort_run(s8, example)).max())

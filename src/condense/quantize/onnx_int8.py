@@ -37,11 +37,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from condense.core.cpu import TARGETS, can_saturate, resolve_target
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.export.onnx import onnx_session
 from condense.quantize.fake_quant import quant_wrappers, set_quant_mode
-from condense.quantize.qdq_graph import insert_qdq, strip_metadata
+from condense.quantize.qdq_graph import insert_qdq, strip_metadata, weight_columns
 
 #: Float compute ops that should have become integer kernels after ORT's QDQ fusion.
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv")
@@ -67,6 +68,9 @@ class Int8ExportResult:
     notes: list[str]
     latency: dict[str, Any] | None = None  # `ort_latency_comparison` output when asked for
     details: dict[str, Any] | None = None  # method-specific record (the transformer path: what it did, cosine)
+    target: str | None = None  # the CPU family the file is built for (`condense.core.cpu`)
+    weight_dtype: str | None = None  # "int8" (U8S8 kernels) or "uint8" (U8U8: exact without VNNI)
+    checked_on: str | None = None  # the CPU family the agreement above was measured on
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -104,8 +108,15 @@ def export_int8_onnx(
     threads: int | None = None,
     opset: int = 18,
     latency_batches: Sequence[int] | None = None,
+    target: str = "auto",
 ) -> Int8ExportResult:
     """Write `qmodel` (from static PTQ) as a QDQ int8 ONNX file and check it in ONNX Runtime.
+
+    `target`: the CPU family that will run the file ("auto": this one; `condense.core.cpu`). If
+    some layer's weights can saturate that CPU's u8 x s8 pair sums (8-bit weights on x86 without
+    VNNI; quantize with the same target to get 7-bit weights that cannot), the weights are
+    written as uint8 with the same values, so ORT runs exact U8U8 kernels, and a note says so.
+    The result names the target and the CPU the agreement was measured on.
 
     A Hugging Face model from `quantize(..., TransformerInt8Config())` is written by the
     transformer path instead (`condense.quantize.transformer.export_planned_int8`: dynamic int8,
@@ -126,7 +137,7 @@ def export_int8_onnx(
         from condense.quantize.transformer import export_planned_int8
 
         return export_planned_int8(qmodel, example, path, heldout=heldout, fp32_path=fp32_path, threads=threads,
-                                   latency_batches=latency_batches)
+                                   latency_batches=latency_batches, target=target)
     if activation_dtype not in ("uint8", "int8"):
         raise ConfigError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")
     wrappers = quant_wrappers(qmodel)
@@ -136,6 +147,19 @@ def export_int8_onnx(
         raise ConfigError("export_int8_onnx: calibrate and freeze first (some layers are not in 'quantize' mode)")
     example = _inputs(example)
     notes: list[str] = []
+    built_for, here = resolve_target(target), resolve_target("auto")
+    saturating = [n for n, w in wrappers.items() if can_saturate(weight_columns(w))]
+    weight_dtype = "int8"
+    if saturating and not TARGETS[built_for].u8s8_exact:
+        weight_dtype = "uint8"
+        notes.append(f"{len(saturating)} layer(s) have weights that can saturate the u8 x s8 pair sums of {built_for} "
+                     "CPUs: written as uint8 weights with the same values (U8U8 kernels: exact, but about as slow as "
+                     f"fp32); quantize with target={built_for!r} for 7-bit weights and fast exact kernels")
+    if saturating and weight_dtype == "int8" and not TARGETS[here].u8s8_exact:
+        notes.append(f"this CPU ({here}) sums u8 x s8 products in saturating int16: the agreement measured here "
+                     f"understates the file on {built_for}, where the sums are exact")
+    elif built_for != here:
+        notes.append(f"built for {built_for}; checked in ONNX Runtime on this CPU ({here})")
     low = sorted({w.weight_fq.spec.bits for w in wrappers.values()} - {8})
     if low:
         notes.append(f"{'/'.join(map(str, low))}-bit weights are stored in int8 containers (exact values, no packing)")
@@ -153,7 +177,9 @@ def export_int8_onnx(
         onnx.save(proto, str(fp32_file))
         fp32_bytes = onnx_file_bytes(fp32_file)
 
-        layers = insert_qdq(proto, wrappers, activation_dtype, notes)
+        layers = insert_qdq(proto, wrappers, activation_dtype, notes, weight_dtype=weight_dtype)
+        exact = "all" if weight_dtype == "uint8" or not saturating else "u8s8-exact"
+        onnx.helper.set_model_props(proto, {"condense.int8_target": built_for, "condense.int8_exact_on": exact})
         onnx.checker.check_model(proto)
         int8_file = work / "int8.onnx"
         onnx.save(proto, str(int8_file))
@@ -189,7 +215,8 @@ def export_int8_onnx(
         fp32_path=None if fp32_path is None else Path(fp32_path), activation_dtype=activation_dtype,
         quantized_layers=layers, qdq_nodes=dict(qdq), ort_ops=dict(sorted(ops.items())),
         float_compute_ops=float_ops, checked_samples=len(x), top1_agreement=agreement,
-        max_abs_diff=max_diff, notes=notes, latency=latency,
+        max_abs_diff=max_diff, notes=notes, latency=latency, target=built_for, weight_dtype=weight_dtype,
+        checked_on=here,
     )
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condense.core.config import Config
+from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import CondenseError, ConfigError
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
@@ -61,6 +62,9 @@ class QuantizeConfig(Config):
     output (float logits); `bias_correction`; `calibration_samples` (N, in one pass);
     `targets` / `ignore` in the layer-selection language; `layer_bits` `{layer name: bits}` sets the
     weight bits of single layers (mixed precision; wins over `weight_bits` and the 8-bit edges).
+    `target`: the CPU the int8 file will run on (`condense.core.cpu`; "auto" = this
+    one). Where ONNX Runtime sums u8 x s8 products in saturating int16 (x86 without VNNI), every
+    8-bit weight grid becomes 7-bit so the deployed kernels compute exactly what was calibrated.
     """
 
     method: str = "static"
@@ -78,8 +82,11 @@ class QuantizeConfig(Config):
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
     layer_bits: dict[str, int] = dataclasses.field(default_factory=dict)
+    target: str = "auto"
 
     def validate(self) -> None:
+        if self.target != "auto":
+            resolve_target(self.target)
         QUANTIZERS.get(self.method)
         for field in ("weight_bits", "activation_bits"):
             bits = getattr(self, field)
@@ -224,6 +231,7 @@ def _plan(model: nn.Module, names: list[str], calls: list[Any], output: Any, cfg
                           f"(quantized layers: {', '.join(order)})")
     out_tensor = output if isinstance(output, Tensor) else None
     plan: dict[str, dict[str, Any]] = {}
+    widest = max_weight_bits(cfg.target)
     for n in order:
         edge = cfg.keep_first_last_8bit and n in (order[0], order[-1])
         call = first_call[n]
@@ -234,7 +242,7 @@ def _plan(model: nn.Module, names: list[str], calls: list[Any], output: Any, cfg
             act, act_module = FUSABLE_ACTS[type(readers[0].module)], readers[0].name
             final = readers[0].out is out_tensor
         plan[n] = {
-            "weight_bits": cfg.layer_bits.get(n, 8 if edge else cfg.weight_bits),
+            "weight_bits": min(widest, cfg.layer_bits.get(n, 8 if edge else cfg.weight_bits)),
             "activation_bits": 8 if edge else cfg.activation_bits,
             "act": act,
             "act_module": act_module,
@@ -304,6 +312,7 @@ def quantize_static(
         if d["name"] in folded:
             d["kind"], d["reason"] = "folded", _FOLDED
     calls, output = trace_calls(qmodel, first)
+    cfg = dataclasses.replace(cfg, target=resolve_target(cfg.target))  # the edit log records the real target
     plan = _plan(qmodel, names, calls, output, cfg, skipped)
 
     for name, layer in plan.items():

@@ -12,6 +12,10 @@ the ONNX spec, which ONNX Runtime fuses into integer kernels):
   simulation quantizes it; a tensor already quantized with the same parameters is not
   quantized twice;
 * ReduceMean over H, W becomes GlobalAveragePool, which ORT runs as an integer kernel.
+
+`weight_dtype="uint8"` stores the same integer weights shifted by 128 (zero point 128): the values
+are unchanged, and ONNX Runtime then runs U8U8 kernels, which cannot saturate on x86 CPUs without
+VNNI (`condense.core.cpu`).
 """
 from __future__ import annotations
 
@@ -157,22 +161,36 @@ def _find_layer(G: _Graph, name: str, w: QuantWrapper) -> _Layer:
     return layer
 
 
-def _quantize_weight(G: _Graph, layer: _Layer, w: QuantWrapper) -> None:
+def integer_weight(w: QuantWrapper) -> np.ndarray:
+    """The layer's weights on their integer grid (int8, the module's own layout)."""
+    spec = w.weight_fq.spec
+    return quantize(w.module.weight.detach().cpu(), w.weight_fq.scale.cpu(), w.weight_fq.zero_point.cpu(),
+                    spec.qmin, spec.qmax, axis=0 if spec.per_channel else None).numpy().astype(np.int8)
+
+
+def weight_columns(w: QuantWrapper) -> np.ndarray:
+    """The integer weights as a GEMM's [K, N] operand (one column per output channel, per group)."""
+    q = integer_weight(w)
+    return q.reshape(q.shape[0], -1).T
+
+
+def _quantize_weight(G: _Graph, layer: _Layer, w: QuantWrapper, weight_dtype: str) -> None:
     from onnx import helper
 
-    spec = w.weight_fq.spec
-    q = quantize(w.module.weight.detach().cpu(), w.weight_fq.scale.cpu(), w.weight_fq.zero_point.cpu(),
-                 spec.qmin, spec.qmax, axis=0 if spec.per_channel else None).numpy().astype(np.int8)
+    q = integer_weight(w)
     if layer.transposed:
         q = np.ascontiguousarray(q.T)
     scale = w.weight_fq.scale.detach().cpu().numpy().astype(np.float32)
     zp = w.weight_fq.zero_point.detach().cpu().numpy().astype(np.int8)
+    if weight_dtype == "uint8":  # same values, zero point 128: U8U8 kernels
+        q = (q.astype(np.int16) + 128).astype(np.uint8)
+        zp = (zp.astype(np.int16) + 128).astype(np.uint8)
     init = layer.weight
     qi = G.add_init(G.unique(f"{init}_quantized"), q)
     si = G.add_init(G.unique(f"{init}_scale"), scale)
     zi = G.add_init(G.unique(f"{init}_zero_point"), zp)
     out = G.unique(f"{init}_dequantized")
-    attrs = {"axis": 1 if layer.transposed else 0} if spec.per_channel else {}
+    attrs = {"axis": 1 if layer.transposed else 0} if w.weight_fq.spec.per_channel else {}
     G.g.node.append(helper.make_node("DequantizeLinear", [qi, si, zi], [out], name=G.unique("DequantizeLinear"), **attrs))
     layer.node.input[1] = out
 
@@ -267,8 +285,14 @@ def strip_metadata(model: Any) -> None:
     del model.graph.value_info[:]
 
 
-def insert_qdq(model: Any, wrappers: dict[str, QuantWrapper], activation_dtype: str, notes: list[str]) -> list[str]:
-    """Rewrite an fp32 ONNX model of `wrappers`' layers into QDQ form with their qparams (in place)."""
+def insert_qdq(model: Any, wrappers: dict[str, QuantWrapper], activation_dtype: str, notes: list[str],
+               weight_dtype: str = "int8") -> list[str]:
+    """Rewrite an fp32 ONNX model of `wrappers`' layers into QDQ form with their qparams (in place).
+
+    `weight_dtype`: "int8" (U8S8 / S8S8 kernels) or "uint8" (the same values shifted by 128).
+    """
+    if weight_dtype not in ("int8", "uint8"):
+        raise ConfigError(f"weight_dtype must be 'int8' or 'uint8', got {weight_dtype!r}")
     G = _Graph(model)
     _global_pools(G)
     found = {name: _find_layer(G, name, w) for name, w in wrappers.items()}
@@ -283,7 +307,7 @@ def insert_qdq(model: Any, wrappers: dict[str, QuantWrapper], activation_dtype: 
         s, z = _act_qparams(w.input_fq.spec, w.input_fq.scale, w.input_fq.zero_point, activation_dtype)
         if _dq_params(G, node.input[0]) != (float(s), int(z)):
             _insert_qdq(G, node.input[0], s, z, rewire=[node])
-        _quantize_weight(G, layer, w)
+        _quantize_weight(G, layer, w, weight_dtype)
         _quantize_bias(G, layer, w, notes, name)
     _drop_unused_initializers(G)
     _toposort(G)

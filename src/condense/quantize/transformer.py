@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from condense.core.config import Config
+from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.quantize import onnx_smooth as osm
@@ -66,7 +67,9 @@ class TransformerInt8Config(Config):
     """Transformer int8 settings (defaults: the benchmark's most accurate small-and-fast setting, G).
 
     `ignore`: Linear layers kept in float (module names, `re:<regex>` or type names); `targets`:
-    the Linear layers to quantize (default every Linear). SmoothQuant (`smoothquant_alpha`, None
+    the Linear layers to quantize (default every Linear). `target`: the CPU family that will run
+    the file ("auto": this one); on x86 without VNNI the weights get 7 bits (`reduce_range`),
+    see `condense.core.cpu`. SmoothQuant (`smoothquant_alpha`, None
     = off) and the outlier split (`outlier_channels`, 0 = off) need calibration data.
     """
 
@@ -77,6 +80,7 @@ class TransformerInt8Config(Config):
     smoothquant_alpha: float | None = 0.5
     calibration_samples: int = 256
     reduce_range: bool = False
+    target: str = "auto"
     opset: int = 17
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
@@ -88,6 +92,8 @@ class TransformerInt8Config(Config):
             raise ConfigError(f"TransformerInt8Config.smoothquant_alpha must be in [0, 1] or null, got {self.smoothquant_alpha}")
         if self.calibration_samples < 1:
             raise ConfigError(f"TransformerInt8Config.calibration_samples must be >= 1, got {self.calibration_samples}")
+        if self.target != "auto":
+            resolve_target(self.target)
         if not 14 <= self.opset <= 20:
             raise ConfigError(f"TransformerInt8Config.opset must be in 14..20, got {self.opset}")
 
@@ -259,10 +265,13 @@ class TransformerWorkspace:
             op_types.append("EmbedLayerNormalization" if cfg.fuse and self.fusions.get("EmbedLayerNormalization")
                             else "Gather")
         keep_float = float_nodes + [n for s in splits for n in s["float_nodes"]]
+        _, _, note = dynamic_int8_scheme(cfg.target, cfg.reduce_range, "qint8")
+        if note:
+            notes.append(note)
         try:
             quantize_dynamic_onnx(rewritten, out, per_channel=cfg.per_channel, op_types=op_types,
                                   reduce_range=cfg.reduce_range, nodes_to_exclude=keep_float,
-                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, target=cfg.target)
         finally:
             rewritten.unlink(missing_ok=True)
         ops = Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node if n.op_type in INT8_OPS)

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from condense.core.cpu import resolve_target
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer import (
     TransformerInt8Config,
@@ -51,7 +52,7 @@ def transformer_handler(model: nn.Module, config: TransformerInt8Config, calibra
 
 def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike[str], *, heldout: Any = None,
                         fp32_path: str | os.PathLike[str] | None = None, threads: int | None = None,
-                        latency_batches: Sequence[int] | None = None) -> Any:
+                        latency_batches: Sequence[int] | None = None, target: str = "auto") -> Any:
     """`export_int8_onnx` for a model from `quantize(..., "transformer")`: the int8 file, checked
     against the fp32 export on `heldout` (cosine agreement), timed when `latency_batches` is given."""
     from condense.export.onnx import onnx_session
@@ -62,15 +63,16 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
     )
 
     plan: TransformerInt8Plan = qmodel.condense_int8_plan  # type: ignore[assignment]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".check", dir=target.parent))
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".check", dir=dest.parent))
     try:
         fp32 = Path(fp32_path) if fp32_path is not None else work / "fp32.onnx"
-        res = export_transformer_int8(qmodel, target, plan.config, calibration=plan.calibration,
+        cfg = plan.config if target == "auto" else dataclasses.replace(plan.config, target=target)
+        res = export_transformer_int8(qmodel, dest, cfg, calibration=plan.calibration,
                                       example=example if isinstance(example, dict) else None, fp32_path=fp32)
         optimized = work / "optimized.onnx"
-        s8, s32 = onnx_session(target, threads, optimized_path=str(optimized)), onnx_session(fp32, threads)
+        s8, s32 = onnx_session(dest, threads, optimized_path=str(optimized)), onnx_session(fp32, threads)
         import onnx
 
         ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node) if optimized.is_file() else Counter()
@@ -85,17 +87,19 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
         latency = None
         if latency_batches:
             ex = next(iter(batches_of(example if isinstance(example, dict) else batches[0], 1, 1)))
-            latency = ort_latency_comparison(target, fp32, ex, batch_sizes=latency_batches, threads=threads)
+            latency = ort_latency_comparison(dest, fp32, ex, batch_sizes=latency_batches, threads=threads)
             notes += latency["notes"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return Int8ExportResult(
-        path=target, bytes=res.bytes, fp32_bytes=res.fp32_bytes, size_ratio=res.size_ratio,
+        path=dest, bytes=res.bytes, fp32_bytes=res.fp32_bytes, size_ratio=res.size_ratio,
         fp32_path=None if fp32_path is None else Path(fp32_path), activation_dtype="uint8 (dynamic, per batch)",
         quantized_layers=res.int8_layers,
         qdq_nodes={}, ort_ops=dict(sorted(ops.items())), float_compute_ops=float_ops,
         checked_samples=int(quality.get("n", 0)), top1_agreement=None, max_abs_diff=quality["max_abs_diff"],
-        notes=notes, latency=latency, details={"transformer": res.to_dict(), "agreement": quality})
+        notes=notes, latency=latency, details={"transformer": res.to_dict(), "agreement": quality},
+        target=cfg.target if cfg.target != "auto" else resolve_target("auto"), weight_dtype="int8",
+        checked_on=resolve_target("auto"))
 
 
 QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler))
