@@ -10,12 +10,17 @@ teacher `cnn` (15 epochs), a student of width W trained alone vs distilled (alph
 epochs each, same seed for both -- for W in --widths.
 
     python benchmarks/demo_seeds.py            # 2026-12-06 -> benchmarks/results/demo_seeds.json
+    python benchmarks/demo_seeds.py --full-label-seeds 0   # part 1 only; part 2's recorded rows are kept
+
+Each chain row records the CPU seconds (user + system) and wall seconds of its run; the JSON
+records the CPU model and its int8-relevant flags (float results differ across CPUs).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -40,10 +45,12 @@ def chain(seeds: int, work: Path) -> list[dict[str, float]]:
         data["seed"] = seed
         recipe = work / f"demo_{seed}.yaml"
         recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+        cpu0, wall0 = _cpu_s(), time.perf_counter()
         report = run_recipe(recipe, work / f"run_{seed}", quiet=True)
         acc = {r["stage"]: 100 * r["accuracy"] for r in report["stages"]}
         row = {"seed": seed, **{k: acc[k] for k in ("teacher", "student-alone", "student", "deploy")}}
         row["deploy_minus_alone"] = row["deploy"] - row["student-alone"]
+        row["cpu_s"], row["wall_s"] = round(_cpu_s() - cpu0, 1), round(time.perf_counter() - wall0, 1)
         print(row, flush=True)
         rows.append(row)
     return rows
@@ -76,6 +83,26 @@ def full_labels(seeds: int, widths: list[int]) -> dict[str, list[dict[str, float
     return out
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_model() -> dict[str, object]:
+    """The CPU's model name and whether it has the AVX2 / AVX-512 VNNI flags (Linux)."""
+    name, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name is None:
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model_name": name, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
+
+
 def summary(rows: list[dict[str, float]], key: str) -> dict[str, float]:
     vals = [r[key] for r in rows]
     return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals), "wins": sum(v > 0 for v in vals), "n": len(vals)}
@@ -94,13 +121,23 @@ def main() -> None:
     result["chain_summary"] = {k: statistics.mean(r[k] for r in result["chain"])
                                for k in ("teacher", "student-alone", "student", "deploy")}
     result["chain_summary"]["deploy_minus_alone"] = summary(result["chain"], "deploy_minus_alone")
-    fl = full_labels(args.full_label_seeds, args.widths) if args.widths else {}
-    result["full_labels"] = fl
-    result["full_labels_summary"] = {w: summary(rows, "distilled_minus_alone") for w, rows in fl.items()}
+    result["chain_summary"]["cpu_s_per_run"] = statistics.mean(r["cpu_s"] for r in result["chain"])
+    result["chain_summary"]["wall_s_per_run"] = statistics.mean(r["wall_s"] for r in result["chain"])
+    if args.widths and args.full_label_seeds > 0:
+        fl = full_labels(args.full_label_seeds, args.widths)
+        result["full_labels"] = fl
+        result["full_labels_summary"] = {w: summary(rows, "distilled_minus_alone") for w, rows in fl.items()}
+    elif Path(args.json).is_file():  # part 2 not rerun: keep the rows recorded earlier
+        old = json.loads(Path(args.json).read_text())
+        for key in ("full_labels", "full_labels_summary", "full_labels_machine"):
+            if key in old:
+                result[key] = old[key]
+        result.setdefault("full_labels_machine", old.get("machine"))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    result["machine"] = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "torch": torch.__version__}
+    result["machine"] = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "torch": torch.__version__,
+                         **cpu_model()}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("chain_summary", "full_labels_summary", "wall_s")}, indent=1))
+    print(json.dumps({k: result.get(k) for k in ("chain_summary", "full_labels_summary", "wall_s", "machine")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
 """`condense demo` (the README's first command) end to end, with every training stage cut to one epoch."""
+import pytest
+
+from condense.core.errors import ConfigError
 from condense.demo import run_demo
 
 
@@ -17,3 +20,18 @@ def test_demo_runs_the_chain_with_label_free_transfer(tmp_path, capsys):
         assert (tmp_path / "demo" / name).is_file()
     out = capsys.readouterr().out
     assert "the same architecture trained alone on the labels" in out
+
+    # running it again never silently replaces the run: a finished one is refused, files untouched
+    run = tmp_path / "demo"
+    teacher = (run / "01-teacher" / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="finished demo run.*--force"):
+        run_demo(run, epochs=1)
+    # an interrupted one is resumed: the finished stages are kept, the unfinished one runs again
+    (run / "DONE").unlink()
+    (run / "06-deploy" / "DONE").unlink()
+    capsys.readouterr()
+    again = run_demo(run, epochs=1)
+    assert "resuming the unfinished demo run" in capsys.readouterr().err
+    assert (run / "01-teacher" / "model.safetensors").read_bytes() == teacher
+    assert [r["accuracy"] for r in again["stages"]] == [r["accuracy"] for r in report["stages"]]
+    assert (run / "DONE").is_file()

@@ -41,6 +41,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 DEMO_RECIPE = Path(__file__).with_name("recipes") / "demo.yaml"
 DEMO_RECIPES = {"vision": DEMO_RECIPE, "text": Path(__file__).with_name("recipes") / "demo_text.yaml"}
+#: the default run folder of each demo (each its own, so one never meets the other's run)
+DEMO_FOLDERS = {"vision": "condense-demo", "text": "condense-demo-text"}
 MINILM_PLACEHOLDER = "hf:{minilm}"
 
 
@@ -52,45 +54,88 @@ def _resolve_placeholders(data: Any, minilm: str) -> Any:
     return f"hf:{minilm}" if data == MINILM_PLACEHOLDER else data
 
 
-def run_demo(out: str | Path = "condense-demo", *, epochs: int | None = None, quiet: bool = False,
-             task: str = "vision") -> dict[str, Any]:
-    """Run a shipped demo recipe into `out` (replacing an earlier demo run there); return the report.
+def _write_recipe(task: str, epochs: int | None, tmp: Path) -> Path:
+    """The demo's recipe file: the shipped one, or a copy in `tmp` with the MiniLM folder filled in
+    and `epochs` set on every training stage."""
+    import yaml
+
+    recipe_path = DEMO_RECIPES[task]
+    text = recipe_path.read_text()
+    if epochs is None and MINILM_PLACEHOLDER not in text:
+        return recipe_path
+    data = yaml.safe_load(text)
+    if MINILM_PLACEHOLDER in text:
+        from condense.models.hf_folder import packaged_model_dir
+
+        data = _resolve_placeholders(data, str(packaged_model_dir()))
+    for stage in data["stages"]:
+        if "train" in stage and epochs is not None:
+            stage["train"]["epochs"] = epochs
+    out = tmp / recipe_path.name
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def _existing_run(run: Path, recipe_path: Path, force: bool) -> bool:
+    """What to do with the run folder `run`: False = start a new run there, True = resume the
+    unfinished run of this same demo. Anything else is refused (nothing changed): a folder that is
+    not a condense run, a finished run and a run of other settings, unless `force` (demo runs only)."""
+    import shutil
+
+    from condense.recipes import load_recipe
+    from condense.recipes.runner import DONE, RESOLVED
+
+    if not run.exists() or (run.is_dir() and not any(run.iterdir())):
+        return False
+    if not (run / RESOLVED).is_file():
+        raise ConfigError(f"{run}: exists and is not a condense run folder; choose another --out (nothing was changed)")
+    found = load_recipe(run / RESOLVED)
+    if found.name not in {"demo", "demo-text"}:
+        raise ConfigError(f"{run}: holds a run of the recipe {found.name!r}, not a demo; choose another --out "
+                          "(nothing was changed)")
+    if force:
+        shutil.rmtree(run)
+        return False
+    if (run / DONE).exists():
+        raise ConfigError(f"{run}: holds a finished demo run (its report: {run / 'report.html'}); pass --force to "
+                          "replace it, or --out DIR to run the demo into another folder (nothing was changed)")
+    if found.to_dict() != load_recipe(recipe_path).to_dict():
+        raise ConfigError(f"{run}: holds an unfinished run of the {found.name!r} recipe with other settings "
+                          "(task or --epochs); pass --force to replace it, or --out DIR to run the demo into "
+                          "another folder (nothing was changed)")
+    return True
+
+
+def run_demo(out: str | Path | None = None, *, epochs: int | None = None, quiet: bool = False,
+             task: str = "vision", force: bool = False) -> dict[str, Any]:
+    """Run a shipped demo recipe into `out`; return the report.
 
     `task`: "vision" (digits: CNN teacher -> distilled student -> pruned -> int8) or "text"
     (all-MiniLM-L6-v2 -> 3-layer student -> pruned heads / FFN -> int8, on the standard
-    library's prose; needs the `nlp` extra). `epochs` scales every training stage (for a
-    quicker look); the shipped settings are the ones whose numbers docs/demo.md records.
+    library's prose; needs the `nlp` extra). `out` defaults to `./condense-demo` (vision) or
+    `./condense-demo-text` (text). An unfinished run of the same demo there is resumed; a finished
+    one, or one with other settings, is refused unless `force` replaces it. `epochs` scales every
+    training stage (for a quicker look); the shipped settings are the ones whose numbers
+    docs/demo.md records.
     """
-    import shutil
+    import sys
     import tempfile
 
-    import yaml
+    from condense.recipes import resume_run, run_recipe
 
-    from condense.recipes import run_recipe
-
-    run = Path(out)
-    if run.exists():
-        if not (run / "recipe.yaml").exists() and any(run.iterdir()):
-            raise ConfigError(f"{run}: exists and is not a condense run folder; choose another --out")
-        shutil.rmtree(run)
     if task not in DEMO_RECIPES:
         raise ConfigError(f"demo: unknown task {task!r}; expected one of {', '.join(DEMO_RECIPES)}")
-    recipe_path = DEMO_RECIPES[task]
-    text = recipe_path.read_text()
-    if epochs is not None or MINILM_PLACEHOLDER in text:
-        data = yaml.safe_load(text)
-        if MINILM_PLACEHOLDER in text:
-            from condense.models.hf_folder import packaged_model_dir
-
-            data = _resolve_placeholders(data, str(packaged_model_dir()))
-        for stage in data["stages"]:
-            if "train" in stage and epochs is not None:
-                stage["train"]["epochs"] = epochs
-        tmp = Path(tempfile.mkdtemp(prefix="condense-demo-")) / recipe_path.name
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        recipe_path = tmp
+    run = Path(out if out is not None else DEMO_FOLDERS[task])
     t0 = time.perf_counter()
-    report = run_recipe(recipe_path, run, quiet=quiet)
+    with tempfile.TemporaryDirectory(prefix="condense-demo-") as tmp:
+        recipe_path = _write_recipe(task, epochs, Path(tmp))
+        if _existing_run(run, recipe_path, force):
+            if not quiet:
+                print(f"[condense] {run}: resuming the unfinished demo run there (--force starts it over)",
+                      file=sys.stderr, flush=True)
+            report = resume_run(run, quiet=quiet)
+        else:
+            report = run_recipe(recipe_path, run, quiet=quiet)
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     if not quiet:
         print(format_table(report["stages"]))

@@ -19,7 +19,7 @@ from condense.cli.common import (
 def cmd_demo(args: argparse.Namespace) -> int:
     from condense.demo import run_demo
 
-    report = run_demo(args.out, epochs=args.epochs, quiet=args.json, task=args.task)
+    report = run_demo(args.out, epochs=args.epochs, quiet=args.json, task=args.task, force=args.force)
     if args.json:
         show(report, True)
     return EXIT_OK
@@ -116,10 +116,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this module's commands to the `condense` subcommands."""
     sp = sub.add_parser("demo", help="run the whole chain on the bundled digits data")
-    sp.add_argument("--out", default="condense-demo", help="run folder (default: ./condense-demo)")
+    sp.add_argument("--out", default=None, help="run folder (default: ./condense-demo; ./condense-demo-text with "
+                                                "--task text); an unfinished demo run there is resumed")
     sp.add_argument("--epochs", type=int, default=None, help="epochs of every training stage (default: the demo's)")
     sp.add_argument("--task", choices=["vision", "text"], default="vision",
                     help="vision: digits CNN chain (default); text: all-MiniLM-L6-v2 -> small BERT (nlp extra)")
+    sp.add_argument("--force", action="store_true", help="replace a finished (or differently set) demo run in --out")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_demo)
 
