@@ -27,6 +27,13 @@ an IOBinding run at batch 1. The load average is recorded before each block. The
 profile at batch 256 and a per-layer cost at batch 1 (networks cut after layer k; min over runs).
 
     python benchmarks/quant_digits.py [--seeds 5] [--epochs 20] [--json benchmarks/results/quant_digits.json]
+
+CPU schemes (`--schemes-only`): per seed, the three static int8 encodings of
+`condense.quantize.schemes` (8-bit U8S8, 8-bit stored as U8U8, 7-bit U8S8) with simulation and
+ONNX Runtime accuracy, agreement with the simulation on this CPU and on emulated AVX2 kernels
+(QEMU, when installed), bytes and latency on this CPU; the CPU's model and flags are recorded.
+
+    python benchmarks/quant_digits.py --schemes-only [--seeds 5] --json benchmarks/results/quant_digits_schemes.json
 """
 from __future__ import annotations
 
@@ -49,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from condense.core.cpu import cpu_record
 from condense.core.seed import seed_everything
 from condense.data import load_dataset
 from condense.distill import DistillConfig, distill_fit
@@ -388,6 +396,48 @@ def latency_tables(lat: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def schemes_study(splits: Any, seeds: int, epochs: int) -> dict[str, Any]:
+    """`compare_static_schemes` on each seed's teacher (the library measures; this prints)."""
+    from condense.quantize.schemes import compare_static_schemes
+
+    out: dict[str, Any] = {"seeds": []}
+    for seed in range(seeds):
+        teacher = train_teacher(splits, seed, epochs)
+        r = compare_static_schemes(teacher, splits.train, splits.test.inputs, splits.test.targets,
+                                   config={"calibration_samples": 512}, threads=1)
+        out["cpu"], out["emulated"] = r["cpu"], r["emulated"]
+        out["seeds"].append({"seed": seed, "fp32": acc(teacher, splits.test), "schemes": r["schemes"]})
+        print(f"seed {seed}: fp32 {out['seeds'][-1]['fp32']:.2f}  " + "  ".join(
+            f"{k} sim {v['simulation_accuracy']:.2f} here {v['here']['accuracy']:.2f} "
+            f"emu-avx2 {v['emulated_avx2']['top1_agreement'] if v['emulated_avx2'] else float('nan'):.2f}%agree"
+            for k, v in r["schemes"].items()), flush=True)
+    return out
+
+
+def schemes_table(study: dict[str, Any]) -> str:
+    cpu = study["cpu"]
+    lines = [f"CPU: {cpu['cpu']} ({cpu['int8_target']}; flags {', '.join(cpu['flags'])}); emulated: {study['emulated']}",
+             "| scheme | weights | sim acc % | ORT acc % here | agree % here | ORT acc % emulated AVX2 | agree % emulated AVX2 "
+             "| bytes | b1 int8/fp32 | b256 int8/fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    names = list(study["seeds"][0]["schemes"])
+
+    def mean(vals: list[float]) -> str:
+        vals = [v for v in vals if v is not None]
+        return f"{statistics.mean(vals):.2f} ± {statistics.pstdev(vals):.2f}" if vals else "n/a"
+
+    for n in names:
+        rows = [s["schemes"][n] for s in study["seeds"]]
+        emu = [r["emulated_avx2"] for r in rows]
+        lines.append(
+            f"| {n} | {'/'.join(map(str, rows[0]['weight_bits']))}-bit {rows[0]['weight_dtype']} "
+            f"| {mean([r['simulation_accuracy'] for r in rows])} | {mean([r['here']['accuracy'] for r in rows])} "
+            f"| {mean([r['here']['top1_agreement'] for r in rows])} "
+            f"| {mean([e['accuracy'] if e else None for e in emu])} | {mean([e['top1_agreement'] if e else None for e in emu])} "
+            f"| {rows[0]['bytes']:,} | {mean([r['latency']['1']['int8_over_fp32'] for r in rows])} "
+            f"| {mean([r['latency']['256']['int8_over_fp32'] for r in rows])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
@@ -395,6 +445,7 @@ def main() -> None:
     ap.add_argument("--mp-budgets", type=float, nargs="+", default=[0.5, 0.3],
                     help="mixed precision budgets: packed weight bytes / int8 weight bytes (compared with uniform 4 and 2 bits)")
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--schemes-only", action="store_true", help="only the CPU int8 schemes study (see the docstring)")
     ap.add_argument("--json", default="benchmarks/results/quant_digits.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -402,7 +453,17 @@ def main() -> None:
     t_start = time.time()
     splits = load_dataset("digits", seed=0)
     result: dict[str, Any] = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                                          "loadavg_start": loadavg()}, "seeds": []}
+                                          "loadavg_start": loadavg(), **cpu_record()}, "seeds": []}
+    if args.schemes_only:
+        result["schemes"] = schemes_study(splits, args.seeds, args.epochs)
+        print("\n" + schemes_table(result["schemes"]))
+        result["machine"]["loadavg_end"] = loadavg()
+        result["seconds"] = time.time() - t_start
+        print(f"\ntotal {result['seconds']:.0f} s; load average at end: {loadavg()}")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+        return
     print(f"load average at start: {loadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="quant_digits_") as tmp:
         work = Path(tmp)

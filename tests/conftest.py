@@ -32,6 +32,10 @@ def pytest_sessionstart(session) -> None:
                if importlib.util.find_spec(m) is None]
     if shutil.which("chromium") is None and not os.path.exists("/usr/bin/chromium"):
         missing.append("chromium (Debian package)")
+    import platform
+
+    if platform.system() == "Linux" and platform.machine() == "x86_64" and shutil.which("qemu-x86_64") is None:
+        missing.append("qemu-x86_64 (Debian package qemu-user: the emulated AVX2 int8 checks)")
     if missing:
         pytest.exit(f"CONDENSE_REQUIRE_ALL=1 but these are missing, so their tests would be skipped: "
                     f"{', '.join(missing)}", returncode=1)

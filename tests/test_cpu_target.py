@@ -167,3 +167,67 @@ def test_dynamic_scheme_for_a_saturating_target():
     assert cpu.dynamic_int8_scheme("avx2", False, "qint8")[:2] == (True, "qint8")
     assert cpu.dynamic_int8_scheme("avx2", False, "quint8") == (False, "quint8", None)
     assert cpu.dynamic_int8_scheme("avx512-vnni", False, "qint8") == (False, "qint8", None)
+
+
+# -- the real AVX2 kernels, under QEMU (CI installs qemu-user; condense.quantize.emulate) ----------------
+class _Saturator(torch.nn.Module):
+    """One Linear whose every weight is the channel maximum: with inputs at the top of their range,
+    every u8 x s8 pair sum is 2 x 255 x 127 > 32,767 -- AVX2's int16 must clip it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 4)
+        with torch.no_grad():
+            self.fc.weight.fill_(0.5)
+            self.fc.weight[1] = -0.5
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+needs_qemu = pytest.mark.skipif(not __import__("condense.quantize.emulate", fromlist=["x"]).can_emulate("avx2"),
+                                reason="qemu-x86_64 not installed (apt-get install qemu-user; .ci/run installs it)")
+
+
+@needs_qemu
+def test_emulated_avx2_saturates_full_range_weights_and_not_the_avx2_build(tmp_path):
+    from condense.quantize import QuantizeConfig, export_int8_onnx, quantize
+    from condense.quantize.emulate import emulated_agreement
+
+    model = _Saturator().eval()
+    calib = torch.rand(64, 64)
+    x = torch.cat([torch.ones(4, 64), torch.rand(4, 64)])  # the first rows hit 255 everywhere
+    for target, bits in (("avx512-vnni", 8), ("avx2", 7)):
+        q = quantize(model, QuantizeConfig(calibration_samples=64, bias_correction=False, target=target),
+                     calibration=calib)
+        r = export_int8_onnx(q, x[:1], tmp_path / f"{target}.onnx", target=target)
+        with torch.no_grad():
+            ref = q(x).numpy()
+        emu = emulated_agreement(r.path, x, ref, target="avx2")
+        if bits == 8:  # u8s8 with full-range weights: the AVX2 kernel clips, outputs are far off
+            assert emu["max_abs_diff"] > 0.2 * float(np.abs(ref).max())
+        else:  # 7-bit weights: the same kernel is exact
+            assert emu["max_abs_diff"] < 1e-3 * float(np.abs(ref).max()) + 1e-6
+    # the 8-bit model exported for avx2 is written with uint8 weights: exact under the same kernels
+    q8 = quantize(model, QuantizeConfig(calibration_samples=64, bias_correction=False, target="avx512-vnni"),
+                  calibration=calib)
+    r = export_int8_onnx(q8, x[:1], tmp_path / "u8u8.onnx", target="avx2")
+    assert r.weight_dtype == "uint8"
+    with torch.no_grad():
+        ref = q8(x).numpy()
+    assert emulated_agreement(r.path, x, ref, target="avx2")["max_abs_diff"] < 1e-3 * float(np.abs(ref).max()) + 1e-6
+
+
+@needs_qemu
+def test_emulated_avx2_digits_agreement_of_the_default_build(trained, digits, tmp_path):
+    """The issue's failing check, on AVX2 kernels: the auto build for avx2 agrees with its simulation."""
+    from condense.quantize import QuantizeConfig, export_int8_onnx, quantize
+    from condense.quantize.emulate import emulated_agreement
+
+    q = quantize(trained, QuantizeConfig(calibration_samples=128, target="avx2"), calibration=digits.train)
+    r = export_int8_onnx(q, digits.test.inputs[:1], tmp_path / "m.onnx", target="avx2")
+    with torch.no_grad():
+        ref = q(digits.test.inputs).numpy()
+    emu = emulated_agreement(r.path, digits.test.inputs, ref, target="avx2")
+    assert emu["top1_agreement"] >= 99.0

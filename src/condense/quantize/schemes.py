@@ -1,0 +1,111 @@
+"""Measure the int8 encodings a CPU family can run, side by side: accuracy, agreement, bytes, latency.
+
+On x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels can saturate (`condense.core.cpu`).
+Three static encodings exist; `compare_static_schemes` builds all three from one model and measures
+each where it can:
+
+* `w8-u8s8`: 8-bit weights, U8S8 kernels. Exact on VNNI / arm64; can saturate without VNNI.
+* `w8-u8u8`: the same 8-bit weights stored as uint8 (zero point 128). Exact everywhere; U8U8
+  kernels are slower.
+* `w7-u8s8`: 7-bit weights, U8S8 kernels. Exact everywhere, fast kernels, coarser weights.
+  `QuantizeConfig(target=...)` builds this one for a target without VNNI.
+
+Accuracy and agreement with the PyTorch simulation are measured on this CPU's kernels and, where
+QEMU is installed, on emulated AVX2 kernels (`condense.quantize.emulate`: exact outputs, no
+timing). Latency is measured only on this CPU, against the fp32 file, interleaved; every row says
+which CPU it was measured on. `compare_dynamic_schemes` does the same for ONNX Runtime's dynamic
+int8 (int8 weights, reduce_range, uint8 weights) on a transformer, by cosine to the fp32 outputs.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from condense.core.cpu import cpu_record
+from condense.export.onnx import onnx_session
+from condense.quantize.emulate import can_emulate, run_emulated
+
+STATIC_SCHEMES: dict[str, tuple[str, str]] = {
+    # name: (quantize target, export target)
+    "w8-u8s8": ("avx512-vnni", "avx512-vnni"),
+    "w8-u8u8": ("avx512-vnni", "avx2"),
+    "w7-u8s8": ("avx2", "avx2"),
+}
+
+
+def _accuracy(logits: np.ndarray, targets: torch.Tensor) -> float:
+    return float(100.0 * (logits.argmax(-1) == targets.numpy()).mean())
+
+
+def compare_static_schemes(
+    model: nn.Module,
+    calibration: Any,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    config: dict[str, Any] | None = None,
+    batches: Sequence[int] = (1, 256),
+    threads: int = 1,
+    emulate: bool = True,
+    folder: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Build every static int8 scheme of `model` and measure it (module docstring).
+
+    `calibration`: data for `quantize`; `inputs` / `targets`: held-out samples; `config`: extra
+    `QuantizeConfig` fields. Returns {"cpu": cpu_record(), "schemes": {name: row}} where a row has
+    weight bits and dtype, simulation accuracy, ORT accuracy and agreement on this CPU, the same
+    on emulated AVX2 (or None), bytes, and {batch: {fp32_ms, int8_ms, int8_over_fp32}}.
+    """
+    from condense.quantize import QuantizeConfig, export_int8_onnx, quantize
+
+    rows: dict[str, Any] = {}
+    emulated = emulate and can_emulate("avx2")
+    with tempfile.TemporaryDirectory(prefix="condense-schemes-") as tmp:
+        work = Path(folder) if folder is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name, (qtarget, etarget) in STATIC_SCHEMES.items():
+            cfg = QuantizeConfig.from_dict({**(config or {}), "target": qtarget})
+            q = quantize(model, cfg, calibration=calibration)
+            res = export_int8_onnx(q, inputs[:1], work / f"{name}.onnx", heldout=inputs, target=etarget,
+                                   fp32_path=work / "fp32.onnx", threads=threads, latency_batches=list(batches))
+            with torch.no_grad():
+                sim = torch.cat([q(xb) for xb in inputs.split(256)]).numpy()
+            feeds = {_input_name(res.path): inputs.numpy().astype(np.float32)}
+            here = onnx_session(res.path, threads).run(None, feeds)[0]
+            row: dict[str, Any] = {
+                "weight_bits": sorted({w["weight_bits"] for w in q.condense_quant_report.layers}),
+                "weight_dtype": res.weight_dtype, "bytes": res.bytes, "fp32_bytes": res.fp32_bytes,
+                "simulation_accuracy": _accuracy(sim, targets),
+                "here": {"cpu": res.checked_on, "accuracy": _accuracy(here, targets),
+                         "top1_agreement": res.top1_agreement, "max_abs_diff": res.max_abs_diff},
+                "emulated_avx2": None,
+                "latency": {str(b): v for b, v in (res.latency or {}).get("batches", {}).items()},
+            }
+            if emulated:
+                emu = run_emulated(res.path, feeds, "avx2")
+                row["emulated_avx2"] = {"accuracy": _accuracy(emu, targets), **agreement_of(emu, sim)}
+            rows[name] = row
+    return {"cpu": cpu_record(), "threads": threads, "emulated": "avx2 (qemu-x86_64 -cpu Haswell)" if emulated else None,
+            "schemes": rows}
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def agreement_of(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement (%) and max |diff| of outputs `got` against `ref`."""
+    return {"top1_agreement": float(100.0 * (got.argmax(-1) == ref.argmax(-1)).mean()),
+            "max_abs_diff": float(np.abs(got - ref).max())}
+
+
+__all__ = ["STATIC_SCHEMES", "agreement_of", "compare_static_schemes"]
