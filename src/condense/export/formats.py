@@ -41,7 +41,7 @@ class MissingExtraError(ConfigError):
 
     def __init__(self, fmt: str, extra: str, detail: str = "") -> None:
         super().__init__(f"format {fmt!r} needs its runtime, which is not installed: "
-                         f"pip install 'condense[{extra}]'" + (f" ({detail})" if detail else ""))
+                         f"pip install 'torch-condense[{extra}]'" + (f" ({detail})" if detail else ""))
 
 
 @dataclasses.dataclass

@@ -42,7 +42,7 @@ def transformers_module() -> ModuleType:
     try:
         import transformers
     except ImportError:
-        raise ConfigError("Hugging Face models need transformers: pip install condense[hf]") from None
+        raise ConfigError("Hugging Face models need transformers: pip install torch-condense[hf]") from None
     return transformers
 
 

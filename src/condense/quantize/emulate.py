@@ -30,12 +30,15 @@ QEMU_CPUS = {"avx2": "Haswell-v4", "x86-64": "Nehalem"}
 _RUNNER = r"""
 import sys, numpy as np, onnxruntime as ort
 path, inp, out = sys.argv[1:4]
-feeds = dict(np.load(inp))
+arrays = dict(np.load(inp))
+n = 1 + max(int(k.split("__", 1)[0]) for k in arrays)
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = 1
 opts.log_severity_level = 3
 s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-np.save(out, s.run(None, feeds)[0])
+res = [s.run(None, {k.split("__", 1)[1]: v for k, v in arrays.items() if k.split("__", 1)[0] == str(i)})[0]
+       for i in range(n)]
+np.savez(out, **{str(i): r for i, r in enumerate(res)})
 """
 
 
@@ -50,17 +53,20 @@ def can_emulate(target: str) -> bool:
     return target in QEMU_CPUS and qemu_binary() is not None
 
 
-def run_emulated(path: str | os.PathLike[str], feeds: dict[str, np.ndarray], target: str = "avx2",
-                 timeout: float = 900.0) -> np.ndarray:
-    """The first output of ONNX file `path` on `feeds`, computed by ORT on an emulated `target` CPU."""
+def run_emulated(path: str | os.PathLike[str], feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+                 target: str = "avx2", timeout: float = 900.0) -> Any:
+    """The first output of ONNX file `path` on `feeds` (one feed dict, or a list of them: one
+    output each, all in one emulated process), computed by ORT on an emulated `target` CPU."""
     if target not in QEMU_CPUS:
         raise ConfigError(f"run_emulated: target {target!r} cannot be emulated; choose one of {', '.join(QEMU_CPUS)}")
     qemu = qemu_binary()
     if qemu is None:
         raise RunError("run_emulated needs qemu-x86_64 on an x86-64 Linux machine (apt-get install qemu-user)")
     with tempfile.TemporaryDirectory(prefix="condense-emu-") as tmp:
-        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npy"
-        np.savez(inp, **{k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        many = isinstance(feeds, list)
+        np.savez(inp, **{f"{i}__{k}": np.ascontiguousarray(v) for i, f in enumerate(feeds if many else [feeds])
+                         for k, v in f.items()})
         cmd = [qemu, "-cpu", QEMU_CPUS[target], sys.executable, "-c", _RUNNER, str(path), str(inp), str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         try:
@@ -70,7 +76,9 @@ def run_emulated(path: str | os.PathLike[str], feeds: dict[str, np.ndarray], tar
         if proc.returncode != 0 or not out.is_file():
             tail = "\n".join(line for line in proc.stderr.splitlines() if "TCG doesn't support" not in line)[-800:]
             raise RunError(f"emulated {target} run of {path} failed (exit {proc.returncode}): {tail}")
-        return np.load(out)
+        with np.load(out) as got:
+            res = [got[str(i)] for i in range(len(got.files))]
+        return res if many else res[0]
 
 
 def emulated_agreement(path: str | os.PathLike[str], inputs: Any, reference: np.ndarray,

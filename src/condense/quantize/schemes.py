@@ -108,4 +108,73 @@ def agreement_of(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "max_abs_diff": float(np.abs(got - ref).max())}
 
 
-__all__ = ["STATIC_SCHEMES", "agreement_of", "compare_static_schemes"]
+__all__ = ["STATIC_SCHEMES", "agreement_of", "compare_dynamic_schemes", "compare_static_schemes"]
+
+
+def compare_dynamic_schemes(
+    model: nn.Module,
+    calibration: Any,
+    heldout: Any,
+    *,
+    config: dict[str, Any] | None = None,
+    targets: Sequence[str] = ("avx512-vnni", "avx2"),
+    batches: Sequence[int] = (1, 32),
+    threads: int = 1,
+    repeats: int = 50,
+    emulate: bool = True,
+    emulated_samples: int = 64,
+) -> dict[str, Any]:
+    """The transformer int8 file (`TransformerInt8Config`, ORT dynamic int8) built for each target
+    (full-range int8 weights for VNNI, 7-bit `reduce_range` weights for AVX2), each measured by
+    cosine to the fp32 ONNX outputs on this CPU and, for the first `emulated_samples` held-out
+    rows, on emulated AVX2 kernels; latency on this CPU at `batches` (interleaved with fp32)."""
+    from condense.export.onnx import ort_input
+    from condense.quantize.onnx_int8 import interleaved_latency
+    from condense.quantize.transformer import (
+        TransformerInt8Config,
+        TransformerWorkspace,
+        calibration_batches,
+    )
+    from condense.quantize.transformer_graph import agreement, batches_of, output_rows
+
+    cfgs = {t: TransformerInt8Config.from_dict({**(config or {}), "target": t}) for t in targets}
+    emulated = emulate and can_emulate("avx2")
+    evals = list(batches_of(heldout, 32))
+    with tempfile.TemporaryDirectory(prefix="condense-dyn-schemes-") as tmp:
+        ws = TransformerWorkspace(model, Path(tmp), calibration=calibration_batches(next(iter(cfgs.values())), calibration))
+        built = {t: ws.build(c, Path(tmp) / f"{t}.onnx") for t, c in cfgs.items()}
+        fp32 = ws.graph("plain")
+        ref = output_rows(onnx_session(fp32, threads), evals)
+        emu_batches = list(batches_of(heldout, 16, emulated_samples))
+        emu_ref = output_rows(onnx_session(fp32, threads), emu_batches) if emulated else None
+        sessions = {"fp32": onnx_session(fp32, threads), **{t: onnx_session(r.path, threads) for t, r in built.items()}}
+        rows: dict[str, Any] = {}
+        for t, res in built.items():
+            row: dict[str, Any] = {"config": cfgs[t].to_dict(), "notes": res.notes, "bytes": res.bytes,
+                                   "fp32_bytes": res.fp32_bytes,
+                                   "here": {"cpu": cpu_record()["int8_target"],
+                                            **agreement(output_rows(sessions[t], evals), ref)},
+                                   "emulated_avx2": None, "latency": {}}
+            if emulated:
+                feeds = [ort_input(sessions[t], b) for b in emu_batches]
+                outs = run_emulated(res.path, feeds, "avx2")
+                got = np.concatenate([_rows(o, b) for o, b in zip(outs, emu_batches, strict=True)])
+                row["emulated_avx2"] = agreement(got, emu_ref)
+            rows[t] = row
+        for bs in batches:
+            pool = list(batches_of(heldout, bs))[: max(1, 64 // bs)]
+            feeds = [ort_input(sessions["fp32"], b) for b in pool]
+            lat = interleaved_latency({k: (lambda f, s=s: s.run(None, f)) for k, s in sessions.items()}, feeds,
+                                      repeats=repeats, warmup=2, seed=bs)
+            for t in built:
+                rows[t]["latency"][str(bs)] = {"fp32_ms": lat["fp32"]["wall_ms"], "int8_ms": lat[t]["wall_ms"],
+                                               "int8_over_fp32": lat[t]["wall_ms"] / lat["fp32"]["wall_ms"]}
+    return {"cpu": cpu_record(), "threads": threads, "emulated": "avx2 (qemu-x86_64 -cpu Haswell)" if emulated else None,
+            "emulated_samples": emulated_samples if emulated else 0, "schemes": rows}
+
+
+def _rows(y: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
+    y = np.asarray(y, np.float32)
+    if y.ndim == 3 and "attention_mask" in batch:
+        y = y[np.asarray(batch["attention_mask"]).astype(bool)]
+    return y.reshape(len(y), -1)
