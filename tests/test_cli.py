@@ -204,6 +204,12 @@ def test_user_model_from_a_pt_file_with_model_factory(capsys, tmp_path, monkeypa
     pk, sd = load(tmp_path / "pk"), load(tmp_path / "sd")
     assert all(torch.equal(a, b) for a, b in zip(pk.state_dict().values(), sd.state_dict().values(), strict=True))
 
+    # quantize takes the same flags: the state_dict becomes a quantized artifact with an int8 ONNX
+    code, out, err = run(capsys, "quantize", str(tmp_path / "weights.pt"), *arch, "--data", "digits",
+                         "--latency-batches", "--out", str(tmp_path / "q"), "--json")
+    assert code == 0, err
+    assert (tmp_path / "q" / "condense.json").exists() and list((tmp_path / "q").glob("*.onnx"))
+
     # --model names the architecture of a .pt file only
     code, _, err = run(capsys, "eval", str(tmp_path / "sd"), *arch)
     assert code == 2 and "records its own architecture" in err

@@ -51,8 +51,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                          "ONNX, measure it",
         description="Quantize an artifact folder, write the deployable ONNX file and measure accuracy, bytes and "
                     "onnxruntime latency against fp32.")
-    sp.add_argument("model", metavar="MODEL_DIR", help="artifact folder written by condense (or a .pt pickle with --trust-pickle)")
+    from condense.cli.common import add_arch_opts
+
+    sp.add_argument("model", metavar="MODEL", help="artifact folder written by condense, or a .pt checkpoint: a state_dict "
+                                                    "with --model, a pickled model with --trust-pickle")
     sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+    add_arch_opts(sp)
     sp.add_argument("--method", choices=METHODS, default="static", help="quantization method (default: static)")
     sp.add_argument("--bits", type=int, default=8,
                     help="integer width 2..8 (default 8): weights and activations for static / qat, weights for "
@@ -199,7 +203,7 @@ def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.artifacts import artifact_bytes, save
-    from condense.cli.common import EXIT_OK, data_from, load_model_arg, show
+    from condense.cli.common import EXIT_OK, data_from, model_from_args, show
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs, heldout_inputs
     from condense.evaluate import evaluate
@@ -214,7 +218,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if any(b < 1 for b in args.latency_batches):
         raise ConfigError(f"--latency-batches must be >= 1, got {args.latency_batches}")
     cfg = _config(args)
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = model_from_args(args, need_spec=True)
     model.eval()
     if args.method == "transformer":
         from condense.quantize.cli_transformer import quantize_transformer
