@@ -28,8 +28,10 @@ from condense.export.pt2 import _args_kwargs, capture
 
 def require() -> None:
     """Raise MissingExtraError when ExecuTorch is not installed."""
+    from condense.core.noise import quiet_known_noise
     from condense.export.formats import MissingExtraError
 
+    quiet_known_noise()  # torchao's known-harmless import messages
     try:
         import executorch.exir  # noqa: F401
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401

@@ -21,8 +21,10 @@ from condense.export.pt2 import _args_kwargs, plain_layers
 
 
 def require() -> None:
+    from condense.core.noise import quiet_known_noise
     from condense.export.formats import MissingExtraError
 
+    quiet_known_noise()  # torchao's known-harmless import messages
     try:
         import litert_torch  # noqa: F401
         from ai_edge_litert.interpreter import Interpreter  # noqa: F401
