@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.data import load_dataset
 from condense.data.base import ArrayDataset
 from condense.distill import DistillConfig, distill
@@ -236,7 +237,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cache: dict[int, Any] = {}
     env = {"torch": torch.__version__, "python": platform.python_version(), "threads": args.threads,
-           "machine": platform.machine(), "seeds": args.seeds}
+           "machine": platform.machine(), "cpu": cpu_record(), "seeds": args.seeds}
     for part in args.parts:
         t0 = time.perf_counter()
         if part == "coreset":

@@ -131,8 +131,10 @@ def machine() -> dict:
         mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
     import torch
 
+    from condense.core.cpu import cpu_record
+
     return {
-        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu_record(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory": mem.split(":", 1)[-1].strip(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from condense.artifacts import load
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.data import load_dataset
 from condense.data.loader import example_inputs
 from condense.demo import run_demo
@@ -111,7 +112,7 @@ def main() -> None:
                 print(f"{label:34s} {fmt:10s} {r['precision']:5s} {r['bytes']:>10,} B  acc {r['test_accuracy']:.4f}  "
                       f"p50 {r['latency_p50_ms']:.4f} ms  min {r['latency_min_ms']:.4f} ({r['runtime']}, {threads} threads)",
                       flush=True)
-    out = {"rows": rows, "repeats": args.repeats, "formats": formats, "machine": platform.platform(),
+    out = {"rows": rows, "repeats": args.repeats, "formats": formats, "machine": platform.platform(), "cpu": cpu_record(),
            "cpu_count": os.cpu_count(), "torch": torch.__version__,
            "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch", "ai_edge_litert")}}
     if args.json:  # the MiniLM section (--minilm) of an existing file is kept
@@ -179,7 +180,7 @@ def minilm(json_path: str | None, repeats: int = 60, threads: int = 2) -> None:
     if json_path:
         p = Path(json_path)
         data = json.loads(p.read_text()) if p.exists() else {}
-        data["minilm"] = {"rows": rows, "repeats": repeats, "threads": threads, "machine": platform.platform(),
+        data["minilm"] = {"rows": rows, "repeats": repeats, "threads": threads, "machine": platform.platform(), "cpu": cpu_record(),
                           "cpu_count": os.cpu_count(), "torch": torch.__version__,
                           "versions": {m: _version(m) for m in ("onnxruntime", "executorch", "litert_torch",
                                                                   "ai_edge_litert")}}

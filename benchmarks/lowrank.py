@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 import condense
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.core.io import atomic_write_json
 from condense.data.loader import as_source
 from condense.lowrank import factorize_and_recover
@@ -267,7 +268,7 @@ def main() -> None:
     # A partial rerun (--part) replaces its own part and keeps the others already in the file.
     path = Path(args.json)
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+    out["machine"] = {"cpu": cpu_record(), "cpus": os.cpu_count(), "platform": platform.platform(),
                       "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     parts = {"cnn": cnn_part, "minilm": minilm_part, "minilm-sensitivity": minilm_sensitivity_part}
     for name, fn in parts.items():

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import condense
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.core.io import atomic_write_json
 from condense.models.hf import minilm_dir
 
@@ -155,7 +156,7 @@ def main() -> None:
     result = {"rows": rows, "times_s": times, "settings": vars(args), "classes": splits.class_names,
               "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
               "target": target,
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "machine": {"cpu": cpu_record(), "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "loadavg_end": os.getloadavg()},
               "wall_s": round(time.perf_counter() - t_start, 1)}
     atomic_write_json(args.json, result)

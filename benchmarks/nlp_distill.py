@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import condense
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.core.io import atomic_write_json
 from condense.data.loader import as_source
 from condense.models.hf import minilm_dir
@@ -182,7 +183,7 @@ def main() -> None:
         "vocab": vocab_report,
         "settings": vars(args), "data": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
                                          "extra_paragraphs": splits.info.get("extra_paragraphs", {})},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_record(), "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "loadavg_end": os.getloadavg()},
         "wall_s": round(time.perf_counter() - t_start, 1),
     }

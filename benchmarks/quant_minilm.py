@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import condense  # noqa: E402
+from condense.core.cpu import cpu_record  # noqa: E402
 from condense.quantize import TransformerInt8Config as Cfg  # noqa: E402
 
 CONFIGS: dict[str, tuple[str, Cfg]] = {
@@ -198,7 +199,7 @@ def main() -> None:
                   f"emulated AVX2 " + (f"mean cos {emu['mean_cosine']:.5f}, min {emu['min_cosine']:.5f}" if emu else "n/a")
                   + "; " + ", ".join(f"batch {b} int8/fp32 {v['int8_over_fp32']:.3f}" for b, v in r["latency"].items()))
         res_s = {"model_dir": str(folder), "sentences": len(texts), "calibration_sentences": len(calib),
-                 "machine": {"platform": platform.platform(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+                 "machine": {"cpu": cpu_record(), "platform": platform.platform(), "loadavg_start": load_start, "loadavg_end": loadavg()},
                  "study": study, "seconds": time.time() - t_start}
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ def main() -> None:
                                      repeats={1: args.reps1, 32: args.reps32}, eval_batch_size=32)
     res: dict[str, Any] = {
         "model_dir": str(folder), "sentences": len(texts), "calibration_sentences": len(calib),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_start": load_start},
+        "machine": {"cpu": cpu_record(), "cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_start": load_start},
         "labels": {name: CONFIGS[name][0] for name in args.configs}, "choice": choice.to_dict()}
     print("\n" + choice.table())
     for r in choice.rows:
