@@ -191,8 +191,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--config", help="YAML file with DistillConfig fields (losses, alpha, temperature, teacher_mix, train: ...)")
     sp.add_argument("--alpha", type=float, default=None, help="weight of the teacher's signal (1 = label-free)")
     sp.add_argument("--temperature", type=float, default=None)
-    sp.add_argument("--epochs", type=int, default=None)
-    sp.add_argument("--lr", type=float, default=None)
+    sp.add_argument("--epochs", type=int, default=None, help="default 20 (DistillConfig's; 10 for a Hugging Face teacher)")
+    sp.add_argument("--lr", type=float, default=None,
+                    help="default 1e-2 after a 20-step warm-up (DistillConfig's; 1e-4 for a Hugging Face teacher)")
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--transfer", choices=["train", "train+unlabelled"], default="train",
                     help="transfer set: labelled train split, or also the unlabelled part (needs alpha 1)")

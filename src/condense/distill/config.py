@@ -9,6 +9,11 @@ from condense.core.errors import ConfigError
 from condense.data.augment import AugmentConfig
 from condense.train.config import TrainConfig
 
+#: What distillation trains with where `train` does not say (the Python API, `condense distill`
+#: and recipe stages alike), on top of `TrainConfig`'s defaults. Measured on digits in
+#: benchmarks/distill_defaults.py (docs/distillation.md, "Default settings").
+DISTILL_TRAIN: dict[str, Any] = {"epochs": 20, "lr": 1e-2, "warmup_steps": 20}
+
 
 @dataclasses.dataclass
 class DistillConfig(Config):
@@ -28,6 +33,17 @@ class DistillConfig(Config):
     sees are fixed (no augmentation, no mixup); "on" insists (error if impossible); "off" never.
     `augment` + `mixup` give consistent-view distillation ("function matching", Beyer et al.
     2022): teacher and student see the same augmented (optionally mixed-up) view.
+
+    `train` defaults to `TrainConfig` with `DISTILL_TRAIN` on top (20 epochs, lr 1e-2 after a
+    20-step linear warm-up); a partial `train` mapping (a recipe's, the CLI's) fills in the rest
+    from there; a `TrainConfig` object is used as given. Why the higher learning rate: the soft
+    term reads the student's logits only through `s / T`, and AdamW's step does not grow with
+    the loss (Hinton's T^2, which restores the gradient scale under SGD, cancels in Adam's
+    normalised update), so at T = 4 the student's softened outputs move about 4x less per step
+    than under cross-entropy at the same lr; with TrainConfig's lr 1e-3 and 10 epochs the
+    student underfitted. Why 20 epochs: soft targets keep teaching after the labels are fitted
+    (the "patient teacher" of Beyer et al. 2022); on digits the student alone gained nothing
+    from 10 to 20 epochs and the distilled one did (docs/distillation.md, "Default settings").
     """
 
     losses: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -41,7 +57,12 @@ class DistillConfig(Config):
     cache_dir: str | None = None
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     mixup: float = 0.0  # Beta(mixup, mixup) mixing coefficient; 0 = off
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(**DISTILL_TRAIN))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):  # a partial mapping overrides distillation's defaults only
+            self.train = {**DISTILL_TRAIN, **self.train}
+        super().__post_init__()
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:

@@ -103,8 +103,9 @@ class StageKind:
 STAGES: Registry[StageKind] = Registry("stage kind")
 
 
-def _train_config(ctx: StageContext) -> TrainConfig:
-    raw = {"seed": ctx.recipe.seed + ctx.index, "progress": "log", **ctx.spec.train}
+def _train_config(ctx: StageContext, defaults: dict[str, Any] | None = None) -> TrainConfig:
+    """The stage's `train:` over `defaults` (the method's own, e.g. distillation's) and TrainConfig's."""
+    raw = {"seed": ctx.recipe.seed + ctx.index, "progress": "log", **(defaults or {}), **ctx.spec.train}
     raw["checkpoint_dir"] = str(ctx.folder / "checkpoint")
     return TrainConfig.from_dict(raw, where=f"{ctx.recipe.path} stage {ctx.spec.name!r} train")
 
@@ -168,12 +169,14 @@ def _label_free_transfer(ctx: StageContext, dc: Any, what: str = "distillation")
 
 
 def run_distill(ctx: StageContext, cfg: Config) -> StageOutput:
-    from condense.distill import distill_fit
+    from condense.distill import distill_fit, teacher_defaults
+    from condense.distill.config import DISTILL_TRAIN
 
     if not ctx.teachers:
         raise ConfigError(f"{ctx.recipe.path}:{ctx.spec.line}: distill stage {ctx.spec.name!r} needs 'teacher: <stage name>'")
     student = build_stage_model(ctx) if ctx.spec.model is not None else _input(ctx)
-    dc = cfg.replace(train=_train_config(ctx).to_dict())
+    defaults = {**DISTILL_TRAIN, **teacher_defaults({}, ctx.teachers[0]).get("train", {})}  # as `condense distill`
+    dc = cfg.replace(train=_train_config(ctx, defaults).to_dict())
     transfer, notes = _label_free_transfer(ctx, dc)
     res = distill_fit(student, ctx.teachers, ctx.splits.train if transfer is None else transfer, dc, ctx.splits.val,
                       resume=ctx.resume)

@@ -8,6 +8,12 @@ Deep Learning Workshop, arXiv:1503.02531.
 The gradient of the KL term w.r.t. a student logit is (1/T) (softmax(s/T) - softmax(t/T)), which
 shrinks like 1/T^2 for large T; the T^2 factor keeps the soft term's gradient on the same scale
 as the hard-label term when mixing them (the paper's section 2).
+
+That argument is about SGD. Adam(W) normalises each step, so a constant factor on the loss
+changes nothing by itself: T^2 only sets the soft term's weight against CE (alpha 0.9, T 4:
+14.4 against 0.1), and because the loss sees the student only through `s / T`, the softened
+outputs still move about T times less per step than under CE at the same learning rate (hence
+distillation's higher default lr, `condense.distill.config.DISTILL_TRAIN`).
 """
 from __future__ import annotations
 
