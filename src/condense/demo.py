@@ -147,6 +147,6 @@ def run_demo(out: str | Path | None = None, *, epochs: int | None = None, quiet:
             final = report["stages"][-1]
             print(f"\n{final['stage']} (distilled, pruned, int8): {100 * final['accuracy']:.2f}%; the same architecture "
                   f"trained alone on the labels: {100 * rows['student-alone']['accuracy']:.2f}%; teacher "
-                  f"{100 * report['stages'][0]['accuracy']:.2f}% (one seed; docs/demo.md has five)")
+                  f"{100 * report['stages'][0]['accuracy']:.2f}% (one seed; docs/demo.md has ten)")
         print(f"report: {report.get('html')}  ({report['wall_time_s']} s)")
     return report
