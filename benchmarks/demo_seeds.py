@@ -13,7 +13,8 @@ epochs each, same seed for both -- for W in --widths.
     python benchmarks/demo_seeds.py --full-label-seeds 0   # part 1 only; part 2's recorded rows are kept
 
 Each chain row records the CPU seconds (user + system) and wall seconds of its run; the JSON
-records the CPU model and its int8-relevant flags (float results differ across CPUs).
+records the CPU (`condense.core.cpu.cpu_record`: model, int8-relevant flags; float results
+differ across CPUs).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import torch
 import yaml
 
 import condense
+from condense.core.cpu import cpu_record
 from condense.distill import DistillConfig, distill_fit
 from condense.models.registry import build_model
 from condense.recipes import run_recipe
@@ -88,21 +90,6 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def cpu_model() -> dict[str, object]:
-    """The CPU's model name and whether it has the AVX2 / AVX-512 VNNI flags (Linux)."""
-    name, flags = None, set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name is None:
-                name = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model_name": name, "avx2": "avx2" in flags, "avx512_vnni": "avx512_vnni" in flags}
-
-
 def summary(rows: list[dict[str, float]], key: str) -> dict[str, float]:
     vals = [r[key] for r in rows]
     return {"mean": statistics.mean(vals), "std": statistics.pstdev(vals), "wins": sum(v > 0 for v in vals), "n": len(vals)}
@@ -135,7 +122,7 @@ def main() -> None:
         result.setdefault("full_labels_machine", old.get("machine"))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg(), "torch": torch.__version__,
-                         **cpu_model()}
+                         "cpu": cpu_record()}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result.get(k) for k in ("chain_summary", "full_labels_summary", "wall_s", "machine")}, indent=1))
 
