@@ -88,7 +88,9 @@ def test_bits_outside_2_to_8_are_config_errors(bits: int) -> None:
 # -- prepare + train --------------------------------------------------------------------------
 def test_prepare_qat_wraps_and_trains_on_digits(digits_splits) -> None:
     model = small_cnn()
-    q = prepare_qat(model, QATConfig(bits=4), calibration=digits_splits.train.inputs[:64])
+    capped = prepare_qat(small_cnn(), QATConfig(bits=4, target="avx2"))
+    assert [m.bits for m in capped.modules() if isinstance(m, QATWrapper)] == [7, 4, 7]  # no saturation on AVX2
+    q = prepare_qat(model, QATConfig(bits=4, target="avx512-vnni"), calibration=digits_splits.train.inputs[:64])
     wrappers = {n: m for n, m in q.named_modules() if isinstance(m, QATWrapper)}
     assert list(wrappers) == ["0.conv", "1.conv", "4"]
     assert wrappers["0.conv"].bits == 8 and wrappers["1.conv"].bits == 4 and wrappers["4"].bits == 8
@@ -164,7 +166,7 @@ def test_observer_mode_tracks_until_frozen() -> None:
 def _trained_qat(bits: int = 2) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    q = prepare_qat(small_cnn(), QATConfig(bits=bits), calibration=x)
+    q = prepare_qat(small_cnn(), QATConfig(bits=bits, target="avx512-vnni"), calibration=x)
     opt = torch.optim.Adam(q.parameters(), lr=1e-2)
     for _ in range(15):
         loss = F.cross_entropy(q(x), y)

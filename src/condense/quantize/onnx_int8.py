@@ -229,6 +229,8 @@ def _quantized_for(qmodel: nn.Module) -> str:
     for edit in reversed(getattr(qmodel, "condense_edits", None) or []):
         if edit.get("kind") == "quantize_static":
             return str(edit["params"].get("config", {}).get("target", "auto"))
+        if edit.get("kind") == "qat":
+            return str(edit["params"].get("target", "auto"))
     return "auto"
 
 

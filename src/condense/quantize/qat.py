@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condense.core.config import Config
+from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
@@ -75,7 +76,9 @@ class QATConfig(Config):
     activations) of the first and last selected layers in module order (None: same as the rest).
     quantize_activations: False trains weight-only QAT. learn_scales: LSQ (True) or observer-style
     tracked steps (False). per_channel: one weight step per output channel. targets / ignore: the
-    layer-selection language (default Conv1d, Conv2d, Linear).
+    layer-selection language (default Conv1d, Conv2d, Linear). target: the CPU family the int8
+    file will run on (`condense.core.cpu`; "auto": this one); without VNNI, weights are capped
+    at 7 bits so ONNX Runtime's u8 x s8 kernels cannot saturate.
 
     The training schedule `qat_fit` runs (the `quantize` recipe stage and `condense quantize
     --method qat`): distill: learn from the float model (Hinton KD, `alpha` * soft targets at
@@ -98,8 +101,11 @@ class QATConfig(Config):
     temperature: float = 4.0
     freeze_bn_epoch: int | None = None
     freeze_steps_epoch: int | None = None
+    target: str = "auto"
 
     def validate(self) -> None:
+        if self.target != "auto":
+            resolve_target(self.target)
         _check_bits(self.bits, "bits")
         _check_bits(self.act_bits, "act_bits")
         _check_bits(self.first_last_bits, "first_last_bits")
@@ -222,15 +228,16 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
     if not names:
         raise ConfigError("prepare_qat: no Conv1d / Conv2d / Linear among the selected modules")
     layers: dict[str, dict[str, Any]] = {}
+    target = resolve_target(config.target)
     for i, n in enumerate(names):
         edge = config.first_last_bits is not None and i in (0, len(names) - 1)
-        bits = config.first_last_bits if edge else config.bits
+        bits = min(max_weight_bits(target), config.first_last_bits if edge else config.bits)
         act_bits = (config.first_last_bits if edge else config.act_bits) if config.quantize_activations else None
         w = QATWrapper(model.get_submodule(n), bits, act_bits, learn_scales=config.learn_scales,
                        per_channel=config.per_channel)
         model.set_submodule(n, w)
         layers[n] = w.spec()
-    record_edit(model, "qat", layers=layers)
+    record_edit(model, "qat", layers=layers, target=target)
     if calibration is not None:
         from condense.quantize.gptq import calibration_batches, run_batch
 
@@ -242,7 +249,7 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
     return model
 
 
-def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]], target: str = "auto") -> None:
     for name, spec in layers.items():
         m = model.get_submodule(name)
         w = QATWrapper(m, spec["bits"], spec["act_bits"], learn_scales=spec["learn_scales"],
