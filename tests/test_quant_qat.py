@@ -233,8 +233,9 @@ def test_converted_qat_exports_to_int8_onnx(tmp_path) -> None:
 
     q, x = _trained_qat(4)
     c = convert_qat(q, example=x[:1])
-    res = export_int8_onnx(c, x[:1], tmp_path / "qat_int8.onnx", heldout=x)
-    assert res.path.is_file() and res.top1_agreement >= 0.95
+    # quantized for a VNNI CPU (8-bit edges); built for avx2, whose kernels are exact with these weights
+    res = export_int8_onnx(c, x[:1], tmp_path / "qat_int8.onnx", heldout=x, target="avx2")
+    assert res.path.is_file() and res.weight_dtype == "uint8" and res.top1_agreement >= 99.0  # percent
 
 
 def test_qat_fit_schedule_defaults_and_limits() -> None:
