@@ -68,14 +68,14 @@ def _warn_if_cpu_saturates(session: Any, path: Path) -> None:
     """Warn when an int8 file built for a CPU with exact u8 x s8 sums runs on one without."""
     import warnings
 
-    from condense.core.cpu import TARGETS, resolve_target
+    from condense.core import cpu
 
     meta = session.get_modelmeta().custom_metadata_map
     built_for = meta.get("condense.int8_target")
     if meta.get("condense.int8_exact_on") != "u8s8-exact" or not built_for:
         return
-    here = resolve_target("auto")
-    if not TARGETS[here].u8s8_exact:
+    here = cpu.detect_target()  # the CPU really running it, whatever target new files are built for
+    if not cpu.TARGETS[here].u8s8_exact:
         warnings.warn(f"{path}: int8 file built for {built_for}, whose int8 kernels sum u8 x s8 products exactly; "
                       f"this CPU ({here}) sums them in saturating int16, so outputs can differ from the "
                       f"quantized model. Re-export with target={here!r}.", stacklevel=3)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from condense.core.cpu import TARGETS, can_saturate, resolve_target
+from condense.core.cpu import TARGETS, can_saturate, detect_target, resolve_target
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.export.onnx import onnx_session
@@ -148,7 +148,8 @@ def export_int8_onnx(
         raise ConfigError("export_int8_onnx: calibrate and freeze first (some layers are not in 'quantize' mode)")
     example = _inputs(example)
     notes: list[str] = []
-    built_for, here = resolve_target(_quantized_for(qmodel) if target == "auto" else target), resolve_target("auto")
+    # `here`: the CPU whose ONNX Runtime kernels run the agreement check below
+    built_for, here = resolve_target(_quantized_for(qmodel) if target == "auto" else target), detect_target()
     saturating = [n for n, w in wrappers.items() if can_saturate(weight_columns(w))]
     weight_dtype = "int8"
     if saturating and not TARGETS[built_for].u8s8_exact:

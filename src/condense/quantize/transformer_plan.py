@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from condense.core.cpu import resolve_target
+from condense.core.cpu import detect_target, resolve_target
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer import (
     TransformerInt8Config,
@@ -99,7 +99,7 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
         checked_samples=int(quality.get("n", 0)), top1_agreement=None, max_abs_diff=quality["max_abs_diff"],
         notes=notes, latency=latency, details={"transformer": res.to_dict(), "agreement": quality},
         target=cfg.target if cfg.target != "auto" else resolve_target("auto"), weight_dtype="int8",
-        checked_on=resolve_target("auto"))
+        checked_on=detect_target())
 
 
 QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler))
