@@ -457,12 +457,7 @@ def main() -> None:
     if args.schemes_only:
         result["schemes"] = schemes_study(splits, args.seeds, args.epochs)
         print("\n" + schemes_table(result["schemes"]))
-        result["machine"]["loadavg_end"] = loadavg()
-        result["seconds"] = time.time() - t_start
-        print(f"\ntotal {result['seconds']:.0f} s; load average at end: {loadavg()}")
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+        finish(result, t_start, args.json)
         return
     print(f"load average at start: {loadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="quant_digits_") as tmp:
@@ -480,12 +475,17 @@ def main() -> None:
         if not args.skip_latency and teacher0 is not None:
             result["latency"] = latency_study(teacher0, splits, work)
             print("\n" + latency_tables(result["latency"]))
+    finish(result, t_start, args.json)
+
+
+def finish(result: dict[str, Any], t_start: float, json_path: str) -> None:
+    """Close the record (end load, total seconds), print the total and write the JSON file."""
     result["machine"]["loadavg_end"] = loadavg()
     result["seconds"] = time.time() - t_start
     print(f"\ntotal {result['seconds']:.0f} s; load average at end: {loadavg()}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1, default=float))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1, default=float))
 
 
 if __name__ == "__main__":
