@@ -73,7 +73,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from condense.core.io import atomic_write_json, atomic_write_text
+from condense.core.io import atomic_write_text
+from condense.core.jsonio import write_json_strict
 from condense.report.data import REPORT_NAME, Run, load_run
 from condense.report.illusions import Illusion, detect
 from condense.report.summary import Report, enriched_json, summarize
@@ -135,7 +136,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, plots: b
     atomic_write_text(md_path, render_markdown(rep))
     data = enriched_json(rep, files)
     data["report"]["plots"] = [p.to_dict() for p in figures.values()]
-    atomic_write_json(json_path, data)
+    write_json_strict(json_path, data)  # NaN / inf as null (warned): report.json parses anywhere
     return ReportPaths(html_path, md_path, json_path, len(rep.illusions))
 
 

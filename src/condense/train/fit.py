@@ -12,7 +12,6 @@ checkpoints (rank 0), exact resume, and the non-finite-loss guard.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -25,6 +24,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, NonFiniteLossError, RunError
 from condense.core.io import append_jsonl, atomic_write_text
+from condense.core.jsonio import dumps_strict, strict_data
 from condense.data.loader import as_source
 from condense.models.signature import batch_to
 from condense.train import distributed as dist
@@ -244,7 +244,7 @@ def fit(
         )
 
     if log_path is not None:
-        atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
+        atomic_write_text(log_path, "".join(dumps_strict(h, what=str(log_path)) + "\n" for h in history))
     eval_model = task.eval_model()
     if config.compile:
         eval_model.compile()  # in place: parameter names and state_dict keys are unchanged
@@ -365,7 +365,7 @@ def fit(
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in eval_model.state_dict().items()}
             history.append(record)
             if log_path is not None:
-                append_jsonl(log_path, record)
+                append_jsonl(log_path, strict_data(record, what=str(log_path)))  # NaN -> null (warned)
             progress.epoch(record)
             if ckpt_dir is not None:
                 checkpoint(epoch + 1)
