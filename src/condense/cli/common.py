@@ -1,5 +1,6 @@
-"""What every `condense` command shares: exit codes, `key=value` and YAML options, printing,
-loading the model and data a command names, and the common argument groups.
+"""What every `condense` command shares: exit codes, `key=value` and YAML options, printing
+(strict JSON), loading the model and data a command names, the common argument groups, and the
+one rule for output folders and files (`check_out_folder`, `check_out_file`, `--force`).
 
 Command modules (`condense.cli.train`, `...measure`, `...run`, and the method packages' own
 `prune.cli`, `quantize.cli`, `lowrank.cli`) import from here; this module imports no command
@@ -8,13 +9,13 @@ module, so there is no cycle.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_RUN, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_TERMINATED = 143  # SIGTERM: `condense.train.signals.Interrupted` carries 128 + the signal number
 
 
 def on_main(fn: Any) -> Any:
@@ -43,15 +44,102 @@ def kv(items: Sequence[str] | None, field: str) -> dict[str, Any]:
 
 
 def show(obj: Any, as_json: bool, text: str | None = None) -> None:
+    """Print a command's result: strict JSON with `--json` (NaN / inf as null, with a warning), else `text`."""
+    from condense.core.jsonio import dumps_strict
     from condense.train.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 speaks for the run
         return
-    if as_json:
-        json.dump(obj, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+    if as_json or text is None:
+        sys.stdout.write(dumps_strict(obj, default=str, what="output", indent=2) + "\n")
     else:
-        print(text if text is not None else json.dumps(obj, indent=2, default=str))
+        print(text)
+
+
+# -- output folders and files: one rule for every command that writes ---------------------------------
+
+#: the file an unexpected error's traceback goes to, in the command's output folder (see `condense.cli.main`)
+ERROR_LOG = "condense-error.log"
+
+
+def add_force_opt(sp: argparse.ArgumentParser, what: str = "a non-empty --out folder") -> None:
+    """`--force`: write into `what` (a non-empty output folder, an existing output file)."""
+    sp.add_argument("--force", action="store_true",
+                    help=f"write into {what}: only the files this command writes are replaced, anything else there "
+                         "is kept (without it, such an output is refused with exit 2)")
+
+
+def _check_parents(p: Path, flag: str) -> None:
+    from condense.core.errors import ConfigError
+
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{p}: {parent} is a file, not a folder; choose another {flag} (nothing was changed)")
+            return
+
+
+def check_out_folder(args: argparse.Namespace, path: str | Path, *, resumable: bool = False,
+                     flag: str = "--out") -> Path:
+    """The rule of every command that writes an output folder, checked before any work.
+
+    `path` must not be a file. An existing folder must be empty, or be this command's own
+    resumable output (`resumable`, e.g. `train --resume` on its own checkpoint), or the user
+    passes `--force`: the command then replaces only the files it writes and keeps everything else
+    (no folder is ever emptied). Anything else is a ConfigError (exit 2) naming the folder and
+    `--force`. The folder is recorded on `args.output_folder`, where the top-level handler writes
+    the traceback of an unexpected error (`ERROR_LOG`).
+    """
+    from condense.core.errors import ConfigError
+
+    p = Path(path)
+    _check_parents(p, flag)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{p}: exists and is not a folder; {flag} names the folder to write into (nothing was changed)")
+    if p.is_dir() and not resumable and not getattr(args, "force", False):
+        entries = sorted(e.name for e in p.iterdir() if e.name != ERROR_LOG)
+        if entries:
+            shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+            raise ConfigError(
+                f"{p}: the folder exists and is not empty (it holds {shown}); condense {args.command} writes into "
+                f"a non-empty folder only with --force, which replaces the files it writes and keeps the others; "
+                f"or choose another {flag} (nothing was changed)")
+    args.output_folder = p
+    return p
+
+
+def check_out_file(args: argparse.Namespace, path: str | Path, *, flag: str = "--out") -> Path:
+    """The same rule for a command that writes one file: `path` must not be a folder, and an
+    existing file is replaced only with `--force` (ConfigError, exit 2, otherwise)."""
+    from condense.core.errors import ConfigError
+
+    p = Path(path)
+    _check_parents(p, flag)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder; {flag} names the file to write (nothing was changed)")
+    if (p.exists() or p.is_symlink()) and not getattr(args, "force", False):
+        raise ConfigError(f"{p}: exists; condense {args.command} replaces an existing file only with --force, "
+                          f"or choose another {flag} (nothing was changed)")
+    return p
+
+
+def has_checkpoint(out: str | Path) -> bool:
+    """Whether `out` holds the training checkpoint a `--resume` continues (`<out>/checkpoint`)."""
+    from condense.train.checkpoint import CHECKPOINT_NAME
+
+    return (Path(out) / "checkpoint" / CHECKPOINT_NAME).is_file()
+
+
+def save_artifact(model: Any, out: str | Path, *, metrics: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None) -> Path:
+    """`condense.artifacts.save` with strict-JSON metadata: a NaN / inf metric is written as null
+    (with a warning naming it), never as the `NaN` token strict JSON parsers reject."""
+    from condense.artifacts import save
+    from condense.core.jsonio import strict_data
+
+    where = f"{Path(out) / 'condense.json'}"
+    return save(model, out, metrics=strict_data(metrics or {}, what=where),
+                extra=strict_data(extra, what=where) if extra is not None else None)
 
 
 #: `--data NAME:VALUE` shorthands: the option VALUE fills (`text:notes.jsonl`, `imagefolder:photos/`)

@@ -8,7 +8,10 @@ from condense.cli.common import (
     EXIT_OK,
     add_arch_opts,
     add_data_opts,
+    add_force_opt,
     add_model_opts,
+    check_out_file,
+    check_out_folder,
     data_from,
     model_from_args,
     show,
@@ -82,15 +85,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     from condense.export import FORMATS, export
     from condense.export.formats import check_format
 
-    model, meta = model_from_args(args)
-    splits, _, _ = data_from(args, meta)
     formats = [check_format(f) for f in (args.format or ["onnx"])]  # all checked before any export runs
+    if args.out and args.out_dir:
+        raise ConfigError("give --out (one file) or --out-dir (a folder for every format), not both")
     if args.out and len(formats) > 1:
         raise ConfigError("--out names one file; with several formats use --out-dir")
-    folder = Path(args.out_dir) if args.out_dir else Path(str(args.model).removeprefix("hf:"))
+    if args.out:
+        targets = {formats[0]: check_out_file(args, args.out)}
+    elif args.out_dir:
+        folder = check_out_folder(args, args.out_dir, flag="--out-dir")
+        targets = {fmt: folder / f"model{FORMATS[fmt]}" for fmt in formats}
+    else:  # next to the model: model.<ext> in its folder, or <stem>.<ext> beside a .pt file
+        src = Path(str(args.model).removeprefix("hf:"))
+        base = src / "model" if src.is_dir() else src.with_suffix("")
+        targets = {fmt: check_out_file(args, base.with_name(base.name + FORMATS[fmt])) for fmt in formats}
+    model, meta = model_from_args(args)
+    splits, _, _ = data_from(args, meta)
     rows = []
-    for fmt in formats:
-        out = Path(args.out) if args.out else folder / f"model{FORMATS[fmt]}"
+    for fmt, out in targets.items():
         res = export(model, example_inputs(splits.test, 1), out, fmt, precision=args.precision,
                      calibration=splits.train, samples=splits.test, atol=args.atol,
                      calibration_samples=args.calibration_samples)
@@ -136,8 +148,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="one or more of onnx, pt2, executorch, tflite (default onnx)")
     sp.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"],
                     help="auto: int8 when the model is quantized, else fp32")
-    sp.add_argument("--out", default=None, help="file to write (one format); default next to the model")
-    sp.add_argument("--out-dir", default=None, help="folder for the files of several formats")
+    sp.add_argument("--out", default=None, help="file to write (one format); default next to the model "
+                                                "(model.<ext> in its folder)")
+    sp.add_argument("--out-dir", default=None, help="folder for the files of several formats (new or empty; see --force)")
+    add_force_opt(sp, "a non-empty --out-dir, or over an existing --out file (or model.<ext> next to the model)")
     sp.add_argument("--calibration-samples", type=int, default=128, help="training samples for int8 calibration")
     sp.add_argument("--atol", type=float, default=1e-4)
     sp.add_argument("--json", action="store_true")

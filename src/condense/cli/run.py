@@ -8,9 +8,13 @@ from typing import Any
 from condense.cli.common import (
     EXIT_OK,
     add_data_opts,
+    add_force_opt,
     add_model_opts,
+    check_out_file,
+    check_out_folder,
     data_from,
     load_model_arg,
+    save_artifact,
     show,
     yaml_mapping,
 )
@@ -26,8 +30,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from condense.core.errors import ConfigError
     from condense.recipes import run_recipe
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # the runner's own rule refuses a non-empty folder (use `resume`)
+        raise ConfigError(f"{out}: exists and is not a folder; --out names the run folder to create (nothing was changed)")
+    args.output_folder = out
     report = run_recipe(args.recipe, args.out, quiet=args.json)
     show(report, args.json, _run_text(report, args.out))
     return EXIT_OK
@@ -36,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from condense.recipes import resume_run
 
+    args.output_folder = Path(args.run)
     report = resume_run(args.run, quiet=args.json)
     show(report, args.json, _run_text(report, args.run))
     return EXIT_OK
@@ -63,13 +73,10 @@ def cmd_recipe_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from condense.core.errors import ConfigError
     from condense.core.io import atomic_write_text
     from condense.recipes.template import TEMPLATE
 
-    p = Path(args.path)
-    if p.exists() and not args.force:
-        raise ConfigError(f"{p}: exists; pass --force to overwrite it")
+    p = check_out_file(args, args.path, flag="PATH")
     atomic_write_text(p, TEMPLATE)
     print(f"wrote {p}; edit it, check it with `condense recipe validate {p}`, run it with `condense run {p}`")
     return EXIT_OK
@@ -78,13 +85,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from condense.report import write_report
 
+    if args.out is not None:  # default: the run folder itself, where the report belongs
+        o = Path(args.out)
+        if o.suffix.lower() in (".html", ".htm"):  # report.html + .md + .json of that stem
+            for p in (o, o.with_suffix(".md"), o.with_suffix(".json")):
+                check_out_file(args, p)
+        elif not (o.is_dir() and o.resolve() == Path(args.run).resolve()):
+            check_out_folder(args, o)
     paths = write_report(args.run, args.out).to_dict()
     show(paths, args.json, "\n".join(f"{k}: {v}" for k, v in paths.items()))
     return EXIT_OK
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from condense.artifacts import save
     from condense.core.errors import ConfigError
     from condense.train.distributed import world
     from condense.tune import TuneConfig, tune
@@ -92,6 +105,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if world().distributed:
         raise ConfigError("condense tune times every trial's latency, which processes running side by side would "
                           "distort; run it without torchrun")
+    check_out_folder(args, args.out)
 
     model, meta = load_model_arg(args.model, args.trust_pickle)
     splits, data_name, data_kwargs = data_from(args, meta)
@@ -101,8 +115,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raw[key] = value
     cfg = TuneConfig.from_dict(raw, where=args.config or "condense tune")
     result = tune(model, splits, cfg)
-    save(result.model, args.out, metrics={"tune": result.to_dict()},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "tune_config": cfg.to_dict()})
+    save_artifact(result.model, args.out, metrics={"tune": result.to_dict()},
+                  extra={"data": {"name": data_name, "kwargs": data_kwargs}, "tune_config": cfg.to_dict()})
     lines = [f"{'trial':>5} {'ratio':>5} {'recover':>8} {'int8':>5} {'val acc':>8} {'objective':>10}"]
     for t in result.trials:
         mark = "*" if t["trial"] == result.chosen else ("p" if t["trial"] in result.pareto else " ")
@@ -132,7 +146,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--tolerance", type=float, default=None, help="allowed validation accuracy drop, in points")
     sp.add_argument("--objective", choices=["latency", "bytes"], default=None)
     sp.add_argument("--max-trials", type=int, default=None)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_tune)
 
@@ -156,11 +171,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("init", help="write a commented recipe template")
     sp.add_argument("path", nargs="?", default="recipe.yaml")
-    sp.add_argument("--force", action="store_true")
+    sp.add_argument("--force", action="store_true", help="replace an existing file at PATH")
     sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("report", help="write the HTML / Markdown / JSON report of a run folder")
     sp.add_argument("run")
-    sp.add_argument("--out", default=None, help="output folder (default: the run folder)")
+    sp.add_argument("--out", default=None, help="output folder (new or empty; default: the run folder), or an .html "
+                                                "path (the .md and .json files take its stem)")
+    add_force_opt(sp, "a non-empty --out folder, or over existing report files")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_report)

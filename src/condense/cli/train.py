@@ -8,13 +8,17 @@ from typing import Any
 from condense.cli.common import (
     EXIT_OK,
     add_data_opts,
+    add_force_opt,
+    check_out_folder,
     data_from,
+    has_checkpoint,
     heldout_metrics,
     hf_folder_of,
     kv,
     layers_arg,
     load_model_arg,
     on_main,
+    save_artifact,
     show,
     train_overrides,
     yaml_mapping,
@@ -22,7 +26,6 @@ from condense.cli.common import (
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from condense.artifacts import save
     from condense.core.seed import seed_everything
     from condense.data import AugmentConfig, build_augment
     from condense.evaluate import evaluate
@@ -30,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from condense.recipes.stages import model_kwargs_for
     from condense.train import TrainConfig, train_model
 
+    check_out_folder(args, args.out, resumable=args.resume and has_checkpoint(args.out))
     splits, data_name, data_kwargs = data_from(args)
     train_kwargs = kv(args.set, "--set")
     cfg = TrainConfig.from_dict(
@@ -44,8 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def finish() -> dict[str, Any]:  # rank 0 only under torchrun
         metrics = evaluate(result.model, splits.test)
-        save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
-             extra={"data": {"name": data_name, "kwargs": data_kwargs}, "train_config": cfg.to_dict()})
+        save_artifact(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+                      extra={"data": {"name": data_name, "kwargs": data_kwargs}, "train_config": cfg.to_dict()})
         return metrics
 
     metrics = on_main(finish)
@@ -56,13 +60,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from condense.artifacts import save
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
     from condense.distill import DistillConfig, distill_fit, teacher_defaults
     from condense.models import build_model
     from condense.recipes.stages import model_kwargs_for
 
+    check_out_folder(args, args.out, resumable=args.resume and has_checkpoint(args.out))
     teachers, metas = [], []
     for t in args.teacher:
         model, meta = load_model_arg(t, args.trust_pickle)
@@ -96,9 +100,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     def finish() -> tuple[dict[str, Any], str]:  # rank 0 only under torchrun
         metrics, line = heldout_metrics(result.model, splits, teachers[0])
-        save(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
-             extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
-                    "teachers": list(args.teacher)})
+        save_artifact(result.model, args.out, metrics={"test": metrics, "fit": result.to_dict()},
+                      extra={"data": {"name": data_name, "kwargs": data_kwargs}, "distill_config": cfg.to_dict(),
+                             "teachers": list(args.teacher)})
         return metrics, line
 
     metrics, line = on_main(finish)
@@ -111,12 +115,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from condense.artifacts import save
     from condense.core.seed import seed_everything
     from condense.models import build_model
     from condense.recipes.stages import all_training_images, model_kwargs_for
     from condense.ssl import PretrainConfig, pretrain_fit
 
+    check_out_folder(args, args.out, resumable=args.resume and has_checkpoint(args.out))
     splits, data_name, data_kwargs = data_from(args)
     raw = yaml_mapping(args.config, "pretrain config")
     if args.method:
@@ -126,8 +130,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     seed_everything(cfg.train.seed)
     model = build_model(args.model, **model_kwargs_for(splits, kv(args.model_arg, "--model-arg"), args.model))
     result = pretrain_fit(model, all_training_images(splits), cfg, resume=args.resume)
-    on_main(lambda: save(result.model, args.out, metrics={"fit": result.to_dict()},
-                         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "pretrain_config": cfg.to_dict()}))
+    on_main(lambda: save_artifact(result.model, args.out, metrics={"fit": result.to_dict()},
+                                  extra={"data": {"name": data_name, "kwargs": data_kwargs},
+                                         "pretrain_config": cfg.to_dict()}))
     last = result.history[-1] if result.history else {}
     show({"artifact": args.out, "final_train_loss": last.get("train_loss")}, args.json,
            f"saved {args.out} (self-supervised {cfg.method}; final loss {last.get('train_loss', float('nan')):.4f}); "
@@ -136,9 +141,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
-    from condense.core.io import atomic_write_json
+    from condense.core.jsonio import write_json_strict
     from condense.reduce import reduce_data
 
+    check_out_folder(args, args.out)
     model, meta = (None, None)
     if args.model:
         model, meta = load_model_arg(args.model, args.trust_pickle)
@@ -155,7 +161,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
         summary["positions"] = [int(p) for p in result.positions]
     if result.transform is not None and hasattr(result.transform, "save"):
         result.transform.save(out / "transform.json")
-    atomic_write_json(out / "reduce.json", summary)
+    write_json_strict(out / "reduce.json", summary)
     show(summary, args.json, f"{result.method}: {splits.summary()['train']} train samples x {splits.input_shape} -> "
            f"{result.data.summary()['train']} x {result.data.input_shape}; wrote {out / 'reduce.json'}")
     return EXIT_OK
@@ -174,8 +180,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--set", action="append", metavar="K=V", help="any other TrainConfig field, e.g. schedule=step")
     sp.add_argument("--augment", action="append", metavar="K=V", help="augmentation, e.g. shift=1 or noise=0.05")
-    sp.add_argument("--out", required=True, help="artifact folder to write")
+    sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
     sp.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_train)
 
@@ -197,8 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=int, default=None)
     sp.add_argument("--transfer", choices=["train", "train+unlabelled"], default="train",
                     help="transfer set: labelled train split, or also the unlabelled part (needs alpha 1)")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
+    sp.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_distill)
 
@@ -211,8 +219,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--epochs", type=int, default=None)
     sp.add_argument("--lr", type=float, default=None)
     sp.add_argument("--seed", type=int, default=None)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--resume", action="store_true")
+    sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
+    sp.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_pretrain)
 
@@ -223,6 +232,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--method", choices=["pca", "select", "coreset"], default=None)
     sp.add_argument("--config", help="YAML file with the method's fields")
     sp.add_argument("--set", action="append", metavar="K=V", help="method option, e.g. n_components=8 or fraction=0.25")
-    sp.add_argument("--out", required=True, help="folder for reduce.json (+ transform.json)")
+    sp.add_argument("--out", required=True, help="folder for reduce.json (+ transform.json); new or empty, see --force")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_reduce)

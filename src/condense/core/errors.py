@@ -1,6 +1,7 @@
 """Typed errors. Each maps to a documented CLI exit code and reads as one clear line.
 
-Exit codes: 0 ok, 2 bad usage / config, 3 bad input file, 4 run failure, 130 interrupted.
+Exit codes: 0 ok, 2 bad usage / config, 3 bad input file, 4 run failure (and any unexpected error), 130
+interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class RunError(CondenseError, RuntimeError):
 
 class NonFiniteLossError(RunError):
     """Training produced non-finite losses too many steps in a row."""
+
+
+class NoSpaceError(RunError):
+    """A write failed because the disk (or the user's quota) is full (exit code 4)."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:

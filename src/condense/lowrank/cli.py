@@ -30,14 +30,15 @@ def _recover_cfg(args: argparse.Namespace, encoder: bool) -> Any:
 
 
 def _run(args: argparse.Namespace, verb: str) -> int:
-    from condense.artifacts import save
     from condense.cli.common import (
         EXIT_OK,
+        check_out_folder,
         data_from,
         heldout_metrics,
         hf_folder_of,
         kv,
         model_from_args,
+        save_artifact,
         show,
     )
     from condense.core.seed import seed_everything
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace, verb: str) -> int:
     )
     from condense.models.hf import is_encoder
 
+    check_out_folder(args, args.out)
     model, meta = model_from_args(args, need_spec=True)
     splits, data_name, data_kwargs = data_from(args, meta, tokenizer=hf_folder_of(args.model, model))
     encoder = is_encoder(model)
@@ -68,9 +70,9 @@ def _run(args: argparse.Namespace, verb: str) -> int:
         model, info = reduce_depth_and_recover(model, cfg, rcfg, splits.train, splits.val,
                                                teacher=reference if rcfg.method == "distill" else None)
     after, line = heldout_metrics(model, splits, reference)
-    save(model, args.out, metrics={"test": after, "test_before": before, verb: info},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, f"{verb}_config": cfg.to_dict(),
-                "recover_config": rcfg.to_dict(), "source": str(args.model)})
+    save_artifact(model, args.out, metrics={"test": after, "test_before": before, verb: info},
+                  extra={"data": {"name": data_name, "kwargs": data_kwargs}, f"{verb}_config": cfg.to_dict(),
+                         "recover_config": rcfg.to_dict(), "source": str(args.model)})
     edit = info.get("edit") or {}
     summary = {
         "artifact": str(args.out), "test_accuracy_before": before["accuracy"] if before else None,
@@ -108,7 +110,7 @@ def cmd_reduce_depth(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `factorize` and `reduce-depth` to the `condense` subcommands."""
-    from condense.cli.common import add_arch_opts
+    from condense.cli.common import add_arch_opts, add_force_opt
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, or a .pt "
@@ -129,7 +131,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--temperature", type=float, default=4.0, help="distill: softmax temperature")
         sp.add_argument("--bn-batches", type=int, default=8, help="re-estimate BatchNorm statistics on this many batches (0: off)")
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--out", required=True, help="artifact folder to write")
+        sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
+        add_force_opt(sp)
         sp.add_argument("--json", action="store_true")
 
     sp = sub.add_parser("factorize", help="replace Linear / Conv2d layers by low-rank products (SVD, Tucker-2) and recover")

@@ -65,13 +65,14 @@ def _report(model: Any, example: Any, reference: Any) -> dict[str, Any]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from condense.artifacts import save
     from condense.cli.common import (
         EXIT_OK,
+        check_out_folder,
         data_from,
         heldout_metrics,
         hf_folder_of,
         model_from_args,
+        save_artifact,
         show,
     )
     from condense.core.errors import ConfigError
@@ -79,6 +80,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from condense.data.loader import example_inputs
     from condense.prune.recover import RecoverConfig, prune_and_recover
 
+    check_out_folder(args, args.out)
     pcfg = _prune_config(args)
     if args.target_macs is not None and args.ratio is not None:
         raise ConfigError("give --ratio or --target-macs, not both (--target-macs chooses the ratio)")
@@ -109,9 +111,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         report["notes"].append("attention heads were removed: condense.load opens this folder, transformers 5 does not "
                                "(no per-layer head count in its BERT config); condense.prune.pad_pruned_heads(model) "
                                "gives a copy it opens, with full-size attention")
-    save(model, args.out, metrics={"test": after, "test_before": before, "prune": info, "report": report},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "prune_config": info["prune"],
-                "recover_config": rcfg.to_dict(), "source": str(args.model)})
+    save_artifact(model, args.out, metrics={"test": after, "test_before": before, "prune": info, "report": report},
+                  extra={"data": {"name": data_name, "kwargs": data_kwargs}, "prune_config": info["prune"],
+                         "recover_config": rcfg.to_dict(), "source": str(args.model)})
     summary = {
         "artifact": str(args.out), "method": pcfg.method, "channel_ratio": info.get("channel_ratio"),
         "test_accuracy_before": before["accuracy"] if before else None, "test_accuracy": after.get("accuracy"),
@@ -149,12 +151,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from condense.cli.common import EXIT_OK, data_from, model_from_args, show
-    from condense.core.io import atomic_write_json
+    from condense.cli.common import EXIT_OK, check_out_file, data_from, model_from_args, show
+    from condense.core.jsonio import write_json_strict
     from condense.data.loader import example_inputs
     from condense.evaluate import evaluate
     from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity
 
+    if args.out:
+        check_out_file(args, args.out)
     model, meta = model_from_args(args)
     splits, _, _ = data_from(args, meta)
     data = getattr(splits, args.split)
@@ -175,7 +179,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         out["allocation"] = {"target": args.target, "budget": budget, "ratios": ratios,
                              "estimated": est, "estimated_fraction_kept": est / max(base, 1)}
     if args.out:
-        atomic_write_json(Path(args.out), {**out, "table": table})
+        write_json_strict(Path(args.out), {**out, "table": table})
     show(out, args.json, _sensitivity_text(table, out, args.split))
     return EXIT_OK
 
@@ -198,7 +202,7 @@ def _sensitivity_text(table: dict[str, Any], out: dict[str, Any], split: str) ->
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `prune` and `sensitivity` to the `condense` subcommands (imports nothing heavy itself)."""
-    from condense.cli.common import add_arch_opts
+    from condense.cli.common import add_arch_opts, add_force_opt
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("model", help="artifact folder written by condense, or a .pt checkpoint: a state_dict with "
@@ -238,7 +242,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--temperature", type=float, default=4.0, help="distill: softmax temperature")
     sp.add_argument("--bn-batches", type=int, default=8, help="re-estimate BatchNorm statistics on this many batches first (0: off)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", required=True, help="artifact folder to write")
+    sp.add_argument("--out", required=True, help="artifact folder to write (new or empty; see --force)")
+    add_force_opt(sp)
     sp.set_defaults(fn=cmd_prune)
 
     sp = sub.add_parser("sensitivity", help="accuracy vs pruning ratio per layer, and a per-layer ratio allocation")
@@ -252,4 +257,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--budget", choices=["macs", "params"], default=None, help="default: macs (channel), params (magnitude)")
     sp.add_argument("--target", type=float, default=0.5, help="fraction of the budget to remove in the allocation")
     sp.add_argument("--out", default=None, help="also write the full table (with the cost model) to this JSON file")
+    add_force_opt(sp, "an existing --out file")
     sp.set_defaults(fn=cmd_sensitivity)

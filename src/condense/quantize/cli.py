@@ -51,7 +51,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                          "ONNX, measure it",
         description="Quantize an artifact folder, write the deployable ONNX file and measure accuracy, bytes and "
                     "onnxruntime latency against fp32.")
-    from condense.cli.common import add_arch_opts
+    from condense.cli.common import add_arch_opts, add_force_opt
 
     sp.add_argument("model", metavar="MODEL", help="artifact folder written by condense, or a .pt checkpoint: a state_dict "
                                                     "with --model, a pickled model with --trust-pickle")
@@ -88,7 +88,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads for the latency runs")
     sp.add_argument("--latency-batches", nargs="*", type=int, default=None, metavar="N",
                     help="batch sizes timed in onnxruntime (default 1 256; transformer 1 32; none = skip timing)")
-    sp.add_argument("--out", required=True, help="output folder (artifact + ONNX files)")
+    sp.add_argument("--out", required=True, help="output folder (artifact + ONNX files); new or empty, see --force")
+    add_force_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_quantize)
     return sp
@@ -202,8 +203,15 @@ def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from condense.artifacts import artifact_bytes, save
-    from condense.cli.common import EXIT_OK, data_from, model_from_args, show
+    from condense.artifacts import artifact_bytes
+    from condense.cli.common import (
+        EXIT_OK,
+        check_out_folder,
+        data_from,
+        model_from_args,
+        save_artifact,
+        show,
+    )
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs, heldout_inputs
     from condense.evaluate import evaluate
@@ -211,6 +219,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.quantize import export_int8_onnx, quant_wrappers, quantize
     from condense.quantize.onnx_int8 import ort_latency_comparison
 
+    check_out_folder(args, args.out)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.latency_batches is None:
@@ -332,9 +341,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.method == "dynamic":
         notes.append("artifact holds the float model (torch dynamic-int8 layers cannot be stored as safetensors); "
                      f"the deployable int8 model is {onnx_path.name}")
-    save(saved, out, metrics={"test": {"fp32": fp32_metrics, "quantized_torch": q_metrics, "onnxruntime": ort_metrics}},
-         extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
-                "quantize": {k: v for k, v in summary.items() if k not in ("report",)}})
+    save_artifact(saved, out,
+                  metrics={"test": {"fp32": fp32_metrics, "quantized_torch": q_metrics, "onnxruntime": ort_metrics}},
+                  extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
+                         "quantize": {k: v for k, v in summary.items() if k not in ("report",)}})
     summary["bytes"]["artifact"] = artifact_bytes(out)
     show(summary, args.json, _text(summary))
     return EXIT_OK

@@ -43,8 +43,8 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
     """Run the transformer int8 path for `condense quantize` and print / save its summary."""
     import numpy as np
 
-    from condense.artifacts import artifact_bytes, save
-    from condense.cli.common import EXIT_OK, show
+    from condense.artifacts import artifact_bytes
+    from condense.cli.common import EXIT_OK, save_artifact, show
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs
     from condense.export.onnx import onnx_session
@@ -81,8 +81,8 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
         "notes": notes + ["artifact holds the float model (dynamic int8 runs in onnxruntime); the deployable int8 model "
                           f"is {onnx_path.name}"],
     }
-    save(model, out, extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
-                            "quantize": summary})
+    save_artifact(model, out, extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
+                                     "quantize": summary})
     summary["bytes"]["artifact"] = artifact_bytes(out)
     mean = quality.get("mean_cosine", float("nan"))
     lines = [f"condense quantize --method transformer  ->  {out}",
