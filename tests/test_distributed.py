@@ -163,3 +163,21 @@ def test_recipe_run_under_torchrun_trains_on_every_rank_and_writes_once(tmp_path
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["teacher", "int8"]
     assert report["stages"][0]["accuracy"] > 0.5 and (tmp_path / "run" / "02-int8" / "model.int8.onnx").is_file()
+    assert not (tmp_path / "run" / ".condense.lock").exists()  # rank 0 alone took the folder lock, and released it
+
+
+def test_a_locked_run_folder_stops_every_rank_naming_the_holder(tmp_path):
+    """Under torchrun rank 0 alone takes the run folder's lock; when another process holds it,
+    every rank stops (no rank waits for a peer that gave up) and nothing is written."""
+    from condense.core.io import folder_lock
+    from condense.recipes.runner import RESOLVED
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RESOLVED).write_text(RECIPE)
+    with folder_lock(run):
+        res = torchrun("-m", "condense", "resume", str(run), timeout=120)
+    assert res.returncode != 0
+    assert f"process {os.getpid()} is running in this folder" in res.stderr, res.stderr[-3000:]
+    assert "rank 1: rank 0 failed" in res.stderr, res.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir()) == [RESOLVED]

@@ -170,3 +170,149 @@ def test_run_refuses_existing_folder(reference_run):
 
     base, _ = reference_run
     assert main(["run", str(base / "r.yaml"), "--out", str(base / "ref")]) == 2
+    assert not (base / "ref" / ".condense.lock").exists()  # the finished run released its lock
+
+
+# --- paths stay inside the run folder; one run per folder (issue 24) -------------------------------
+
+TRAVERSAL = BASE.replace("name: teacher", "name: x/../../../victim")
+
+
+@pytest.mark.parametrize("name", ["x/../../../victim", "../up", "/abs", "a..b", ".hidden", "a b", "x" * 65, "[1, 2]"])
+def test_unsafe_stage_names_are_refused_with_file_and_line(tmp_path, name):
+    text = BASE.replace("name: teacher", f"name: {name!r}" if name != "[1, 2]" else f"name: {name}")
+    _check(tmp_path, text, r"r.yaml:4: stage name .* is not allowed: use 1 to 64 letters, digits")
+
+
+def test_safe_stage_names_pass(tmp_path):
+    for name in ("teacher", "int8", "v1.2", "student-copy", "a_b", "X" * 64):
+        p = tmp_path / "r.yaml"
+        p.write_text(BASE.replace("name: teacher", f"name: {name}"))
+        validate_recipe(load_recipe(p))
+
+
+def test_traversal_stage_name_is_refused_by_validate_and_run_and_nothing_is_written(tmp_path, capsys):
+    from condense.cli import main
+
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "model.onnx").write_text("user's file")
+    recipe = work / "r.yaml"
+    recipe.write_text(TRAVERSAL)
+    assert main(["recipe", "validate", str(recipe)]) == 2
+    assert f"{recipe}:4: stage name 'x/../../../victim' is not allowed" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", str(work / "run")]) == 2
+    assert f"{recipe}:4:" in capsys.readouterr().err
+    assert sorted(p.name for p in victim.iterdir()) == ["model.onnx"]
+    assert (victim / "model.onnx").read_text() == "user's file"
+    assert not (work / "run").exists()
+
+
+def test_stage_dir_refuses_unsafe_names_of_recipes_built_in_code(tmp_path):
+    from condense.recipes.runner import stage_dir
+
+    assert stage_dir(tmp_path, 0, "teacher") == tmp_path / "01-teacher"
+    with pytest.raises(ConfigError, match="is not allowed"):
+        stage_dir(tmp_path, 0, "../../victim")
+
+
+@pytest.mark.parametrize("section,key", [("train", "log_file"), ("train", "checkpoint_dir"), ("config", "cache_dir")])
+def test_recipes_cannot_name_where_a_stage_writes(tmp_path, section, key):
+    text = BASE + ("  - {name: s, kind: distill, teacher: teacher, model: {name: mlp},\n"
+                   f"     {section}: {{{key}: /tmp/elsewhere}}}}\n")
+    _check(tmp_path, text, rf"r.yaml:9: stage 's': '{key}' is a path, and a recipe's stages write only inside their folder")
+
+
+def _resumable_run(tmp_path: Path) -> Path:
+    """A run folder as `run` leaves it before its first stage (what `resume` continues)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RESOLVED).write_text(BASE)
+    return run
+
+
+def test_a_symlink_in_the_run_folder_leading_out_is_refused_before_anything_runs(tmp_path, capsys):
+    from condense.cli import main
+
+    run = _resumable_run(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.json").write_text("user's file")
+    (run / "01-teacher").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["resume", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert f"resolves to {elsewhere.resolve()}, outside {run.resolve()}" in err
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["metrics.json"]
+    assert (elsewhere / "metrics.json").read_text() == "user's file"
+    assert not (run / ".condense.lock").exists()  # released on the error
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    """The lock taken in this process (as `condense run` / `resume` hold it) refuses the runner."""
+    from condense.cli import main
+    from condense.core.io import FolderBusyError, folder_lock
+    from condense.recipes import resume_run
+
+    run = _resumable_run(tmp_path)
+    with folder_lock(run):
+        with pytest.raises(FolderBusyError, match=rf"process {os.getpid()} is running in this folder") as e:
+            resume_run(run)
+        assert e.value.pid == os.getpid() and e.value.exit_code == 4
+        assert main(["resume", str(run)]) == 4
+        assert f"process {os.getpid()} is running in this folder" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [".condense.lock", RESOLVED]  # nothing written
+    assert not (run / ".condense.lock").exists()
+
+
+def test_run_into_a_locked_empty_folder_is_refused(tmp_path):
+    """Two `condense run` into one new folder: the second meets the first one's lock."""
+    from condense.core.io import FolderBusyError, folder_lock
+    from condense.recipes import run_recipe
+
+    (tmp_path / "r.yaml").write_text(BASE)
+    with folder_lock(tmp_path / "run"), pytest.raises(FolderBusyError, match=str(os.getpid())):
+        run_recipe(tmp_path / "r.yaml", tmp_path / "run")
+    assert not (tmp_path / "run" / RESOLVED).exists()
+
+
+def test_a_lock_held_by_another_process_names_its_pid_and_a_killed_holder_does_not_block(tmp_path):
+    import subprocess
+    import sys
+
+    from condense.core.io import LOCK_NAME, FolderBusyError, folder_lock
+
+    run = _resumable_run(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from condense.core.io import folder_lock\n"
+         f"with folder_lock({str(run)!r}):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=rf"process {holder.pid} is running in this folder"), folder_lock(run):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: the lock file stays behind, the kernel drops the lock
+        holder.wait()
+    assert (run / LOCK_NAME).read_text().strip() == str(holder.pid)
+    with folder_lock(run):
+        assert (run / LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+def test_without_fcntl_a_pid_file_locks_and_a_dead_holder_is_stale(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import condense.core.io as io
+
+    monkeypatch.setattr(io, "_fcntl", None)
+    run = tmp_path / "run"
+    with io.folder_lock(run), pytest.raises(io.FolderBusyError, match=str(os.getpid())), io.folder_lock(run):
+        pass
+    assert not (run / io.LOCK_NAME).exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / io.LOCK_NAME).write_text(f"{dead.pid}\n")  # left by a killed run
+    with io.folder_lock(run):
+        assert (run / io.LOCK_NAME).read_text().strip() == str(os.getpid())

@@ -28,7 +28,16 @@ from torch import nn
 
 from condense import __version__
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import _fsync_dir, atomic_path, atomic_write_json, read_json
+from condense.core.io import (
+    OutsideFolderError,
+    _fsync_dir,
+    atomic_path,
+    atomic_write_json,
+    deletable,
+    delete_inside,
+    inside,
+    read_json,
+)
 from condense.models.edits import replay_edits
 from condense.models.hf import (
     HFModel,
@@ -77,7 +86,9 @@ def save(
     in: a new (or empty) folder by one rename; an existing folder file by file, after removing
     its `condense.json`, which goes in last. A crash therefore never leaves a folder `load`
     accepts with a mixture of old and new files. Files listed by a previous `condense.json` and
-    not written again are removed; other files in the folder (e.g. `model.onnx`) are kept.
+    not written again are removed; other files in the folder (e.g. `model.onnx`) are kept. Every
+    write and delete resolves inside the folder (symlinks followed, never deleted through), or the
+    save is refused with `OutsideFolderError` before the folder changes.
     """
     from safetensors.torch import save_file
 
@@ -152,7 +163,8 @@ def _publish(staging: Path, folder: Path, names: list[str]) -> None:
         except OSError:
             if not folder.is_dir():
                 raise
-    old = _listed_files(folder)
+    stale = sorted(_listed_files(folder) - set(names))
+    _check_paths(folder, names, stale)  # before anything changes: no write or delete leaves the folder
     (folder / META_NAME).unlink(missing_ok=True)  # from here on the folder reads as incomplete
     _fsync_dir(folder)
     for name in names:
@@ -160,10 +172,23 @@ def _publish(staging: Path, folder: Path, names: list[str]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, target)
         _fsync_dir(target.parent)
-    for name in sorted(old - set(names)):
-        (folder / name).unlink(missing_ok=True)
+    for name in stale:
+        delete_inside(folder, name)
     os.replace(staging / META_NAME, folder / META_NAME)
     _fsync_dir(folder)
+
+
+def _check_paths(folder: Path, names: list[str], stale: list[str]) -> None:
+    """Every file `save` writes (`names`) and deletes (`stale`, listed by the old condense.json)
+    resolves inside `folder`, symlinks followed; a delete never goes through a symlink. Else
+    `OutsideFolderError` (exit 3), raised before the folder changes."""
+    for name in [*names, META_NAME]:
+        inside(folder, (folder / name).parent)
+    for name in stale:
+        try:
+            deletable(folder, name)
+        except OutsideFolderError as e:
+            raise OutsideFolderError(f"{folder / META_NAME} lists {name!r} as one of its files; {e}") from None
 
 
 def _safe_relative(name: str) -> bool:
@@ -177,7 +202,7 @@ def _listed_files(folder: Path) -> set[str]:
         files = json.loads((folder / META_NAME).read_text(encoding="utf-8")).get("files") or {}
     except (OSError, ValueError, AttributeError):
         return set()
-    return {n for n in files if isinstance(n, str) and _safe_relative(n) and n != META_NAME} if isinstance(files, dict) else set()
+    return {n for n in files if isinstance(n, str) and n and n != META_NAME} if isinstance(files, dict) else set()
 
 
 def _parametrized(model: nn.Module):

@@ -1,7 +1,14 @@
-"""Atomic writes: temp file in the same folder, fsync, rename, fsync the folder.
+"""Atomic writes, writes and deletes that stay inside their folder, and one process per folder.
 
-A reader never sees a half-written file, and a killed process leaves either the old file or the
-new one, never a mixture.
+Atomic: temp file in the same folder, fsync, rename, fsync the folder. A reader never sees a
+half-written file, and a killed process leaves either the old file or the new one, never a mixture.
+
+Inside: `inside(folder, path)` resolves symlinks and raises `OutsideFolderError` for anything that
+lands outside `folder`; `delete_inside` never deletes through a symlink; `check_tree_inside`
+refuses a folder holding a symlink that leads out of it (docs/security.md).
+
+One process: `folder_lock(folder)` holds an OS lock (`fcntl.flock`) on `folder/.condense.lock`;
+a second holder gets `FolderBusyError` naming the first one's PID.
 """
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from condense.core.errors import InputFileError, RunError
 
 
 def _umask() -> int:
@@ -113,3 +122,202 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         fh.write(json.dumps(record, default=_json_default) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+# --- paths stay inside their folder --------------------------------------------------------------
+
+class OutsideFolderError(InputFileError):
+    """A write or delete would land outside the folder it belongs to (through `..`, an absolute
+    path or a symlink); nothing was written or deleted there (exit code 3)."""
+
+
+def inside(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """`path` (an ordinary path, e.g. `folder / name`) with every symlink resolved; raise
+    `OutsideFolderError` unless it is `folder` itself or lies under it (also resolved).
+
+    The path need not exist yet: `Path.resolve()` follows the symlinks of the parts that do, so a
+    symlinked sub-folder pointing elsewhere is caught before anything is written through it.
+    """
+    shown = Path(path)
+    try:
+        root, real = Path(folder).resolve(), shown.resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # a symlink loop, a NUL byte in the name
+        raise OutsideFolderError(f"{shown!s:.300}: cannot resolve it ({e}); refusing to write or delete there "
+                                 "(nothing was changed)") from None
+    if real != root and root not in real.parents:
+        raise OutsideFolderError(f"{shown}: resolves to {real}, outside {root}; refusing to write or delete there "
+                                 "(nothing was changed)")
+    return real
+
+
+def check_tree_inside(folder: str | os.PathLike[str], sub: str | os.PathLike[str] | None = None) -> None:
+    """Refuse (`OutsideFolderError`) when `sub` (default: `folder`) or anything under it is a
+    symlink whose target lies outside `folder`: a folder about to be written into must not lead out."""
+    start = inside(folder, sub if sub is not None else folder)
+    if not start.is_dir():
+        return
+    for base, dirs, files in os.walk(start):  # os.walk does not descend into symlinked folders
+        for name in [*dirs, *files]:
+            p = Path(base) / name
+            if p.is_symlink():
+                inside(folder, p)
+
+
+def deletable(folder: str | os.PathLike[str], name: str | os.PathLike[str]) -> Path:
+    """The path of the file `name` of `folder`, checked for deleting: refused with
+    `OutsideFolderError` when it resolves outside `folder`, is itself a symlink (a delete never
+    goes through a link) or is a folder. It need not exist."""
+    p = Path(folder) / name
+    inside(folder, p.parent)
+    if p.is_symlink():
+        raise OutsideFolderError(f"{p}: is a symlink (to {os.readlink(p)}); refusing to delete through it "
+                                 "(nothing was changed)")
+    inside(folder, p)
+    if p.exists() and not p.is_file():
+        raise OutsideFolderError(f"{p}: is not a file; refusing to delete it (nothing was changed)")
+    return p
+
+
+def delete_inside(folder: str | os.PathLike[str], name: str | os.PathLike[str]) -> bool:
+    """Delete the file `name` of `folder` after the checks of `deletable`; False when it is not there."""
+    p = deletable(folder, name)
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- one process per folder ------------------------------------------------------------------------
+
+LOCK_NAME = ".condense.lock"
+
+try:  # POSIX
+    import fcntl as _fcntl
+except ImportError:  # pragma: no cover - Windows
+    _fcntl = None  # type: ignore[assignment]
+
+
+class FolderBusyError(RunError):
+    """Another process holds the folder's lock (exit code 4); nothing was changed."""
+
+    def __init__(self, folder: Path, pid: int | None) -> None:
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{folder}: {who} is running in this folder (it holds {folder / LOCK_NAME}); one run at a "
+                         "time per folder: wait for it to finish, or stop it (nothing was changed)")
+        self.folder, self.pid = folder, pid
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        if hasattr(os, "pread"):
+            raw = os.pread(fd, 64, 0)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            raw = os.read(fd, 64)
+    except OSError:
+        return None
+    text = raw.decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # pragma: no cover - os.kill(pid, 0) would terminate the process there
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return ctypes.windll.kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: still running
+        finally:
+            ctypes.windll.kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """os.open that never follows a symlink planted as the lock file."""
+    try:
+        return os.open(path, flags | _NOFOLLOW, 0o644)
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError:
+        if path.is_symlink():
+            raise OutsideFolderError(f"{path}: is a symlink; refusing to use it as the folder's lock file") from None
+        raise
+
+
+def _flock(path: Path) -> int:
+    """Open and lock `path` (fcntl.flock, non-blocking); the fd. The kernel drops the lock when the
+    process dies, so a file left by a killed run does not block."""
+    assert _fcntl is not None
+    while True:
+        fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise FolderBusyError(path.parent, pid) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # a holder that was releasing may have unlinked the file we locked: then lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _pidfile(path: Path) -> int:
+    """Without fcntl: create `path` exclusively; a file naming a process that is gone is stale."""
+    for _ in range(2):
+        try:
+            return _open_lock(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            try:
+                fd = _open_lock(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            pid = _read_pid(fd)
+            os.close(fd)
+            if pid is not None and not _pid_alive(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                continue
+            raise FolderBusyError(path.parent, pid) from None
+    raise FolderBusyError(path.parent, None)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold `folder`'s lock file (`LOCK_NAME`, which records this process's PID) for the block;
+    a second holder gets `FolderBusyError` naming the first one's PID. Released (and the file
+    removed) on exit, on an exception and, through the kernel, when the process is killed.
+
+    POSIX: `fcntl.flock` on the file. Elsewhere: an O_EXCL pid file, taken over when the process it
+    names is gone.
+    """
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    fd = _flock(path) if _fcntl is not None else _pidfile(path)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked: a waiting process then locks a fresh file (see _flock)
+        os.close(fd)

@@ -17,9 +17,16 @@ Under `torchrun` every process runs the training stages (data-parallel, `fit()`)
 runs the other stages, measures, and writes every file, while the others wait for it
 (`distributed.on_main`), then read the artifacts back like a resumed run does. The run folder
 must therefore be on storage every process sees (one machine, or a shared filesystem).
+
+One process at a time: `run` and `resume` hold the run folder's lock (`core.io.folder_lock`,
+`.condense.lock`, rank 0 only under torchrun) from start to end; a second one is refused with
+`FolderBusyError` (exit 4) naming the holder's PID. Every file the runner writes resolves inside
+the run folder, and a run folder holding a symlink that leads out of it is refused
+(`OutsideFolderError`, exit 3) before anything is written (docs/security.md).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -32,11 +39,19 @@ import yaml
 from condense import __version__
 from condense.artifacts import load
 from condense.core.errors import ConfigError, InputFileError
-from condense.core.io import atomic_write_json, atomic_write_text, read_json
+from condense.core.io import (
+    LOCK_NAME,
+    atomic_write_json,
+    atomic_write_text,
+    check_tree_inside,
+    folder_lock,
+    inside,
+    read_json,
+)
 from condense.core.seed import seed_everything
 from condense.data import load_dataset
 from condense.recipes.measure import MeasureConfig, measure_model
-from condense.recipes.schema import Recipe, load_recipe
+from condense.recipes.schema import Recipe, check_stage_name, load_recipe
 from condense.recipes.stages import STAGES, StageContext
 from condense.recipes.validate import validate_recipe
 from condense.train import distributed as dist
@@ -47,7 +62,34 @@ DONE = "DONE"
 
 
 def stage_dir(run: Path, i: int, name: str) -> Path:
+    check_stage_name(name)  # load_recipe checked it with file:line; this guards Recipe objects built in code
     return run / f"{i + 1:02d}-{name}"
+
+
+def _entries(run: Path) -> list[Path]:
+    """What the folder `run` holds, besides a lock file (a killed run's is left behind, harmlessly)."""
+    return [p for p in run.iterdir() if p.name != LOCK_NAME]
+
+
+def _check_new(run: Path) -> None:
+    """`run` may take a new run: it does not exist, or is an empty folder."""
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run}: exists and is not a folder; choose another --out (nothing was changed)")
+    if run.is_dir() and _entries(run):
+        raise ConfigError(f"{run}: the run folder exists and is not empty; use `condense resume {run}` "
+                          "to continue it, or choose another --out (nothing was changed)")
+
+
+@contextlib.contextmanager
+def _run_lock(run: Path):
+    """Hold `run`'s folder lock for the block (rank 0 only under torchrun; if it cannot take it,
+    every rank stops with its error)."""
+    with contextlib.ExitStack() as stack:
+        def take() -> None:
+            stack.enter_context(folder_lock(run))
+
+        dist.on_main(take)
+        yield
 
 
 def _say(msg: str) -> None:
@@ -59,16 +101,15 @@ def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False)
     recipe = load_recipe(recipe_path)
     validate_recipe(recipe)
     run = Path(out)
+    dist.on_main(partial(_check_new, run))  # before the lock file goes in: a user's folder is never touched
 
     def prepare() -> None:
-        if run.exists() and any(run.iterdir()):
-            raise ConfigError(f"{run}: the run folder exists and is not empty; use `condense resume {run}` "
-                              "to continue it, or choose another --out (nothing was changed)")
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / RESOLVED, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        _check_new(run)  # again under the lock: another `run` may have filled the folder meanwhile
+        atomic_write_text(inside(run, run / RESOLVED), yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
-    dist.on_main(prepare)
-    return _execute(load_recipe(run / RESOLVED), run, quiet=quiet)
+    with _run_lock(run):
+        dist.on_main(prepare)
+        return _execute(load_recipe(run / RESOLVED), run, quiet=quiet)
 
 
 def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
@@ -76,11 +117,12 @@ def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     run = Path(out)
     if not (run / RESOLVED).is_file():
         hint = (f"; the run was stopped before it wrote anything, start it again with `condense run RECIPE --out {run}`"
-                if run.is_dir() and not any(run.iterdir()) else "")
+                if run.is_dir() and not _entries(run) else "")
         raise InputFileError(f"{run / RESOLVED}: missing; {run} is not a condense run folder{hint}")
     recipe = load_recipe(run / RESOLVED)
     validate_recipe(recipe)
-    return _execute(recipe, run, quiet=quiet)
+    with _run_lock(run):
+        return _execute(recipe, run, quiet=quiet)
 
 
 def _stage_model(recipe: Recipe, run: Path, name: str | None):
@@ -97,6 +139,7 @@ def _stage_model(recipe: Recipe, run: Path, name: str | None):
 def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
     say = (lambda m: None) if quiet or not dist.is_main() else _say
     configs = validate_recipe(recipe)
+    dist.on_main(partial(check_tree_inside, run))  # no symlink in the run folder leads out of it
     measure_cfg = MeasureConfig.from_dict(recipe.measure, where=f"{recipe.path} measure")
     data_kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
     data_kwargs.setdefault("seed", recipe.seed)
@@ -121,7 +164,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
                 rows.append(read_json(folder / "metrics.json", "stage metrics"))
                 continue
             say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}){' (resuming)' if resuming else ''}")
-            dist.on_main(lambda folder=folder: folder.mkdir(parents=True, exist_ok=True))
+            dist.on_main(lambda folder=folder: inside(run, folder).mkdir(parents=True, exist_ok=True))
 
             def run_stage(i: int = i, spec: Any = spec, cfg: Any = cfg, kind: Any = kind, folder: Path = folder,
                           resuming: bool = resuming, splits: Any = splits) -> tuple[Any, float]:
@@ -159,9 +202,9 @@ def _run_and_measure(run_stage: Any, recipe: Recipe, spec: Any, folder: Path, sp
 
 
 def _finish_data_stage(folder: Path, spec: Any, out: Any, splits: Any) -> None:
-    atomic_write_json(folder / "reduce.json", {"stage": spec.name, "kind": spec.kind, "info": out.info,
+    atomic_write_json(inside(folder.parent, folder / "reduce.json"), {"stage": spec.name, "kind": spec.kind, "info": out.info,
                                                "data": splits.summary()})
-    atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+    atomic_write_text(inside(folder.parent, folder / DONE), json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
 
 
 def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure_cfg: MeasureConfig, out: Any,
@@ -179,16 +222,16 @@ def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure
     row["notes"] = [*row.get("notes", []), *out.notes]
     if "report" in out.info and isinstance(out.info["report"], dict):
         row["per_layer"] = out.info["report"].get("per_layer")
-    atomic_write_json(folder / "metrics.json", row)
-    atomic_write_text(folder / DONE, json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
+    atomic_write_json(inside(folder.parent, folder / "metrics.json"), row)
+    atomic_write_text(inside(folder.parent, folder / DONE), json.dumps({"finished": time.time(), "condense": __version__}) + "\n")
     return row
 
 
 def _write_report(run: Path, report: dict[str, Any]) -> dict[str, Any]:
-    atomic_write_json(run / "report.json", report)
+    atomic_write_json(inside(run, run / "report.json"), report)
     from condense.report import write_report
 
     paths = write_report(run)
     report["html"], report["illusions"] = str(paths.html), paths.illusions
-    atomic_write_text(run / DONE, "ok\n")
+    atomic_write_text(inside(run, run / DONE), "ok\n")
     return report

@@ -23,12 +23,33 @@ is an error naming the file, the line and a close valid key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
+
+#: a stage name is also its folder's name in the run (`NN-<name>`): letters, digits, '_', '.', '-', no '..'
+STAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STAGE_NAME_RULE = ("1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..' "
+                   "(it names the stage's folder in the run)")
+
+
+def stage_name_problem(name: object) -> str | None:
+    """Why `name` cannot be a stage name (None when it can)."""
+    if not isinstance(name, str) or not STAGE_NAME_RE.fullmatch(name) or ".." in name:
+        return f"stage name {name!r} is not allowed: use {STAGE_NAME_RULE}"
+    return None
+
+
+def check_stage_name(name: object) -> None:
+    """Raise ConfigError when `name` is not a safe stage name (see `STAGE_NAME_RE`)."""
+    problem = stage_name_problem(name)
+    if problem:
+        raise ConfigError(problem)
+
 
 STAGE_KEYS = ("name", "kind", "from", "model", "teacher", "config", "train", "recover")
 TOP_KEYS = ("version", "name", "seed", "data", "stages", "measure")
@@ -204,6 +225,10 @@ def load_recipe(path: str | Path) -> Recipe:
         if not isinstance(kind, str):
             raise ConfigError(f"{where}:{line}: stage {i + 1} has no 'kind'")
         name = str(raw.get("name") or f"{kind}{i + 1}")
+        problem = stage_name_problem(name)
+        if problem:
+            at = lines.line("stages", i, "name") if "name" in raw else line
+            raise ConfigError(f"{where}:{at}: {problem}" + ("" if "name" in raw else "; give the stage a 'name:'"))
         if any(s.name == name for s in stages):
             raise ConfigError(f"{where}:{line}: two stages are named {name!r}")
         source = raw.get("from", "previous")

@@ -92,6 +92,33 @@ def _check_from_teacher(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> Non
                           f"the teacher's block indices), got {sorted(kwargs) or 'none'}")
 
 
+#: settings that name a path: in a recipe the run chooses them, inside the stage's folder
+RUN_PATHS = {"checkpoint_dir": "checkpoint", "log_file": "checkpoint/metrics.jsonl", "cache_dir": "checkpoint/teacher_cache"}
+
+
+def _path_key(raw: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """The key path of the first `RUN_PATHS` setting (not null) anywhere in `raw`, else None."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key in RUN_PATHS and value is not None:
+                return (*path, key)
+            deeper = _path_key(value, (*path, key))
+            if deeper is not None:
+                return deeper
+    return None
+
+
+def _check_no_paths(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> None:
+    """A recipe never names where a stage writes: its folder in the run does (docs/security.md)."""
+    for section in ("config", "train", "recover"):
+        found = _path_key(getattr(spec, section), (section,))
+        if found is not None:
+            key = str(found[-1])
+            raise ConfigError(f"{recipe.path}:{lines.line('stages', i, *found)}: stage {spec.name!r}: {key!r} is a path, "
+                              f"and a recipe's stages write only inside their folder in the run (the run sets "
+                              f"{key} to <stage folder>/{RUN_PATHS[key]}); remove it")
+
+
 def validate_recipe(recipe: Recipe) -> list[Config]:
     """Check the recipe's data and measure sections and parse every stage's config; return the
     stage configs in order (raises on the first problem)."""
@@ -111,6 +138,7 @@ def validate_recipe(recipe: Recipe) -> list[Config]:
     _parse_at(lambda raw: check_dataset_options(name, raw), options, recipe, ("data",))
     _parse_at(lambda raw: MeasureConfig.from_dict(raw, where="measure"), recipe.measure, recipe, ("measure",))
     for i, spec in enumerate(recipe.stages):
+        _check_no_paths(recipe, lines, i, spec)
         model = spec.model or {}
         if model and (not isinstance(model.get("name"), str) or not isinstance(model.get("kwargs") or {}, dict)):
             raise ConfigError(f"{recipe.path}:{lines.line('stages', i, 'model')}: 'model' needs a string 'name' and a "
