@@ -316,3 +316,23 @@ def test_without_fcntl_a_pid_file_locks_and_a_dead_holder_is_stale(tmp_path, mon
     (run / io.LOCK_NAME).write_text(f"{dead.pid}\n")  # left by a killed run
     with io.folder_lock(run):
         assert (run / io.LOCK_NAME).read_text().strip() == str(os.getpid())
+
+
+def test_a_lock_kept_by_the_children_of_a_dead_holder_is_waited_for(tmp_path):
+    """flock is shared with forked children (e.g. data loader workers): when the recorded holder is
+    gone, the lock is waited for (up to core.io.ORPHAN_WAIT_S) instead of refused."""
+    import subprocess
+    import sys
+
+    from condense.core.io import folder_lock
+
+    run = tmp_path / "run"
+    code = ("import os, time; from condense.core.io import folder_lock\n"
+            f"cm = folder_lock({str(run)!r}); cm.__enter__()\n"
+            "if os.fork() == 0:\n    time.sleep(1.5); os._exit(0)\n"
+            "os._exit(0)\n")  # the holder dies at once; its child keeps the lock 1.5 s longer
+    subprocess.run([sys.executable, "-c", code], check=True)
+    t0 = time.monotonic()
+    with folder_lock(run):
+        assert (run / ".condense.lock").read_text().strip() == str(os.getpid())
+    assert time.monotonic() - t0 < 30

@@ -256,10 +256,18 @@ def _open_lock(path: Path, flags: int) -> int:
         raise
 
 
+#: seconds to wait for a lock whose recorded holder has exited: processes it forked (e.g. data
+#: loader workers) share its lock until they notice and exit too
+ORPHAN_WAIT_S = 30.0
+
+
 def _flock(path: Path) -> int:
     """Open and lock `path` (fcntl.flock, non-blocking); the fd. The kernel drops the lock when the
     process dies, so a file left by a killed run does not block."""
+    import time
+
     assert _fcntl is not None
+    deadline = None
     while True:
         fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
         try:
@@ -267,6 +275,11 @@ def _flock(path: Path) -> int:
         except (BlockingIOError, PermissionError):
             pid = _read_pid(fd)
             os.close(fd)
+            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+                deadline = deadline or time.monotonic() + ORPHAN_WAIT_S
+                if time.monotonic() < deadline:  # the holder is gone, its forked children still hold it
+                    time.sleep(0.2)
+                    continue
             raise FolderBusyError(path.parent, pid) from None
         except BaseException:
             os.close(fd)
