@@ -13,7 +13,14 @@ the tests assert, only more of it:
   run resumed (`condense resume`) and its stage weights (sha256) and accuracies compared with an
   uninterrupted run.
 
+- adversarial (issue 24): the matrix of `tests/_adversarial.py` (malicious model specs in artifacts
+  and recipes, traversal stage names, a symlink out of an artifact folder, metadata memory bombs,
+  a user's non-empty output folders, an output path that is a file, a full disk on a small tmpfs,
+  NaN weights): cases, refused with the expected exit code, files outside touched, user files
+  replaced, hostile code run.
+
     python benchmarks/reliability.py [--recipes 10000] [--kills 20] [--json benchmarks/results/reliability.json]
+    python benchmarks/reliability.py --adversarial-only [--json benchmarks/results/reliability_adversarial.json]
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import condense  # noqa: E402
+from _adversarial import run_matrix  # noqa: E402
 from _reliability import (  # noqa: E402
     artifact_cases,
     condense_process,
@@ -138,11 +146,26 @@ def main() -> None:
     ap.add_argument("--recipes", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--json", default=str(HERE / "results" / "reliability.json"))
+    ap.add_argument("--adversarial-only", action="store_true", help="only the issue-24 adversarial matrix")
+    ap.add_argument("--json", default=None, help="default: results/reliability.json (reliability_adversarial.json "
+                                                 "with --adversarial-only)")
     args = ap.parse_args()
+    args.json = args.json or str(HERE / "results" / ("reliability_adversarial.json" if args.adversarial_only
+                                                     else "reliability.json"))
     work = Path(tempfile.mkdtemp(prefix="reliability_"))
     out: dict[str, Any] = {"args": vars(args)}
     t0 = time.perf_counter()
+    out["adversarial"] = run_matrix(work / "adversarial")
+    for row in out["adversarial"]["rows"]:
+        print(f"{'skip' if 'skipped' in row else ('ok' if row['ok'] else 'FAIL')}  exit {row.get('code', '-')}  "
+              f"{row['case']}: {row.get('skipped') or row.get('message', '')[:120]}", flush=True)
+    print("adversarial:", out["adversarial"]["counts"], flush=True)
+    if args.adversarial_only:
+        out["wall_s"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(Path(args.json), out)
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"wrote {args.json} ({out['wall_s']} s)")
+        return
     out["recipes"] = fuzz_recipes(args.recipes, args.seed, work)
     print("recipes:", out["recipes"]["total"], "slowest", out["recipes"]["slowest_s"], "s", flush=True)
     out["artifacts"] = corrupt_artifacts(work)
