@@ -13,7 +13,7 @@ def test_round_trip_identical_outputs(tmp_path, tiny_model):
     meta = json.loads((folder / META_NAME).read_text())
     assert meta["architecture"] == {"name": "conftest:tiny_factory", "kwargs": {"num_classes": 10}}
     assert meta["edits"] == [] and meta["metrics"] == {"acc": 0.5}
-    loaded = load(folder)
+    loaded = load(folder, trust_code=True)
     tiny_model.eval()
     assert torch.equal(loaded(x), tiny_model(x))
 
@@ -29,17 +29,17 @@ def test_truncated_and_corrupt_weights(tmp_path, tiny_model):
     data = w.read_bytes()
     w.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputFileError, match=r"model.safetensors: truncated"):
-        load(folder)
+        load(folder, trust_code=True)
     w.write_bytes(data[:-4] + b"\x00\x01\x02\x03")
     with pytest.raises(InputFileError, match="sha256"):
-        load(folder)
+        load(folder, trust_code=True)
     # without the recorded hash, the safetensors reader itself must reject a truncated file
     meta = json.loads((folder / META_NAME).read_text())
     meta["files"] = {}
     (folder / META_NAME).write_text(json.dumps(meta))
     w.write_bytes(data[:100])
     with pytest.raises(InputFileError, match="not a readable safetensors"):
-        load(folder)
+        load(folder, trust_code=True)
 
 
 def test_missing_and_incomplete(tmp_path, tiny_model):
@@ -58,11 +58,11 @@ def test_unknown_architecture_and_wrong_weights(tmp_path, tiny_model):
     meta["architecture"] = {"name": "conftest:tiny_factry", "kwargs": {}}
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match="cannot rebuild the model.*no callable .tiny_factry."):
-        load(folder)
+        load(folder, trust_code=True)
     meta["architecture"] = {"name": "conftest:tiny_factory", "kwargs": {"num_classes": 3}}
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InputFileError, match=r"weights do not fit the architecture .*classifier"):
-        load(folder)
+        load(folder, trust_code=True)
 
 
 def test_pickle_refused_unless_trusted(tmp_path, tiny_model):
@@ -91,7 +91,7 @@ def test_pt_checkpoints_into_a_named_architecture(tmp_path, tiny_model):
             load(p, trust_pickle=True)
         m = load(p, spec=spec)
         assert torch.equal(m(x), tiny_model(x)) and m.condense_spec == spec and not m.training
-        assert load(save(m, tmp_path / p.stem)).condense_spec == spec
+        assert load(save(m, tmp_path / p.stem), trust_code=True).condense_spec == spec
     with pytest.raises(InputFileError, match=r"sd.pt \(into conftest:tiny_factory\): weights do not fit"):
         load(sd, spec=ModelSpec("conftest:tiny_factory", {"num_classes": 3}))
     # a whole pickled module still needs trust; with a spec it becomes a savable condense model

@@ -183,9 +183,11 @@ def test_user_model_from_a_pt_file_with_model_factory(capsys, tmp_path, monkeypa
     meta = json.loads((tmp_path / "sd" / "condense.json").read_text())
     assert meta["architecture"] == {"name": "user_nets_cli:small_cnn", "kwargs": {"width": 8}}
     assert (tmp_path / "sd" / "model.safetensors").exists() and not list((tmp_path / "sd").glob("*.pt"))
-    reloaded = load(tmp_path / "sd")
+    reloaded = load(tmp_path / "sd", trust_code=True)  # the artifact names the user's factory: code to run
     assert reloaded[0].out_channels == 4  # the edit log replayed on the factory's architecture
-    code, out, _ = run(capsys, "eval", str(tmp_path / "sd"), "--json")  # the dataset is recorded
+    code, _, err = run(capsys, "eval", str(tmp_path / "sd"), "--json")  # refused, nothing imported: the user opts in
+    assert code == 3 and "'user_nets_cli:small_cnn'" in err and "--trust-code" in err
+    code, out, _ = run(capsys, "eval", str(tmp_path / "sd"), "--trust-code", "--json")  # the dataset is recorded
     assert code == 0 and json.loads(out)["n"] > 0
     # the weights must fit the architecture named, strictly
     code, _, err = run(capsys, "eval", str(tmp_path / "weights.pt"), "--model", "user_nets_cli:small_cnn",
@@ -201,7 +203,7 @@ def test_user_model_from_a_pt_file_with_model_factory(capsys, tmp_path, monkeypa
                        "--out", str(tmp_path / "pk"))
     assert code == 0, err
     assert json.loads((tmp_path / "pk" / "condense.json").read_text())["architecture"]["name"] == "user_nets_cli:small_cnn"
-    pk, sd = load(tmp_path / "pk"), load(tmp_path / "sd")
+    pk, sd = load(tmp_path / "pk", trust_code=True), load(tmp_path / "sd", trust_code=True)
     assert all(torch.equal(a, b) for a, b in zip(pk.state_dict().values(), sd.state_dict().values(), strict=True))
 
     # quantize takes the same flags: the state_dict becomes a quantized artifact with an int8 ONNX

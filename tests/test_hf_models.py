@@ -355,7 +355,7 @@ def test_save_into_existing_folder_keeps_other_files(tiny_model, tmp_path, monke
     save(tiny_model, folder)
     assert (folder / "model.onnx").read_bytes() == b"onnx" and not (folder / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
-    assert isinstance(load(folder), torch.nn.Module)
+    assert isinstance(load(folder, trust_code=True), torch.nn.Module)
 
 
 def test_crash_while_publishing_leaves_nothing_load_accepts(tiny_model, tmp_path, monkeypatch) -> None:
@@ -408,7 +408,7 @@ def test_user_signature_round_trips(tmp_path, monkeypatch) -> None:
     model = build_model("test_hf_models:dict_net")
     out = save(model, tmp_path / "m")
     assert json.loads((out / META_NAME).read_text())["signature"]["required"] == ["left", "right"]
-    loaded = load(out)
+    loaded = load(out, trust_code=True)
     assert signature_of(loaded) == signature_of(model)
     b = {"left": torch.randn(2, 4), "right": torch.randn(2, 3), "target": torch.zeros(2)}
     assert torch.equal(call_model(loaded, b), call_model(model.eval(), b))

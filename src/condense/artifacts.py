@@ -6,6 +6,13 @@ size + sha256 of every file). `condense.json` is written last, so a folder witho
 incomplete and `load()` refuses it. `load()` checks every listed file, rebuilds the base
 architecture from the spec, replays the edit log, and loads the weights strictly.
 
+condense.json is untrusted data (docs/security.md): a `package.module:factory` it names is refused
+before anything is imported unless the caller passes `trust_code=True` (`--trust-code`) or the
+factory is registered in `MODELS`; the architecture is first built and edited on the meta device
+and every tensor's shape, dtype and byte count is compared with the safetensors header, so the
+metadata cannot make `load()` allocate more than the weights file holds; loaded weights that hold
+NaN or Inf are named in a warning.
+
 A Hugging Face model (`build_model("hf:<folder>")`) is saved in transformers' own layout too:
 config.json, model.safetensors under transformers' key names, and the source folder's tokenizer
 and sentence-transformers files, so `transformers.AutoModel.from_pretrained(folder)` opens it
@@ -20,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +56,7 @@ from condense.models.hf import (
     transformers_loadable,
     write_side_files,
 )
-from condense.models.registry import HF_PREFIX, ModelSpec, model_spec
+from condense.models.registry import HF_PREFIX, ModelSpec, model_spec, require_trusted
 from condense.models.signature import DEFAULT_SIGNATURE, InputSignature, set_signature, signature_of
 
 WEIGHTS_NAME = "model.safetensors"
@@ -233,17 +241,24 @@ def load(
     path: str | Path,
     *,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     map_location: str | torch.device = "cpu",
     spec: ModelSpec | None = None,
 ) -> nn.Module:
     """Rebuild a saved model: architecture from its spec, edits replayed, weights loaded strictly.
 
+    An artifact folder's `condense.json` is data from wherever the folder came from: a
+    `package.module:factory` it names is imported only with `trust_code=True` (or when that name is
+    registered in `condense.models.MODELS`), else `UntrustedCodeError` (exit 3) before any import.
+    The architecture is built on the meta device and checked against the safetensors header
+    before anything real is allocated (`InputFileError` on a mismatch).
+
     A torch checkpoint file (`.pt`, `.pth`, ...) holds either a state_dict or a whole pickled
     module. A state_dict is read with torch's weights-only unpickler (no code runs) into the
-    architecture `spec` builds (`ModelSpec("package.module:factory", kwargs)` or a zoo name),
-    strictly. A whole module is unpickled only with `trust_pickle=True`, because that runs
-    arbitrary code from the file; with `spec` its weights are loaded strictly into the built
-    architecture, so the model carries a spec and `save()` can write it as an artifact.
+    architecture `spec` builds (`ModelSpec("package.module:factory", kwargs)` or a zoo name; the
+    caller's own choice), strictly. A whole module is unpickled only with `trust_pickle=True`,
+    because that runs arbitrary code from the file; with `spec` its weights are loaded strictly into
+    the built architecture, so the model carries a spec and `save()` can write it as an artifact.
     """
     p = Path(path)
     if p.suffix.lower() in _PICKLE_SUFFIXES and (p.is_file() or not p.exists()):
@@ -253,10 +268,39 @@ def load(
     if spec is not None:
         raise ConfigError(f"{p}: an artifact records its own architecture; a spec (--model) is for a .pt checkpoint")
     meta = read_metadata(p)
+    meta_path = p / META_NAME
+    try:
+        spec = ModelSpec.from_dict(meta["architecture"])
+    except ConfigError as e:
+        raise InputFileError(f"{meta_path}: bad 'architecture' ({e})") from None
+    require_trusted(spec.name, trust_code=trust_code, source=str(meta_path))  # before any import
     weights = p / WEIGHTS_NAME
     if not weights.exists():
         raise InputFileError(f"{weights}: missing")
     _verify_files(p, meta)
+    header = read_header(weights)
+    edits = meta.get("edits", [])
+    if not isinstance(edits, list) or not all(isinstance(e, dict) and isinstance(e.get("kind"), str)
+                                              and isinstance(e.get("params", {}), dict) for e in edits):
+        raise InputFileError(f"{meta_path}: 'edits' must be a list of {{kind, params}} mappings")
+    register_edit_handlers()
+    hf = spec.name.startswith(HF_PREFIX)
+
+    def build() -> nn.Module:
+        # the metadata names what to build: a name or edit it cannot resolve is a bad file, not a bad config
+        try:  # a Hugging Face model is rebuilt from the artifact's own config.json: its source may be gone
+            model = build_from_artifact(p, spec.kwargs) if hf else spec.build(trust_code=True)
+            check_base_size(model, weights)  # the edits below may shrink it, within reason
+            return replay_edits(model, edits)
+        except InputFileError:
+            raise
+        except (ConfigError, TypeError, KeyError, ValueError, AttributeError, IndexError, RuntimeError,
+                NotImplementedError) as e:
+            raise InputFileError(f"{meta_path}: cannot rebuild the model it describes ({e})") from None
+
+    with torch.device("meta"):  # shapes only: nothing the metadata describes is allocated yet
+        model = build()
+    check_against_header(model, header, weights, hf=hf)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -264,32 +308,175 @@ def load(
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputFileError(f"{weights}: not a readable safetensors file ({e})") from None
-    edits = meta.get("edits", [])
-    if not isinstance(edits, list) or not all(isinstance(e, dict) and isinstance(e.get("kind"), str)
-                                              and isinstance(e.get("params", {}), dict) for e in edits):
-        raise InputFileError(f"{p / META_NAME}: 'edits' must be a list of {{kind, params}} mappings")
-    register_edit_handlers()
-    try:  # the metadata names what to build: a name or edit it cannot resolve is a bad file, not a bad config
-        spec = ModelSpec.from_dict(meta["architecture"])
-        hf = spec.name.startswith(HF_PREFIX)
-        # A Hugging Face model is rebuilt from the artifact's own config.json: its source may be gone.
-        model = build_from_artifact(p, spec.kwargs) if hf else spec.build()
-        replay_edits(model, edits)
-    except InputFileError:
-        raise
-    except (ConfigError, TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
-        raise InputFileError(f"{p / META_NAME}: cannot rebuild the model it describes ({e})") from None
+    model = _materialize(model, build, map_location)
     if hf:
         state = from_hf_state(model, state)
     load_state_strict(model, state, source=str(weights))
+    warn_nonfinite(state, weights)
     model.condense_spec = spec  # type: ignore[assignment]
     if meta.get("signature") is not None:
         try:
             set_signature(model, InputSignature.from_dict(meta["signature"]))
         except ConfigError as e:
-            raise InputFileError(f"{p / META_NAME}: bad 'signature' ({e})") from None
+            raise InputFileError(f"{meta_path}: bad 'signature' ({e})") from None
     model.eval()
     return model
+
+
+# -- the weights file's header, checked before anything is allocated -------------------------------
+#: safetensors' dtype codes
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+              torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64", torch.complex64: "C64"}
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+#: bytes a model may hold beyond what its weights file stores (non-persistent buffers such as
+#: transformers' position ids; a few KiB in practice)
+ALLOC_MARGIN = 64 << 20
+#: how much larger than its weights file a base architecture may be before its edits are replayed
+#: (a 99.6 % reduction; pruning 90 % of an int8 model is 40x)
+BASE_FACTOR = 256
+
+
+def _dtype_code(dtype: torch.dtype) -> str:
+    return _ST_DTYPES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def read_header(weights: Path) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """{tensor name: (dtype code, shape, bytes)} from a safetensors file's header, reading only the
+    8-byte length and the JSON header (no tensor data). Offsets must lie inside the file."""
+    bad = f"{weights}: not a readable safetensors file"
+    size = weights.stat().st_size
+    with open(weights, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise InputFileError(f"{bad} (header length {n} does not fit a {size}-byte file)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputFileError(f"{bad} (header is not JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise InputFileError(f"{bad} (header is not a mapping)")
+    data = size - 8 - n
+    out: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = (isinstance(dtype, str) and isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                  and type(start) is int and type(end) is int and 0 <= start <= end <= data)
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise InputFileError(f"{bad} (bad header entry for tensor {name!r}: {str(entry)[:200]})")
+        out[name] = (dtype, tuple(shape), end - start)
+    return out
+
+
+def _tensor_bytes(model: nn.Module) -> tuple[int, str, int]:
+    """(bytes of all parameters and buffers, the largest one's name, its bytes); shared tensors once."""
+    seen: set[int] = set()
+    total, largest, most = 0, "", -1
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            n = t.numel() * t.element_size()
+            total += n
+            if n > most:
+                largest, most = name, n
+    return total, largest, most
+
+
+def check_base_size(model: nn.Module, weights: Path) -> None:
+    """Before the edit log is replayed: the base architecture (on the meta device) may be larger
+    than the weights (pruning, quantization and low rank shrink it), but not by more than
+    `BASE_FACTOR`; the replay's own bookkeeping (channel masks) grows with the base's size."""
+    total, largest, most = _tensor_bytes(model)
+    size = weights.stat().st_size
+    if total > BASE_FACTOR * size + ALLOC_MARGIN:
+        raise InputFileError(f"{weights}: the architecture in {META_NAME} needs {total:,} bytes of tensors before its "
+                             f"edits ({largest!r} alone {most:,}), implausible for a {size:,}-byte weights file; "
+                             "refused before allocating anything")
+
+
+def check_against_header(model: nn.Module, header: dict[str, tuple[str, tuple[int, ...], int]], weights: Path,
+                         *, hf: bool = False) -> None:
+    """Every tensor of `model` (built on the meta device) against the weights file's header: the
+    same names, shapes, dtypes and byte counts, and in all no more bytes than the file holds plus
+    `ALLOC_MARGIN` (non-persistent buffers). An `InputFileError` names the file and the first
+    mismatching tensor; nothing has been allocated yet."""
+    file_info = from_hf_state(model, header) if hf else header
+    own = {k: (_dtype_code(t.dtype), tuple(t.shape), t.numel() * t.element_size()) for k, t in model.state_dict().items()}
+    _raise_on_mismatch({k: v[:2] for k, v in own.items()}, {k: v[:2] for k, v in file_info.items()}, str(weights))
+    for k, (_, _, nbytes) in own.items():
+        if nbytes != file_info[k][2]:
+            raise InputFileError(f"{weights}: tensor {k!r} holds {file_info[k][2]} bytes, the architecture needs {nbytes}")
+    total, largest, most = _tensor_bytes(model)
+    size = weights.stat().st_size
+    if total > size + ALLOC_MARGIN:
+        raise InputFileError(f"{weights}: the architecture in {META_NAME} needs {total:,} bytes of tensors "
+                             f"({largest!r} alone {most:,}), the weights file holds {size:,}; refused before "
+                             "allocating anything")
+
+
+def _raise_on_mismatch(own: dict[str, tuple[str, tuple[int, ...]]], file: dict[str, tuple[str, tuple[int, ...]]],
+                       source: str) -> None:
+    """One clear line when `file`'s {name: (dtype, shape)} does not fit the model's (see load_state_strict)."""
+    missing = sorted(set(own) - set(file))
+    unexpected = sorted(set(file) - set(own))
+    common = [k for k in own if k in file]  # the model's order: the first mismatch is the first tensor
+    wrong = [k for k in common if own[k][1] != file[k][1]]
+    dtypes = [k for k in common if own[k][0] != file[k][0]]
+    if missing or unexpected or wrong or dtypes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches, e.g. {k}: file {file[k][1]} vs model {own[k][1]}")
+        if dtypes:
+            k = dtypes[0]
+            parts.append(f"{len(dtypes)} dtype mismatches, e.g. {k}: file {file[k][0]} vs model {own[k][0]}")
+        raise InputFileError(f"{source}: weights do not fit the architecture ({'; '.join(parts)})")
+
+
+def _materialize(model: nn.Module, build: Any, device: str | torch.device) -> nn.Module:
+    """Real (uninitialised) storage for a meta-device model whose shapes passed the header check;
+    `load_state_strict` then fills every persistent tensor. Non-persistent buffers (not in the
+    weights file) are re-initialised by transformers for a Hugging Face model; any other model
+    that has them, or that keeps tensors outside its parameters and buffers, is built again for
+    real with `build` (the metadata already matched the weights)."""
+    owners = [m for m in model.modules() if any(m._buffers.get(b) is not None for b in m._non_persistent_buffers_set)]
+    if _stray_tensors(model) or (owners and not isinstance(model, HFModel)):
+        return build().to(device)
+    model.to_empty(device=device)
+    if owners:
+        with torch.no_grad():
+            for m in owners:
+                model.hf._init_weights(m)  # type: ignore[union-attr]
+        if any(b.is_meta for b in model.buffers()):
+            return build().to(device)
+    return model
+
+
+def _stray_tensors(model: nn.Module) -> bool:
+    """Whether a module keeps a tensor in a plain attribute (to_empty would leave it on meta)."""
+    return any(isinstance(v, torch.Tensor) for m in model.modules() for k, v in vars(m).items()
+               if k not in ("_parameters", "_buffers"))
+
+
+def warn_nonfinite(state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Warn (naming the file and the first such tensor) when loaded weights hold NaN or Inf."""
+    bad = [k for k, t in state.items() if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        warnings.warn(f"{source}: tensor {bad[0]!r}{more} holds non-finite values (NaN or Inf); the model's "
+                      "outputs will be too", RuntimeWarning, stacklevel=3)
 
 
 #: keys under which training scripts commonly nest the state_dict of a checkpoint
@@ -394,24 +581,10 @@ def register_edit_handlers() -> None:
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """load_state_dict(strict=True) with one clear line on mismatch (names the file and keys)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    dtypes = sorted(k for k in set(own) & set(state) if own[k].dtype != state[k].dtype)
-    if missing or unexpected or wrong or dtypes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if dtypes:
-            k = dtypes[0]
-            parts.append(f"{len(dtypes)} dtype mismatches, e.g. {k}: file {state[k].dtype} vs model {own[k].dtype}")
-        raise InputFileError(f"{source}: weights do not fit the architecture ({'; '.join(parts)})")
+    def info(d: dict[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {k: (str(v.dtype), tuple(v.shape)) for k, v in d.items()}
+
+    _raise_on_mismatch(info(model.state_dict()), info(state), source)
     model.load_state_dict(state, strict=True)
 
 

@@ -207,7 +207,7 @@ def heldout_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dic
 
 
 def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_args: Sequence[str] | None = None,
-                   *, need_spec: bool = False):
+                   *, need_spec: bool = False, trust_code: bool = False):
     """An artifact folder, a Hugging Face folder as `hf:<folder>`, or a `.pt` checkpoint ->
     (model, metadata or None).
 
@@ -215,6 +215,8 @@ def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_
     package.module:factory` or a zoo name) builds with `arch_args` (`--model-arg K=V`); a pickled
     whole model needs `trust_pickle`, and with `arch` gets that spec. `need_spec` (commands that
     save an artifact): a model without an architecture spec is refused before any work is done.
+    `trust_code` (`--trust-code`): an artifact whose condense.json names a `package.module:factory`
+    may import and run it (refused otherwise, exit 3; `--model` is the user's own choice).
     """
     from condense.artifacts import load, read_metadata
     from condense.core.errors import ConfigError
@@ -232,7 +234,7 @@ def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_
         if arch:
             raise ConfigError(f"{p}: an artifact folder records its own architecture; --model is for a .pt checkpoint")
         meta = read_metadata(p)
-        return load(p), meta
+        return load(p, trust_code=trust_code), meta
     spec = None
     if arch:
         from condense.models import ModelSpec
@@ -247,9 +249,9 @@ def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_
 
 
 def model_from_args(args: argparse.Namespace, *, need_spec: bool = False):
-    """`load_model_arg` with the command's MODEL, --trust-pickle, --model and --model-arg."""
+    """`load_model_arg` with the command's MODEL, --trust-pickle, --trust-code, --model and --model-arg."""
     return load_model_arg(args.model, args.trust_pickle, getattr(args, "arch", None), getattr(args, "arch_arg", None),
-                          need_spec=need_spec)
+                          need_spec=need_spec, trust_code=getattr(args, "trust_code", False))
 
 
 def yaml_mapping(path: str | None, what: str) -> dict[str, Any]:
@@ -284,8 +286,20 @@ def add_data_opts(sp: argparse.ArgumentParser, default: str | None = None) -> No
     sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option, e.g. root=/data/cifar (repeatable)")
 
 
+def add_trust_code_opt(sp: argparse.ArgumentParser) -> None:
+    """`--trust-code` (once per command): a model spec read from a file (an artifact's condense.json,
+    a recipe) may import and run the `package.module:factory` it names (docs/security.md)."""
+    if "--trust-code" not in sp._option_string_actions:
+        sp.add_argument("--trust-code", action="store_true",
+                        help="allow an artifact or recipe to name a package.module:factory that condense imports and "
+                             "runs (like a pickle: only for files you trust; docs/security.md). Needed to reopen a "
+                             "model saved from --model package.module:factory")
+
+
 def add_arch_opts(sp: argparse.ArgumentParser) -> None:
-    """--model / --model-arg for a MODEL given as a .pt file (read by `model_from_args`)."""
+    """--model / --model-arg for a MODEL given as a .pt file (read by `model_from_args`), and
+    --trust-code for an artifact MODEL that names its own factory."""
+    add_trust_code_opt(sp)
     sp.add_argument("--model", dest="arch", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="for a .pt MODEL: the code that builds its architecture (importable, e.g. on PYTHONPATH); a "
                          "state_dict is loaded into it strictly, a pickled model (--trust-pickle) gets it as its spec "
@@ -298,3 +312,4 @@ def add_model_opts(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, "
                                   "(or a .pt pickle with --trust-pickle)")
     sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+    add_trust_code_opt(sp)

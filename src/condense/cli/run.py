@@ -10,6 +10,7 @@ from condense.cli.common import (
     add_data_opts,
     add_force_opt,
     add_model_opts,
+    add_trust_code_opt,
     check_out_file,
     check_out_folder,
     data_from,
@@ -37,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():  # the runner's own rule refuses a non-empty folder (use `resume`)
         raise ConfigError(f"{out}: exists and is not a folder; --out names the run folder to create (nothing was changed)")
     args.output_folder = out
-    report = run_recipe(args.recipe, args.out, quiet=args.json)
+    report = run_recipe(args.recipe, args.out, quiet=args.json, trust_code=args.trust_code)
     show(report, args.json, _run_text(report, args.out))
     return EXIT_OK
 
@@ -46,7 +47,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from condense.recipes import resume_run
 
     args.output_folder = Path(args.run)
-    report = resume_run(args.run, quiet=args.json)
+    report = resume_run(args.run, quiet=args.json, trust_code=args.trust_code)
     show(report, args.json, _run_text(report, args.run))
     return EXIT_OK
 
@@ -66,7 +67,7 @@ def cmd_recipe_validate(args: argparse.Namespace) -> int:
     results = []
     for path in args.files:
         recipe = load_recipe(path)
-        validate_recipe(recipe)
+        validate_recipe(recipe, trust_code=args.trust_code)
         results.append({"file": path, "name": recipe.name, "stages": [f"{s.name} ({s.kind})" for s in recipe.stages]})
     show(results, args.json, "\n".join(f"{r['file']}: ok — {', '.join(r['stages'])}" for r in results))
     return EXIT_OK
@@ -107,7 +108,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "distort; run it without torchrun")
     check_out_folder(args, args.out)
 
-    model, meta = load_model_arg(args.model, args.trust_pickle)
+    model, meta = load_model_arg(args.model, args.trust_pickle, trust_code=args.trust_code)
     splits, data_name, data_kwargs = data_from(args, meta)
     raw = yaml_mapping(args.config, "tune config")
     for key, value in (("tolerance", args.tolerance), ("objective", args.objective), ("max_trials", args.max_trials)):
@@ -154,11 +155,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("run", help="run a YAML recipe into a run folder (resumable)")
     sp.add_argument("recipe")
     sp.add_argument("--out", default="runs/run", help="run folder to create (must not exist or be empty)")
+    add_trust_code_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_run)
 
     sp = sub.add_parser("resume", help="continue an interrupted run folder")
     sp.add_argument("run")
+    add_trust_code_opt(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_resume)
 
@@ -166,6 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rsub = sp.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
     v = rsub.add_parser("validate", help="check recipes without running them")
     v.add_argument("files", nargs="+")
+    add_trust_code_opt(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_recipe_validate)
 

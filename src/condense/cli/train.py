@@ -9,6 +9,7 @@ from condense.cli.common import (
     EXIT_OK,
     add_data_opts,
     add_force_opt,
+    add_trust_code_opt,
     check_out_folder,
     data_from,
     has_checkpoint,
@@ -69,7 +70,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     check_out_folder(args, args.out, resumable=args.resume and has_checkpoint(args.out))
     teachers, metas = [], []
     for t in args.teacher:
-        model, meta = load_model_arg(t, args.trust_pickle)
+        model, meta = load_model_arg(t, args.trust_pickle, trust_code=args.trust_code)
         teachers.append(model)
         metas.append(meta)
     hf_folder = hf_folder_of(args.teacher[0], teachers[0])
@@ -147,7 +148,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     check_out_folder(args, args.out)
     model, meta = (None, None)
     if args.model:
-        model, meta = load_model_arg(args.model, args.trust_pickle)
+        model, meta = load_model_arg(args.model, args.trust_pickle, trust_code=args.trust_code)
     splits, data_name, data_kwargs = data_from(args, meta)
     raw = {**yaml_mapping(args.config, "reduce config"), **kv(args.set, "--set")}
     if args.method:
@@ -189,6 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("distill", help="distill one or more teacher artifacts into a new student")
     sp.add_argument("--teacher", action="append", required=True, help="teacher artifact folder or hf:<folder> (repeat for multi-teacher)")
     sp.add_argument("--trust-pickle", action="store_true")
+    add_trust_code_opt(sp)
     sp.add_argument("--student", default=None, help="student: zoo name, package.module:factory or hf:<folder> "
                     "(default: cnn, or the teacher's own folder for an hf: teacher)")
     sp.add_argument("--student-layers", default=None, type=layers_arg, metavar="N|I,J,K",
@@ -228,6 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("reduce", help="reduce data: PCA / feature selection of inputs, or a coreset of samples")
     sp.add_argument("--model", default=None, help="artifact whose embeddings drive a coreset (optional)")
     sp.add_argument("--trust-pickle", action="store_true")
+    add_trust_code_opt(sp)
     add_data_opts(sp, "digits")
     sp.add_argument("--method", choices=["pca", "select", "coreset"], default=None)
     sp.add_argument("--config", help="YAML file with the method's fields")

@@ -19,7 +19,14 @@ from condense.models.hf import (
     packaged_model_dir,
     student_from_teacher,
 )
-from condense.models.registry import MODELS, ModelSpec, build_model, model_spec
+from condense.models.registry import (
+    MODELS,
+    ModelSpec,
+    UntrustedCodeError,
+    build_model,
+    model_spec,
+    require_trusted,
+)
 from condense.models.signature import InputSignature, set_signature
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "replay_edits",
     "set_signature",
     "student_from_teacher",
+    "UntrustedCodeError",
+    "require_trusted",
 ]
 
 

@@ -5,6 +5,13 @@ A model is named by a zoo name (`build_model("cnn", num_classes=10)`), by an exp
 (`condense.models.hf`; the spec records the folder's absolute path and the resolved task).
 Either way the spec (name + kwargs) is attached to the built module as `model.condense_spec`,
 so `save()` can record how to rebuild it without pickles.
+
+A `package.module:factory` named by a *file* (an artifact's condense.json, a recipe) is code
+execution, like Hugging Face's `trust_remote_code`: `require_trusted` refuses it, before anything is
+imported, unless the user opts in for that run (`--trust-code` / `trust_code=True`) or the name is in
+`MODELS` (the zoo, or a factory the user registered in this process:
+`MODELS.register("mypkg.nets:make", make)`). A spec the user writes themselves (`build_model(...)` in
+Python, `--model` on the command line) is their own choice and builds as before. docs/security.md.
 """
 from __future__ import annotations
 
@@ -15,10 +22,38 @@ from typing import Any
 
 from torch import nn
 
-from condense.core.errors import ConfigError, UnknownNameError, did_you_mean
+from condense.core.errors import ConfigError, InputFileError, UnknownNameError, did_you_mean
 from condense.core.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+HF_PREFIX = "hf:"
+
+
+class UntrustedCodeError(InputFileError):
+    """A file names code to import and run (`package.module:factory`) and the user has not
+    opted in with `--trust-code` / `trust_code=True` (exit code 3, like any refused input file)."""
+
+
+def names_code(name: str) -> bool:
+    """Whether building `name` would import a module: a `package.module:factory` that is neither
+    `hf:<folder>` nor registered in `MODELS` (the zoo, or a factory registered in this process)."""
+    return ":" in name and not name.startswith(HF_PREFIX) and name not in MODELS
+
+
+def require_trusted(name: str, *, trust_code: bool, source: str) -> None:
+    """Refuse the spec `name` read from the file `source` when it names code the user has not
+    vouched for (see the module docstring). Imports nothing."""
+    if trust_code or not names_code(name):
+        return
+    module = name.partition(":")[0]
+    raise UntrustedCodeError(
+        f"{source}: names the model factory {name!r}; building it would import module {module!r} and run "
+        "its code, so it is refused (a file that names code is as dangerous as a pickle). If you trust "
+        "where this file came from, pass --trust-code (Python: trust_code=True), or register the factory "
+        f"in your process first: condense.models.MODELS.register({name!r}, factory). A model built with "
+        "--model package.module:factory records that spec when saved, so opening the saved artifact "
+        "again needs --trust-code too"
+    )
 
 
 @dataclasses.dataclass
@@ -37,7 +72,10 @@ class ModelSpec:
             raise ConfigError(f"architecture spec must be a mapping with 'name', got {d!r}")
         return cls(name=str(d["name"]), kwargs=dict(d.get("kwargs") or {}))
 
-    def build(self) -> nn.Module:
+    def build(self, *, trust_code: bool = True, source: str | None = None) -> nn.Module:
+        """Build the architecture. A spec read from a file passes `trust_code` (the user's opt-in)
+        and `source` (the file, for the refusal); a spec written in code is the caller's choice."""
+        require_trusted(self.name, trust_code=trust_code, source=source or "model spec")
         return build_model(self.name, **self.kwargs)
 
 
@@ -55,8 +93,6 @@ def _import_factory(ref: str) -> Callable[..., nn.Module]:
     return factory
 
 
-HF_PREFIX = "hf:"
-
 
 def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
     from condense.models.hf import BUILD_ARGS, build_hf_model
@@ -72,10 +108,14 @@ def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, a user model from `package.module:factory`, or `hf:<folder>`."""
+    """Build a zoo model by name, a user model from `package.module:factory`, or `hf:<folder>`.
+
+    A name registered in `MODELS` (even one with a colon) is built from the registry, without an
+    import. This function trusts `name`: a name read from a file goes through `require_trusted`
+    first (`ModelSpec.build(trust_code=..., source=...)`)."""
     if name.startswith(HF_PREFIX):
         return _build_hf(name[len(HF_PREFIX):], kwargs)
-    factory = _import_factory(name) if ":" in name else MODELS.get(name)
+    factory = MODELS.get(name) if name in MODELS or ":" not in name else _import_factory(name)
     try:
         model = factory(**kwargs)
     except TypeError as e:
@@ -101,7 +141,7 @@ def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"model {name!r}: unknown argument {unknown[0]!r}{did_you_mean(unknown[0], BUILD_ARGS)}; "
                               f"it takes {', '.join(BUILD_ARGS)}")
         return
-    if ":" in name:
+    if ":" in name and name not in MODELS:
         return
     import inspect
 

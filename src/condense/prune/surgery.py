@@ -76,7 +76,10 @@ def _dim(m: nn.Module, which: str) -> int:
 
 
 def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[str, Sequence[int]]) -> None:
-    """Remove every channel not in `keep[group.root]` from the groups named in `keep`."""
+    """Remove every channel not in `keep[group.root]` from the groups named in `keep`.
+
+    The index bookkeeping is on the CPU whatever the model's device, so `load()` can replay this
+    on a model built on the meta device (shapes only, see `condense.artifacts`)."""
     modules = dict(model.named_modules())
     by_root = {g.root: g for g in groups}
     alive: dict[tuple[str, str], torch.Tensor] = {}
@@ -84,24 +87,24 @@ def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[
         g = by_root.get(root)
         if g is None or not g.prunable:
             raise ConfigError(f"channel pruning: {root!r} is not the root of a prunable group")
-        kept_t = torch.as_tensor(sorted(set(int(k) for k in kept)), dtype=torch.long)
+        kept_t = torch.as_tensor(sorted(set(int(k) for k in kept)), dtype=torch.long, device="cpu")
         if len(kept_t) == 0 or kept_t.min() < 0 or kept_t.max() >= g.size:
             raise ConfigError(f"channel pruning: group {root!r} ({g.size} channels) gets invalid kept indices")
-        removed = torch.ones(g.size, dtype=torch.bool)
+        removed = torch.ones(g.size, dtype=torch.bool, device="cpu")
         removed[kept_t] = False
         gone = removed.nonzero().flatten()
         for mem in g.members:
             which = "in" if mem.role == "in" else "out"
             key = (mem.module, which)
             if key not in alive:
-                alive[key] = torch.ones(_dim(modules[mem.module], which), dtype=torch.bool)
+                alive[key] = torch.ones(_dim(modules[mem.module], which), dtype=torch.bool, device="cpu")
             for j in range(mem.expand):
                 alive[key][mem.offset + gone * mem.expand + j] = False
     touched = list(dict.fromkeys(name for name, _ in alive))
     for name in touched:
         m = modules[name]
-        keep_out = alive.get((name, "out"), torch.ones(_dim(m, "out"), dtype=torch.bool)).nonzero().flatten()
-        keep_in = alive.get((name, "in"), torch.ones(_dim(m, "in"), dtype=torch.bool)).nonzero().flatten()
+        keep_out = alive.get((name, "out"), torch.ones(_dim(m, "out"), dtype=torch.bool, device="cpu")).nonzero().flatten()
+        keep_in = alive.get((name, "in"), torch.ones(_dim(m, "in"), dtype=torch.bool, device="cpu")).nonzero().flatten()
         with torch.no_grad():
             if isinstance(m, nn.Linear):
                 new = _new_linear(m, keep_out, keep_in)

@@ -96,10 +96,11 @@ def _say(msg: str) -> None:
     print(f"[condense] {msg}", file=sys.stderr, flush=True)
 
 
-def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False,
+               trust_code: bool = False) -> dict[str, Any]:
     """Validate `recipe_path` completely, then run it into the new folder `out`."""
     recipe = load_recipe(recipe_path)
-    validate_recipe(recipe)
+    validate_recipe(recipe, trust_code=trust_code)
     run = Path(out)
     dist.on_main(partial(_check_new, run))  # before the lock file goes in: a user's folder is never touched
 
@@ -109,10 +110,10 @@ def run_recipe(recipe_path: str | Path, out: str | Path, *, quiet: bool = False)
 
     with _run_lock(run):
         dist.on_main(prepare)
-        return _execute(load_recipe(run / RESOLVED), run, quiet=quiet)
+        return _execute(load_recipe(run / RESOLVED), run, quiet=quiet, trust_code=trust_code)
 
 
-def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+def resume_run(out: str | Path, *, quiet: bool = False, trust_code: bool = False) -> dict[str, Any]:
     """Continue the run in `out`: finished stages are skipped, the unfinished one continues."""
     run = Path(out)
     if not (run / RESOLVED).is_file():
@@ -120,25 +121,25 @@ def resume_run(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
                 if run.is_dir() and not _entries(run) else "")
         raise InputFileError(f"{run / RESOLVED}: missing; {run} is not a condense run folder{hint}")
     recipe = load_recipe(run / RESOLVED)
-    validate_recipe(recipe)
+    validate_recipe(recipe, trust_code=trust_code)
     with _run_lock(run):
-        return _execute(recipe, run, quiet=quiet)
+        return _execute(recipe, run, quiet=quiet, trust_code=trust_code)
 
 
-def _stage_model(recipe: Recipe, run: Path, name: str | None):
+def _stage_model(recipe: Recipe, run: Path, name: str | None, trust_code: bool = False):
     """The model an earlier stage produced, read back from its artifact (None for no stage)."""
     if name is None:
         return None
     j = next(k for k, s in enumerate(recipe.stages) if s.name == name)
     folder = stage_dir(run, j, name)
     if not STAGES.get(recipe.stages[j].kind).measured:  # a data stage passes its input model through
-        return _stage_model(recipe, run, recipe.stages[j].source)
-    return load(folder)
+        return _stage_model(recipe, run, recipe.stages[j].source, trust_code)
+    return load(folder, trust_code=trust_code)  # its condense.json names the factory the recipe named
 
 
-def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
+def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False) -> dict[str, Any]:
     say = (lambda m: None) if quiet or not dist.is_main() else _say
-    configs = validate_recipe(recipe)
+    configs = validate_recipe(recipe, trust_code=trust_code)
     dist.on_main(partial(check_tree_inside, run))  # no symlink in the run folder leads out of it
     measure_cfg = MeasureConfig.from_dict(recipe.measure, where=f"{recipe.path} measure")
     data_kwargs = {k: v for k, v in recipe.data.items() if k != "name"}
@@ -155,7 +156,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
             if done and not kind.measured:
                 # a data stage is cheap and deterministic: redo it so later stages see its data
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, re-applied")
-                model = _stage_model(recipe, run, spec.source)
+                model = _stage_model(recipe, run, spec.source, trust_code)
                 out = kind.handler(StageContext(recipe, spec, i, folder, splits, model, [], resume=True), cfg)
                 splits = out.splits or splits
                 continue
@@ -169,8 +170,8 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool) -> dict[str, Any]:
             def run_stage(i: int = i, spec: Any = spec, cfg: Any = cfg, kind: Any = kind, folder: Path = folder,
                           resuming: bool = resuming, splits: Any = splits) -> tuple[Any, float]:
                 seed_everything(recipe.seed + 7919 * (i + 1))
-                model = _stage_model(recipe, run, spec.source)
-                teachers = [_stage_model(recipe, run, t) for t in spec.teachers]
+                model = _stage_model(recipe, run, spec.source, trust_code)
+                teachers = [_stage_model(recipe, run, t, trust_code) for t in spec.teachers]
                 ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
                 t0 = time.perf_counter()
                 return kind.handler(ctx, cfg), time.perf_counter() - t0

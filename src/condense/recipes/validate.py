@@ -119,11 +119,13 @@ def _check_no_paths(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> None:
                               f"{key} to <stage folder>/{RUN_PATHS[key]}); remove it")
 
 
-def validate_recipe(recipe: Recipe) -> list[Config]:
+def validate_recipe(recipe: Recipe, *, trust_code: bool = False) -> list[Config]:
     """Check the recipe's data and measure sections and parse every stage's config; return the
-    stage configs in order (raises on the first problem)."""
+    stage configs in order (raises on the first problem). A stage model named
+    `package.module:factory` (code to import and run) needs `trust_code` (`--trust-code`), else
+    `UntrustedCodeError` (exit 3) at its line, before anything is imported (docs/security.md)."""
     from condense.data import DATASETS, check_dataset_options
-    from condense.models.registry import check_model_args
+    from condense.models.registry import check_model_args, require_trusted
     from condense.recipes.measure import MeasureConfig
 
     lines: _Lines = recipe._lines  # type: ignore[attr-defined]
@@ -146,6 +148,8 @@ def validate_recipe(recipe: Recipe) -> list[Config]:
         if model.get("name") == FROM_TEACHER:
             _check_from_teacher(recipe, lines, i, spec)
         elif model:
+            require_trusted(model["name"], trust_code=trust_code,
+                            source=f"{recipe.path}:{lines.line('stages', i, 'model', 'name')}: stage {spec.name!r}")
             where = ("stages", i, "model", "kwargs") if model.get("kwargs") else ("stages", i, "model", "name")
             _parse_at(lambda raw, n=model["name"]: check_model_args(n, raw), dict(model.get("kwargs") or {}),
                       recipe, where)
