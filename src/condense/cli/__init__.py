@@ -164,13 +164,21 @@ def _full_disk(args: argparse.Namespace, exc: Exception):
                             "(free some space and run again)")
     if _torch_write_failed(exc):
         import shutil
+        from pathlib import Path
 
-        free = ""
+        free: int | None = None
         with contextlib.suppress(Exception):
-            free = f"; {shutil.disk_usage(folder or os.getcwd()).free / 2**20:,.1f} MiB free there now"
+            where = Path(str(folder or os.getcwd())).absolute()
+            while not where.exists():
+                where = where.parent
+            free = shutil.disk_usage(where).free
         first = str(exc).strip().splitlines()[0]
+        if free is not None and free < 2**20:  # the device is (still) full: say so
+            return NoSpaceError(f"no space left on device while writing {folder or 'an output file'} ({first}; "
+                                f"{free:,} bytes free there) (free some space and run again)")
+        left = f"; {free / 2**20:,.1f} MiB free there now" if free is not None else ""
         return NoSpaceError(f"writing {folder or 'an output file'} failed ({first}); a full disk is the usual "
-                            f"cause{free} (free some space and run again)")
+                            f"cause{left} (free some space and run again)")
     return None
 
 
