@@ -305,3 +305,36 @@ def test_every_edit_kind_loads_through_the_meta_device(tmp_path, digits_splits, 
         loaded = load(folder)
         assert len(built) == 1, name
         assert torch.equal(loaded(x), model(x)), name
+
+
+def test_hugging_face_unsaved_buffers_are_reinitialised_else_rebuilt(tmp_path, monkeypatch):
+    """transformers' position ids are not in the weights file: after to_empty, transformers'
+    own initialiser writes them; if it did not, the model is built again for real."""
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertModel
+
+    import condense.artifacts as A
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=37, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(tmp_path / "bert")
+    model = build_model(f"hf:{tmp_path / 'bert'}")
+    folder = save(model, tmp_path / "art")
+    batch = {"input_ids": torch.randint(0, 100, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    with torch.no_grad():
+        ref = model.eval()(**batch)
+    built = []
+    real = A.build_from_artifact
+    monkeypatch.setattr(A, "build_from_artifact", lambda *a, **k: built.append(1) or real(*a, **k))
+    with torch.no_grad():
+        assert torch.equal(load(folder)(**batch), ref) and len(built) == 1  # meta only
+        monkeypatch.setattr(type(model.hf), "_init_weights", lambda self, module: None)
+        built.clear()
+        assert torch.equal(load(folder)(**batch), ref) and len(built) == 2  # meta, then for real
+    # a config.json whose sizes the weights do not hold is refused before allocating
+    config = json.loads((folder / "config.json").read_text())
+    config["max_position_embeddings"] = 10**10
+    (folder / "config.json").write_text(json.dumps(config))
+    _edit_meta(folder, files={})
+    _refused_fast_and_small(folder, r"model.safetensors: the architecture in condense.json needs .* bytes")

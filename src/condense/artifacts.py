@@ -456,12 +456,21 @@ def _materialize(model: nn.Module, build: Any, device: str | torch.device) -> nn
         return build().to(device)
     model.to_empty(device=device)
     if owners:
+        unsaved = [t for m in owners for b, t in m._buffers.items() if t is not None and b in m._non_persistent_buffers_set]
         with torch.no_grad():
+            for t in unsaved:  # a value no initialiser writes: what is still all sentinel was not re-initialised
+                t.fill_(_sentinel(t.dtype))
             for m in owners:
                 model.hf._init_weights(m)  # type: ignore[union-attr]
-        if any(b.is_meta for b in model.buffers()):
+        if any(t.numel() and bool((t == _sentinel(t.dtype)).all()) for t in unsaved):
             return build().to(device)
     return model
+
+
+def _sentinel(dtype: torch.dtype) -> float | int | bool:
+    if dtype.is_floating_point or dtype.is_complex:
+        return float("inf")
+    return True if dtype == torch.bool else torch.iinfo(dtype).min
 
 
 def _stray_tensors(model: nn.Module) -> bool:
