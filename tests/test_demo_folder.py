@@ -115,3 +115,14 @@ def test_each_demo_has_its_own_default_folder(tmp_path, calls, monkeypatch):
     assert main(["demo", "--json"]) == 0
     assert main(["demo", "--task", "text", "--json"]) == 0
     assert calls == [("run", Path("condense-demo")), ("run", Path("condense-demo-text"))]
+
+
+def test_a_folder_holding_only_a_stale_lock_file_is_a_fresh_start(tmp_path):
+    """A demo SIGKILLed before it wrote recipe.yaml leaves only the lock file: the next demo starts there."""
+    from condense.core.io import LOCK_NAME
+    from condense.demo import _existing_run
+
+    run = tmp_path / "condense-demo"
+    run.mkdir()
+    (run / LOCK_NAME).write_text("12345\n")
+    assert _existing_run(run, run / "recipe.yaml", force=False) is False

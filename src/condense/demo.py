@@ -82,10 +82,12 @@ def _existing_run(run: Path, recipe_path: Path, force: bool) -> bool:
     not a condense run, a finished run and a run of other settings, unless `force` (demo runs only)."""
     import shutil
 
+    from condense.core.io import LOCK_NAME
     from condense.recipes import load_recipe
     from condense.recipes.runner import DONE, RESOLVED
 
-    if not run.exists() or (run.is_dir() and not any(run.iterdir())):
+    # a lock file alone is what a run killed before it wrote anything leaves behind
+    if not run.exists() or (run.is_dir() and not any(p.name != LOCK_NAME for p in run.iterdir())):
         return False
     if not (run / RESOLVED).is_file():
         raise ConfigError(f"{run}: exists and is not a condense run folder; choose another --out (nothing was changed)")
