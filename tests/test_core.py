@@ -111,3 +111,22 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_atomic_write_json_is_strict(tmp_path):
+    """Every JSON condense writes parses with a strict parser: NaN / inf become null, with a warning."""
+    import json
+    import math
+    import warnings
+
+    from condense.core.io import atomic_write_json
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        atomic_write_json(tmp_path / "m.json", {"loss": math.nan, "xs": [1.0, math.inf]})
+
+    def reject(token):
+        raise ValueError(token)
+
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=reject) == {"loss": None, "xs": [1.0, None]}
+    assert any("loss" in str(w.message) for w in caught)

@@ -81,7 +81,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON (NaN / inf written as null with a warning: `condense.core.jsonio`), written atomically."""
+    from condense.core.jsonio import dumps_strict
+
+    return atomic_write_text(path, dumps_strict(obj, default=_json_default, what=str(path), indent=2) + "\n")
 
 
 def _json_default(o: Any) -> Any:
