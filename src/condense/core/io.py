@@ -121,8 +121,11 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one JSON line (a log; flushed and fsynced so a crash loses at most this line)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    from condense.core.jsonio import dumps_strict
+
+    line = dumps_strict(record, default=_json_default, what=str(p))
     with open(p, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=_json_default) + "\n")
+        fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
