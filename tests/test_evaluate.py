@@ -169,6 +169,38 @@ def test_count_flops_linear_and_conv():
     assert count_flops(conv, torch.randn(5, 3, 8, 8)) == {"flops": 2 * macs, "macs": macs}  # one sample
 
 
+class _EncoderHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x).mean(1))
+
+
+def test_profile_counts_flops_through_transformer_fast_path():
+    """Eval mode runs torch's fused `_transformer_encoder_layer_fwd`, which FlopCounterMode cannot
+    see into; profile counts as if module by module (the reference: train mode, dropout forcing the
+    unfused attention, which FlopCounterMode counts as bmm)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _EncoderHead()
+    x = torch.randn(3, 8, 32)
+    model.train()
+    with torch.no_grad(), FlopCounterMode(display=False) as ref:
+        model(x[:1])
+    expected = ref.get_total_flops()
+    assert expected > 100_000
+    model.eval()
+    rep = profile(model, x, runtimes=("torch",), batch_sizes=(1,), warmup=1, repeats=3)
+    assert abs(rep["flops"] - expected) <= 0.05 * expected, (rep["flops"], expected)
+    assert rep["macs"] == rep["flops"] // 2
+    assert not model.training and torch.backends.mha.get_fastpath_enabled()  # state restored
+
+
 def test_count_parameters_nonzero_and_buffers_excluded():
     lin = nn.Linear(10, 5)
     with torch.no_grad():

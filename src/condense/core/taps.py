@@ -1,13 +1,55 @@
 """Forward-hook feature taps keyed by module name, so methods never edit model code."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 import torch
+import torch.utils.flop_counter
 from torch import nn
 
 from condense.core.errors import ConfigError, did_you_mean
+
+
+@contextlib.contextmanager
+def fused_fastpath_off() -> Iterator[None]:
+    """Turn off torch's fused eval-mode fast path (`nn.TransformerEncoderLayer` /
+    `nn.MultiheadAttention` -> `torch._transformer_encoder_layer_fwd` / `_native_multi_head_attention`)
+    for the block, so the model runs module by module: hooks fire and `FlopCounterMode` sees every
+    matmul (the fused kernels have no flop formula). Outputs are the same up to float rounding."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+@contextlib.contextmanager
+def flop_counter() -> Iterator[torch.utils.flop_counter.FlopCounterMode]:
+    """A `torch.utils.flop_counter.FlopCounterMode` that sees through what it would miss: torch's
+    fused Transformer fast path is off (`fused_fastpath_off`) and the CPU flash-attention kernel that
+    eval-mode `F.scaled_dot_product_attention` picks (no flop formula in torch) is counted like the
+    other attention kernels (2 flops per multiply-add of QK^T and of attn @ V)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = _cpu_flash_attention_flops
+    with fused_fastpath_off(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        yield counter
 
 
 class FeatureTap:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
+from condense.core.taps import flop_counter
 from condense.export.onnx import export_onnx, model_device, onnx_file_bytes, onnx_session, ort_input
 from condense.models.signature import (
     as_batch,
@@ -54,13 +54,15 @@ def count_flops(model: nn.Module, example: Any) -> dict[str, int]:
 
     `flops` is torch.utils.flop_counter's count: 2 per multiply-add of matmul / linear / conv /
     attention (a Linear(10, 5) is 100 flops); element-wise ops (activations, normalisation,
-    bias, pooling) are not counted. `macs` = flops // 2 (multiply-accumulates).
+    bias, pooling) are not counted. `macs` = flops // 2 (multiply-accumulates). torch's fused
+    eval-mode Transformer fast path is turned off while counting (its kernels have no flop formula:
+    a `nn.TransformerEncoder` would count only its head).
     """
     x = batch_to(slice_batch(example, 1), model_device(model))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             call_model(model, x)
     finally:
         model.train(was_training)

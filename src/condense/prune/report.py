@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from condense.core.taps import flop_counter
 from condense.models.signature import call_model
 from condense.prune.masks import MASKABLE, masked_layers, sparsity_report
 
@@ -26,11 +26,12 @@ def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass (torch's FlopCounterMode flops / 2), eval mode."""
+    """Multiply-accumulates of one forward pass (torch's FlopCounterMode flops / 2), eval mode, with
+    torch's fused Transformer fast path off (its kernels have no flop formula)."""
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), flop_counter() as counter:
             if isinstance(example_inputs, Mapping):  # a batch dict (named inputs, e.g. a BERT's)
                 call_model(model, example_inputs)
             else:
