@@ -10,6 +10,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, UnknownNameError
 from condense.models import MODELS, ModelSpec, build_model, list_models, model_spec
+from condense.models.registry import check_model_args
 
 ZOO = ["mlp", "cnn", "resnet", "mobilenetv2", "vgg"]
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -143,6 +144,26 @@ def test_user_factory_by_reference(tmp_path, monkeypatch) -> None:
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ConfigError, match="not a torch.nn.Module"):
         build_model("tests_helpers_module:not_a_model")
+
+
+def test_factory_taking_its_own_name_argument(monkeypatch) -> None:
+    """`build_model(name, /, **kwargs)`: a factory's own `name` (a wrapper around
+    `timm.create_model(name=...)`) reaches it, and the spec rebuilds it."""
+    seen = []
+
+    def by_name(name: str = "small", num_classes: int = 10) -> nn.Module:
+        seen.append(name)
+        width = {"small": 4, "wide": 16}[name]
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.Linear(width, num_classes))
+
+    monkeypatch.setitem(MODELS._items, "test_by_name", by_name)
+    model = build_model("test_by_name", name="wide", num_classes=3)
+    assert seen == ["wide"] and model[1].out_features == 16
+    assert model.condense_spec.name == "test_by_name"
+    assert model.condense_spec.kwargs == {"name": "wide", "num_classes": 3}
+    rebuilt = ModelSpec.from_dict(model.condense_spec.to_dict()).build()
+    assert seen == ["wide", "wide"] and rebuilt[1].out_features == 16
+    check_model_args("test_by_name", {"name": "wide"})
 
 
 def test_zoo_spec_attached_and_rebuilds() -> None:

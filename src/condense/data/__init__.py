@@ -39,7 +39,7 @@ def dataset_options(name: str) -> list[str]:
     return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def load_dataset(name: str, **kwargs: Any) -> Splits:
+def load_dataset(name: str, /, **kwargs: Any) -> Splits:
     """Load the registered source `name` with its options (unknown options are a ConfigError)."""
     check_dataset_options(name, kwargs)
     return DATASETS.get(name)(**kwargs)

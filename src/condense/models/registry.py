@@ -107,7 +107,7 @@ def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
+def build_model(name: str, /, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name, a user model from `package.module:factory`, or `hf:<folder>`.
 
     A name registered in `MODELS` (even one with a colon) is built from the registry, without an

@@ -374,7 +374,7 @@ class EntropyObserver(_HistogramObserver):
         return torch.tensor(lows, dtype=torch.float32), torch.tensor(highs, dtype=torch.float32)
 
 
-def make_observer(name: str, spec: QuantSpec, **options: Any) -> Observer:
+def make_observer(name: str, spec: QuantSpec, /, **options: Any) -> Observer:
     """Build the observer registered as `name`; bad options are ConfigErrors naming the observer."""
     cls = OBSERVERS.get(name)
     try:
