@@ -8,7 +8,14 @@ inside a small wrapper whose forward takes `input_ids`, `attention_mask` and opt
   sentence-transformers recipe (Reimers & Gurevych 2019, "Sentence-BERT", EMNLP); (B, H).
 - "sequence-classification": AutoModelForSequenceClassification; the logits (B, num_labels).
 - "encoder": AutoModel; last_hidden_state (B, T, H).
-- "auto": chosen from the folder (`condense.models.hf_folder.detect_task`).
+- "image-classification": AutoModelForImageClassification (ViT, ConvNeXt, ResNet, MobileNetV2,
+  ...); forward(pixel_values) takes images (N, C, H, W) and returns the logits (N, num_labels). Its
+  signature is the single-tensor one: a batch's `input` (an ArrayDataset's, a zoo image dataset's)
+  is passed positionally as `pixel_values`, so training, evaluation and export treat it like a zoo
+  CNN (the ONNX input is named "input").
+- "auto": chosen from the folder (`condense.models.hf_folder.detect_task`): image classifiers by
+  their architecture or model_type; any other model_type whose model does not read input_ids
+  (audio, encoder-decoder, ...) is refused with the `package.module:factory` route.
 
 Attention runs in the "eager" implementation: it exports to ONNX as plain MatMul/Softmax that
 onnxruntime's BERT fusions recognise (benchmarks/quant_minilm.py), and on this CPU it is as fast
@@ -38,8 +45,10 @@ from condense.core.io import atomic_path, atomic_write_text
 from condense.models.hf_folder import (
     CONFIG_NAME,
     TASKS,
+    TEXT_TASKS,
     check_weights,
     detect_task,
+    folder_modality,
     folder_num_labels,
     minilm_dir,
     model_folder,
@@ -55,7 +64,7 @@ from condense.models.hf_layers import (
     resolve_layers,
     student_from_teacher,
 )
-from condense.models.signature import InputSignature, set_signature
+from condense.models.signature import DEFAULT_SIGNATURE, InputSignature, set_signature
 
 HF_PREFIX = "hf:"
 STATE_PREFIX = "hf."  # wrapper state-dict keys = STATE_PREFIX + transformers key names
@@ -181,8 +190,34 @@ class HFSequenceClassifier(HFModel):
         return self._run(input_ids, attention_mask, token_type_ids).logits
 
 
+class HFImageClassifier(HFModel):
+    """task "image-classification": images (N, C, H, W) -> the logits tensor (N, num_labels).
+
+    Called like a zoo CNN (`model(batch["input"])`, the default signature): the batch's `input`
+    becomes transformers' `pixel_values`.
+    """
+
+    task = "image-classification"
+    auto_class = "AutoModelForImageClassification"
+    condense_output_name = "logits"
+
+    def __init__(self, hf: nn.Module, source_dir: Path) -> None:
+        super().__init__(hf, source_dir)
+        self.build_kwargs["num_labels"] = int(hf.config.num_labels)
+        set_signature(self, DEFAULT_SIGNATURE)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        channels = getattr(self.hf.config, "num_channels", None)
+        if pixel_values.dim() != 4 or (isinstance(channels, int) and pixel_values.shape[1] != channels):
+            raise ConfigError(f"this {type(self.hf).__name__} takes images (N, {channels or 'C'}, H, W), got "
+                              f"{tuple(pixel_values.shape)}; give it data of that shape")
+        return self.hf(pixel_values=pixel_values, return_dict=True).logits
+
+
 _WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
-                                       "sequence-classification": HFSequenceClassifier}
+                                       "sequence-classification": HFSequenceClassifier,
+                                       "image-classification": HFImageClassifier}
+CLASSIFIER_TASKS = ("sequence-classification", "image-classification")
 
 
 ENCODER_TASKS = ("sentence-embedding", "encoder")
@@ -205,8 +240,8 @@ def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normal
         raise ConfigError(f"hf: pooling must be one of {POOLINGS}, got {pooling!r}")
     if normalize is not None and not isinstance(normalize, bool):
         raise ConfigError(f"hf: normalize must be true or false, got {normalize!r}")
-    if num_labels is not None and task not in ("auto", "sequence-classification"):
-        raise ConfigError(f"hf: num_labels applies to task 'sequence-classification', not {task!r}")
+    if num_labels is not None and task not in ("auto", *CLASSIFIER_TASKS):
+        raise ConfigError(f"hf: num_labels applies to tasks {CLASSIFIER_TASKS}, not {task!r}")
     if (pooling is not None or normalize is not None) and task not in ("auto", "sentence-embedding"):
         raise ConfigError(f"hf: pooling / normalize apply to task 'sentence-embedding', not {task!r}")
 
@@ -229,12 +264,20 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
     _check_kwargs(task, num_labels, pooling, normalize, attn_implementation)
     path = model_folder(folder)
     cfg = read_config(path)
+    image = folder_modality(path, cfg) == "image"  # refuses what is neither text nor an image classifier
     check_weights(path)
     if task == "auto":
-        task = "sequence-classification" if num_labels is not None else detect_task(path, cfg)
+        task = "image-classification" if image else (
+            "sequence-classification" if num_labels is not None else detect_task(path, cfg))
+    if image and task != "image-classification":
+        raise ConfigError(f"{path}: model_type {cfg['model_type']!r} is an image model; hf: builds it with "
+                          f"task 'image-classification' (or 'auto'), not {task!r}")
+    if not image and task == "image-classification":
+        raise ConfigError(f"{path}: model_type {cfg['model_type']!r} is a text model; task 'image-classification' "
+                          f"needs an image classifier folder (text tasks: {TEXT_TASKS})")
     _check_kwargs(task, num_labels, pooling, normalize, attn_implementation)
     extra: dict[str, Any] = {}
-    if task == "sequence-classification":
+    if task in CLASSIFIER_TASKS:
         have = folder_num_labels(cfg)
         if have is None and num_labels is None:
             raise ConfigError(f"{path}: has no classification head; pass num_labels=... for a fresh one")
@@ -244,7 +287,7 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
         if num_labels is not None:
             extra["num_labels"] = num_labels
     wrapper = _WRAPPERS[task]
-    fresh = task == "sequence-classification" and folder_num_labels(cfg) is None
+    fresh = task in CLASSIFIER_TASKS and folder_num_labels(cfg) is None
     model = _from_pretrained(path, wrapper.auto_class, attn_implementation, extra, fresh)
     if task == "sentence-embedding":
         declared = sentence_head(path)
@@ -372,6 +415,7 @@ __all__ = [
     "is_encoder",
     "BUILD_ARGS",
     "HFEncoder",
+    "HFImageClassifier",
     "HFModel",
     "HFSentenceEmbedding",
     "HFSequenceClassifier",

@@ -20,7 +20,11 @@ from condense.core.io import read_json
 from condense.core.noise import quiet_known_noise
 
 CONFIG_NAME = "config.json"
-TASKS = ("auto", "sentence-embedding", "sequence-classification", "encoder")
+TASKS = ("auto", "sentence-embedding", "sequence-classification", "encoder", "image-classification")
+TEXT_TASKS = ("sentence-embedding", "sequence-classification", "encoder")
+#: How a user brings a model that `hf:` does not wrap (named in every refusal of a model type).
+FACTORY_ROUTE = ("build it in your own code and pass it as --model package.module:factory "
+                 "(build_model('package.module:factory') in Python)")
 #: Tokenizer files copied from the source folder into an artifact (those present).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "sentencepiece.bpe.model")
@@ -78,7 +82,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     if model_type not in CONFIG_MAPPING_NAMES:
         family = ", ".join(t for t in BERT_FAMILY if t in CONFIG_MAPPING_NAMES)
         raise ConfigError(f"{path}: model_type {model_type!r} is unknown to transformers {tf.__version__} "
-                          f"(BERT-family types it supports: {family})")
+                          f"(BERT-family types it supports: {family}); or {FACTORY_ROUTE}")
     archs = cfg.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise InputFileError(f"{path}: 'architectures' must be a list of class names, got {archs!r}")
@@ -87,8 +91,9 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: architecture {custom[0]!r} is not part of transformers {tf.__version__} (custom "
                           "model code); refused: condense never runs code from a model folder (no trust_remote_code)")
     if cfg.get("is_encoder_decoder"):
-        raise ConfigError(f"{path}: {model_type!r} is an encoder-decoder model; condense's hf: models are "
-                          "encoders called with input_ids / attention_mask")
+        raise ConfigError(f"{path}: model_type {model_type!r} is an encoder-decoder model; condense's hf: models are "
+                          "text models called with input_ids / attention_mask, or image classifiers called with "
+                          f"pixel_values; {FACTORY_ROUTE}")
     return cfg
 
 
@@ -103,23 +108,69 @@ def check_weights(folder: Path) -> None:
     raise InputFileError(f"{folder}: no model.safetensors next to config.json")
 
 
+def _main_input(model_type: str) -> str | None:
+    """The `main_input_name` of transformers' base model class for `model_type` (None: no base class)."""
+    transformers_module()
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    name = MODEL_MAPPING_NAMES.get(model_type)
+    name = name[0] if isinstance(name, (tuple, list)) else name
+    cls = getattr(transformers_module(), name, None) if name else None
+    main = getattr(cls, "main_input_name", None)
+    return main if isinstance(main, str) else None
+
+
+def is_image_classifier(cfg: dict[str, Any]) -> bool:
+    """An `architectures` entry ending in "ForImageClassification" (ViT, ConvNeXt, ResNet, ...)."""
+    return any(a.endswith("ForImageClassification") for a in cfg.get("architectures") or [])
+
+
+def folder_modality(folder: Path, cfg: dict[str, Any]) -> str:
+    """"image" for an image classifier, "text" for a model called with input_ids; anything else is
+    refused (ConfigError naming the model_type and the `package.module:factory` route).
+
+    Image: an `architectures` entry ending in "ForImageClassification", or a model_type whose
+    base model reads `pixel_values` and that AutoModelForImageClassification maps (a backbone
+    folder: a fresh head is put on it). Text: a model_type whose base model reads `input_ids`.
+    """
+    transformers_module()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    model_type = str(cfg.get("model_type"))
+    if is_image_classifier(cfg):
+        return "image"
+    main = _main_input(model_type)
+    if main == "input_ids":
+        return "text"
+    if model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and main in ("pixel_values", None):
+        return "image"
+    reads = f"its model reads {main!r}" if main else "transformers has no base model class for it"
+    raise ConfigError(f"{folder / CONFIG_NAME}: model_type {model_type!r} is not supported by hf: ({reads}); hf: "
+                      "wraps text models called with input_ids / attention_mask and image classifiers "
+                      f"(AutoModelForImageClassification) called with pixel_values; {FACTORY_ROUTE}")
+
+
 def is_sentence_transformers(folder: Path) -> bool:
     return any((folder / n).is_file() for n in ST_FILES)
 
 
 def has_classifier_head(cfg: dict[str, Any]) -> bool:
-    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+    return any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in cfg.get("architectures") or [])
 
 
 def detect_task(folder: Path, cfg: dict[str, Any]) -> str:
     """The rule behind task="auto".
 
+    0. an image classifier, or a vision backbone AutoModelForImageClassification maps
+       (`folder_modality`) -> "image-classification";
     1. sentence-transformers files (modules.json, sentence_bert_config.json or
        config_sentence_transformers.json) -> "sentence-embedding";
     2. an `architectures` entry ending in "ForSequenceClassification" -> "sequence-classification";
     3. anything else (BertModel, BertForMaskedLM, no architectures) -> "encoder" (the backbone;
        pre-training heads are not used).
     """
+    if folder_modality(folder, cfg) == "image":
+        return "image-classification"
     if is_sentence_transformers(folder):
         return "sentence-embedding"
     if has_classifier_head(cfg):
