@@ -62,6 +62,15 @@ def test_image_folder_builds_an_image_classifier(folders, name) -> None:
     torch.testing.assert_close(y, ref)
 
 
+def test_images_of_the_wrong_shape_are_one_config_error(folders) -> None:
+    vit = build_model(f"hf:{folders['vit']}")
+    with pytest.raises(ConfigError, match=r"takes images \(N, 1, H, W\), got \(2, 3, 8, 8\)"):
+        vit(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ConfigError, match=r"ViTForImageClassification refused images of shape \(2, 1, 16, 16\): "
+                                          r"Input image size"):
+        vit(torch.randn(2, 1, 16, 16))
+
+
 def test_text_task_on_an_image_folder_is_refused(folders) -> None:
     with pytest.raises(ConfigError, match="image model.*'image-classification'"):
         build_model(f"hf:{folders['vit']}", task="encoder")
@@ -164,3 +173,19 @@ def test_cli_profile_and_data_of_the_wrong_shape(folders, tmp_path, capsys) -> N
     # digits are (1, 8, 8); this ResNet takes 3 channels: a one-line usage error, not a traceback
     assert main(["eval", f"hf:{folders['resnet']}", "--data", "digits"]) == 2
     assert "takes images (N, 3, H, W), got (" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mobilenetv2_round_trip_and_export(tmp_path) -> None:
+    import condense
+
+    torch.manual_seed(0)
+    transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(
+        num_channels=3, image_size=16, depth_multiplier=0.25, num_labels=10)).save_pretrained(tmp_path / "mnv2")
+    model = build_model(f"hf:{tmp_path / 'mnv2'}")
+    x = torch.randn(2, 3, 16, 16)
+    condense.save(model, tmp_path / "art")
+    with torch.no_grad():
+        # random init leaves logits near 1e-27 here: the last bit may differ between two allocations
+        torch.testing.assert_close(condense.load(tmp_path / "art")(x), model(x), rtol=1e-4, atol=0)
+    condense.export_onnx(model, x[:1], tmp_path / "m.onnx")

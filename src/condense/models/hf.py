@@ -211,7 +211,12 @@ class HFImageClassifier(HFModel):
         if pixel_values.dim() != 4 or (isinstance(channels, int) and pixel_values.shape[1] != channels):
             raise ConfigError(f"this {type(self.hf).__name__} takes images (N, {channels or 'C'}, H, W), got "
                               f"{tuple(pixel_values.shape)}; give it data of that shape")
-        return self.hf(pixel_values=pixel_values, return_dict=True).logits
+        try:
+            return self.hf(pixel_values=pixel_values, return_dict=True).logits
+        except ValueError as e:  # transformers' own input checks (e.g. ViT: "Input image size ... doesn't match")
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{type(self.hf).__name__} refused images of shape {tuple(pixel_values.shape)}: "
+                              f"{first}") from None
 
 
 _WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
