@@ -170,6 +170,8 @@ def test_cli_profile_and_data_of_the_wrong_shape(folders, tmp_path, capsys) -> N
     condense.save(build_model(f"hf:{folders['vit']}"), tmp_path / "art")
     assert main(["profile", str(tmp_path / "art"), "--batch-sizes", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] > 0
+    assert main(["profile", f"hf:{folders['vit']}", "--batch-sizes", "1", "--json"]) == 0  # the folder's bytes
+    assert json.loads(capsys.readouterr().out)["artifact_bytes"] > 0
     # digits are (1, 8, 8); this ResNet takes 3 channels: a one-line usage error, not a traceback
     assert main(["eval", f"hf:{folders['resnet']}", "--data", "digits"]) == 2
     assert "takes images (N, 3, H, W), got (" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     splits, _, _ = data_from(args, meta)
     example = example_inputs(splits.test, 1)
     result = profile(model, example, runtimes=tuple(args.runtimes), batch_sizes=tuple(args.batch_sizes),
-                     threads=args.threads, artifact_path=args.model)
+                     threads=args.threads, artifact_path=args.model.removeprefix("hf:"))
     show(result, args.json, _profile_text(result))
     return EXIT_OK
 
