@@ -14,19 +14,64 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import InputFileError
+from condense.core.face import LayerFace
 from condense.lowrank.decompose import Spectrum, conv_geometry, factors, matrix_view, spectrum
 from condense.models.edits import EDITS
 
 FORMS = ("linear", "channel", "tucker2", "spatial")
 
 
-class LowRank(nn.Sequential):
-    """A layer replaced by a product of thinner ones; `form` and `rank` say how."""
+_LINEAR_FACE = ("in_features", "out_features")
+_CONV_FACE = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], form: str, rank: list[int]) -> None:
+
+def layer_face(module: nn.Module) -> dict[str, Any]:
+    """The hyper-parameters of `module` that third-party forward code reads (a Linear's
+    in/out_features; a conv's channels, kernel_size, stride, padding, dilation, groups, padding_mode)."""
+    names = _LINEAR_FACE if isinstance(module, nn.Linear) else _CONV_FACE
+    return {n: getattr(module, n) for n in names if hasattr(module, n)}
+
+
+class LowRank(LayerFace, nn.Sequential):
+    """A layer replaced by a product of thinner ones; `form` and `rank` say how.
+
+    It keeps the face of the layer it replaced (`condense.core.face`): `in_features` /
+    `out_features` or `in_channels`, `out_channels`, `kernel_size`, `stride`, `padding`,
+    `dilation`, `groups`, `padding_mode` as recorded from that layer (`face`), `weight` as the
+    effective dense weight of the product of the factors (computed on each read) and `bias` as the
+    last factor's bias.
+    """
+
+    def __init__(self, layers: OrderedDict[str, nn.Module], form: str, rank: list[int],
+                 face: dict[str, Any] | None = None) -> None:
         super().__init__(layers)
         self.form = form
         self.rank = list(rank)
+        self.face = dict(face or {})
+        self._block_fused_fastpath()
+
+    def _face_attr(self, name: str) -> Any:
+        if name == "weight":
+            return self.dense_weight()
+        if name == "bias":
+            return self.up.bias
+        if name in self.face:
+            return self.face[name]
+        raise AttributeError(f"'LowRank' object has no attribute {name!r} (the {self.form} factorization "
+                             "of a layer that has none)")
+
+    def dense_weight(self) -> Tensor:
+        """The weight of the single layer this product equals ([out, in] or [out, in, kh, kw])."""
+        up = self.up.weight
+        down = self.down.weight
+        if self.form == "linear":
+            return up @ down
+        if self.form == "channel":  # down (r, I, kh, kw), up (O, r, 1, 1)
+            return torch.einsum("or,rihw->oihw", up[:, :, 0, 0], down)
+        if self.form == "spatial":  # down (r, I, kh, 1), up (O, r, 1, kw)
+            return torch.einsum("orw,rih->oihw", up[:, :, 0, :], down[..., 0])
+        core = self.core.weight  # tucker2: down (r_in, I, 1, 1), core (r_out, r_in, kh, kw), up (O, r_out, 1, 1)
+        return torch.einsum("os,srhw,ri->oihw", up[:, :, 0, 0], core, down[:, :, 0, 0])
 
     def extra_repr(self) -> str:
         return f"form={self.form}, rank={self.rank}"
@@ -63,7 +108,7 @@ def empty_lowrank(module: nn.Module, form: str, rank: list[int]) -> LowRank:
                                  up=_conv(r_out, cout, (1, 1), bias=bias))
         else:
             raise ValueError(form)
-    out = LowRank(layers, form, rank)
+    out = LowRank(layers, form, rank, layer_face(module))
     w = module.weight
     return out.to(device=w.device, dtype=w.dtype)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, RunError
+from condense.core.face import WrapperFace
 from condense.quantize.observers import make_observer
 from condense.quantize.primitives import QuantSpec, fake_quantize, fake_quantize_spec
 
@@ -91,13 +92,15 @@ class FakeQuantize(nn.Module):
         return f"bits={s.bits}, {kind}, {gran}, q=[{s.qmin}, {s.qmax}], observer={self.observer_name}, mode={self.mode}"
 
 
-class QuantWrapper(nn.Module):
+class QuantWrapper(WrapperFace, nn.Module):
     """A Conv1d / Conv2d / Linear run on fake-quantized input, weight, bias (and output).
 
     The wrapped layer stays at `.module` (its weight and bias keep their names under it).
     `act` ("relu" / "relu6") is an activation absorbed from the layer that followed, applied
     before the output quantizer so the output grid starts at 0 (and an int8 runtime can drop the
     ReLU). With `collect_input_mean`, calibration also records the mean input for bias correction.
+    It keeps the wrapped layer's face (`weight`, `bias`, `in_features`, `stride`, ... read through
+    to `.module`: see `condense.core.face`).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class QuantWrapper(nn.Module):
         self.collect_input_mean = False
         self._in_sum: Tensor | None = None
         self._in_count = 0
+        self._block_fused_fastpath()
 
     # -- lifecycle -------------------------------------------------------------------------
     def set_mode(self, mode: str) -> None:

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from condense.core.config import Config
 from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import ConfigError
+from condense.core.face import WrapperFace
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
 from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
@@ -119,11 +120,12 @@ class QATConfig(Config):
                 raise ConfigError(f"QATConfig.{field} must be >= 0 (a 0-based epoch) or null, got {v}")
 
 
-class QATWrapper(nn.Module):
+class QATWrapper(WrapperFace, nn.Module):
     """A Conv / Linear layer trained on LSQ fake-quantized input, weight and (int32) bias.
 
     The float layer stays at `.module`; the quantizers are `.input_fq` (None when activations are
-    not quantized) and `.weight_fq` -- the same attribute names as the PTQ `QuantWrapper`.
+    not quantized) and `.weight_fq` -- the same attribute names as the PTQ `QuantWrapper`. It keeps
+    the wrapped layer's face (`weight`, `stride`, ... read through to `.module`; `condense.core.face`).
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class QATWrapper(nn.Module):
             bits, "weight", per_channel=per_channel,
             num_channels=module.weight.shape[0] if per_channel else None, learn_scale=learn_scales,
         )
+        self._block_fused_fastpath()
 
     def quantized_weight(self) -> Tensor:
         return self.weight_fq(self.module.weight)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError, did_you_mean
+from condense.core.face import LayerFace
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_edit
 from condense.quantize.groups import (  # noqa: F401  (re-exported: the module's public math)
@@ -136,7 +137,7 @@ def quantized_linear_nbytes(
     return n
 
 
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(LayerFace, nn.Module):
     """A Linear layer whose weight is stored as packed low-bit integers with group-wise scales.
 
     Buffers: `qweight` uint8 `(out, ceil(in*bits/8))` (each row packed on its own), `scales`
@@ -178,6 +179,13 @@ class QuantizedLinear(nn.Module):
                 "qzeros", torch.zeros(out_features, packed_numel(ng, bits), dtype=torch.uint8)
             )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._block_fused_fastpath()
+
+    @property
+    def weight(self) -> Tensor:
+        """The face of the replaced `nn.Linear` (`condense.core.face`): the dequantized weight
+        `(out, in)`, computed on each read (in the bias's dtype; float32 without a bias)."""
+        return self.dequantized_weight(torch.float32 if self.bias is None else self.bias.dtype)
 
     @property
     def n_groups(self) -> int:
