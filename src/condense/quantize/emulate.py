@@ -81,15 +81,23 @@ def run_emulated(path: str | os.PathLike[str], feeds: dict[str, np.ndarray] | li
         return res if many else res[0]
 
 
-def emulated_agreement(path: str | os.PathLike[str], inputs: Any, reference: np.ndarray,
-                       target: str = "avx2") -> dict[str, float]:
-    """Top-1 agreement (%) and max |diff| of `path` on an emulated `target` CPU against `reference`
-    outputs (e.g. the PyTorch simulation's), for a single-input model fed `inputs`."""
+def input_name(path: str | os.PathLike[str]) -> str:
+    """The name of an ONNX file's first input (read without its external data)."""
     import onnx
 
-    x = inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else np.asarray(inputs)
-    name = onnx.load(str(path), load_external_data=False).graph.input[0].name
-    got = run_emulated(path, {name: x.astype(np.float32)}, target)
-    ref = np.asarray(reference)
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def agreement_of(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement (%) and max |diff| of outputs `got` against `ref`."""
+    got, ref = np.asarray(got), np.asarray(ref)
     return {"top1_agreement": float(100.0 * (got.argmax(-1) == ref.argmax(-1)).mean()),
             "max_abs_diff": float(np.abs(got - ref).max())}
+
+
+def emulated_agreement(path: str | os.PathLike[str], inputs: Any, reference: np.ndarray,
+                       target: str = "avx2") -> dict[str, float]:
+    """`agreement_of` the outputs of `path` on an emulated `target` CPU and `reference` outputs (e.g.
+    the PyTorch simulation's), for a single-input model fed `inputs`."""
+    x = inputs.detach().cpu().numpy() if hasattr(inputs, "detach") else np.asarray(inputs)
+    return agreement_of(run_emulated(path, {input_name(path): x.astype(np.float32)}, target), reference)

@@ -30,7 +30,7 @@ from torch import nn
 
 from condense.core.cpu import cpu_record
 from condense.export.onnx import onnx_session
-from condense.quantize.emulate import can_emulate, run_emulated
+from condense.quantize.emulate import agreement_of, can_emulate, input_name, run_emulated
 
 STATIC_SCHEMES: dict[str, tuple[str, str]] = {
     # name: (quantize target, export target)
@@ -77,7 +77,7 @@ def compare_static_schemes(
                                    fp32_path=work / "fp32.onnx", threads=threads, latency_batches=list(batches))
             with torch.no_grad():
                 sim = torch.cat([q(xb) for xb in inputs.split(256)]).numpy()
-            feeds = {_input_name(res.path): inputs.numpy().astype(np.float32)}
+            feeds = {input_name(res.path): inputs.numpy().astype(np.float32)}
             here = onnx_session(res.path, threads).run(None, feeds)[0]
             row: dict[str, Any] = {
                 "weight_bits": sorted({w["weight_bits"] for w in q.condense_quant_report.layers}),
@@ -94,21 +94,6 @@ def compare_static_schemes(
             rows[name] = row
     return {"cpu": cpu_record(), "threads": threads, "emulated": "avx2 (qemu-x86_64 -cpu Haswell)" if emulated else None,
             "schemes": rows}
-
-
-def _input_name(path: Path) -> str:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).graph.input[0].name
-
-
-def agreement_of(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement (%) and max |diff| of outputs `got` against `ref`."""
-    return {"top1_agreement": float(100.0 * (got.argmax(-1) == ref.argmax(-1)).mean()),
-            "max_abs_diff": float(np.abs(got - ref).max())}
-
-
-__all__ = ["STATIC_SCHEMES", "agreement_of", "compare_dynamic_schemes", "compare_static_schemes"]
 
 
 def compare_dynamic_schemes(
@@ -135,7 +120,7 @@ def compare_dynamic_schemes(
         TransformerWorkspace,
         calibration_batches,
     )
-    from condense.quantize.transformer_graph import agreement, batches_of, output_rows
+    from condense.quantize.transformer_graph import agreement, batches_of, output_rows, rows_of
 
     cfgs = {t: TransformerInt8Config.from_dict({**(config or {}), "target": t}) for t in targets}
     emulated = emulate and can_emulate("avx2")
@@ -158,7 +143,7 @@ def compare_dynamic_schemes(
             if emulated:
                 feeds = [ort_input(sessions[t], b) for b in emu_batches]
                 outs = run_emulated(res.path, feeds, "avx2")
-                got = np.concatenate([_rows(o, b) for o, b in zip(outs, emu_batches, strict=True)])
+                got = np.concatenate([rows_of(o, b) for o, b in zip(outs, emu_batches, strict=True)])
                 row["emulated_avx2"] = agreement(got, emu_ref)
             rows[t] = row
         for bs in batches:
@@ -173,8 +158,4 @@ def compare_dynamic_schemes(
             "emulated_samples": emulated_samples if emulated else 0, "schemes": rows}
 
 
-def _rows(y: np.ndarray, batch: dict[str, Any]) -> np.ndarray:
-    y = np.asarray(y, np.float32)
-    if y.ndim == 3 and "attention_mask" in batch:
-        y = y[np.asarray(batch["attention_mask"]).astype(bool)]
-    return y.reshape(len(y), -1)
+__all__ = ["STATIC_SCHEMES", "compare_dynamic_schemes", "compare_static_schemes"]

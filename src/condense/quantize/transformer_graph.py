@@ -131,18 +131,20 @@ def linear_nodes(gi: osm.GraphIndex, uses: Sequence[osm.WeightUse], model: nn.Mo
     return out
 
 
+def rows_of(y: Any, batch: dict[str, Any]) -> np.ndarray:
+    """One batch's output as rows: (N, D) embeddings / logits as they are, (B, T, H) token states as
+    one row per attended token."""
+    y = np.asarray(y, np.float32)
+    if y.ndim == 3 and "attention_mask" in batch:
+        y = y[np.asarray(batch["attention_mask"]).astype(bool)]
+    return y.reshape(len(y), -1)
+
+
 def output_rows(session: Any, batches: Sequence[dict[str, Any]]) -> np.ndarray:
-    """A session's outputs on `batches` as rows: (N, D) embeddings / logits as they are, (B, T, H)
-    token states as one row per attended token."""
+    """A session's outputs on `batches` as rows (`rows_of`)."""
     from condense.export.onnx import ort_run
 
-    rows = []
-    for b in batches:
-        y = np.asarray(ort_run(session, b), np.float32)
-        if y.ndim == 3 and "attention_mask" in b:
-            y = y[np.asarray(b["attention_mask"]).astype(bool)]
-        rows.append(y.reshape(len(y), -1))
-    return np.concatenate(rows)
+    return np.concatenate([rows_of(ort_run(session, b), b) for b in batches])
 
 
 def agreement(got: np.ndarray, ref: np.ndarray, k: int = 10) -> dict[str, Any]:
@@ -154,4 +156,5 @@ def agreement(got: np.ndarray, ref: np.ndarray, k: int = 10) -> dict[str, Any]:
     return res
 
 
-__all__ = ["agreement", "batches_of", "export_fp32_graph", "fuse_graph", "linear_nodes", "output_rows", "trim_padding"]
+__all__ = ["agreement", "batches_of", "export_fp32_graph", "fuse_graph", "linear_nodes", "output_rows", "rows_of",
+           "trim_padding"]
