@@ -1,98 +1,139 @@
-"""Channel dependency groups for structured pruning, found by tracing the model with torch.fx.
+"""Channel dependency groups for structured pruning, found on the `torch.export` graph.
 
-Every tensor on the way from input to output carries a channel *descriptor*: a list of segments
-`(space, expand)`, where a space is a set of channels created by one producer (a Conv/Linear
-output, or the network input) and `expand` says how many consecutive positions each channel
-occupies (1, or H*W after flattening C x H x W). Ops either pass the descriptor on (activations,
-pooling, dropout, BatchNorm, depthwise conv, flatten), join it (`cat`), or tie spaces together
-channel by channel (`add`, `mul`, ...: a union-find over spaces). A class of tied spaces is one
-dependency *group*: removing channel i removes it from every producer's output, every BatchNorm
-and depthwise conv in between, and every consumer's input.
+The model is exported once (`torch.export.export(..., strict=False)`, the ATen graph with its
+parameters as inputs), which works on Hugging Face, timm and torchvision models that `torch.fx`
+cannot trace. Every *dimension* of every tensor carries a descriptor:
 
-Anything the tracer cannot follow on the channel path (an unknown function or module, a reshape
-that mixes channels, permute, roll, slicing, grouped conv) raises `PruneGraphError` naming the
-node, never a silently broken model. Groups tied to the network input or reaching the model
-output (e.g. the classifier's logits) are never prunable. Discovery only depends on the
-architecture, so it is deterministic (edit-log replay relies on that).
+* `None`: untracked (comes from the data, e.g. batch, tokens, pixels): never pruned;
+* `Segs`: a list of `(space, width)` segments: positions of this dim belong, in blocks, to the
+  channels of a *space*. Every dim of every parameter and buffer starts as its own space, so
+  `linear`, `conv`, `embedding`, norms, `cls_token` / `pos_embed` and LayerScale all work by the
+  same rules: an op that lines two dims up ties their spaces (union-find);
+* `Split`: a dim made by a reshape that split one tracked dim into several (`(..., H*d) ->
+  (..., H, d)`). It stays lazy: tying the outer dim (attention heads meeting in
+  `scaled_dot_product_attention` or a batched matmul) *coarsens* the space to whole heads; a
+  `select` / `unbind` on it (fused qkv) *refines* the space into its parts; the inner dim is
+  positions inside a unit, free to be sliced (rotary embeddings) or contracted (q . k).
+
+A class of tied spaces is one dependency *group*: removing unit i removes its positions from every
+member parameter dim. A group is prunable when a layer produces it (the output rows of a Linear /
+Conv / Conv1D, an embedding's columns) and nothing froze it. What an op cannot map freezes the
+groups it touches, with the op and module named in the group's `reason` (never pruned silently
+wrong): grouped convolutions remove whole groups, `GroupNorm` whole norm groups, grouped-query
+attention whole key/value groups, and `nn.MultiheadAttention` (its forward checks widths against
+its own attributes) freezes its projections. Groups reaching the model output are never pruned.
+Discovery only depends on the architecture and input shapes (edit-log replay relies on that).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import operator
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
 
-from condense.prune.fxops import (
-    CAT,
-    CONVS,
-    ELEMENTWISE,
-    FLATTEN,
-    NORMS,
-    PASS_MODULES,
-    REDUCE,
-    RESHAPE,
-    SPATIAL,
-    PruneGraphError,
-    ShapeRecorder,
-    describe,
-    node_arg,
-    record_shapes,
-    trace,
-)
+from condense.core.errors import ConfigError
 
-Desc = tuple[tuple[int, int], ...]  # (space id, expand) segments along the channel dim
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def layer_kinds() -> tuple[type[nn.Module], ...]:
+    """Layer types that produce prunable channels: Conv, Linear, and transformers' Conv1D (GPT-2)."""
+    kinds: tuple[type[nn.Module], ...] = (*CONVS, nn.Linear, nn.Embedding)
+    import sys
+
+    pu = sys.modules.get("transformers.pytorch_utils")
+    if pu is not None and hasattr(pu, "Conv1D"):
+        kinds += (pu.Conv1D,)
+    return kinds
+
+
+class PruneGraphError(ConfigError):
+    """The model's channel coupling cannot be resolved for structured pruning."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One layer's share of a group: `role` "out" (Conv/Linear output rows), "in" (a consumer's
-    input columns), "chan" (BatchNorm per-channel params) or "dw" (depthwise conv channels).
-    Channel c of the group sits at positions `offset + c*expand ... + expand - 1` of that dim."""
+    """One parameter dim's share of a group. Unit c of the group covers positions
+    `offset + c*expand ... offset + c*expand + expand - 1` of dim `dim` of parameter `param`.
+    `role`: "out" (a layer's output rows / an embedding's columns), "in" (a consumer's input
+    columns) or "chan" (per-channel values: biases, norms, running stats, tokens)."""
 
     module: str
     role: str
     offset: int = 0
     expand: int = 1
+    param: str = ""
+    dim: int = 0
 
 
 @dataclasses.dataclass
 class Group:
-    """Channels that must be removed together. `root` names the first producer layer."""
+    """Channels (units) that must be removed together. `root` names the first producer layer."""
 
     root: str
     size: int
     members: list[Member]
     prunable: bool
     reason: str = ""
+    heads: list[str] = dataclasses.field(default_factory=list)  # modules whose attention heads this group counts
 
     @property
     def producers(self) -> list[str]:
-        return [m.module for m in self.members if m.role == "out"]
+        return list(dict.fromkeys(m.module for m in self.members if m.role == "out"))
 
     @property
     def modules(self) -> list[str]:
         return list(dict.fromkeys(m.module for m in self.members))
 
 
+# -- descriptors -----------------------------------------------------------------------------------
+Seg = tuple[int, int]  # (space, width in positions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segs:
+    segs: tuple[Seg, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    space: int
+    sizes: tuple[int, ...]
+    idx: int
+
+
+Desc = Segs | Split | None
+
+
 class _Spaces:
-    """Union-find over channel spaces, each with a size, member list and optional 'fixed' reason."""
+    """Union-find over spaces. A live space has `n` units; a refined space has `children`.
+    Member records `(param, dim, offset, width)` live on spaces; classes hold spaces."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
-        self.size: list[int] = []
-        self.members: list[list[Member]] = []
-        self.fixed: list[list[str]] = []
+        self.n: list[int] = []
+        self.children: list[list[int] | None] = []
+        self.records: list[list[tuple[str, int, int, int]]] = []
+        self.fixed: dict[int, list[str]] = {}
+        self.spaces: dict[int, list[int]] = {}
+        self.heads: dict[int, list[str]] = {}
+        self.share: dict[int, int] = {}  # a refined part's unit count when it was made
 
-    def new(self, size: int, fixed: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(size)
-        self.members.append([])
-        self.fixed.append([fixed] if fixed else [])
-        return len(self.parent) - 1
+    def new(self, n: int, fixed: str | None = None) -> int:
+        i = len(self.parent)
+        self.parent.append(i)
+        self.n.append(n)
+        self.children.append(None)
+        self.records.append([])
+        self.spaces[i] = [i]
+        self.fixed[i] = [fixed] if fixed else []
+        self.heads[i] = []
+        return i
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -100,269 +141,1092 @@ class _Spaces:
             i = self.parent[i]
         return i
 
-    def union(self, a: int, b: int, where: str) -> None:
+    def size(self, s: int) -> int:
+        return self.n[self.find(s)]
+
+    def union(self, a: int, b: int) -> bool:
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
-            return
-        if self.size[ra] != self.size[rb]:
-            raise PruneGraphError(f"{where}: ties channel sets of different sizes ({self.size[ra]} vs {self.size[rb]})")
+            return True
+        if self.n[ra] != self.n[rb]:
+            return False
         ra, rb = min(ra, rb), max(ra, rb)
         self.parent[rb] = ra
-        self.members[ra] += self.members[rb]
-        self.fixed[ra] += self.fixed[rb]
+        self.spaces[ra] += self.spaces.pop(rb)
+        self.fixed[ra] += self.fixed.pop(rb)
+        self.heads[ra] += self.heads.pop(rb)
+        return True
 
-    def add(self, space: int, member: Member) -> None:
-        self.members[self.find(space)].append(member)
+    def fix(self, s: int, reason: str) -> None:
+        r = self.find(s)
+        if reason not in self.fixed[r]:
+            self.fixed[r].append(reason)
 
-    def fix(self, space: int, reason: str) -> None:
-        self.fixed[self.find(space)].append(reason)
+    def coarsen(self, s: int, units: int) -> bool:
+        """Group the class's channels into `units` consecutive blocks (whole heads / groups)."""
+        r = self.find(s)
+        if units <= 0 or self.n[r] % units:
+            return False
+        for t in self.spaces[r]:
+            self.n[t] = units
+        return True
+
+    def refine(self, s: int, sizes: Sequence[int]) -> list[int]:
+        """Split the class of `s` into consecutive parts of `sizes` units; returns the part of `s`
+        for each size (the same parts of every other space in the class are tied to them)."""
+        r = self.find(s)
+        assert sum(sizes) == self.n[r]
+        if len(sizes) == 1:
+            return [s]
+        parts: dict[int, list[int]] = {}
+        total = self.n[r]
+        for t in list(self.spaces[r]):
+            kids = []
+            start = 0
+            for k in sizes:
+                c = self.new(k)
+                self.share[c] = k
+                kids.append(c)
+                for param, dim, off, width in self.records[t]:
+                    unit = width // total
+                    self.records[c].append((param, dim, off + start * unit, k * unit))
+                start += k
+            self.children[t] = kids
+            self.records[t] = []
+            parts[t] = kids
+        reasons, heads = self.fixed[r], self.heads[r]
+        for i in range(len(sizes)):
+            first = parts[self.spaces[r][0]][i]
+            for t in self.spaces[r][1:]:
+                self.union(first, parts[t][i])
+            self.fixed[self.find(first)] += reasons
+            self.heads[self.find(first)] += heads
+        return parts[s]
+
+    def live(self, seg: Seg) -> list[Seg]:
+        """Resolve a segment through later refinements into live spaces."""
+        s, w = seg
+        kids = self.children[s]
+        if kids is None:
+            return [(s, w)]
+        total = sum(self.share[k] for k in kids)
+        out: list[Seg] = []
+        for k in kids:
+            out += self.live((k, w * self.share[k] // total))
+        return out
 
 
-def _segments(desc: Desc, spaces: _Spaces) -> list[tuple[int, int, int]]:
-    """(space, expand, offset) for each segment."""
-    out, off = [], 0
-    for s, e in desc:
-        out.append((s, e, off))
-        off += spaces.size[s] * e
+def _fq(node: Any) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _where(node: Any) -> str:
+    mod = _fq(node)
+    op = str(node.target).replace("aten.", "").split(".")[0] if not isinstance(node.target, str) else node.target
+    return f"{op} in {mod!r}" if mod else f"{op} at model level"
+
+
+POINTWISE = {
+    "relu", "relu_", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "relu6", "elu",
+    "leaky_relu", "mish", "softplus", "dropout", "feature_dropout", "alpha_dropout", "native_dropout", "neg", "abs",
+    "exp", "log", "sqrt", "rsqrt", "pow", "clone", "contiguous", "alias", "detach", "detach_", "to", "_to_copy",
+    "type_as", "clamp", "clamp_min", "clamp_max", "softmax", "_softmax", "log_softmax", "_log_softmax", "sin", "cos",
+    "erf", "reciprocal", "square", "lift_fresh_copy", "gelu_", "silu_", "hardswish_", "dropout_", "sign", "round",
+    "floor", "ceil", "logical_not", "bitwise_not", "isnan", "nan_to_num", "identity", "hardsigmoid_", "sigmoid_",
+    "tanh_", "celu", "selu", "glu_skip",
+}
+ELEMENTWISE = {
+    "add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "maximum", "minimum", "where", "eq", "ne", "lt", "le",
+    "gt", "ge", "masked_fill", "masked_fill_", "rsub", "bitwise_and", "bitwise_or", "logical_and", "logical_or",
+    "floor_divide", "remainder", "fmod", "atan2", "lerp", "addcmul", "copy_", "fill_",
+}
+REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "prod", "logsumexp", "norm", "linalg_vector_norm", "any", "all"}
+POOL = {
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "upsample_nearest3d", "_upsample_bilinear2d_aa",
+    "upsample_bicubic2d", "max_pool2d_with_indices", "pad", "constant_pad_nd", "reflection_pad2d", "replicate_pad2d",
+}
+FACTORIES = {
+    "arange", "zeros", "ones", "full", "empty", "scalar_tensor", "zeros_like", "ones_like", "full_like", "empty_like",
+    "new_zeros", "new_ones", "new_full", "new_empty", "rand", "randn", "rand_like", "randn_like", "tensor",
+    "_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride", "_assert_scalar", "sym_constrain_range_for_size",
+    "triu", "tril", "bernoulli", "cumsum", "linspace", "eye",
+}
+
+
+def _opname(node: Any) -> str:
+    t = node.target
+    if t is operator.getitem:
+        return "getitem"
+    name = getattr(t, "__name__", str(t))
+    return name.split(".")[0]
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    v = node.meta.get("val") if hasattr(node, "meta") else None
+    if isinstance(v, torch.Tensor):
+        try:
+            return tuple(int(d) for d in v.shape)
+        except Exception:  # noqa: BLE001 - symbolic sizes: not a tensor we follow
+            return None
+    return None
+
+
+def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair runs of input dims with runs of output dims of equal product (reshape / view)."""
+    out, i, j = [], 0, 0
+    while i < len(a) or j < len(b):
+        gi, gj = [], []
+        pa = pb = 1
+        if i < len(a):
+            gi.append(i)
+            pa = a[i]
+            i += 1
+        if j < len(b):
+            gj.append(j)
+            pb = b[j]
+            j += 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i)
+                pa *= a[i]
+                i += 1
+            elif pb < pa and j < len(b):
+                gj.append(j)
+                pb *= b[j]
+                j += 1
+            else:
+                return None
+        # trailing size-1 dims join the current run
+        while i < len(a) and a[i] == 1 and (j >= len(b) or b[j] != 1):
+            gi.append(i)
+            i += 1
+        while j < len(b) and b[j] == 1 and (i >= len(a) or a[i] != 1):
+            gj.append(j)
+            j += 1
+        out.append((gi, gj))
     return out
 
 
-def _width(desc: Desc, spaces: _Spaces) -> int:
-    return sum(spaces.size[s] * e for s, e in desc)
-
-
 class _Builder:
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, rec: ShapeRecorder) -> None:
-        self.model, self.gm, self.rec = model, gm, rec
-        self.modules = dict(gm.named_modules())
-        self.spaces = _Spaces()
-        self.desc: dict[fx.Node, Desc | None] = {}
-        self.seen_in: dict[str, Desc] = {}
-        self.seen_out: dict[str, Desc] = {}
+    def __init__(self, model: nn.Module, ep: Any) -> None:
+        self.model = model
+        self.ep = ep
+        sig = ep.graph_signature
+        self.params: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+        self.sp = _Spaces()
+        self.desc: dict[Any, Any] = {}
+        self.param_dims: dict[tuple[str, int], int] = {}
+        self.roles: dict[tuple[str, int], str] = {}
+        self.order: list[tuple[str, int]] = []
+        self.mha = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
 
-    def fail(self, node: fx.Node, why: str) -> PruneGraphError:
-        return PruneGraphError(f"structured pruning cannot follow the channels through {describe(node, self.modules)}: {why}")
+    # -- descriptor helpers -------------------------------------------------------------------
+    def segs(self, d: Desc) -> list[Seg]:
+        assert isinstance(d, Segs)
+        out: list[Seg] = []
+        for seg in d.segs:
+            out += self.sp.live(seg)
+        return out
 
-    def shape(self, node: Any) -> tuple[int, ...] | None:
-        return self.rec.shapes.get(node) if isinstance(node, fx.Node) else None
+    def spaces_of(self, d: Desc) -> list[int]:
+        if isinstance(d, Segs):
+            return [s for s, _ in self.segs(d)]
+        if isinstance(d, Split):
+            return [s for s, _ in self.sp.live((d.space, math.prod(d.sizes)))]
+        return []
 
-    def unify(self, a: Desc, b: Desc, node: fx.Node) -> None:
-        sa = [(self.spaces.size[s], e) for s, e in a]
-        sb = [(self.spaces.size[s], e) for s, e in b]
-        if sa != sb:
-            raise self.fail(node, f"its operands' channels are laid out differently ({sa} vs {sb})")
-        for (s1, _), (s2, _) in zip(a, b, strict=True):
-            self.spaces.union(s1, s2, describe(node, self.modules))
+    def freeze(self, d: Desc, why: str) -> None:
+        for s in self.spaces_of(d):
+            self.sp.fix(s, why)
 
+    def freeze_all(self, node: Any, why: str | None = None) -> None:
+        why = why or f"{_where(node)} is not followed by the channel tracer"
+        for a in node.all_input_nodes:
+            for d in self.desc.get(a) or ():
+                if isinstance(d, list | tuple):  # a tuple output: a list of per-tensor dims
+                    continue
+                self.freeze(d, why)
+            tup = self.desc.get(a)
+            if isinstance(tup, tuple) and tup and isinstance(tup[0], list):
+                for dims in tup:
+                    for d in dims or ():
+                        self.freeze(d, why)
+
+    def outer(self, d: Desc, why: str) -> Desc:
+        """A lazy split's outer dim becomes a plain segment (coarsening its space to whole units)."""
+        if isinstance(d, Split):
+            if d.idx == 0 and self.sp.coarsen(d.space, d.sizes[0]):
+                return Segs(((d.space, d.sizes[0]),))
+            if d.idx == 0:
+                self.freeze(d, why)
+                return None
+        return d
+
+    def tie(self, a: Desc, b: Desc, size_a: int, size_b: int, why: str) -> Desc:
+        """Two dims lined up by an op (elementwise, batch dims, contraction). Returns the result."""
+        if size_a == 1 and size_b != 1:
+            return b
+        if size_b == 1 and size_a != 1:
+            return a
+        a, b = self.outer(a, why), self.outer(b, why)
+        inner_a = isinstance(a, Split) and a.idx > 0
+        inner_b = isinstance(b, Split) and b.idx > 0
+        if inner_a or inner_b:  # positions inside a unit: free as long as whole units go
+            if isinstance(a, Segs):
+                self.freeze(a, why)
+            if isinstance(b, Segs):
+                self.freeze(b, why)
+            return a if inner_a else b
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            self.freeze(a or b, why)
+            return a or b
+        if not self.unify(a, b):
+            self.freeze(a, why)
+            self.freeze(b, why)
+        return a
+
+    def unify(self, a: Desc, b: Desc, ratio: int = 1) -> bool:
+        """Tie two segment lists position by position, refining / coarsening spaces as needed."""
+        sa, sb = self.segs(a), self.segs(b)
+        if sum(w for _, w in sa) * ratio != sum(w for _, w in sb) * 1 and ratio == 1:
+            return False
+        # refine both lists to common boundaries
+        cuts = sorted({c for lst in (sa, sb) for c in self._cuts(lst)})
+        for lst_d in (a, b):
+            if not self._cut(lst_d, cuts):
+                return False
+        sa, sb = self.segs(a), self.segs(b)
+        if len(sa) != len(sb):
+            return False
+        for (s1, w1), (s2, w2) in zip(sa, sb, strict=True):
+            if w1 != w2:
+                return False
+            n1, n2 = self.sp.size(s1), self.sp.size(s2)
+            if n1 != n2:
+                small, big = (s1, s2) if n1 < n2 else (s2, s1)
+                if not self.sp.coarsen(big, self.sp.size(small)):
+                    return False
+            if not self.sp.union(s1, s2):
+                return False
+        return True
+
+    def _cuts(self, segs: list[Seg]) -> list[int]:
+        out, pos = [], 0
+        for _, w in segs:
+            pos += w
+            out.append(pos)
+        return out
+
+    def _cut(self, d: Desc, cuts: list[int]) -> bool:
+        """Refine the spaces of `d` so that every position in `cuts` is a segment boundary."""
+        pos = 0
+        for s, w in self.segs(d):
+            inside = [c - pos for c in cuts if pos < c < pos + w]
+            if inside:
+                n = self.sp.size(s)
+                unit = w // n
+                if any(c % unit for c in inside):
+                    return False
+                bounds = [0] + [c // unit for c in inside] + [n]
+                self.sp.refine(s, [bounds[k + 1] - bounds[k] for k in range(len(bounds) - 1)])
+            pos += w
+        return True
+
+    # -- parameters ------------------------------------------------------------------------------
+    def param_desc(self, fqn: str, shape: tuple[int, ...]) -> list[Desc]:
+        out: list[Desc] = []
+        for dim, size in enumerate(shape):
+            key = (fqn, dim)
+            if key not in self.param_dims:
+                s = self.sp.new(size)
+                self.sp.records[s].append((fqn, dim, 0, size))
+                self.param_dims[key] = s
+            out.append(Segs(((self.param_dims[key], size),)))
+        return out
+
+    def role(self, node: Any, dim: int, role: str) -> None:
+        fqn = self.params.get(node.name) if node is not None and hasattr(node, "name") else None
+        if fqn is None:
+            return
+        key = (fqn, dim)
+        if key not in self.roles or role == "out":
+            if key not in self.roles:
+                self.order.append(key)
+            self.roles[key] = role if self.roles.get(key) != "out" else "out"
+
+    # -- the walk --------------------------------------------------------------------------------
     def run(self) -> list[Group]:
-        for node in self.gm.graph.nodes:
-            self.desc[node] = self.visit(node)
-            d, shape = self.desc[node], self.shape(node)
-            if d is not None and (shape is None or len(shape) < 2 or _width(d, self.spaces) != shape[1]):
-                raise self.fail(node, f"channel bookkeeping does not match the output shape {shape}")
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                shape = _shape(node)
+                fqn = self.params.get(node.name)
+                if shape is None:
+                    self.desc[node] = None
+                elif fqn is not None:
+                    self.desc[node] = self.param_desc(fqn, shape)
+                else:
+                    self.desc[node] = [None] * len(shape)
+                continue
+            if node.op == "output":
+                for a in node.all_input_nodes:
+                    for d in self.dims_of(a) or ():
+                        self.freeze(d, "reaches the model output")
+                continue
+            if node.op != "call_function":
+                continue
+            try:
+                out = self.visit(node)
+            except _Stop as e:
+                self.freeze_all(node, f"{_where(node)}: {e}")
+                out = None
+            self.desc[node] = self.checked(node, out)
         return self.groups()
 
-    def visit(self, node: fx.Node) -> Desc | None:
-        if node.op == "placeholder":
-            shape = self.shape(node)
-            return ((self.spaces.new(shape[1], "network input"), 1),) if shape and len(shape) >= 2 else None
-        if node.op == "get_attr":
-            return None
-        if node.op == "output":
-            for n in node.all_input_nodes:
-                for s, _ in self.desc.get(n) or ():
-                    self.spaces.fix(s, "reaches the model output")
-            return None
-        tracked = [n for n in node.all_input_nodes if self.desc.get(n) is not None]
-        if not tracked:
-            return None
-        if node in self.rec.nested or (node.op == "call_function" and node.target is operator.getitem):
-            raise self.fail(node, "it splits, indexes or returns several tensors")
-        if self.shape(node) is None:
-            return None  # a size / shape query: no tensor comes out
-        if node.op == "call_module":
-            return self.visit_module(node, self.modules[node.target])
-        t = node.target
-        if t in ELEMENTWISE:
-            return self.elementwise(node)
-        if t in SPATIAL:
-            return self.passthrough(node)
-        if t in REDUCE:
-            return self.reduce(node)
-        if t in FLATTEN:
-            return self.flatten(node, node_arg(node, 1, "start_dim", 0), node_arg(node, 2, "end_dim", -1))
-        if t in RESHAPE:
-            return self.reshape(node)
-        if t in CAT:
-            return self.cat(node)
-        raise self.fail(node, "this operation is not known to preserve or map channels")
+    def dims_of(self, node: Any) -> list[Desc] | None:
+        d = self.desc.get(node)
+        return d if isinstance(d, list) else None
 
-    def first(self, node: fx.Node) -> tuple[fx.Node, Desc]:
-        x = node.args[0] if node.args else next(iter(node.kwargs.values()))
-        if not isinstance(x, fx.Node) or self.desc.get(x) is None:
-            raise self.fail(node, "its first argument is not the tensor on the channel path")
-        return x, self.desc[x]  # type: ignore[return-value]
+    def checked(self, node: Any, out: Any) -> Any:
+        shape = _shape(node)
+        if shape is None:
+            if isinstance(out, tuple):
+                return out
+            val = node.meta.get("val")
+            if isinstance(val, list | tuple) and out is None:
+                return tuple([None] * len(_shape_t(v)) if isinstance(v, torch.Tensor) else None for v in val)
+            return None
+        if out is None:
+            return [None] * len(shape)
+        if len(out) != len(shape):
+            self.freeze_all(node, f"{_where(node)}: channel bookkeeping lost the rank")
+            return [None] * len(shape)
+        for i, d in enumerate(out):
+            if isinstance(d, Split) and d.idx > 0:
+                continue  # positions inside a unit may be sliced (rotary halves)
+            width = d.sizes[d.idx] if isinstance(d, Split) else sum(w for _, w in d.segs) if isinstance(d, Segs) else None
+            if width is not None and width != shape[i]:
+                self.freeze(d, f"{_where(node)}: channel bookkeeping does not match the shape")
+                out[i] = None
+        return out
 
-    def passthrough(self, node: fx.Node) -> Desc:
-        x, d = self.first(node)
-        sx, so = self.shape(x), self.shape(node)
-        if sx is None or so is None or len(sx) != len(so) or sx[:2] != so[:2]:
-            raise self.fail(node, f"it changes the batch or channel dims ({sx} -> {so})")
-        return d
+    def arg_dims(self, node: Any, i: int = 0) -> tuple[Any, list[Desc], tuple[int, ...]]:
+        x = node.args[i]
+        dims = self.dims_of(x) if hasattr(x, "op") else None
+        shape = _shape(x) if hasattr(x, "op") else None
+        if dims is None or shape is None:
+            raise _Stop("an operand is not a tensor the tracer follows")
+        return x, list(dims), shape
 
-    def elementwise(self, node: fx.Node) -> Desc:
-        out = self.shape(node)
-        result: Desc | None = None
+    def tracked(self, node: Any) -> bool:
         for a in node.all_input_nodes:
-            sa = self.shape(a)
-            if sa is None:
-                continue
             d = self.desc.get(a)
-            lead = len(out) - len(sa)
-            if d is not None:
-                if lead != 0:
-                    raise self.fail(node, f"it broadcasts a channel-path tensor of shape {sa} to {out}")
-                if sa[1] == 1 and out[1] != 1:
-                    continue
-                if result is None:
-                    result = d
+            if isinstance(d, list) and any(x is not None for x in d):
+                return True
+            if isinstance(d, tuple) and any(isinstance(t, list) and any(x is not None for x in t) for t in d):
+                return True
+        return False
+
+    def visit(self, node: Any) -> Any:
+        op = _opname(node)
+        if op == "getitem":
+            src, idx = node.args
+            d = self.desc.get(src)
+            if isinstance(d, tuple) and isinstance(idx, int) and idx < len(d):
+                return list(d[idx]) if d[idx] is not None else None
+            return None
+        if not self.tracked(node):
+            return None
+        handler = getattr(self, f"op_{op}", None)
+        if handler is not None:
+            return handler(node)
+        if op in POINTWISE:
+            return self.arg_dims(node)[1]
+        if op in ELEMENTWISE:
+            return self.elementwise(node)
+        if op in REDUCE:
+            return self.reduce(node)
+        if op in POOL:
+            return self.pool(node)
+        if op in FACTORIES:
+            return None
+        raise _Stop("this operation is not known to preserve or map channels")
+
+    # elementwise & friends
+    def elementwise(self, node: Any) -> list[Desc]:
+        out_shape = _shape(node)
+        if out_shape is None:
+            raise _Stop("no tensor output")
+        res: list[Desc] = [None] * len(out_shape)
+        sizes = [1] * len(out_shape)
+        first = [True] * len(out_shape)
+        for a in node.args:
+            if not hasattr(a, "op"):
+                continue
+            dims, shape = self.dims_of(a), _shape(a)
+            if dims is None or shape is None:
+                continue
+            lead = len(out_shape) - len(shape)
+            for k, (d, size) in enumerate(zip(dims, shape, strict=True)):
+                i = k + lead
+                if first[i]:
+                    res[i], sizes[i], first[i] = d, size, False
                 else:
-                    self.unify(result, d, node)
-            elif 1 - lead >= 0 and sa[1 - lead] != 1:
-                raise self.fail(node, f"it combines the channels with a constant tensor of shape {sa} (per-channel values)")
-        if result is None:
-            raise self.fail(node, "no operand carries the channels")
-        return result
+                    res[i] = self.tie(res[i], d, sizes[i], size, f"{_where(node)} combines channels with other values")
+                    sizes[i] = max(sizes[i], size)
+        return res
 
-    def reduce(self, node: fx.Node) -> Desc:
-        x, d = self.first(node)
-        sx = self.shape(x)
-        dims = node_arg(node, 1, "dim", None)
-        dims = [dims] if isinstance(dims, int) else dims
-        if not dims or any((k % len(sx)) in (0, 1) for k in dims):
-            raise self.fail(node, f"it reduces over the batch or channel dim (dim={dims})")
-        if len(self.shape(node)) < 2 or self.shape(node)[:2] != sx[:2]:
-            raise self.fail(node, "unexpected output shape")
-        return d
+    def reduce(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        rd = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if rd is None or rd == []:
+            rd = list(range(len(shape)))
+        rd = [rd] if isinstance(rd, int) else list(rd)
+        rd = {r % len(shape) for r in rd}
+        out: list[Desc] = []
+        for i, d in enumerate(dims):
+            if i in rd:
+                if isinstance(d, Split) and d.idx == 0:
+                    self.freeze(d, f"{_where(node)} reduces over heads")
+                if keep:
+                    out.append(None)
+            else:
+                out.append(d)
+        return out
 
-    def flatten(self, node: fx.Node, start: int, end: int) -> Desc:
-        x, d = self.first(node)
-        sx = self.shape(x)
-        start, end = start % len(sx), end % len(sx)
-        if start >= 2:
-            return d
-        if start != 1:
-            raise self.fail(node, "it flattens the batch dim into the channels")
-        factor = math.prod(sx[2:end + 1])
-        return tuple((s, e * factor) for s, e in d)
+    def pool(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        nspatial = {"1d": 1, "2d": 2, "3d": 3}.get(_opname(node)[-2:], len(shape) - 2)
+        if _opname(node) in ("pad", "constant_pad_nd"):
+            pads = node.args[1]
+            nspatial = len(pads) // 2
+        for d in dims[len(dims) - nspatial:]:
+            self.freeze(d, f"{_where(node)} pools or pads over a channel dim")
+        out = dims[: len(dims) - nspatial] + [None] * nspatial
+        if _opname(node) == "max_pool2d_with_indices":
+            return (out, list(out))  # type: ignore[return-value]
+        return out
 
-    def reshape(self, node: fx.Node) -> Desc:
-        x, d = self.first(node)
-        sx, so = self.shape(x), self.shape(node)
-        if len(so) >= 2 and so[0] == sx[0] and so[1] % sx[1] == 0:
-            factor, k = so[1] // sx[1], 2
-            while k < len(sx) and math.prod(sx[2:k]) < factor:
-                k += 1
-            if math.prod(sx[2:k]) == factor and math.prod(so[2:]) == math.prod(sx[k:]):
-                return tuple((s, e * factor) for s, e in d)
-        raise self.fail(node, f"the reshape {sx} -> {so} does not keep channels as contiguous blocks")
+    def op_where(self, node: Any) -> list[Desc]:
+        return self.elementwise(node)
 
-    def cat(self, node: fx.Node) -> Desc:
-        tensors = node.args[0] if node.args else node.kwargs["tensors"]
-        so = self.shape(node)
-        dim = node_arg(node, 1, "dim", 0) % len(so)
-        descs: list[Desc] = []
+    # layers
+    def op_linear(self, node: Any) -> list[Desc]:
+        x, dims, shape = self.arg_dims(node)
+        wn = node.args[1]
+        bn = node.args[2] if len(node.args) > 2 else None
+        w = self.dims_of(wn)
+        if w is None or len(w) != 2:
+            raise _Stop("a weight that is not a 2-d parameter")
+        why = f"{_where(node)} (linear)"
+        self.contract(dims[-1], w[1], shape[-1], why)
+        self.role(wn, 0, "out")
+        self.role(wn, 1, "in")
+        out = dims[:-1] + [w[0]]
+        if bn is not None:
+            b = self.dims_of(bn)
+            out[-1] = self.tie(out[-1], b[0] if b else None, _shape(wn)[0], _shape(bn)[0], why)
+            self.role(bn, 0, "chan")
+        if _fq(node) in self.mha or _fq(node).rsplit(".", 1)[0] in self.mha:
+            for d in (w[0], w[1]):
+                self.freeze(d, f"nn.MultiheadAttention {_fq(node)!r} checks its widths against its own attributes")
+        return out
+
+    def contract(self, a: Desc, b: Desc, size: int, why: str) -> None:
+        self.tie(a, b, size, size, why)
+
+    def op_addmm(self, node: Any) -> list[Desc]:
+        bn, x, wn = node.args[:3]
+        dims, shape = self.dims_of(x), _shape(x)
+        w = self.dims_of(wn)
+        if dims is None or w is None or len(dims) != 2 or len(w) != 2:
+            raise _Stop("addmm on operands that are not matrices")
+        why = f"{_where(node)} (addmm)"
+        self.contract(dims[1], w[0], shape[1], why)
+        self.role(wn, 1, "out")
+        self.role(wn, 0, "in")
+        out = [dims[0], w[1]]
+        b = self.dims_of(bn) if hasattr(bn, "op") else None
+        if b:
+            out[1] = self.tie(out[1], b[-1], _shape(wn)[1], _shape(bn)[-1], why)
+            self.role(bn, len(b) - 1, "chan")
+        return out
+
+    def op_matmul(self, node: Any) -> list[Desc]:
+        a, da, sa = self.arg_dims(node, 0)
+        b, db, sb = self.arg_dims(node, 1)
+        if len(sa) < 2 or len(sb) < 2:
+            raise _Stop("a matrix-vector product")
+        why = f"{_where(node)} (matmul)"
+        self.contract(da[-1], db[-2], sa[-1], why)
+        self.role(b, len(sb) - 1, "out")
+        self.role(b, len(sb) - 2, "in")
+        ba, bb = da[:-2], db[:-2]
+        n = max(len(ba), len(bb))
+        ba = [None] * (n - len(ba)) + ba
+        bb = [None] * (n - len(bb)) + bb
+        za = [1] * (n - len(sa[:-2])) + list(sa[:-2])
+        zb = [1] * (n - len(sb[:-2])) + list(sb[:-2])
+        batch = [self.tie(x, y, p, q, why) for x, y, p, q in zip(ba, bb, za, zb, strict=True)]
+        return batch + [da[-2], db[-1]]
+
+    op_bmm = op_matmul
+    op_mm = op_matmul
+
+    def op_convolution(self, node: Any) -> list[Desc]:
+        return self.op_conv2d(node, transposed=bool(node.args[6]), groups=node.args[8])
+
+    def op_conv1d(self, node: Any) -> list[Desc]:
+        return self.op_conv2d(node)
+
+    def op_conv3d(self, node: Any) -> list[Desc]:
+        return self.op_conv2d(node)
+
+    def op_conv2d(self, node: Any, transposed: bool = False, groups: int | None = None) -> list[Desc]:
+        x, dims, shape = self.arg_dims(node)
+        wn = node.args[1]
+        bn = node.args[2] if len(node.args) > 2 else None
+        if groups is None:
+            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        w, wshape = self.dims_of(wn), _shape(wn)
+        if w is None or wshape is None:
+            raise _Stop("a convolution weight that is not a parameter")
+        why = f"{_where(node)} (convolution)"
+        out_dim, in_dim = (1, 0) if transposed else (0, 1)
+        if transposed and groups != 1:
+            raise _Stop("grouped transposed convolution")
+        if groups == 1:
+            self.contract(dims[1], w[in_dim], shape[1], why)
+        else:
+            c = self.outer(dims[1], why)
+            wo = w[out_dim]
+            ok = isinstance(c, Segs) and isinstance(wo, Segs) and len(self.segs(c)) == 1
+            if ok:
+                (s_in, _), (s_out, _) = self.segs(c)[0], self.segs(wo)[0]
+                ok = self.sp.coarsen(s_in, groups) and self.sp.coarsen(s_out, groups) and self.sp.union(s_in, s_out)
+            if not ok:
+                self.freeze(c, f"{why}: grouped convolution over mixed channels")
+                self.freeze(wo, f"{why}: grouped convolution over mixed channels")
+        self.role(wn, out_dim, "out")
+        self.role(wn, in_dim, "in")
+        out = [dims[0], w[out_dim]] + [None] * (len(shape) - 2)
+        if bn is not None and hasattr(bn, "op"):
+            b = self.dims_of(bn)
+            out[1] = self.tie(out[1], b[0] if b else None, wshape[out_dim], _shape(bn)[0], why)
+            self.role(bn, 0, "chan")
+        return out
+
+
+    def per_channel(self, node: Any, x_dim: int, params: Sequence[Any], why: str) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        d = dims[x_dim]
+        for p in params:
+            if p is None or not hasattr(p, "op"):
+                continue
+            pd = self.dims_of(p)
+            d = self.tie(d, pd[0] if pd else None, shape[x_dim], _shape(p)[0], why)
+            self.role(p, 0, "chan")
+        dims[x_dim] = d
+        return dims
+
+    def op_batch_norm(self, node: Any) -> list[Desc]:
+        return self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (batch norm)")
+
+    def op__native_batch_norm_legit_no_training(self, node: Any) -> Any:
+        dims = self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (batch norm)")
+        return (dims, None, None)
+
+    def op_instance_norm(self, node: Any) -> list[Desc]:
+        return self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (instance norm)")
+
+    def op_layer_norm(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        nshape = list(node.args[1])
+        params = [node.args[i] if len(node.args) > i else None for i in (2, 3)]
+        if len(nshape) != 1:
+            for d in dims[len(dims) - len(nshape):]:
+                self.freeze(d, f"{_where(node)} normalises over several dims")
+            return dims
+        if params[0] is None and dims[-1] is not None:
+            self.freeze(dims[-1], f"{_where(node)}: a norm without a weight keeps its width in its attributes")
+        return self.per_channel(node, len(dims) - 1, params, f"{_where(node)} (layer norm)")
+
+    def op_rms_norm(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        if len(node.args[1]) != 1:
+            for d in dims[-len(node.args[1]):]:
+                self.freeze(d, f"{_where(node)} normalises over several dims")
+            return dims
+        w = node.args[2] if len(node.args) > 2 else None
+        if w is None and dims[-1] is not None:
+            self.freeze(dims[-1], f"{_where(node)}: a norm without a weight keeps its width in its attributes")
+        return self.per_channel(node, len(dims) - 1, [w], f"{_where(node)} (rms norm)")
+
+    def op_group_norm(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        groups = node.args[1]
+        why = f"{_where(node)} (group norm)"
+        c = self.outer(dims[1], why)
+        if isinstance(c, Segs) and len(self.segs(c)) == 1:
+            if not self.sp.coarsen(self.segs(c)[0][0], groups):
+                self.freeze(c, why)
+        elif c is not None:
+            self.freeze(c, why)
+        dims[1] = c
+        for p in node.args[2:4]:
+            if p is not None and hasattr(p, "op"):
+                pd = self.dims_of(p)
+                dims[1] = self.tie(dims[1], pd[0] if pd else None, shape[1], _shape(p)[0], why)
+                self.role(p, 0, "chan")
+        return dims
+
+    def op_embedding(self, node: Any) -> list[Desc]:
+        wn, idx = node.args[:2]
+        w = self.dims_of(wn)
+        idims = self.dims_of(idx) or []
+        for d in idims:
+            self.freeze(d, f"{_where(node)} indexes with channels")
+        if w is None or len(w) != 2:
+            raise _Stop("an embedding table that is not a 2-d parameter")
+        self.freeze(w[0], f"{_where(node)}: rows are looked up by index")
+        self.role(wn, 1, "out")
+        return [None] * len(_shape(idx)) + [w[1]]
+
+    def op_scaled_dot_product_attention(self, node: Any) -> list[Desc]:
+        q, dq, sq = self.arg_dims(node, 0)
+        k, dk, sk = self.arg_dims(node, 1)
+        v, dv, sv = self.arg_dims(node, 2)
+        why = f"{_where(node)} (attention)"
+        self.contract(dq[-1], dk[-1], sq[-1], why)
+        for j in range(len(sq) - 2):
+            dq[j] = self.heads_tie(dq[j], dk[j], sq[j], sk[j], why)
+            dq[j] = self.heads_tie(dq[j], dv[j], sq[j], sv[j], why)
+        mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+        if mask is not None and hasattr(mask, "op"):
+            for d in self.dims_of(mask) or ():
+                if isinstance(d, Segs):
+                    self.freeze(d, f"{why}: a mask built from channels")
+        return dq[:-2] + [dq[-2], dv[-1]]
+
+    def heads_tie(self, a: Desc, b: Desc, sa: int, sb: int, why: str) -> Desc:
+        """Batch dims of attention; grouped-query attention has fewer key/value heads."""
+        if sa == sb or sa == 1 or sb == 1:
+            return self.tie(a, b, sa, sb, why)
+        if sa % sb:
+            self.freeze(a, why)
+            self.freeze(b, why)
+            return a
+        a, b = self.outer(a, why), self.outer(b, why)
+        if isinstance(a, Segs) and isinstance(b, Segs) and len(self.segs(a)) == 1 and len(self.segs(b)) == 1:
+            (s1, _), (s2, _) = self.segs(a)[0], self.segs(b)[0]
+            if self.sp.coarsen(s1, self.sp.size(s2)) and self.sp.union(s1, s2):
+                return a
+        self.freeze(a, why)
+        self.freeze(b, why)
+        return a
+
+    # shape ops
+    def op_t(self, node: Any) -> list[Desc]:
+        return self.arg_dims(node)[1][::-1]
+
+    def op_transpose(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        a, b = node.args[1] % len(dims), node.args[2] % len(dims)
+        dims[a], dims[b] = dims[b], dims[a]
+        return dims
+
+    def op_permute(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        return [dims[p % len(dims)] for p in node.args[1]]
+
+    def op_unsqueeze(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        d = node.args[1] % (len(dims) + 1)
+        return dims[:d] + [None] + dims[d:]
+
+    def op_squeeze(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        which = node.args[1] if len(node.args) > 1 else None
+        which = range(len(dims)) if which is None else [which] if isinstance(which, int) else which
+        which = {w % len(dims) for w in which}
+        return [d for i, d in enumerate(dims) if not (i in which and shape[i] == 1)]
+
+    def op_expand(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        out_shape = _shape(node)
+        lead = len(out_shape) - len(dims)
+        return [None] * lead + [d if shape[i] == out_shape[i + lead] else None for i, d in enumerate(dims)]
+
+    op_expand_as = op_expand
+    op_broadcast_to = op_expand
+
+    def op_repeat(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        reps = list(node.args[1])
+        lead = len(reps) - len(dims)
+        out: list[Desc] = [None] * lead
+        for i, d in enumerate(dims):
+            if reps[i + lead] != 1:
+                self.freeze(d, f"{_where(node)} tiles channels")
+                out.append(None)
+            else:
+                out.append(d)
+        return out
+
+    def op_flatten(self, node: Any) -> list[Desc]:
+        return self.reshape_to(node, _shape(node))
+
+    def op_view(self, node: Any) -> list[Desc]:
+        return self.reshape_to(node, _shape(node))
+
+    op_reshape = op_view
+    op__unsafe_view = op_view
+    op_unflatten = op_view
+    op_view_as = op_view
+    op_reshape_as = op_view
+
+    def reshape_to(self, node: Any, out_shape: tuple[int, ...] | None) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        if out_shape is None:
+            raise _Stop("a reshape to a symbolic shape")
+        groups = _reshape_groups(shape, out_shape)
+        if groups is None:
+            raise _Stop(f"a reshape {list(shape)} -> {list(out_shape)} the tracer cannot pair up")
+        out: list[Desc] = [None] * len(out_shape)
+        why = f"{_where(node)} reshapes {list(shape)} -> {list(out_shape)}"
+        for gi, gj in groups:
+            ins = [(dims[i], shape[i]) for i in gi if shape[i] != 1 or dims[i] is not None]
+            outs = [j for j in gj if out_shape[j] != 1]
+            if not ins or all(d is None for d, _ in ins):
+                continue
+            if len(ins) == 1 and len(outs) == 1:
+                out[outs[0]] = ins[0][0]
+                continue
+            merged = self.merge(ins, why)
+            if merged is None:
+                continue
+            if len(outs) == 1:
+                out[outs[0]] = merged
+            elif len(outs) > 1:
+                for k, d in enumerate(self.split(merged, [out_shape[j] for j in outs], why, _fq(node))):
+                    out[outs[k]] = d
+        return out
+
+    def merge(self, ins: list[tuple[Desc, int]], why: str) -> Desc:
+        """Several dims read as one (outer to inner)."""
+        if len(ins) == 1:
+            return ins[0][0]
+        # a lazy split put back together
+        if all(isinstance(d, Split) for d, _ in ins):
+            d0 = ins[0][0]
+            if all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins)):
+                if len(ins) == len(d0.sizes) and d0.idx == 0:
+                    return Segs(((d0.space, math.prod(d0.sizes)),))
+        head, rest = ins[0], ins[1:]
+        d = self.outer(head[0], why)
+        if isinstance(d, Segs):
+            inner = math.prod(sz for _, sz in rest)
+            spaces = {self.sp.find(s) for s in self.spaces_of(d)}
+            ok = True
+            for r, _ in rest:
+                if isinstance(r, Segs):
+                    ok = False
+                elif isinstance(r, Split) and not {self.sp.find(s) for s in self.spaces_of(r)} <= spaces:
+                    ok = False
+            if ok:
+                return Segs(tuple((s, w * inner) for s, w in self.segs(d)))
+        for r, _ in ins:
+            self.freeze(r, why)
+        return None
+
+    def split(self, d: Desc, sizes: list[int], why: str, module: str = "") -> list[Desc]:
+        if isinstance(d, Segs):
+            segs = self.segs(d)
+            if len(segs) == 1:
+                r = self.sp.find(segs[0][0])
+                if module and module not in self.sp.heads[r]:
+                    self.sp.heads[r].append(module)
+                return [Split(segs[0][0], tuple(sizes), k) for k in range(len(sizes))]
+        if isinstance(d, Split) and d.idx == 0 and math.prod(sizes) == d.sizes[0]:
+            d2 = self.outer(d, why)
+            if isinstance(d2, Segs):
+                return self.split(d2, sizes, why, module)
+        self.freeze(d, why)
+        return [None] * len(sizes)
+
+    def op_select(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        dim, index = node.args[1] % len(dims), node.args[2]
+        parts = self.pick(dims, shape, dim, f"{_where(node)} selects one channel")
+        if parts is None:
+            return dims[:dim] + dims[dim + 1:]
+        return parts[index % len(parts)]
+
+    def op_unbind(self, node: Any) -> Any:
+        _, dims, shape = self.arg_dims(node)
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(dims)
+        parts = self.pick(dims, shape, dim, f"{_where(node)} unbinds channels")
+        if parts is None:
+            return tuple(dims[:dim] + dims[dim + 1:] for _ in range(shape[dim]))
+        return tuple(parts)
+
+    def pick(self, dims: list[Desc], shape: tuple[int, ...], dim: int, why: str) -> list[list[Desc]] | None:
+        """The dims left after taking each index of a lazy split's outer dim (fused qkv)."""
+        d = dims[dim]
+        if d is None:
+            return None
+        if isinstance(d, Split) and d.idx == 0 and len(self.sp.live((d.space, math.prod(d.sizes)))) == 1:
+            n = self.sp.size(d.space)
+            if n % d.sizes[0] == 0:
+                kids = self.sp.refine(d.space, [n // d.sizes[0]] * d.sizes[0])
+                out = []
+                for kid in kids:
+                    rest = []
+                    for i, e in enumerate(dims):
+                        if i == dim:
+                            continue
+                        if isinstance(e, Split) and e.space == d.space and e.sizes == d.sizes:
+                            sizes = e.sizes[1:]
+                            rest.append(Segs(((kid, sizes[0]),)) if len(sizes) == 1 else Split(kid, sizes, e.idx - 1))
+                        else:
+                            rest.append(e)
+                    out.append(rest)
+                return out
+        self.freeze(d, why)
+        return None
+
+    def op_slice(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(dims)
+        start = node.args[2] if len(node.args) > 2 else 0
+        end = node.args[3] if len(node.args) > 3 else shape[dim]
+        step = node.args[4] if len(node.args) > 4 else 1
+        start = 0 if start is None else start
+        end = shape[dim] if end is None or end > shape[dim] else end
+        start, end = (start % shape[dim] if start < 0 else start), (end % shape[dim] if end < 0 else end)
+        d = dims[dim]
+        if d is None or (start == 0 and end == shape[dim] and step == 1):
+            return dims
+        if isinstance(d, Split) and d.idx > 0:
+            return dims  # inside a unit (rotary halves of a head)
+        d = self.outer(d, f"{_where(node)} slices channels")
+        if isinstance(d, Segs) and step == 1 and self._cut(d, [start, end]):
+            pos, keep = 0, []
+            for s, w in self.segs(d):
+                if pos >= start and pos + w <= end:
+                    keep.append((s, w))
+                pos += w
+            if sum(w for _, w in keep) == end - start:
+                dims[dim] = Segs(tuple(keep))
+                return dims
+        self.freeze(d, f"{_where(node)} slices channels")
+        dims[dim] = None
+        return dims
+
+    def op_split(self, node: Any) -> Any:
+        _, dims, shape = self.arg_dims(node)
+        size = node.args[1]
+        dim = (node.args[2] if len(node.args) > 2 else 0) % len(dims)
+        sizes = [size] * (shape[dim] // size) + ([shape[dim] % size] if shape[dim] % size else []) if isinstance(size, int) else list(size)
+        return self.split_at(node, dims, dim, sizes)
+
+    op_split_with_sizes = op_split
+
+    def op_chunk(self, node: Any) -> Any:
+        _, dims, shape = self.arg_dims(node)
+        chunks = node.args[1]
+        dim = (node.args[2] if len(node.args) > 2 else 0) % len(dims)
+        step = -(-shape[dim] // chunks)
+        sizes = [min(step, shape[dim] - k) for k in range(0, shape[dim], step)]
+        return self.split_at(node, dims, dim, sizes)
+
+    def split_at(self, node: Any, dims: list[Desc], dim: int, sizes: list[int]) -> Any:
+        d = dims[dim]
+        why = f"{_where(node)} splits channels"
+        if isinstance(d, Split):
+            d = self.outer(d, why) if d.idx == 0 else d
+        if isinstance(d, Split) or d is None:
+            return tuple(dims[:dim] + [d] + dims[dim + 1:] for _ in sizes)
+        cuts = list(itertools_accumulate(sizes))
+        if isinstance(d, Segs) and self._cut(d, cuts):
+            out, pos, segs = [], 0, self.segs(d)
+            for sz in sizes:
+                part, p = [], 0
+                for s, w in segs:
+                    if p >= pos and p + w <= pos + sz:
+                        part.append((s, w))
+                    p += w
+                out.append(dims[:dim] + [Segs(tuple(part)) if part else None] + dims[dim + 1:])
+                pos += sz
+            return tuple(out)
+        self.freeze(d, why)
+        return tuple(dims[:dim] + [None] + dims[dim + 1:] for _ in sizes)
+
+    def op_cat(self, node: Any) -> list[Desc]:
+        tensors = node.args[0]
+        out_shape = _shape(node)
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(out_shape)
+        why = f"{_where(node)} concatenates"
+        parts: list[tuple[list[Desc], tuple[int, ...]]] = []
         for t in tensors:
-            d = self.desc.get(t) if isinstance(t, fx.Node) else None
+            dims, shape = self.dims_of(t), _shape(t)
+            if dims is None or shape is None:
+                raise _Stop("concatenates something that is not a tensor")
+            if len(shape) != len(out_shape):
+                continue  # legacy empty tensors
+            parts.append((list(dims), shape))
+        res = list(parts[0][0])
+        for i in range(len(out_shape)):
+            if i == dim:
+                continue
+            for dims, shape in parts[1:]:
+                res[i] = self.tie(res[i], dims[i], parts[0][1][i], shape[i], why)
+        segs: list[Seg] = []
+        inner = False
+        for dims, shape in parts:
+            d = dims[dim]
+            if isinstance(d, Split) and d.idx > 0:
+                inner = True
+                continue
+            d = self.outer(d, why)
             if d is None:
-                d = ((self.spaces.new(self.shape(t)[1], "concatenated with a constant"), 1),)
-            descs.append(d)
-        if dim == 1:
-            return tuple(seg for d in descs for seg in d)
-        if dim == 0:
-            raise self.fail(node, "it concatenates along the batch dim")
-        for d in descs[1:]:
-            self.unify(descs[0], d, node)
-        return descs[0]
+                segs.append((self.sp.new(shape[dim], why + " channels with other values"), shape[dim]))
+            else:
+                segs += self.segs(d)
+        if inner:
+            res[dim] = next(dims[dim] for dims, _ in parts if isinstance(dims[dim], Split))
+            for dims, _ in parts:
+                if isinstance(dims[dim], Segs):
+                    self.freeze(dims[dim], why)
+        else:
+            res[dim] = Segs(tuple(segs))
+        return res
 
-    def visit_module(self, node: fx.Node, m: nn.Module) -> Desc:
-        name: str = node.target  # type: ignore[assignment]
-        t = type(m)
-        if t in PASS_MODULES:
-            return self.passthrough(node)
-        if t is nn.Flatten:
-            return self.flatten(node, m.start_dim, m.end_dim)
-        if t not in CONVS + NORMS + (nn.Linear,):
-            raise self.fail(node, "this layer type is not supported on the channel path")
-        x, d = self.first(node)
-        if name in self.seen_in:  # a layer called more than once: its inputs must be the same channels
-            self.unify(self.seen_in[name], d, node)
-        self.seen_in[name] = d
-        if t is nn.Linear and len(self.shape(x)) != 2:
-            raise self.fail(node, f"Linear on a {len(self.shape(x))}-d input (only (batch, features) is supported)")
-        depthwise = t in CONVS and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        if t in CONVS and m.groups > 1 and not depthwise:
-            raise self.fail(node, f"grouped convolution (groups={m.groups}) is not supported")
-        role = "chan" if t in NORMS else "dw" if depthwise else "in"
-        for s, e, off in _segments(d, self.spaces):
-            if t in CONVS and e != 1:
-                raise self.fail(node, "a flattened input feeds a convolution")
-            self.spaces.add(s, Member(name, role, off, e))
-        if role in ("chan", "dw"):
-            return d
-        if name not in self.seen_out:
-            size = m.out_channels if t in CONVS else m.out_features
-            out = self.spaces.new(size)
-            self.spaces.add(out, Member(name, "out"))
-            self.seen_out[name] = ((out, 1),)
-        return self.seen_out[name]
+    op_concat = op_cat
 
+    def op_stack(self, node: Any) -> list[Desc]:
+        tensors = node.args[0]
+        out_shape = _shape(node)
+        dim = (node.args[1] if len(node.args) > 1 else 0) % len(out_shape)
+        first = self.dims_of(tensors[0])
+        res = list(first)
+        for t in tensors[1:]:
+            dims = self.dims_of(t)
+            for i in range(len(res)):
+                res[i] = self.tie(res[i], dims[i], _shape(tensors[0])[i], _shape(t)[i], f"{_where(node)} stacks")
+        return res[:dim] + [None] + res[dim:]
+
+    def op_index(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        idx = node.args[1]
+        used = [i for i, t in enumerate(idx) if t is not None]
+        for i in used:
+            self.freeze(dims[i], f"{_where(node)} indexes channels")
+        for t in idx:
+            if t is not None and hasattr(t, "op"):
+                for d in self.dims_of(t) or ():
+                    self.freeze(d, f"{_where(node)} indexes with channels")
+        out_shape = _shape(node)
+        rest = [d for i, d in enumerate(dims) if i not in used]
+        if used == list(range(len(used))):
+            return [None] * (len(out_shape) - len(rest)) + rest
+        for d in rest:
+            self.freeze(d, f"{_where(node)} indexes")
+        return [None] * len(out_shape)
+
+    def op_gather(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        dim = node.args[1] % len(dims)
+        self.freeze(dims[dim], f"{_where(node)} gathers channels")
+        idx = self.dims_of(node.args[2]) or []
+        return [d if i != dim and (i >= len(idx) or idx[i] is None) else None for i, d in enumerate(dims)]
+
+    def op_masked_fill(self, node: Any) -> list[Desc]:
+        return self.elementwise(node)
+
+    def op_softmax(self, node: Any) -> list[Desc]:
+        return self.arg_dims(node)[1]
+
+    # -- result ----------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
-        classes: dict[int, int] = {}
-        for i in range(len(self.spaces.parent)):
-            classes.setdefault(self.spaces.find(i), i)
-        everything, groups = [], []
-        for r in sorted(classes):
-            members = list(dict.fromkeys(self.spaces.members[r]))
-            everything.append((self.spaces.size[r], members))
-            producers = [m.module for m in members if m.role == "out"]
-            reasons = list(dict.fromkeys(self.spaces.fixed[r]))
-            if producers:
-                groups.append(Group(producers[0], self.spaces.size[r], members, not reasons, "; ".join(reasons)))
-        self.check_coverage(everything)
-        return groups
-
-    def check_coverage(self, classes: list[tuple[int, list[Member]]]) -> None:
-        """Every position of every touched layer dim must belong to exactly one channel class."""
-        seen: dict[tuple[str, str], list[int]] = {}
-        for size, members in classes:
-            for mem in members:
-                dim = "in" if mem.role == "in" else "out"
-                seen.setdefault((mem.module, dim), []).extend(
-                    mem.offset + c * mem.expand + j for c in range(size) for j in range(mem.expand)
-                )
-        for (name, dim), pos in seen.items():
-            m = self.modules[name]
-            if sorted(pos) != list(range(_dim_size(m, dim))):
-                raise PruneGraphError(
-                    f"structured pruning: the {dim}put channels of {name!r} ({type(m).__name__}) are reached "
-                    "through paths the tracer could not map one-to-one; refusing to prune"
-                )
+        by_class: dict[int, list[Member]] = {}
+        rank = {key: i for i, key in enumerate(self.order)}
+        for s in range(len(self.sp.parent)):
+            if self.sp.children[s] is not None:
+                continue
+            r = self.sp.find(s)
+            n = self.sp.n[r]
+            for param, dim, off, width in self.sp.records[s]:
+                role = self.roles.get((param, dim), "chan")
+                module = param.rsplit(".", 1)[0] if "." in param else ""
+                by_class.setdefault(r, []).append(Member(module, role, off, width // n, param, dim))
+        out: list[Group] = []
+        for r, members in by_class.items():
+            members.sort(key=lambda m: (rank.get((m.param, m.dim), len(rank)), m.offset))
+            producers = [m for m in members if m.role == "out"]
+            if not producers:
+                continue
+            reasons = list(dict.fromkeys(self.sp.fixed[r]))
+            out.append(Group(producers[0].module, self.sp.n[r], members, not reasons, "; ".join(reasons),
+                             list(dict.fromkeys(self.sp.heads[r]))))
+        out.sort(key=lambda g: rank.get((g.members[0].param, g.members[0].dim), 0) if g.members else 0)
+        seen: dict[str, int] = {}
+        for g in out:  # roots name groups in edit logs: make them unique, deterministically
+            k = seen.get(g.root, 0)
+            seen[g.root] = k + 1
+            if k:
+                g.root = f"{g.root}:{k}"
+        return out
 
 
-def _dim_size(m: nn.Module, dim: str) -> int:
-    if isinstance(m, nn.Linear):
-        return m.in_features if dim == "in" else m.out_features
-    if isinstance(m, NORMS):
-        return m.num_features
-    return m.in_channels if dim == "in" else m.out_channels
+class _Stop(Exception):
+    pass
 
 
-def dependency_groups(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> list[Group]:
-    """Trace `model` and return its channel groups in graph order (prunable or not)."""
+def _shape_t(v: torch.Tensor) -> tuple[int, ...]:
+    return tuple(v.shape)
+
+
+def itertools_accumulate(sizes: list[int]) -> list[int]:
+    out, t = [], 0
+    for s in sizes[:-1]:
+        t += s
+        out.append(t)
+    return out
+
+
+def export_graph(model: nn.Module, example_inputs: tuple[Any, ...], example_kwargs: dict[str, Any] | None = None) -> Any:
+    """`torch.export` the model in eval mode (training flags restored), or a PruneGraphError."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or {}, strict=False)
+    except TypeError as e:
+        raise PruneGraphError(
+            f"structured pruning: {type(model).__name__}.forward does not take the example inputs ({e}); "
+            "pass example_inputs matching its arguments"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any export failure means we cannot see the graph
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PruneGraphError(
+            f"structured pruning: torch.export cannot capture {type(model).__name__} on the example inputs "
+            f"({type(e).__name__}: {first})"
+        ) from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def dependency_groups(model: nn.Module, example_inputs: tuple[Any, ...]) -> list[Group]:
+    """Export `model` and return its channel groups in graph order (prunable or not)."""
     for name, m in model.named_modules():
         if getattr(m, "parametrizations", None) is not None and "weight" in m.parametrizations:
             raise PruneGraphError(f"structured pruning: {name!r} has a weight parametrization (masks?); call make_permanent() first")
-    gm = trace(model)
-    rec = record_shapes(gm, example_inputs)
-    return _Builder(model, gm, rec).run()
+    ep = export_graph(model, example_inputs)
+    return _Builder(model, ep).run()

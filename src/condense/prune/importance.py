@@ -3,8 +3,8 @@
 Each member layer gives a per-channel score vector; vectors are normalised by their mean and
 summed, so a group's score weighs every coupled layer equally whatever its size.
 
-* "l1" / "l2": norm of each channel's weights in every Conv/Linear member, as filters (outputs)
-  and as consumer columns (inputs) (Li et al. 2017, "Pruning Filters for Efficient ConvNets").
+* "l1" / "l2": norm of each unit's weights in every matrix member (Conv / Linear / Conv1D /
+  embedding), as filters (outputs) and as consumer columns (inputs) (Li et al. 2017, "Pruning Filters for Efficient ConvNets").
 * "bn_gamma": |gamma| of the group's BatchNorm layers (Liu et al. 2017, network slimming).
 * "taylor": first-order Taylor |w * dL/dw| summed over each channel's weights and over a few
   batches (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning").
@@ -27,17 +27,11 @@ from condense.models.signature import batch_to, call_model
 from condense.prune.graph import NORMS, Group, Member
 
 
-def _channel_view(t: torch.Tensor, mem: Member, size: int, role_dim: int) -> torch.Tensor:
-    """Rows = the group's `size` channels of tensor `t` (dim `role_dim`), one row per channel."""
-    t = t.transpose(0, role_dim) if role_dim else t
+def _channel_view(t: torch.Tensor, mem: Member, size: int) -> torch.Tensor:
+    """Rows = the group's `size` units of tensor `t` along the member's dim, one row per unit."""
+    t = t.transpose(0, mem.dim) if mem.dim else t
     idx = mem.offset + torch.arange(size * mem.expand, device=t.device)
     return t[idx].reshape(size, -1)
-
-
-def _member_tensor(mem: Member, size: int, tensor: torch.Tensor) -> torch.Tensor | None:
-    if mem.role == "chan":
-        return None
-    return _channel_view(tensor, mem, size, 1 if mem.role == "in" else 0)
 
 
 def _normalised_sum(vectors: list[torch.Tensor], size: int) -> torch.Tensor:
@@ -48,21 +42,31 @@ def _normalised_sum(vectors: list[torch.Tensor], size: int) -> torch.Tensor:
     return total
 
 
-def magnitude_score(modules: dict[str, nn.Module], group: Group, p: int) -> torch.Tensor:
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def magnitude_score(model: nn.Module, group: Group, p: int) -> torch.Tensor:
+    """Norm of each unit's weights in every layer that makes or reads it (matrices, not biases)."""
+    tensors = _weights(model)
     vecs = []
     for mem in group.members:
-        rows = _member_tensor(mem, group.size, modules[mem.module].weight)
-        if rows is not None:
-            vecs.append(rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1).sqrt())
+        t = tensors.get(mem.param)
+        if mem.role == "chan" or t is None or t.dim() < 2:
+            continue
+        rows = _channel_view(t, mem, group.size)
+        vecs.append(rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1).sqrt())
     return _normalised_sum(vecs, group.size)
 
 
-def bn_gamma_score(modules: dict[str, nn.Module], group: Group) -> torch.Tensor | None:
+def bn_gamma_score(model: nn.Module, group: Group) -> torch.Tensor | None:
+    modules = dict(model.named_modules())
+    tensors = _weights(model)
     vecs = []
     for mem in group.members:
-        m = modules[mem.module]
-        if mem.role == "chan" and isinstance(m, NORMS) and m.affine:
-            vecs.append(_channel_view(m.weight, mem, group.size, 0).abs().sum(1))
+        m = modules.get(mem.module)
+        if mem.role == "chan" and isinstance(m, NORMS) and m.affine and mem.param == f"{mem.module}.weight":
+            vecs.append(_channel_view(tensors[mem.param], mem, group.size).abs().sum(1))
     return _normalised_sum(vecs, group.size) if vecs else None
 
 
@@ -80,12 +84,9 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
 
         with contextlib.suppress(ConfigError):  # else: an iterable of batch dicts, used as it is
             data = as_source(data).batches(64)
-    params = {}  # module name -> its (raw) weight; a masked layer's is `parametrizations.weight.original`
+    params = {}  # parameter name -> tensor; a masked layer's weight is `parametrizations.weight.original`
     for n, p in model.named_parameters():
-        for suffix in (".parametrizations.weight.original", ".weight"):
-            if n.endswith(suffix):
-                params[n[: -len(suffix)]] = p
-                break
+        params[n.replace(".parametrizations.weight.original", ".weight")] = p
     saved = {n: p.grad for n, p in params.items()}
     acc = {n: torch.zeros_like(p) for n, p in params.items()}
     was_training = model.training
@@ -120,11 +121,10 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
 def taylor_score(grads: dict[str, torch.Tensor], group: Group) -> torch.Tensor:
     vecs = []
     for mem in group.members:
-        g = grads.get(mem.module)
+        g = grads.get(mem.param)
         if g is None:
             continue
-        rows = _channel_view(g, mem, group.size, 1 if mem.role == "in" else 0)
-        vecs.append(rows.sum(1))
+        vecs.append(_channel_view(g, mem, group.size).sum(1))
     return _normalised_sum(vecs, group.size)
 
 
@@ -138,19 +138,18 @@ def group_scores(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """`{group root: per-channel importance}` (higher = keep) for the given groups."""
-    modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
     grads = taylor_grads(model, data, taylor_batches) if importance == "taylor" else {}
     out: dict[str, torch.Tensor] = {}
     no_bn: list[str] = []
     for g in groups:
         if importance in ("l1", "l2"):
-            out[g.root] = magnitude_score(modules, g, 1 if importance == "l1" else 2)
+            out[g.root] = magnitude_score(model, g, 1 if importance == "l1" else 2)
         elif importance == "bn_gamma":
-            s = bn_gamma_score(modules, g)
+            s = bn_gamma_score(model, g)
             if s is None:
                 no_bn.append(g.root)
-                s = magnitude_score(modules, g, 1)
+                s = magnitude_score(model, g, 1)
             out[g.root] = s
         elif importance == "taylor":
             out[g.root] = taylor_score(grads, g)

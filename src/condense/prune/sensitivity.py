@@ -64,6 +64,8 @@ def _layer_costs(model: nn.Module, inputs: tuple[torch.Tensor, ...], groups: lis
             h.remove()
     for g in groups:
         for mem in g.members:
+            if mem.module not in costs or mem.param != f"{mem.module}.weight":
+                continue
             side = "in" if mem.role == "in" else "out"
             costs[mem.module][side][g.root] = costs[mem.module][side].get(g.root, 0) + g.size * mem.expand
     return costs

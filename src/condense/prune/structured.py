@@ -17,7 +17,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.core.select import select_modules
 from condense.prune.config import PRUNERS, ChannelConfig, PruneContext, Pruner, SlimmingConfig
-from condense.prune.graph import CONVS, Group, dependency_groups
+from condense.prune.graph import Group, dependency_groups, layer_kinds
 from condense.prune.importance import group_scores
 from condense.prune.selection import select_layers
 from condense.prune.surgery import prune_and_record
@@ -59,7 +59,7 @@ def eligible_groups(model: nn.Module, groups: list[Group], ctx: PruneContext) ->
     `ignore` keeps a layer's output channels (and its BatchNorm's); its input channels still
     shrink when the layer feeding it is pruned.
     """
-    selected = set(select_layers(model, ctx.targets, ctx.ignore, CONVS + (nn.Linear,), "channel pruning"))
+    selected = set(select_layers(model, ctx.targets, ctx.ignore, layer_kinds(), "channel pruning"))
     ignored = _names(model, ctx.ignore, "ignore")
     out = [
         g for g in groups
@@ -67,7 +67,10 @@ def eligible_groups(model: nn.Module, groups: list[Group], ctx: PruneContext) ->
     ]
     if not out:
         fixed = "; ".join(f"{g.root}: {g.reason}" for g in groups if not g.prunable)
-        raise ConfigError(f"channel pruning: no prunable channel group in the selection (not prunable: {fixed or 'none'})")
+        raise ConfigError(
+            f"channel pruning: no prunable channel group in the selection (not prunable: {fixed or 'none'}); "
+            "an op the tracer cannot follow keeps its channels: choose other layers with targets=[...] / ignore=[...]"
+        )
     return out
 
 

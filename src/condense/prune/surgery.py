@@ -1,9 +1,10 @@
-"""Channel surgery: rebuild Conv / BatchNorm / Linear layers with only the kept channels.
+"""Channel surgery: slice every member parameter / buffer dim of the pruned groups, in place.
 
-New modules (same class and hyper-parameters, fewer channels, sliced weights and running stats,
-`groups` shrunk with depthwise convs) replace the old ones, so parameters, MACs, bytes on disk
-and latency really drop. All groups of one call are cut against the original channel numbering
-in a single pass, so groups sharing a layer (a `cat` consumer) cannot shift each other's offsets.
+Each tensor is sliced once, against the original numbering (groups sharing a tensor, e.g. a `cat`
+consumer, cannot shift each other's offsets); tied tensors stay tied. The layers then get their
+face back (`in_features`, `out_channels`, `groups`, `num_features`, `normalized_shape`,
+`embedding_dim`, Conv1D's `nf`, and attention modules' head counts and widths), so parameters,
+MACs, bytes on disk and latency really drop and third-party forward code keeps working.
 
 The edit is recorded as `prune_channels` with plain data only:
 `{"input_shapes": [[1, 3, 32, 32]], "groups": [{"root": "features.0.conv", "size": 32,
@@ -20,69 +21,86 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.models.edits import EDITS, record_edit
-from condense.prune.graph import CONVS, NORMS, Group, dependency_groups
+from condense.prune.graph import Group, dependency_groups
 
 
-def _param(old: torch.Tensor, value: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(value.detach().clone().contiguous(), requires_grad=old.requires_grad)
+HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads")
+WIDTH_ATTRS = ("all_head_size", "split_size", "inner_dim", "attention_dim")
 
 
-def _new_conv(m: nn.Module, keep_out: torch.Tensor, keep_in: torch.Tensor | None) -> nn.Module:
-    depthwise = m.groups > 1
-    out_c = len(keep_out)
-    in_c = out_c if depthwise else len(keep_in)
-    new = type(m)(
-        in_c, out_c, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-        groups=out_c if depthwise else 1, bias=m.bias is not None, padding_mode=m.padding_mode,
-        device=m.weight.device, dtype=m.weight.dtype,
-    )
-    w = m.weight[keep_out]
-    new.weight = _param(m.weight, w if depthwise else w[:, keep_in])
-    if m.bias is not None:
-        new.bias = _param(m.bias, m.bias[keep_out])
-    return new
+def _holders(model: nn.Module) -> dict[str, list[tuple[nn.Module, str]]]:
+    """Every (module, attribute) that holds each parameter / buffer (tied weights have several)."""
+    by_id: dict[int, list[tuple[nn.Module, str]]] = {}
+    for m in model.modules():
+        for k, p in list(m._parameters.items()) + list(m._buffers.items()):
+            if p is not None:
+                by_id.setdefault(id(p), []).append((m, k))
+    out: dict[str, list[tuple[nn.Module, str]]] = {}
+    for name, t in list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False)):
+        out[name] = by_id.get(id(t), [])
+    return out
 
 
-def _new_linear(m: nn.Linear, keep_out: torch.Tensor, keep_in: torch.Tensor) -> nn.Linear:
-    new = type(m)(len(keep_in), len(keep_out), bias=m.bias is not None, device=m.weight.device, dtype=m.weight.dtype)
-    new.weight = _param(m.weight, m.weight[keep_out][:, keep_in])
-    if m.bias is not None:
-        new.bias = _param(m.bias, m.bias[keep_out])
-    return new
+def _sliced(t: torch.Tensor, keeps: dict[int, torch.Tensor]) -> torch.Tensor:
+    for dim, keep in sorted(keeps.items()):
+        t = t.index_select(dim, keep.to(t.device))
+    return t
 
 
-def _new_norm(m: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(m)(
-        len(keep), eps=m.eps, momentum=m.momentum, affine=m.affine,
-        track_running_stats=m.track_running_stats,
-        device=m.weight.device if m.affine else None, dtype=m.weight.dtype if m.affine else None,
-    )
-    if m.affine:
-        new.weight = _param(m.weight, m.weight[keep])
-        new.bias = _param(m.bias, m.bias[keep])
-    if m.track_running_stats and m.running_mean is not None:
-        new.running_mean = m.running_mean[keep].clone()
-        new.running_var = m.running_var[keep].clone()
-        new.num_batches_tracked = m.num_batches_tracked.clone()
-    return new
-
-
-def _dim(m: nn.Module, which: str) -> int:
+def _fix_module(m: nn.Module, old: dict[str, tuple[int, ...]]) -> None:
+    """Bring a resized layer's attributes in line with its tensors (its 'face')."""
+    w = getattr(m, "weight", None)
     if isinstance(m, nn.Linear):
-        return m.in_features if which == "in" else m.out_features
-    if isinstance(m, NORMS):
-        return m.num_features
-    return m.in_channels if which == "in" else m.out_channels
+        m.out_features, m.in_features = w.shape
+    elif isinstance(m, nn.modules.conv._ConvNd):
+        if m.transposed:
+            m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+        else:
+            old_out = old.get("weight", w.shape)[0]
+            if m.groups > 1:
+                m.groups = m.groups * w.shape[0] // old_out
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+    elif isinstance(m, nn.modules.batchnorm._NormBase):
+        ref = w if w is not None else m.running_mean
+        m.num_features = ref.shape[0]
+    elif isinstance(m, nn.GroupNorm):
+        old_c = old.get("weight", (m.num_channels,))[0]
+        m.num_groups = m.num_groups * w.shape[0] // old_c
+        m.num_channels = w.shape[0]
+    elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)) and w is not None:
+        m.normalized_shape = (w.shape[0],)
+    elif isinstance(m, nn.Embedding):
+        m.embedding_dim = w.shape[1]
+    elif type(m).__name__ == "Conv1D" and hasattr(m, "nf"):  # transformers.pytorch_utils.Conv1D
+        m.nx, m.nf = w.shape
+    elif hasattr(m, "normalized_shape") and w is not None and w.dim() == 1:
+        m.normalized_shape = (w.shape[0],)
+
+
+def _fix_heads(model: nn.Module, g: Group, n_old: int, n_new: int, modules: dict[str, nn.Module]) -> None:
+    """Attention modules read their head count / width from attributes: scale those that match."""
+    if n_new == n_old:
+        return
+    for name in g.heads:
+        m = modules.get(name)
+        if m is None:
+            continue
+        for attr in HEAD_ATTRS + WIDTH_ATTRS:
+            v = getattr(m, attr, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v % n_old == 0:
+                setattr(m, attr, v // n_old * n_new)
 
 
 def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[str, Sequence[int]]) -> None:
-    """Remove every channel not in `keep[group.root]` from the groups named in `keep`.
+    """Remove every unit not in `keep[group.root]` from the groups named in `keep`.
 
-    The index bookkeeping is on the CPU whatever the model's device, so `load()` can replay this
-    on a model built on the meta device (shapes only, see `condense.artifacts`)."""
-    modules = dict(model.named_modules())
+    All groups are cut against the original numbering in one pass (tensors sliced once). The
+    index bookkeeping is on the CPU whatever the model's device, so `load()` can replay this on a
+    model built on the meta device (shapes only, see `condense.artifacts`)."""
     by_root = {g.root: g for g in groups}
-    alive: dict[tuple[str, str], torch.Tensor] = {}
+    alive: dict[tuple[str, int], torch.Tensor] = {}
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    resized: list[tuple[Group, int, int]] = []
     for root, kept in keep.items():
         g = by_root.get(root)
         if g is None or not g.prunable:
@@ -94,32 +112,42 @@ def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[
         removed[kept_t] = False
         gone = removed.nonzero().flatten()
         for mem in g.members:
-            which = "in" if mem.role == "in" else "out"
-            key = (mem.module, which)
+            key = (mem.param, mem.dim)
             if key not in alive:
-                alive[key] = torch.ones(_dim(modules[mem.module], which), dtype=torch.bool, device="cpu")
+                alive[key] = torch.ones(tensors[mem.param].shape[mem.dim], dtype=torch.bool, device="cpu")
             for j in range(mem.expand):
                 alive[key][mem.offset + gone * mem.expand + j] = False
-    touched = list(dict.fromkeys(name for name, _ in alive))
-    for name in touched:
-        m = modules[name]
-        keep_out = alive.get((name, "out"), torch.ones(_dim(m, "out"), dtype=torch.bool, device="cpu")).nonzero().flatten()
-        keep_in = alive.get((name, "in"), torch.ones(_dim(m, "in"), dtype=torch.bool, device="cpu")).nonzero().flatten()
-        with torch.no_grad():
-            if isinstance(m, nn.Linear):
-                new = _new_linear(m, keep_out, keep_in)
-            elif isinstance(m, NORMS):
-                new = _new_norm(m, keep_out)
-            elif isinstance(m, CONVS):
-                new = _new_conv(m, keep_out, keep_in)
-            else:  # pragma: no cover - graph.py only makes members of these types
-                raise ConfigError(f"channel pruning: cannot resize {name!r} ({type(m).__name__})")
-        new.train(m.training)
-        model.set_submodule(name, new)
+        resized.append((g, g.size, len(kept_t)))
+    holders = _holders(model)
+    per_tensor: dict[str, dict[int, torch.Tensor]] = {}
+    for (param, dim), mask in alive.items():
+        per_tensor.setdefault(param, {})[dim] = mask.nonzero().flatten()
+    old_shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+    with torch.no_grad():
+        for name, keeps in per_tensor.items():
+            old = tensors[name]
+            new = _sliced(old.detach(), keeps).clone().contiguous()
+            value = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+            for owner, attr in holders[name]:
+                old_shapes.setdefault(id(owner), {})[attr] = tuple(old.shape)
+                if isinstance(old, nn.Parameter):
+                    owner._parameters[attr] = value
+                else:
+                    owner._buffers[attr] = value
+    modules = dict(model.named_modules())
+    for m in modules.values():
+        if id(m) in old_shapes:
+            _fix_module(m, old_shapes[id(m)])
+    for g, n_old, n_new in resized:
+        _fix_heads(model, g, n_old, n_new, modules)
 
 
 def input_shapes(example_inputs: tuple[torch.Tensor, ...]) -> list[list[int]]:
     return [[int(d) for d in x.shape] for x in example_inputs]
+
+
+def input_dtypes(example_inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    return [str(x.dtype).replace("torch.", "") for x in example_inputs]
 
 
 def prune_and_record(
@@ -132,14 +160,19 @@ def prune_and_record(
         return
     apply_channel_pruning(model, groups, keep)
     record_edit(
-        model, "prune_channels", input_shapes=input_shapes(example_inputs),
+        model, "prune_channels", input_shapes=input_shapes(example_inputs), input_dtypes=input_dtypes(example_inputs),
         groups=[{"root": r, "size": by_root[r].size, "keep": k} for r, k in keep.items()],
     )
 
 
-def _replay(model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]]) -> None:
+def _replay(
+    model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]], input_dtypes: list[str] | None = None
+) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = tuple(torch.zeros(*s, device=device) for s in input_shapes)
+    if device.type == "meta":
+        device = torch.device("cpu")
+    dtypes = [getattr(torch, d) for d in input_dtypes] if input_dtypes else [torch.float32] * len(input_shapes)
+    inputs = tuple(torch.zeros(*s, device=device, dtype=dt) for s, dt in zip(input_shapes, dtypes, strict=True))
     found = {g.root: g for g in dependency_groups(model, inputs)}
     for rec in groups:
         g = found.get(rec["root"])
