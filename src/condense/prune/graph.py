@@ -299,13 +299,11 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
                 j += 1
             else:
                 return None
-        # trailing size-1 dims join the current run
-        while i < len(a) and a[i] == 1 and (j >= len(b) or b[j] != 1):
-            gi.append(i)
-            i += 1
-        while j < len(b) and b[j] == 1 and (i >= len(a) or a[i] != 1):
-            gj.append(j)
-            j += 1
+        # size-1 dims open the next run (a head axis of one head); at the very end they close this one
+        if all(x == 1 for x in a[i:]) and all(x == 1 for x in b[j:]) and (i < len(a)) != (j < len(b)):
+            gi += list(range(i, len(a)))
+            gj += list(range(j, len(b)))
+            i, j = len(a), len(b)
         out.append((gi, gj))
     return out
 
@@ -367,10 +365,10 @@ class _Builder:
 
     def tie(self, a: Desc, b: Desc, size_a: int, size_b: int, why: str) -> Desc:
         """Two dims lined up by an op (elementwise, batch dims, contraction). Returns the result."""
-        if size_a == 1 and size_b != 1:
-            return b
-        if size_b == 1 and size_a != 1:
-            return a
+        if size_a == 1 or size_b == 1:  # broadcast (or a single unit, which never goes)
+            if size_a == size_b and a is not None and b is not None:
+                self.unify(self.outer(a, why), self.outer(b, why))
+            return b if size_a == 1 and (size_b != 1 or a is None) else a
         a, b = self.outer(a, why), self.outer(b, why)
         inner_a = isinstance(a, Split) and a.idx > 0
         inner_b = isinstance(b, Split) and b.idx > 0
@@ -904,6 +902,8 @@ class _Builder:
             outs = [j for j in gj if out_shape[j] != 1]
             if not ins or all(d is None for d, _ in ins):
                 continue
+            if outs and len(ins) == 1:  # (..., d) -> (..., 1, d): one head is still a head
+                outs = [j for j in gj if j <= outs[-1]]
             if len(ins) == 1 and len(outs) == 1:
                 out[outs[0]] = ins[0][0]
                 continue
@@ -1088,6 +1088,9 @@ class _Builder:
                 res[i] = self.tie(res[i], dims[i], parts[0][1][i], shape[i], why)
         segs: list[Seg] = []
         inner = False
+        if all(dims[dim] is None for dims, _ in parts):
+            res[dim] = None
+            return res
         for dims, shape in parts:
             d = dims[dim]
             if isinstance(d, Split) and d.idx > 0:

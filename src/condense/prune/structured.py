@@ -7,6 +7,7 @@ log the edit). `prune(model, ChannelConfig(...))` runs them in that order.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -135,6 +136,19 @@ def choose_keep(model: nn.Module, groups: list[Group], scores: dict[str, torch.T
     return keep
 
 
+def check_arguments(model: nn.Module, inputs: tuple[Any, ...]) -> None:
+    """A forward that needs more (or other) inputs than the example gives: name the argument."""
+    try:
+        inspect.signature(model.forward).bind(*inputs)
+    except TypeError as e:
+        raise ConfigError(
+            f"structured pruning: {type(model).__name__}.forward cannot take the example inputs ({e}); "
+            "pass example_inputs as a tuple with one tensor per argument"
+        ) from None
+    except ValueError:  # no signature (a C extension): let the forward speak for itself
+        pass
+
+
 def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     was = {m: m.training for m in model.modules()}
     model.eval()
@@ -160,6 +174,7 @@ def _shapes(value: Any) -> Any:
 def prune_channels(model: nn.Module, cfg: ChannelConfig, ctx: PruneContext) -> nn.Module:
     """Structured pruning: remove the least important channels of every selected group."""
     inputs = example_tuple(model, ctx.example_inputs)
+    check_arguments(model, inputs)
     before = _shapes(_outputs(model, inputs))
     groups = eligible_groups(model, dependency_groups(model, inputs), ctx)
     if cfg.importance == "bn_gamma" and cfg.method == "slimming":

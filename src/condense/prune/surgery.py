@@ -22,6 +22,7 @@ from torch import nn
 from condense.core.errors import ConfigError
 from condense.models.edits import EDITS, record_edit
 from condense.prune.graph import Group, dependency_groups
+from condense.prune.hfconfig import patch_hf_config
 
 
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads")
@@ -159,6 +160,7 @@ def prune_and_record(
     if not keep:
         return
     apply_channel_pruning(model, groups, keep)
+    patch_hf_config(model, groups, keep)
     record_edit(
         model, "prune_channels", input_shapes=input_shapes(example_inputs), input_dtypes=input_dtypes(example_inputs),
         groups=[{"root": r, "size": by_root[r].size, "keep": k} for r, k in keep.items()],
@@ -169,20 +171,24 @@ def _replay(
     model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]], input_dtypes: list[str] | None = None
 ) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if device.type == "meta":
-        device = torch.device("cpu")
     dtypes = [getattr(torch, d) for d in input_dtypes] if input_dtypes else [torch.float32] * len(input_shapes)
     inputs = tuple(torch.zeros(*s, device=device, dtype=dt) for s, dt in zip(input_shapes, dtypes, strict=True))
     found = {g.root: g for g in dependency_groups(model, inputs)}
+    todo = []
     for rec in groups:
         g = found.get(rec["root"])
+        if g is not None and g.size == len(rec["keep"]) != rec["size"]:
+            continue  # built from a config that already describes the cut (see prune.hfconfig)
+        todo.append(rec)
         if g is None or g.size != rec["size"]:
             have = f"{g.size} channels" if g is not None else "no such group"
             raise ConfigError(
                 f"prune_channels replay: group {rec['root']!r} should have {rec['size']} channels, the model has {have} "
                 "(is this the architecture the edit was recorded on?)"
             )
-    apply_channel_pruning(model, list(found.values()), {r["root"]: r["keep"] for r in groups})
+    keep = {r["root"]: r["keep"] for r in todo}
+    apply_channel_pruning(model, list(found.values()), keep)
+    patch_hf_config(model, list(found.values()), keep)
 
 
 EDITS.register("prune_channels", _replay)
