@@ -212,3 +212,30 @@ def test_a_forward_needing_more_inputs_names_the_argument():
 
     with pytest.raises(ConfigError, match="mask"):
         prune(TwoInputs(), ChannelConfig(ratio=0.5), example_inputs=torch.zeros(1, 4))
+
+
+class TokensAndMask(nn.Module):
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids, attention_mask):
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def test_a_batch_dict_of_keyword_inputs_prunes_and_replays():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, num_labels=2)
+    model = TokensAndMask(transformers.BertForSequenceClassification(cfg)).eval()
+    fresh = copy.deepcopy(model)
+    batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+    batch["attention_mask"][0, 5:] = 0
+    prune(model, ChannelConfig(ratio=0.5), example_inputs=batch, recalibrate=False)
+    (edit,) = model.condense_edits
+    assert edit["params"]["input_names"] == ["input_ids", "attention_mask"]
+    assert model.hf.bert.encoder.layer[0].attention.self.query.out_features == 16
+    replayed = replay_edits(fresh, model.condense_edits)
+    replayed.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(replayed(**batch), model(**batch))

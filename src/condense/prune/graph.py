@@ -580,8 +580,9 @@ class _Builder:
 
     def reduce(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
-        rd = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        k = 2 if _opname(node) in ("linalg_vector_norm", "norm") else 1  # norm(x, ord, dim, keepdim)
+        rd = node.args[k] if len(node.args) > k else node.kwargs.get("dim")
+        keep = node.args[k + 1] if len(node.args) > k + 1 else node.kwargs.get("keepdim", False)
         if rd is None or rd == []:
             rd = list(range(len(shape)))
         rd = [rd] if isinstance(rd, int) else list(rd)
@@ -1209,6 +1210,8 @@ def export_graph(model: nn.Module, example_inputs: tuple[Any, ...], example_kwar
     model.eval()
     try:
         with torch.no_grad():
+            if isinstance(example_inputs, dict):  # a batch dict: the forward's keyword arguments
+                example_inputs, example_kwargs = (), {**example_inputs, **(example_kwargs or {})}
             return torch.export.export(model, tuple(example_inputs), kwargs=example_kwargs or {}, strict=False)
     except TypeError as e:
         raise PruneGraphError(

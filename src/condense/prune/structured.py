@@ -41,9 +41,11 @@ def example_tuple(model: nn.Module, example_inputs: Any) -> tuple[torch.Tensor, 
         return (torch.zeros(shape, device=device),)
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
+    if isinstance(example_inputs, dict) and example_inputs and all(isinstance(x, torch.Tensor) for x in example_inputs.values()):
+        return dict(example_inputs)  # type: ignore[return-value]  (a batch dict: keyword arguments)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
         return tuple(example_inputs)
-    raise ConfigError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+    raise ConfigError(f"example_inputs must be a tensor, a tuple of tensors or a dict of tensors, got {type(example_inputs).__name__}")
 
 
 def _names(model: nn.Module, patterns: Sequence[str] | str | None, field: str) -> set[str]:
@@ -139,7 +141,10 @@ def choose_keep(model: nn.Module, groups: list[Group], scores: dict[str, torch.T
 def check_arguments(model: nn.Module, inputs: tuple[Any, ...]) -> None:
     """A forward that needs more (or other) inputs than the example gives: name the argument."""
     try:
-        inspect.signature(model.forward).bind(*inputs)
+        if isinstance(inputs, dict):
+            inspect.signature(model.forward).bind(**inputs)
+        else:
+            inspect.signature(model.forward).bind(*inputs)
     except TypeError as e:
         raise ConfigError(
             f"structured pruning: {type(model).__name__}.forward cannot take the example inputs ({e}); "
@@ -154,7 +159,7 @@ def _outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(*inputs)
+            out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
     finally:
         for m, mode in was.items():
             m.training = mode

@@ -143,12 +143,24 @@ def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[
         _fix_heads(model, g, n_old, n_new, modules)
 
 
-def input_shapes(example_inputs: tuple[torch.Tensor, ...]) -> list[list[int]]:
-    return [[int(d) for d in x.shape] for x in example_inputs]
+def _values(example_inputs: Any) -> list[torch.Tensor]:
+    return list(example_inputs.values()) if isinstance(example_inputs, dict) else list(example_inputs)
 
 
-def input_dtypes(example_inputs: tuple[torch.Tensor, ...]) -> list[str]:
-    return [str(x.dtype).replace("torch.", "") for x in example_inputs]
+def input_shapes(example_inputs: Any) -> list[list[int]]:
+    return [[int(d) for d in x.shape] for x in _values(example_inputs)]
+
+
+def input_dtypes(example_inputs: Any) -> list[str]:
+    return [str(x.dtype).replace("torch.", "") for x in _values(example_inputs)]
+
+
+def example_record(example_inputs: Any) -> dict[str, Any]:
+    """What replay needs to rebuild an example of the same shapes (names for a batch dict)."""
+    out: dict[str, Any] = {"input_shapes": input_shapes(example_inputs), "input_dtypes": input_dtypes(example_inputs)}
+    if isinstance(example_inputs, dict):
+        out["input_names"] = list(example_inputs)
+    return out
 
 
 def prune_and_record(
@@ -162,17 +174,21 @@ def prune_and_record(
     apply_channel_pruning(model, groups, keep)
     patch_hf_config(model, groups, keep)
     record_edit(
-        model, "prune_channels", input_shapes=input_shapes(example_inputs), input_dtypes=input_dtypes(example_inputs),
+        model, "prune_channels", **example_record(example_inputs),
         groups=[{"root": r, "size": by_root[r].size, "keep": k} for r, k in keep.items()],
     )
 
 
 def _replay(
-    model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]], input_dtypes: list[str] | None = None
+    model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]], input_dtypes: list[str] | None = None,
+    input_names: list[str] | None = None,
 ) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtypes = [getattr(torch, d) for d in input_dtypes] if input_dtypes else [torch.float32] * len(input_shapes)
-    inputs = tuple(torch.zeros(*s, device=device, dtype=dt) for s, dt in zip(input_shapes, dtypes, strict=True))
+    # integer inputs (token ids, masks) as ones: valid ids, an all-visible mask; floats as zeros
+    values = [torch.ones(*s, device=device, dtype=dt) if not dt.is_floating_point else torch.zeros(*s, device=device, dtype=dt)
+              for s, dt in zip(input_shapes, dtypes, strict=True)]
+    inputs: Any = dict(zip(input_names, values, strict=True)) if input_names else tuple(values)
     found = {g.root: g for g in dependency_groups(model, inputs)}
     todo = []
     for rec in groups:
