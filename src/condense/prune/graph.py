@@ -602,8 +602,14 @@ class _Builder:
         _, dims, shape = self.arg_dims(node)
         nspatial = {"1d": 1, "2d": 2, "3d": 3}.get(_opname(node)[-2:], len(shape) - 2)
         if _opname(node) in ("pad", "constant_pad_nd"):
-            pads = node.args[1]
-            nspatial = len(pads) // 2
+            pads = list(node.args[1])  # (last dim's before, after, the one before it, ...)
+            out = list(dims)
+            for k in range(len(pads) // 2):
+                i = len(dims) - 1 - k
+                if pads[2 * k] or pads[2 * k + 1]:
+                    self.freeze(dims[i], f"{_where(node)} pads a channel dim")
+                    out[i] = None
+            return out
         for d in dims[len(dims) - nspatial:]:
             self.freeze(d, f"{_where(node)} pools or pads over a channel dim")
         out = dims[: len(dims) - nspatial] + [None] * nspatial
@@ -806,10 +812,16 @@ class _Builder:
             dq[j] = self.heads_tie(dq[j], dk[j], sq[j], sk[j], why)
             dq[j] = self.heads_tie(dq[j], dv[j], sq[j], sv[j], why)
         mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
-        if mask is not None and hasattr(mask, "op"):
-            for d in self.dims_of(mask) or ():
-                if isinstance(d, Segs):
-                    self.freeze(d, f"{why}: a mask built from channels")
+        if mask is not None and hasattr(mask, "op") and self.dims_of(mask) is not None:
+            dm, sm = self.dims_of(mask), _shape(mask)  # broadcast to (..., L, S): a per-head bias joins the heads
+            lead = len(sq) - len(sm)
+            for i, d in enumerate(dm):
+                j = i + lead
+                if j < 0 or j >= len(sq) - 2:
+                    if isinstance(d, Segs):
+                        self.freeze(d, f"{why}: a mask built from channels")
+                    continue
+                dq[j] = self.tie(dq[j], d, sq[j], sm[i], why)
         return dq[:-2] + [dq[-2], dv[-1]]
 
     def heads_tie(self, a: Desc, b: Desc, sa: int, sb: int, why: str) -> Desc:
@@ -1149,6 +1161,27 @@ class _Builder:
         self.freeze(dims[dim], f"{_where(node)} gathers channels")
         idx = self.dims_of(node.args[2]) or []
         return [d if i != dim and (i >= len(idx) or idx[i] is None) else None for i, d in enumerate(dims)]
+
+    def op_roll(self, node: Any) -> list[Desc]:
+        """Shifts along some dims (Swin's shifted windows): those dims' channels would move."""
+        _, dims, shape = self.arg_dims(node)
+        which = node.args[2] if len(node.args) > 2 else node.kwargs.get("dims", [])
+        which = [which] if isinstance(which, int) else list(which)
+        if not which:
+            which = list(range(len(dims)))
+        for w in which:
+            if dims[w % len(dims)] is not None:
+                self.freeze(dims[w % len(dims)], f"{_where(node)} rolls channels")
+                dims[w % len(dims)] = None
+        return dims
+
+    def op_flip(self, node: Any) -> list[Desc]:
+        _, dims, shape = self.arg_dims(node)
+        for w in node.args[1]:
+            if dims[w % len(dims)] is not None:
+                self.freeze(dims[w % len(dims)], f"{_where(node)} flips channels")
+                dims[w % len(dims)] = None
+        return dims
 
     def op_masked_fill(self, node: Any) -> list[Desc]:
         return self.elementwise(node)
