@@ -1,5 +1,6 @@
 """Structured pruning on models nobody here wrote: Hugging Face text (encoder, GPT-2, Llama with
-grouped-query attention) and vision models, plus hand-written attention / SE / concat nets.
+grouped-query attention, DeBERTa-v2's batched-matmul attention) and vision models (ViT,
+Swin's windows and relative position bias, ConvNeXt), plus hand-written attention / SE / concat nets.
 
 Random init (structure only). Each case checks: the forward works and keeps its output shape,
 parameters really drop, the edit log replays bit-exactly on a fresh model, and where nothing but
@@ -54,6 +55,10 @@ CASES = {
     "llama": lambda: (_text("LlamaForCausalLM", "LlamaConfig", hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64), IDS),
     "gpt2": lambda: (_text("GPT2LMHeadModel", "GPT2Config", n_embd=32, n_layer=2, n_head=4), IDS),
+    "deberta-v2": lambda: (_text("DebertaV2ForSequenceClassification", "DebertaV2Config", hidden_size=32,
+                                 num_hidden_layers=2, num_attention_heads=4, intermediate_size=64), IDS),
+    "swin": lambda: (_vision("SwinForImageClassification", "SwinConfig", image_size=32, patch_size=4, embed_dim=16,
+                             depths=[2, 2], num_heads=[2, 4], window_size=2), IMG),
     "vit": lambda: (_vision("ViTForImageClassification", "ViTConfig", hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8), IMG),
     "convnext": lambda: (_vision("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[8, 16, 32, 64],
@@ -90,7 +95,7 @@ def test_half_the_channels_of_hugging_face_models(name):
 
 
 # heads (q/k/v/o coupled, GQA in whole key/value groups, GPT-2's fused c_attn) and FFN neurons
-TARGETS = ["re:.*(query|q_proj|c_attn|intermediate\\.dense|fc1|c_fc|gate_proj|pwconv1)$"]
+TARGETS = ["re:.*(query|q_proj|query_proj|c_attn|intermediate\\.dense|fc1|c_fc|gate_proj|pwconv1)$"]
 
 
 @pytest.mark.parametrize("name", list(CASES))

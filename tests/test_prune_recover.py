@@ -228,4 +228,5 @@ def test_taylor_scores_masked_layers_too(dense_cnn, splits):
     model = prune(copy.deepcopy(dense_cnn), MagnitudeConfig(ratio=0.5))
     batches = [splits.train.batch(torch.arange(32))]
     grads = taylor_grads(model, batches, 1)
-    assert set(masked_layers(model)) <= set(grads)  # a masked layer's weight is its parametrization's `original`
+    # a masked layer's weight is its parametrization's `original`, scored under the weight's name
+    assert {f"{n}.weight" for n in masked_layers(model)} <= set(grads)

@@ -107,7 +107,16 @@ class Split:
     idx: int
 
 
-Desc = Segs | Split | None
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """A data dim folded over a tracked one (`(B, H, ...) -> (B*H, ...)`, attention written as
+    batched matmuls): position b*width + i is unit i's position of `inner`, for every b < outer."""
+
+    inner: Any
+    outer: int
+
+
+Desc = Segs | Split | Fold | None
 
 
 class _Spaces:
@@ -330,11 +339,23 @@ class _Builder:
         return out
 
     def spaces_of(self, d: Desc) -> list[int]:
+        if isinstance(d, Fold):
+            return self.spaces_of(d.inner)
         if isinstance(d, Segs):
             return [s for s, _ in self.segs(d)]
         if isinstance(d, Split):
             return [s for s, _ in self.sp.live((d.space, math.prod(d.sizes)))]
         return []
+
+    def width(self, d: Desc) -> int | None:
+        if isinstance(d, Split):
+            return d.sizes[d.idx]
+        if isinstance(d, Segs):
+            return sum(w for _, w in d.segs)
+        if isinstance(d, Fold):
+            w = self.width(d.inner)
+            return None if w is None else w * d.outer
+        return None
 
     def freeze(self, d: Desc, why: str) -> None:
         for s in self.spaces_of(d):
@@ -369,6 +390,13 @@ class _Builder:
             if size_a == size_b and a is not None and b is not None:
                 self.unify(self.outer(a, why), self.outer(b, why))
             return b if size_a == 1 and (size_b != 1 or a is None) else a
+        if isinstance(a, Fold) or isinstance(b, Fold):
+            if isinstance(a, Fold) and isinstance(b, Fold) and a.outer == b.outer:
+                w = size_a // a.outer
+                return Fold(self.tie(a.inner, b.inner, w, w, why), a.outer)
+            self.freeze(a, why)
+            self.freeze(b, why)
+            return a if isinstance(a, Fold) else b
         a, b = self.outer(a, why), self.outer(b, why)
         inner_a = isinstance(a, Split) and a.idx > 0
         inner_b = isinstance(b, Split) and b.idx > 0
@@ -506,7 +534,7 @@ class _Builder:
         for i, d in enumerate(out):
             if isinstance(d, Split) and d.idx > 0:
                 continue  # positions inside a unit may be sliced (rotary halves)
-            width = d.sizes[d.idx] if isinstance(d, Split) else sum(w for _, w in d.segs) if isinstance(d, Segs) else None
+            width = self.width(d)
             if width is not None and width != shape[i]:
                 self.freeze(d, f"{_where(node)}: channel bookkeeping does not match the shape")
                 out[i] = None
@@ -590,7 +618,7 @@ class _Builder:
         out: list[Desc] = []
         for i, d in enumerate(dims):
             if i in rd:
-                if isinstance(d, Split) and d.idx == 0:
+                if (isinstance(d, Split) and d.idx == 0) or isinstance(d, Fold):
                     self.freeze(d, f"{_where(node)} reduces over heads")
                 if keep:
                     out.append(None)
@@ -940,6 +968,10 @@ class _Builder:
             if all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins)):
                 if len(ins) == len(d0.sizes) and d0.idx == 0:
                     return Segs(((d0.space, math.prod(d0.sizes)),))
+        if all(d is None for d, _ in ins[:-1]) and ins[-1][0] is not None and not isinstance(ins[-1][0], Fold):
+            last = ins[-1][0]
+            if not (isinstance(last, Split) and last.idx > 0):
+                return Fold(last, math.prod(sz for _, sz in ins[:-1]))
         head, rest = ins[0], ins[1:]
         d = self.outer(head[0], why)
         if isinstance(d, Segs):
@@ -958,6 +990,14 @@ class _Builder:
         return None
 
     def split(self, d: Desc, sizes: list[int], why: str, module: str = "") -> list[Desc]:
+        if isinstance(d, Fold):  # unfold the data dims back out
+            k, p = 0, 1
+            while k < len(sizes) and p < d.outer:
+                p *= sizes[k]
+                k += 1
+            if p == d.outer and k < len(sizes):
+                rest = sizes[k:]
+                return [None] * k + ([d.inner] if len(rest) == 1 else self.split(d.inner, rest, why, module))
         if isinstance(d, Segs):
             segs = self.segs(d)
             if len(segs) == 1:

@@ -105,3 +105,9 @@ def patch_hf_config(model: nn.Module, groups: Sequence[Group], keep: dict[str, S
     if head_dim is not None:
         cfg.head_dim = head_dim
     return out
+
+
+def config_describes(model: nn.Module, fields: dict[str, int]) -> bool:
+    """Whether the model's transformers config already holds these (patched) values."""
+    found = _hf_of(model)
+    return found is not None and all(getattr(found[0].config, k, None) == v for k, v in fields.items())

@@ -22,7 +22,7 @@ from torch import nn
 from condense.core.errors import ConfigError
 from condense.models.edits import EDITS, record_edit
 from condense.prune.graph import Group, dependency_groups
-from condense.prune.hfconfig import patch_hf_config
+from condense.prune.hfconfig import config_describes, patch_hf_config
 
 
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads")
@@ -172,16 +172,17 @@ def prune_and_record(
     if not keep:
         return
     apply_channel_pruning(model, groups, keep)
-    patch_hf_config(model, groups, keep)
+    config = patch_hf_config(model, groups, keep)
     record_edit(
         model, "prune_channels", **example_record(example_inputs),
         groups=[{"root": r, "size": by_root[r].size, "keep": k} for r, k in keep.items()],
+        **({"config": config} if config else {}),
     )
 
 
 def _replay(
     model: nn.Module, input_shapes: list[list[int]], groups: list[dict[str, Any]], input_dtypes: list[str] | None = None,
-    input_names: list[str] | None = None,
+    input_names: list[str] | None = None, config: dict[str, int] | None = None,
 ) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtypes = [getattr(torch, d) for d in input_dtypes] if input_dtypes else [torch.float32] * len(input_shapes)
@@ -190,11 +191,12 @@ def _replay(
               for s, dt in zip(input_shapes, dtypes, strict=True)]
     inputs: Any = dict(zip(input_names, values, strict=True)) if input_names else tuple(values)
     found = {g.root: g for g in dependency_groups(model, inputs)}
+    built_cut = bool(config) and config_describes(model, config)  # built from the patched config.json
     todo = []
     for rec in groups:
         g = found.get(rec["root"])
-        if g is not None and g.size == len(rec["keep"]) != rec["size"]:
-            continue  # built from a config that already describes the cut (see prune.hfconfig)
+        if built_cut and g is not None and g.size == len(rec["keep"]) != rec["size"]:
+            continue  # this model was built already cut (see prune.hfconfig)
         todo.append(rec)
         if g is None or g.size != rec["size"]:
             have = f"{g.size} channels" if g is not None else "no such group"
