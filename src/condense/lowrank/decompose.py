@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import RunError
+from condense.core.linear import linear_weight
 
 Spectrum = tuple[Tensor, Tensor, Tensor]  # U, s, Vh (float64)
 
@@ -83,9 +84,9 @@ def conv_geometry(conv: nn.Conv2d) -> ConvGeometry | None:
 
 def matrix_view(module: nn.Module, form: str) -> Tensor:
     """The weight as the matrix the form truncates (out x in), matching `input_vectors`."""
+    if form == "linear":  # (out, in); a transformers Conv1D stores (in, out)
+        return linear_weight(module).detach()
     w = module.weight.detach()
-    if form == "linear":
-        return w
     if form == "channel":  # (O, I*kh*kw), unfold order (channel, ky, kx)
         return w.reshape(w.shape[0], -1)
     if form == "spatial":  # (O*kw, I*kh): rows (o, x), columns (i, y)

@@ -1,6 +1,6 @@
 """`factorize(model, FactorizeConfig, data=...)`: rank selection -> decomposition -> module replacement.
 
-Every selected Linear / Conv2d gets a plan (form, spectrum, candidate ranks with exact costs);
+Every selected Linear (transformers' Conv1D included) / Conv2d gets a plan (form, spectrum, candidate ranks with exact costs);
 the ranks are chosen by energy, by a global budget, explicitly, or from measured sensitivity;
 each chosen layer is replaced in place by a `LowRank` built from its (whitened) SVD, and the
 replacements are recorded in the edit log (`load()` replays them). The layers left alone and
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.core.linear import is_linear, linear_kinds
 from condense.lowrank.config import FactorizeConfig
 from condense.lowrank.decompose import conv_geometry, energy, matrix_view, spectrum, whitener
 from condense.lowrank.modules import build_lowrank
@@ -48,7 +49,7 @@ def as_factorize_config(config: FactorizeConfig | dict[str, Any] | None) -> Fact
 
 def layer_form(module: nn.Module, cfg: FactorizeConfig) -> tuple[str | None, str | None]:
     """(form, None) for a layer this config factorizes, else (None, why not)."""
-    if isinstance(module, nn.Linear):
+    if is_linear(module):  # nn.Linear or transformers' Conv1D (GPT-2)
         return "linear", None
     if conv_geometry(module) is None:  # type: ignore[arg-type]
         return None, "grouped / depthwise conv, string padding or a non-zero padding mode"
@@ -64,7 +65,7 @@ def layer_form(module: nn.Module, cfg: FactorizeConfig) -> tuple[str | None, str
 def plan_layers(model: nn.Module, cfg: FactorizeConfig, data: Any, example_inputs: Any,
                 skipped: dict[str, str]) -> tuple[list[LayerPlan], dict[str, LayerStats]]:
     """Select the layers, measure them, and build their plans (skipped ones go to `skipped`)."""
-    selected = select_layers(model, cfg.targets, cfg.ignore, (nn.Linear, nn.Conv2d), "factorize")
+    selected = select_layers(model, cfg.targets, cfg.ignore, (*linear_kinds(), nn.Conv2d), "factorize")
     layers: dict[str, tuple[nn.Module, str]] = {}
     for name, m in selected.items():
         form, why = layer_form(m, cfg)

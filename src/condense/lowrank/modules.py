@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from condense.core.errors import InputFileError
 from condense.core.face import LayerFace
+from condense.core.linear import is_conv1d, is_linear, linear_dims
 from condense.lowrank.decompose import Spectrum, conv_geometry, factors, matrix_view, spectrum
 from condense.models.edits import EDITS
 
@@ -28,6 +29,9 @@ _CONV_FACE = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
 def layer_face(module: nn.Module) -> dict[str, Any]:
     """The hyper-parameters of `module` that third-party forward code reads (a Linear's
     in/out_features; a conv's channels, kernel_size, stride, padding, dilation, groups, padding_mode)."""
+    if is_conv1d(module):  # transformers' Conv1D: nf out, nx in
+        out_f, in_f = linear_dims(module)
+        return {"in_features": in_f, "out_features": out_f}
     names = _LINEAR_FACE if isinstance(module, nn.Linear) else _CONV_FACE
     return {n: getattr(module, n) for n in names if hasattr(module, n)}
 
@@ -87,9 +91,10 @@ def empty_lowrank(module: nn.Module, form: str, rank: list[int]) -> LowRank:
     `build_lowrank` or by loading a saved state)."""
     bias = getattr(module, "bias", None) is not None
     if form == "linear":
-        assert isinstance(module, nn.Linear)
+        assert is_linear(module)
         r = rank[0]
-        layers = OrderedDict(down=nn.Linear(module.in_features, r, bias=False), up=nn.Linear(r, module.out_features, bias=bias))
+        out_f, in_f = linear_dims(module)
+        layers = OrderedDict(down=nn.Linear(in_f, r, bias=False), up=nn.Linear(r, out_f, bias=bias))
     else:
         assert isinstance(module, nn.Conv2d)
         g = conv_geometry(module)
@@ -168,9 +173,9 @@ def replay_factorize(model: nn.Module, layers: dict[str, dict[str, Any]]) -> Non
         form, rank = entry.get("form"), entry.get("rank")
         if form not in FORMS or not isinstance(rank, list) or not all(isinstance(r, int) and r >= 1 for r in rank):
             raise InputFileError(f"edit log: 'factorize' entry for {name!r} is malformed ({entry!r})")
-        kind = nn.Linear if form == "linear" else nn.Conv2d
-        if not isinstance(module, kind):
-            raise InputFileError(f"edit log: 'factorize' expects {name!r} to be a {kind.__name__}, found {type(module).__name__}")
+        ok, kind = (is_linear(module), "Linear / Conv1D") if form == "linear" else (isinstance(module, nn.Conv2d), "Conv2d")
+        if not ok:
+            raise InputFileError(f"edit log: 'factorize' expects {name!r} to be a {kind}, found {type(module).__name__}")
         model.set_submodule(name, empty_lowrank(module, form, rank))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError
+from condense.core.linear import is_linear, linear_dims
 from condense.lowrank.decompose import Spectrum, energy
 from condense.lowrank.modules import max_rank
 from condense.lowrank.stats import LayerStats
@@ -55,8 +56,8 @@ def layer_cost(module: nn.Module, form: str, rank: list[int] | None, st: LayerSt
     """(params, MACs per sample) of `module` as it is (`rank=None`) or factorized at `rank`."""
     (hi, wi), (ho, wo) = st.hw_in, st.hw_out
     bias = _bias(module)
-    if isinstance(module, nn.Linear):
-        i, o = module.in_features, module.out_features
+    if is_linear(module):  # nn.Linear or transformers' Conv1D
+        o, i = linear_dims(module)
         pos = ho * wo
         if rank is None:
             return i * o + bias, i * o * pos

@@ -36,3 +36,34 @@ def replay_edits(model: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
         EDITS.get(edit["kind"])(model, **edit.get("params", {}))
     model.condense_edits = copy.deepcopy(list(edits))  # type: ignore[assignment]
     return model
+
+
+def record_conv1d_swap(model: nn.Module, names: list[str]) -> list[str]:
+    """Swap the named transformers Conv1D layers for bit-identical nn.Linear ones
+    (`condense.core.linear.swap_conv1d`) and record it ("conv1d_as_linear"), so a method written
+    for nn.Linear (static PTQ, QAT) runs on them and `load()` rebuilds the same layers."""
+    from condense.core.linear import swap_conv1d
+
+    done = swap_conv1d(model, names)
+    if done:
+        record_edit(model, "conv1d_as_linear", modules=done)
+    return done
+
+
+def _replay_conv1d_as_linear(model: nn.Module, modules: list[str]) -> None:
+    from condense.core.errors import InputFileError
+    from condense.core.linear import is_conv1d, swap_conv1d
+
+    for name in modules:
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            raise InputFileError(f"edit log: 'conv1d_as_linear' names layer {name!r}, which this architecture "
+                                 "does not have") from None
+        if not is_conv1d(m):
+            raise InputFileError(f"edit log: 'conv1d_as_linear' expects {name!r} to be a transformers Conv1D, "
+                                 f"found {type(m).__name__}")
+    swap_conv1d(model, modules)
+
+
+EDITS.register("conv1d_as_linear", _replay_conv1d_as_linear)

@@ -14,10 +14,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from condense.core.errors import ConfigError
+from condense.core.linear import conv1d_class
 from condense.models.edits import EDITS, record_edit
 
-#: Layer types whose `weight` can be masked (and counted by `sparsity_report`).
+#: Layer types whose `weight` can be masked (and counted by `sparsity_report`); `maskable_kinds()`
+#: adds transformers' Conv1D (GPT-2's Linear, weight stored (in, out)) once transformers is loaded.
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def maskable_kinds() -> tuple[type[nn.Module], ...]:
+    """`MASKABLE` plus transformers' Conv1D when transformers is loaded (`condense.core.linear`)."""
+    cls = conv1d_class()
+    return MASKABLE if cls is None else (*MASKABLE, cls)
 
 
 class WeightMask(nn.Module):
@@ -99,15 +107,16 @@ def make_permanent(model: nn.Module) -> nn.Module:
 
 
 def sparsity_report(model: nn.Module) -> dict[str, Any]:
-    """Fraction of exactly-zero weights per Linear/Conv layer and over all of them.
+    """Fraction of exactly-zero weights per Linear/Conv layer (transformers' Conv1D included) and over all of them.
 
     Returns `{"layers": {name: {"numel", "zeros", "sparsity", "masked"}}, "global": {...}}`.
     """
     layers: dict[str, dict[str, Any]] = {}
     total = zeros = 0
+    kinds = maskable_kinds()
     with torch.no_grad():
         for name, module in model.named_modules():
-            if not isinstance(module, MASKABLE):
+            if not isinstance(module, kinds):
                 continue
             w = module.weight
             n, z = w.numel(), int((w == 0).sum())

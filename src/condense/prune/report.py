@@ -16,7 +16,7 @@ from torch import nn
 
 from condense.core.taps import flop_counter
 from condense.models.signature import call_model
-from condense.prune.masks import MASKABLE, masked_layers, sparsity_report
+from condense.prune.masks import maskable_kinds, masked_layers, sparsity_report
 
 ZEROS_NOTE = "zeros are not removed: dense size and latency are unchanged"
 
@@ -74,16 +74,17 @@ def median_latency_ms(model: nn.Module, example_inputs: Any, repeats: int = 20, 
 def compressed_estimates(model: nn.Module) -> dict[str, int]:
     """Estimated bytes of the Linear/Conv weights stored sparse (fp32 values), other tensors dense."""
     csr = bitmask = dense = 0
+    kinds = maskable_kinds()
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, MASKABLE):
+            if isinstance(m, kinds):
                 w = m.weight
                 nnz, rows = int((w != 0).sum()), w.shape[0]
                 dense += w.numel() * w.element_size()
                 csr += nnz * (w.element_size() + 4) + (rows + 1) * 4
                 bitmask += nnz * w.element_size() + math.ceil(w.numel() / 8)
     # everything except the maskable layers' weights (and their masks), which are counted above
-    counted = tuple(f"{n}.{suffix}" for n, m in model.named_modules() if isinstance(m, MASKABLE)
+    counted = tuple(f"{n}.{suffix}" for n, m in model.named_modules() if isinstance(m, kinds)
                     for suffix in ("weight", "parametrizations.weight."))
     other = sum(t.numel() * t.element_size() for k, t in model.state_dict().items()
                 if not (k.startswith(counted) and (k.endswith("weight") or k.endswith((".original", ".mask")))))

@@ -18,7 +18,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.prune.config import check_ratio
-from condense.prune.masks import MASKABLE, set_masks
+from condense.prune.masks import maskable_kinds, set_masks
 from condense.prune.selection import select_layers
 from condense.prune.unstructured import magnitude_scores, masks_from_scores, random_scores
 from condense.train.callbacks import Callback, FitState
@@ -98,7 +98,7 @@ class GradualPruningCallback(Callback):
     def attach(self, model: nn.Module) -> None:
         """Select the layers and install all-ones masks (recorded in the edit log)."""
         self._model = model
-        self._layers = select_layers(model, self.targets, self.ignore, MASKABLE, "gradual pruning")
+        self._layers = select_layers(model, self.targets, self.ignore, maskable_kinds(), "gradual pruning")
         set_masks(model, {n: torch.ones_like(m.weight) for n, m in self._layers.items()})
 
     def sparsity_at(self, step: int, total_steps: int | None = None) -> float:

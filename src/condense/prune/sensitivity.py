@@ -21,7 +21,7 @@ from condense.core.errors import ConfigError
 from condense.prune.config import ChannelConfig, PruneContext
 from condense.prune.graph import CONVS, NORMS, Group, dependency_groups
 from condense.prune.importance import group_scores
-from condense.prune.masks import MASKABLE
+from condense.prune.masks import maskable_kinds
 from condense.prune.report import count_macs, count_params
 from condense.prune.selection import select_layers
 from condense.prune.structured import eligible_groups, example_tuple, keep_count
@@ -115,7 +115,7 @@ def layer_sensitivity(
                 _measure(entry, pruned, eval_fn, inputs)
             table["entries"].append(entry)
     else:
-        layers = select_layers(base, targets, ignore, MASKABLE, "sensitivity")
+        layers = select_layers(base, targets, ignore, maskable_kinds(), "sensitivity")
         for name, m in layers.items():
             entry = {"name": name, "size": m.weight.numel(), "metric": [], "macs": [], "params": []}
             for r in ratios:

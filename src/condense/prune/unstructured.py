@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.core.linear import is_conv1d
 from condense.prune.config import (
     PRUNERS,
     MagnitudeConfig,
@@ -21,7 +22,7 @@ from condense.prune.config import (
     Pruner,
     RandomConfig,
 )
-from condense.prune.masks import MASKABLE, get_mask, raw_weight, set_masks
+from condense.prune.masks import get_mask, maskable_kinds, raw_weight, set_masks
 from condense.prune.selection import select_layers
 
 
@@ -82,7 +83,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the `n` largest |w| in every `m` consecutive weights along each output row.
 
     Linear rows are the input features; a Conv row is `in_channels/groups * kh * kw` flattened
-    in PyTorch order (channel-major). The row length must be divisible by `m`.
+    in PyTorch order (channel-major). The row length must be divisible by `m`. A transformers
+    Conv1D stores its weight (in, out): pass `weight.t()` and transpose the mask back
+    (`layer_nm_mask`), so the groups still run along the input features.
     """
     rows = weight.detach().reshape(weight.shape[0], -1)
     if rows.shape[1] % m:
@@ -93,8 +96,23 @@ def nm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
+def layer_nm_mask(module: nn.Module, n: int, m: int) -> torch.Tensor:
+    """`nm_mask` of a layer's effective weight, groups along its input features, in the weight's
+    own layout (a Conv1D's (in, out) weight is grouped along dim 0)."""
+    w = effective_weight(module)
+    if is_conv1d(module):
+        return nm_mask(w.t(), n, m).t().contiguous()
+    return nm_mask(w, n, m)
+
+
+def _row_length(module: nn.Module) -> int:
+    """Weights per output row (what N:M groups run along): a Conv1D's rows are its (in, out) columns."""
+    w = raw_weight(module)
+    return int(w.shape[0]) if is_conv1d(module) else int(w[0].numel())
+
+
 def _layers(model: nn.Module, ctx: PruneContext, what: str) -> dict[str, nn.Module]:
-    return select_layers(model, ctx.targets, ctx.ignore, MASKABLE, what)
+    return select_layers(model, ctx.targets, ctx.ignore, maskable_kinds(), what)
 
 
 def run_magnitude(model: nn.Module, cfg: MagnitudeConfig, ctx: PruneContext) -> nn.Module:
@@ -121,11 +139,11 @@ def run_nm(model: nn.Module, cfg: NMConfig, ctx: PruneContext) -> nn.Module:
     layers = _layers(model, ctx, "N:M pruning")
     masks, skipped = {}, []
     for name, module in layers.items():
-        w = effective_weight(module)
-        if w[0].numel() % cfg.m:
-            skipped.append(f"{name} ({w[0].numel()} weights per row)")
+        row = _row_length(module)
+        if row % cfg.m:
+            skipped.append(f"{name} ({row} weights per row)")
             continue
-        masks[name] = nm_mask(w, cfg.n, cfg.m)
+        masks[name] = layer_nm_mask(module, cfg.n, cfg.m)
     if skipped:
         warnings.warn(f"N:M {cfg.n}:{cfg.m}: rows not divisible by {cfg.m}, left dense: {', '.join(skipped)}", stacklevel=3)
     if not masks:

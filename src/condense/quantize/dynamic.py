@@ -43,6 +43,7 @@ from condense.core.config import Config
 from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError, InputFileError, RunError
 from condense.core.io import atomic_path
+from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
 from condense.core.select import select_modules
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 
@@ -117,6 +118,8 @@ def quantize_dynamic_torch(
 ) -> nn.Module:
     """A copy of `model` with the selected nn.Linear layers as torch dynamic-int8 Linear.
 
+    transformers' Conv1D layers (GPT-2) count as Linear: in the copy they become bit-identical
+    nn.Linear layers first (`condense.core.linear.as_linear`), then quantize like any Linear.
     Uses the deprecated-but-present `torch.ao.quantization.quantize_dynamic` (qint8 weights,
     per-tensor). The result runs only in PyTorch eager on CPU; for deployment prefer the ONNX path.
     """
@@ -124,14 +127,15 @@ def quantize_dynamic_torch(
         from torch.ao.quantization import quantize_dynamic
     except ImportError as e:  # pragma: no cover - depends on the torch version
         raise RunError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic: {e}") from e
-    chosen = select_modules(model, targets, ignore, default=("Linear",))
-    names = {n for n, m in chosen.items() if type(m) is nn.Linear}
+    chosen = select_modules(model, targets, ignore, default=linear_type_names(model))
+    names = {n for n, m in chosen.items() if type(m) is nn.Linear or is_conv1d(m)}
     skipped = sorted(set(chosen) - names)
     if skipped:
         warnings.warn(f"dynamic int8 (torch) skipped non-Linear modules: {', '.join(skipped)}", stacklevel=2)
     if not names:
         raise ConfigError("dynamic int8 (torch): no nn.Linear among the selected modules")
     model = copy.deepcopy(model).eval()
+    swap_conv1d(model, sorted(n for n in names if is_conv1d(model.get_submodule(n))))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")

@@ -34,8 +34,9 @@ from torch import Tensor, nn
 from condense.core.config import Config
 from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import CondenseError, ConfigError
+from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.calibration import input_tensor, iter_calibration
 from condense.quantize.fake_quant import (
     FUSABLE_ACTS,
@@ -167,10 +168,18 @@ def _run(model: nn.Module, x: Tensor, i: int, fn: Any = None) -> Any:
 
 
 # -- selection -----------------------------------------------------------------------------------
+def _supported(m: nn.Module) -> bool:
+    """A layer with a quantized form: Conv1d / Conv2d / Linear, or transformers' Conv1D (quantized
+    as the bit-identical nn.Linear it is swapped for, `condense.core.linear`)."""
+    return isinstance(m, SUPPORTED_TYPES) or is_conv1d(m)
+
+
 def _select(model: nn.Module, targets: Any, ignore: Any) -> tuple[list[str], list[dict[str, str]]]:
     """(supported target names, skipped entries) after expanding selected containers."""
     if targets is None:
         targets = [t.__name__ for t in SUPPORTED_TYPES if any(isinstance(m, t) for m in model.modules())]
+        if any(is_conv1d(m) for m in model.modules()):
+            targets.append("Conv1D")  # transformers' Conv1D (GPT-2): swapped for an nn.Linear
         if not targets:
             raise ConfigError("static quantization: the model has no Conv1d / Conv2d / Linear layer")
     chosen = select_modules(model, targets, ignore)
@@ -178,13 +187,13 @@ def _select(model: nn.Module, targets: Any, ignore: Any) -> tuple[list[str], lis
     names: list[str] = []
     skipped: list[dict[str, str]] = []
     for name, m in chosen.items():
-        if isinstance(m, SUPPORTED_TYPES):
+        if _supported(m):
             names.append(name)
             continue
         kind = type(m).__name__
         has_children = any(True for _ in m.children())
         if has_children:  # a selected container: its supported layers
-            names += [f"{name}.{n}" for n, c in m.named_modules() if n and isinstance(c, SUPPORTED_TYPES)
+            names += [f"{name}.{n}" for n, c in m.named_modules() if n and _supported(c)
                       and f"{name}.{n}" not in ignored]
         if any(True for _ in m.parameters(recurse=False)):
             skipped.append({"name": name, "type": kind, "kind": "unsupported",
@@ -299,6 +308,7 @@ def quantize_static(
     qmodel = copy.deepcopy(model).eval()
     qmodel.condense_edits = copy.deepcopy(list(getattr(model, "condense_edits", []) or []))  # type: ignore[assignment]
     names, skipped = _select(qmodel, targets, ignore)
+    record_conv1d_swap(qmodel, [n for n in names if is_conv1d(qmodel.get_submodule(n))])
     device = next((t.device for t in [*qmodel.parameters(), *qmodel.buffers()]), torch.device("cpu"))
 
     batches = calibration_inputs(calibration, cfg.calibration_samples)

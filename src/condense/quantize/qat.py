@@ -40,8 +40,9 @@ from condense.core.config import Config
 from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.face import WrapperFace
+from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
 from condense.quantize.lsq import LSQFakeQuantize
 from condense.quantize.primitives import fake_quantize
@@ -205,6 +206,8 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
     targets = config.targets
     if targets is None:
         targets = [t.__name__ for t in QAT_TYPES if any(type(m) is t for m in model.modules())]
+        if any(is_conv1d(m) for m in model.modules()):
+            targets.append("Conv1D")  # transformers' Conv1D (GPT-2): swapped for an nn.Linear
         if not targets:
             raise ConfigError("prepare_qat: the model has no Conv1d / Conv2d / Linear layer")
     chosen = select_modules(model, targets, config.ignore)
@@ -214,11 +217,11 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
     for n, m in chosen.items():
         if isinstance(m, (QATWrapper, QuantWrapper)) or any(n.startswith(p + ".") for p in names):
             continue
-        if type(m) in QAT_TYPES:
+        if type(m) in QAT_TYPES or is_conv1d(m):
             names.append(n)
         elif any(True for _ in m.children()):  # a selected container: its supported layers
             names += [f"{n}.{c}" for c, sub in m.named_modules()
-                      if c and type(sub) in QAT_TYPES and f"{n}.{c}" not in ignored]
+                      if c and (type(sub) in QAT_TYPES or is_conv1d(sub)) and f"{n}.{c}" not in ignored]
         else:
             skipped.append(n)
     names = list(dict.fromkeys(names))
@@ -230,6 +233,7 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
         )
     if not names:
         raise ConfigError("prepare_qat: no Conv1d / Conv2d / Linear among the selected modules")
+    record_conv1d_swap(model, [n for n in names if is_conv1d(model.get_submodule(n))])
     layers: dict[str, dict[str, Any]] = {}
     target = resolve_target(config.target)
     for i, n in enumerate(names):

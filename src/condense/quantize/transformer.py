@@ -30,6 +30,7 @@ model and the calibration data and returns a float copy that carries the plan;
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -47,6 +48,7 @@ from condense.core.config import Config
 from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
+from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
 from condense.quantize import onnx_smooth as osm
 from condense.quantize.transformer_graph import (
     agreement,
@@ -190,7 +192,13 @@ class TransformerWorkspace:
 
     def __init__(self, model: nn.Module, work: Path, *, example: Any = None,
                  calibration: Sequence[dict[str, Any]] | None = None, opset: int = 17) -> None:
-        self.model = check_hf_model(model)
+        self.source = check_hf_model(model)  # layer selection reads the model as the user built it
+        self.model = self.source
+        if any(is_conv1d(m) for m in model.modules()):
+            # transformers' Conv1D (GPT-2) exports as Gemm on a flattened input; as the bit-identical
+            # nn.Linear it exports as the MatMul every rewrite below (and the node matching) reads
+            self.model = copy.deepcopy(self.source)
+            swap_conv1d(self.model)
         self.work = Path(work)
         self.calibration = list(calibration) if calibration is not None else None
         self.example = _example(self.model, example, self.calibration)
@@ -238,7 +246,7 @@ class TransformerWorkspace:
             notes.append("ORT's transformer optimizer fused no Attention in this model's graph")
         uses = osm.weight_uses(gi)
         where = linear_nodes(gi, uses, self.model)
-        chosen = set(select_modules(self.model, cfg.targets, cfg.ignore, default=("Linear",)))
+        chosen = set(select_modules(self.source, cfg.targets, cfg.ignore, default=linear_type_names(self.source)))
         int8_nodes = {node for name, node in where.items() if name in chosen}
         float_nodes = sorted({node for name, node in where.items() if name not in chosen})
         shared = sorted(n for n in float_nodes if n in int8_nodes)
