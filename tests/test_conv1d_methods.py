@@ -227,3 +227,21 @@ def test_onnx_export_parity_of_a_pruned_and_factorized_gpt2(tmp_path):
     export_onnx(model, IDS, tmp_path / "g.onnx")
     out = ort_run(onnx_session(tmp_path / "g.onnx"), IDS)
     assert np.abs(out - model(IDS).detach().numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "gptq"])
+def test_weight_only_quantizes_the_conv1d_layers_and_replays(algorithm):
+    from condense.quantize import quantize
+    from condense.quantize.weight_only import QuantizedLinear, WeightOnlyConfig
+
+    model = gpt2()
+    ref = model(IDS)
+    calib = [torch.randint(0, 64, (8, 8), generator=torch.Generator().manual_seed(4))]
+    q = quantize(model, WeightOnlyConfig(algorithm=algorithm, bits=8), calibration=calib)
+    assert all(isinstance(q.get_submodule(n), QuantizedLinear) for n in CONV1D)
+    assert sorted(_conv1d(model)) == sorted(CONV1D)  # the caller's model is untouched
+    out = q(IDS)
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    fresh = replay_edits(gpt2(), q.condense_edits)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh.eval()(IDS), out)

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError, did_you_mean
 from condense.core.face import LayerFace
+from condense.core.linear import is_conv1d, is_linear, linear_type_names
 from condense.core.select import select_modules
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.groups import (  # noqa: F401  (re-exported: the module's public math)
     QuantizedWeight,
     _check_bits,
@@ -282,16 +283,20 @@ class QuantizedLinear(LayerFace, nn.Module):
 def select_linears(
     model: nn.Module, targets: list[str] | None, ignore: list[str], *, what: str = "weight-only"
 ) -> dict[str, nn.Linear]:
-    """Selected modules that have a weight-only form; others are skipped with a warning."""
-    if targets is None and not any(isinstance(m, nn.Linear) for m in model.modules()):
+    """Selected modules that have a weight-only form; others are skipped with a warning.
+
+    transformers' Conv1D layers (GPT-2) count as Linear: the selected ones are swapped in `model`
+    (the caller's working copy) for bit-identical nn.Linear layers, recorded in its edit log
+    (`condense.models.edits.record_conv1d_swap`), and returned as those Linears."""
+    if targets is None and not any(is_linear(m) for m in model.modules()):
         raise ConfigError(f"{what} quantization: the model has no nn.Linear layer")
-    chosen = select_modules(model, targets, ignore, default=("Linear",))
+    chosen = select_modules(model, targets, ignore, default=linear_type_names(model))
     ignored = set(select_modules(model, ignore, None, field="ignore")) if ignore else set()
     for name, mod in list(chosen.items()):
-        if not isinstance(mod, nn.Linear) and any(True for _ in mod.children()):
+        if not is_linear(mod) and any(True for _ in mod.children()):
             del chosen[name]  # a selected container stands for the Linear layers inside it
             for sub, m in mod.named_modules():
-                if sub and isinstance(m, nn.Linear) and f"{name}.{sub}" not in ignored:
+                if sub and is_linear(m) and f"{name}.{sub}" not in ignored:
                     chosen.setdefault(f"{name}.{sub}", m)
     mha_children = {
         f"{n}.{c}" if n else c
@@ -304,7 +309,7 @@ def select_linears(
     for name, mod in chosen.items():
         if isinstance(mod, QuantizedLinear):
             skipped[name] = "already quantized"
-        elif type(mod) is not nn.Linear:
+        elif type(mod) is not nn.Linear and not is_conv1d(mod):
             skipped[name] = f"{type(mod).__name__} has no {what} quantized form"
         elif name in mha_children:
             skipped[name] = "nn.MultiheadAttention reads this weight directly"
@@ -315,7 +320,8 @@ def select_linears(
         warnings.warn(f"{what} quantization skipped {len(skipped)} module(s): {lines}", stacklevel=3)
     if not out:
         raise ConfigError(f"{what} quantization: no quantizable nn.Linear among the selected modules")
-    return out
+    record_conv1d_swap(model, [n for n, m in out.items() if is_conv1d(m)])
+    return {n: model.get_submodule(n) for n in out}  # type: ignore[misc]
 
 
 def layer_bits_for(config: WeightOnlyConfig, names: Iterable[str]) -> dict[str, int]:
