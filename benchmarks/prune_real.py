@@ -138,8 +138,8 @@ def resnet_part(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def _removed_sets(model: Any, pruned_ch: Any, cfg_layer: dict[str, Any]) -> dict[str, Any]:
     """Heads / FFN neurons each method removes (original numbering), per layer, and their overlap."""
     from condense.prune import transformer_importance
-    from condense.prune.heads import blocks_of
     from condense.prune.config import TransformerConfig
+    from condense.prune.heads import blocks_of
     from condense.prune.transformer import choose_heads, choose_neurons
 
     blocks = blocks_of(model)
