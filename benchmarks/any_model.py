@@ -120,12 +120,12 @@ def _hf_vision(model_type: str) -> nn.Module:
                                       # config.architectures (None from a bare config): TypeError
                                       architectures=["DeiTForImageClassification"]),
         "convnext": lambda: tf.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10),
-        "resnet": lambda: tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+        "resnet": lambda: tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[2, 2, 2, 2],
                                           layer_type="basic", num_labels=10),
         "mobilenet_v2": lambda: tf.MobileNetV2Config(depth_multiplier=0.35, image_size=IMG, num_labels=10),
         "swin": lambda: tf.SwinConfig(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=4, patch_size=4,
                                       **common),
-        "regnet": lambda: tf.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+        "regnet": lambda: tf.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[2, 2, 2, 2],
                                           groups_width=8, num_labels=10),
     }
     return VisionWrapper(tf.AutoModelForImageClassification.from_config(cfgs[model_type](), attn_implementation="eager")
@@ -417,7 +417,7 @@ def cell_depth(arch: str, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, 
 
     rec: dict[str, Any] = {}
     m = copy.deepcopy(model)
-    cands = step(rec, "candidates_found", droppable_blocks, m)
+    cands = step(rec, "candidates_found", lambda: droppable_blocks(m, example_inputs=x))
     rec["candidates"] = len(cands) if cands else 0
     if not cands:
         return rec
@@ -648,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     results: dict[str, Any] = {"models": {}}
-    if args.only and out.exists():  # keep the other models' entries
+    if (args.only or set(cells) != set(CELLS)) and out.exists():  # keep the other models' entries and cells
         with contextlib.suppress(ValueError, OSError):
             results = json.loads(out.read_text())
     results.update(environment())
@@ -657,7 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     results["cell_timeout_s"] = args.cell_timeout
     for name in names:
         t = time.perf_counter()
-        results["models"][name] = measure(name, cells, args.cell_timeout)
+        entry = measure(name, cells, args.cell_timeout)
+        before = results["models"].get(name)
+        if before and before.get("build") is True and entry.get("build") is True:  # a --cells subset: keep the rest
+            entry["cells"] = {**before.get("cells", {}), **entry["cells"]}
+        results["models"][name] = entry
         results["models"] = {n: results["models"][n] for n in MATRIX if n in results["models"]}
         results["summary"] = summary(results)
         atomic_write_json(out, results)
