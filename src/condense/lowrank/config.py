@@ -87,8 +87,9 @@ class DepthConfig(Config):
     removal costs least go (one-shot block-drop sensitivity, as in Gromov et al. 2024 /
     "ShortGPT", Men et al. 2024). `blocks`: remove exactly these (module names) instead.
     `targets` / `ignore` restrict (or, for `targets`, widen) the candidates; by default the
-    candidates are a BERT-family encoder's layers, else the blocks found on the exported graph
-    whatever their attribute names: a module whose output adds its own input with the shape kept
+    candidates are a Hugging Face model's layers (families in `hf_layers.LAYER_PATHS`), else
+    the blocks found on the exported graph whatever their attribute names: a module whose
+    output adds its own input with the shape kept
     (an identity shortcut, so removal leaves a valid network; see `lowrank.depth`).
     """
 

@@ -21,9 +21,11 @@ called with and returns its first input in the structure the block returned (a t
 whose first element is the hidden state, padded with None): the identity. Which blocks go is
 measured, one-shot: each candidate is removed on its own and the metric re-measured; the ones
 whose removal costs least go (block-drop sensitivity; Gromov et al. 2024 "The unreasonable
-ineffectiveness of the deeper layers", Men et al. 2024 "ShortGPT"). A BERT-family Hugging Face
-model (`encoder.layer`) keeps its remaining layers in its config (its saved folder opens in
-transformers); other models record a `drop_blocks` edit that `load()` replays.
+ineffectiveness of the deeper layers", Men et al. 2024 "ShortGPT"). A Hugging Face model whose
+family is in the layout table (`hf_layers.LAYER_PATHS`: BERT family, DistilBERT, DeBERTa, GPT-2,
+Llama / Qwen2 / Mistral, ViT) keeps its remaining layers in its config (layer count, per-layer
+lists, `layer_idx` renumbered: its saved folder opens in transformers); other models record a
+`drop_blocks` edit that `load()` replays. ALBERT (one shared layer group) is refused: `layers=k`.
 """
 from __future__ import annotations
 
@@ -366,24 +368,37 @@ def discover_blocks(model: nn.Module, example: Any) -> dict[str, int]:
 # ---- which blocks, and removing them ---------------------------------------------------------
 
 def _hf_layers(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """A BERT-family Hugging Face model's `encoder.layer` list (removal patches its config)."""
+    """A Hugging Face model's list of transformer blocks where its family is in the layout table
+    (`hf_layers.LAYER_PATHS`: BERT family, DistilBERT, DeBERTa, GPT-2, Llama / Qwen2 / Mistral,
+    ViT): removing whole layers there patches its config (layer count, per-layer lists)."""
+    lay = _hf_layout(model)
+    if lay is None or lay.shared or lay.source != "table" or lay.count_field is None:
+        return None
+    name = next(n for n, m in model.named_modules() if m is lay.blocks)
+    return name, lay.blocks
+
+
+def _hf_layout(model: nn.Module) -> Any:
     hf = getattr(model, "hf", None)
     if hf is None:
         return None
-    from condense.models.hf import encoder_layers
+    from condense.models.hf_layers import layer_layout
 
     try:
-        blocks = encoder_layers(hf)
+        return layer_layout(hf)
     except ConfigError:
         return None
-    name = next(n for n, m in model.named_modules() if m is blocks)
-    return name, blocks
 
 
 def _candidates(model: nn.Module, targets: list[str] | None, ignore: list[str] | None,
                 example: Callable[[], Any]) -> tuple[list[str], dict[str, int] | None]:
     hf = _hf_layers(model)
     returns: dict[str, int] | None = None
+    lay = _hf_layout(model) if hf is None and targets is None else None
+    if lay is not None and lay.shared:
+        raise ConfigError(f"reduce_depth: {type(model.hf).__name__} ({lay.model_type}) runs one shared layer group "
+                          f"{lay.total} times, so no layer can be removed on its own; make it shallower with "
+                          "layers=k (build_model / student_from_teacher: the shared layer runs k times)")
     if targets is not None:
         names = list(select_modules(model, targets, field="targets"))
     elif hf is not None:
