@@ -244,3 +244,75 @@ def test_a_batch_dict_of_keyword_inputs_prunes_and_replays():
     replayed.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(replayed(**batch), model(**batch))
+
+
+def test_deberta_with_a_batch_of_one_still_finds_its_heads():
+    model, _ = CASES["deberta-v2"]()
+    groups = dependency_groups(model, (IDS[:1],))
+    heads = [g for g in groups if g.root.endswith("attention.self.query_proj")]
+    assert len(heads) == 2 and all(g.prunable and g.size == 4 for g in heads)
+
+
+class GroupedThenDepthwise(nn.Module):
+    """A grouped conv feeding a depthwise conv (ResNeXt / MobileNet): units of whole conv groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.grouped = nn.Conv2d(32, 64, 3, padding=1, groups=4)
+        self.dw = nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.norm = nn.GroupNorm(8, 64)
+        self.pw = nn.Conv2d(64, 16, 1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.norm(self.dw(torch.relu(self.grouped(torch.relu(self.stem(x))))))
+        return self.head(self.pw(x).mean((2, 3)))
+
+
+def test_grouped_conv_then_depthwise_and_group_norm_remove_whole_groups():
+    torch.manual_seed(0)
+    model = GroupedThenDepthwise().eval()
+    fresh = copy.deepcopy(model)
+    x = torch.randn(2, 3, 8, 8)
+    prune(model, ChannelConfig(ratio=0.5), example_inputs=x[:1], recalibrate=False)
+    assert (model.stem.out_channels, model.grouped.groups, model.grouped.out_channels) == (16, 2, 32)
+    assert (model.dw.groups, model.dw.out_channels, model.norm.num_groups, model.norm.num_channels) == (32, 32, 4, 32)
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+    replayed = replay_edits(fresh, model.condense_edits)
+    replayed.load_state_dict(model.state_dict(), strict=True)
+
+
+class TimmStyleAttention(nn.Module):
+    """timm's Attention: fused qkv, and the output reshaped to the *input* width C."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 64), nn.Linear(64, dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+def test_forward_code_that_rebuilds_a_shape_keeps_those_groups_whole_with_a_warning():
+    torch.manual_seed(0)
+    model = TimmStyleAttention().eval()
+    x = torch.randn(2, 5, 32)
+    (heads,) = [g for g in dependency_groups(model, (x,)) if g.root == "qkv"]
+    assert heads.prunable and heads.size == 4  # the graph alone says the heads could go
+    with pytest.warns(UserWarning, match="kept 1 group.*qkv.*RuntimeError"):
+        prune(model, ChannelConfig(ratio=0.5), example_inputs=x, recalibrate=False)
+    assert model.qkv.out_features == 96 and model.fc1.out_features == 32  # heads kept, FFN cut
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)

@@ -119,6 +119,19 @@ class Fold:
 Desc = Segs | Split | Fold | None
 
 
+def _lead(d: Split) -> int:
+    """1 for a split's outer dim (heads), 2 for a dim inside a unit (positions within a head)."""
+    return 1 if d.idx == 0 else 2
+
+
+def _inner(d: Any) -> bool:
+    return isinstance(d, Split) and _lead(d) > 1
+
+
+def _outerish(d: Any) -> bool:
+    return isinstance(d, Split) and _lead(d) == 1
+
+
 class _Spaces:
     """Union-find over spaces. A live space has `n` units; a refined space has `children`.
     Member records `(param, dim, offset, width)` live on spaces; classes hold spaces."""
@@ -377,9 +390,9 @@ class _Builder:
     def outer(self, d: Desc, why: str) -> Desc:
         """A lazy split's outer dim becomes a plain segment (coarsening its space to whole units)."""
         if isinstance(d, Split):
-            if d.idx == 0 and self.sp.coarsen(d.space, d.sizes[0]):
-                return Segs(((d.space, d.sizes[0]),))
-            if d.idx == 0:
+            if _lead(d) == 1 and self.sp.coarsen(d.space, d.sizes[d.idx]):
+                return Segs(((d.space, d.sizes[d.idx]),))
+            if _lead(d) == 1:
                 self.freeze(d, why)
                 return None
         return d
@@ -390,6 +403,10 @@ class _Builder:
             if size_a == size_b and a is not None and b is not None:
                 self.unify(self.outer(a, why), self.outer(b, why))
             return b if size_a == 1 and (size_b != 1 or a is None) else a
+        if isinstance(a, Fold) and a.outer == 1 and not isinstance(b, Fold):
+            a = a.inner
+        if isinstance(b, Fold) and b.outer == 1 and not isinstance(a, Fold):
+            b = b.inner
         if isinstance(a, Fold) or isinstance(b, Fold):
             if isinstance(a, Fold) and isinstance(b, Fold) and a.outer == b.outer:
                 w = size_a // a.outer
@@ -398,8 +415,7 @@ class _Builder:
             self.freeze(b, why)
             return a if isinstance(a, Fold) else b
         a, b = self.outer(a, why), self.outer(b, why)
-        inner_a = isinstance(a, Split) and a.idx > 0
-        inner_b = isinstance(b, Split) and b.idx > 0
+        inner_a, inner_b = _inner(a), _inner(b)
         if inner_a or inner_b:  # positions inside a unit: free as long as whole units go
             if isinstance(a, Segs):
                 self.freeze(a, why)
@@ -532,7 +548,7 @@ class _Builder:
             self.freeze_all(node, f"{_where(node)}: channel bookkeeping lost the rank")
             return [None] * len(shape)
         for i, d in enumerate(out):
-            if isinstance(d, Split) and d.idx > 0:
+            if _inner(d):
                 continue  # positions inside a unit may be sliced (rotary halves)
             width = self.width(d)
             if width is not None and width != shape[i]:
@@ -618,7 +634,7 @@ class _Builder:
         out: list[Desc] = []
         for i, d in enumerate(dims):
             if i in rd:
-                if (isinstance(d, Split) and d.idx == 0) or isinstance(d, Fold):
+                if _outerish(d) or isinstance(d, Fold):
                     self.freeze(d, f"{_where(node)} reduces over heads")
                 if keep:
                     out.append(None)
@@ -739,9 +755,10 @@ class _Builder:
             c = self.outer(dims[1], why)
             wo = w[out_dim]
             ok = isinstance(c, Segs) and isinstance(wo, Segs) and len(self.segs(c)) == 1
-            if ok:
+            if ok:  # units of whole conv groups, as coarse as the input's existing units need
                 (s_in, _), (s_out, _) = self.segs(c)[0], self.segs(wo)[0]
-                ok = self.sp.coarsen(s_in, groups) and self.sp.coarsen(s_out, groups) and self.sp.union(s_in, s_out)
+                m = math.gcd(self.sp.size(s_in), groups)
+                ok = self.sp.coarsen(s_in, m) and self.sp.coarsen(s_out, m) and self.sp.union(s_in, s_out)
             if not ok:
                 self.freeze(c, f"{why}: grouped convolution over mixed channels")
                 self.freeze(wo, f"{why}: grouped convolution over mixed channels")
@@ -806,7 +823,8 @@ class _Builder:
         why = f"{_where(node)} (group norm)"
         c = self.outer(dims[1], why)
         if isinstance(c, Segs) and len(self.segs(c)) == 1:
-            if not self.sp.coarsen(self.segs(c)[0][0], groups):
+            s0 = self.segs(c)[0][0]
+            if not self.sp.coarsen(s0, math.gcd(self.sp.size(s0), groups)):
                 self.freeze(c, why)
         elif c is not None:
             self.freeze(c, why)
@@ -939,7 +957,9 @@ class _Builder:
         out: list[Desc] = [None] * len(out_shape)
         why = f"{_where(node)} reshapes {list(shape)} -> {list(out_shape)}"
         for gi, gj in groups:
-            ins = [(dims[i], shape[i]) for i in gi if shape[i] != 1 or dims[i] is not None]
+            first = next((k for k, i in enumerate(gi) if dims[i] is not None), None)
+            ins = [(dims[i], shape[i]) for k, i in enumerate(gi)
+                   if shape[i] != 1 or dims[i] is not None or (first is not None and k < first)]
             outs = [j for j in gj if out_shape[j] != 1]
             if not ins or all(d is None for d, _ in ins):
                 continue
@@ -966,11 +986,11 @@ class _Builder:
         if all(isinstance(d, Split) for d, _ in ins):
             d0 = ins[0][0]
             if all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins)):
-                if len(ins) == len(d0.sizes) and d0.idx == 0:
+                if d0.idx + len(ins) == len(d0.sizes) and _lead(d0) == 1:
                     return Segs(((d0.space, math.prod(d0.sizes)),))
         if all(d is None for d, _ in ins[:-1]) and ins[-1][0] is not None and not isinstance(ins[-1][0], Fold):
             last = ins[-1][0]
-            if not (isinstance(last, Split) and last.idx > 0):
+            if not _inner(last):
                 return Fold(last, math.prod(sz for _, sz in ins[:-1]))
         head, rest = ins[0], ins[1:]
         d = self.outer(head[0], why)
@@ -992,7 +1012,7 @@ class _Builder:
     def split(self, d: Desc, sizes: list[int], why: str, module: str = "") -> list[Desc]:
         if isinstance(d, Fold):  # unfold the data dims back out
             k, p = 0, 1
-            while k < len(sizes) and p < d.outer:
+            while k < len(sizes) - 1 and (p < d.outer or (d.outer == 1 and sizes[k] == 1)):
                 p *= sizes[k]
                 k += 1
             if p == d.outer and k < len(sizes):
@@ -1005,7 +1025,7 @@ class _Builder:
                 if module and module not in self.sp.heads[r]:
                     self.sp.heads[r].append(module)
                 return [Split(segs[0][0], tuple(sizes), k) for k in range(len(sizes))]
-        if isinstance(d, Split) and d.idx == 0 and math.prod(sizes) == d.sizes[0]:
+        if _outerish(d) and math.prod(sizes) == d.sizes[d.idx]:
             d2 = self.outer(d, why)
             if isinstance(d2, Segs):
                 return self.split(d2, sizes, why, module)
@@ -1033,10 +1053,10 @@ class _Builder:
         d = dims[dim]
         if d is None:
             return None
-        if isinstance(d, Split) and d.idx == 0 and len(self.sp.live((d.space, math.prod(d.sizes)))) == 1:
-            n = self.sp.size(d.space)
-            if n % d.sizes[0] == 0:
-                kids = self.sp.refine(d.space, [n // d.sizes[0]] * d.sizes[0])
+        if _outerish(d) and len(self.sp.live((d.space, math.prod(d.sizes)))) == 1:
+            n, parts = self.sp.size(d.space), d.sizes[d.idx]
+            if n % parts == 0:
+                kids = self.sp.refine(d.space, [n // parts] * parts)
                 out = []
                 for kid in kids:
                     rest = []
@@ -1044,8 +1064,11 @@ class _Builder:
                         if i == dim:
                             continue
                         if isinstance(e, Split) and e.space == d.space and e.sizes == d.sizes:
-                            sizes = e.sizes[1:]
-                            rest.append(Segs(((kid, sizes[0]),)) if len(sizes) == 1 else Split(kid, sizes, e.idx - 1))
+                            sizes = e.sizes[d.idx + 1:]
+                            if e.idx < d.idx:
+                                rest.append(None)
+                            else:
+                                rest.append(Segs(((kid, sizes[0]),)) if len(sizes) == 1 else Split(kid, sizes, e.idx - d.idx - 1))
                         else:
                             rest.append(e)
                     out.append(rest)
@@ -1065,7 +1088,7 @@ class _Builder:
         d = dims[dim]
         if d is None or (start == 0 and end == shape[dim] and step == 1):
             return dims
-        if isinstance(d, Split) and d.idx > 0:
+        if _inner(d):
             return dims  # inside a unit (rotary halves of a head)
         d = self.outer(d, f"{_where(node)} slices channels")
         if isinstance(d, Segs) and step == 1 and self._cut(d, [start, end]):
@@ -1102,7 +1125,7 @@ class _Builder:
         d = dims[dim]
         why = f"{_where(node)} splits channels"
         if isinstance(d, Split):
-            d = self.outer(d, why) if d.idx == 0 else d
+            d = self.outer(d, why) if _outerish(d) else d
         if isinstance(d, Split) or d is None:
             return tuple(dims[:dim] + [d] + dims[dim + 1:] for _ in sizes)
         cuts = list(itertools_accumulate(sizes))
@@ -1146,7 +1169,7 @@ class _Builder:
             return res
         for dims, shape in parts:
             d = dims[dim]
-            if isinstance(d, Split) and d.idx > 0:
+            if _inner(d):
                 inner = True
                 continue
             d = self.outer(d, why)

@@ -7,8 +7,10 @@ log the edit). `prune(model, ChannelConfig(...))` runs them in that order.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,11 +190,58 @@ def prune_channels(model: nn.Module, cfg: ChannelConfig, ctx: PruneContext) -> n
             raise ConfigError("slimming needs BatchNorm layers in the pruned groups; the selection has none")
     scores = group_scores(model, groups, cfg.importance, data=ctx.data, taylor_batches=cfg.taylor_batches, seed=cfg.seed)
     keep = choose_keep(model, groups, scores, cfg)
-    prune_and_record(model, groups, keep, inputs)
-    after = _shapes(_outputs(model, inputs))
-    if after != before:  # pragma: no cover - a bug guard, never expected
-        raise RunError(f"channel pruning changed the output shape {before} -> {after}; please report this model")
+    cut_verified(model, groups, keep, inputs, before)
     return model
+
+
+def _fails(model: nn.Module, inputs: Any, before: Any) -> str | None:
+    """Why the cut model no longer runs on the example (None when it runs, same output shapes)."""
+    try:
+        after = _shapes(_outputs(model, inputs))
+    except Exception as e:  # noqa: BLE001 - any failure of the user's forward code is the answer
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None if after == before else f"the output shape changed {before} -> {after}"
+
+
+def _cut_copy(model: nn.Module, groups: list[Group], keep: dict[str, list[int]], inputs: Any, before: Any) -> tuple[nn.Module, str | None]:
+    trial = copy.deepcopy(model)
+    try:
+        prune_and_record(trial, groups, keep, inputs)
+    except (ConfigError, RunError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        return trial, f"{type(e).__name__}: {e}"
+    return trial, _fails(trial, inputs, before)
+
+
+def cut_verified(model: nn.Module, groups: list[Group], keep: dict[str, list[int]], inputs: Any, before: Any) -> None:
+    """Cut a copy, run it on the example, and only then take it over in place.
+
+    The graph shows shapes as constants: forward code that rebuilds a shape from another tensor
+    (timm's attention reshapes its output to the *input* width) can break after a correct cut.
+    Such groups are found one by one, kept whole with a warning naming them and the error, and
+    the rest is cut. `model` is untouched when nothing can be cut."""
+    trial, why = _cut_copy(model, groups, keep, inputs, before)
+    if why is not None:
+        broken: dict[str, str] = {}
+        for root in keep:
+            _, w = _cut_copy(model, groups, {root: keep[root]}, inputs, before)
+            if w is not None:
+                broken[root] = w
+        rest = {r: k for r, k in keep.items() if r not in broken}
+        listing = "; ".join(f"{r}: {w}" for r, w in broken.items()) or why
+        if not rest or not broken:
+            raise ConfigError(
+                f"channel pruning: the model's forward fails after the cut ({listing}); its code rebuilds a shape "
+                "the cut changed: keep those layers with ignore=[...]"
+            )
+        warnings.warn(f"channel pruning kept {len(broken)} group(s) whole: the model's forward fails when they are "
+                      f"cut ({listing})", stacklevel=3)
+        trial, why = _cut_copy(model, groups, rest, inputs, before)
+        if why is not None:  # pragma: no cover - each part worked alone
+            raise RunError(f"channel pruning: the cut groups fail together ({why}); please report this model")
+    model.__dict__.clear()  # take the cut copy over in place (callers hold `model`)
+    model.__dict__.update(trial.__dict__)
 
 
 PRUNERS.register("channel", Pruner(ChannelConfig, prune_channels), help="structured channel pruning (physically smaller)")
