@@ -62,7 +62,8 @@ def _t(x: list) -> torch.Tensor:
 # ------------------------------------------------------------------------- registry / inputs
 def test_registry_has_every_loss_and_valid_needs():
     assert set(LOSSES.names()) == {
-        "soft_kd", "hard_kd", "fitnet", "attention", "rkd", "pkt", "crd", "dkd", "ce", "embedding", "hidden_state", "minilm"
+        "soft_kd", "hard_kd", "fitnet", "attention", "rkd", "pkt", "crd", "dkd", "ce", "embedding", "hidden_state", "minilm",
+        "token_states", "token_kd",
     }
     for name in LOSSES.names():
         cls = LOSSES.get(name)

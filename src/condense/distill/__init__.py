@@ -7,6 +7,7 @@ cache in `cache.py`.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,16 @@ from condense.core.errors import ConfigError
 from condense.data.loader import as_source
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
-from condense.distill.defaults import is_encoder, teacher_defaults
+from condense.distill.defaults import default_losses, is_encoder, output_kind, teacher_defaults
 from condense.distill.losses import LOSSES, build_losses
 from condense.distill.task import DistillTask, combine_teachers
-from condense.models.signature import batch_to
+from condense.export.onnx import output_tensor
+from condense.models.signature import batch_to, call_model, slice_batch
 from condense.train.callbacks import Callback
 from condense.train.fit import FitResult, choose_device, fit
 from condense.train.task import frozen_while_teaching
+
+logger = logging.getLogger(__name__)
 
 
 def _as_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
@@ -49,11 +53,17 @@ def build_task(
     source = as_source(train_data)
     if len(source) == 0:
         raise ConfigError("distill(): the training data is empty")
-    losses = build_losses(config.loss_specs())
     if config.feature_teacher >= len(teachers):
         raise ConfigError(f"feature_teacher={config.feature_teacher} but only {len(teachers)} teacher(s) given")
-    losses.bind(student, teachers[config.feature_teacher])  # before the cache asks for feature_layers()
     first = source.head(min(len(source), config.train.batch_size))
+    device = choose_device(config.train.device)
+    for t in teachers:
+        t.eval().to(device)  # where fit() will run them; the cache is computed there too
+    student.to(device)
+    first_here = batch_to(first, device)
+    specs, defaults = _loss_specs(teachers[0], first_here, config)
+    losses = build_losses(specs)
+    losses.bind(student, teachers[config.feature_teacher])  # before the cache asks for feature_layers()
     if "targets" in losses.needs and "target" not in first:
         raise ConfigError(
             "distill(): the losses use ground-truth labels (ce / dkd) but the training data is unlabelled; "
@@ -63,11 +73,11 @@ def build_task(
         raise ConfigError("distill(): mixup is for label-free function matching; drop the label losses (alpha: 1)")
     if config.cache == "on" and config.views_vary:
         raise ConfigError("distill(): cache='on' but augmentation/mixup change the teacher's inputs every epoch")
-    device = choose_device(config.train.device)
-    for t in teachers:
-        t.eval().to(device)  # where fit() will run them; the cache is computed there too
     cache = None
-    if config.cache != "off" and not config.views_vary and ("logits" in losses.needs or losses.feature_layers()[1]):
+    # next-token logits (B, T, V) are too big to keep for a whole data set: "auto" computes them live
+    big = defaults is not None and defaults["output_kind"] == "token_logits" and config.cache == "auto"
+    if (config.cache != "off" and not big and not config.views_vary
+            and ("logits" in losses.needs or losses.feature_layers()[1])):
         folder = config.cache_dir
         if folder is None and config.train.checkpoint_dir:
             folder = str(Path(config.train.checkpoint_dir) / "teacher_cache")
@@ -76,11 +86,27 @@ def build_task(
             folder=folder, device=device,
         )
     task = DistillTask(student, teachers, losses, config, cache)
-    first = batch_to(first, device)
-    student.to(device)
-    task.check_shapes(first)
-    task.materialize(first)
+    task.defaults = defaults
+    task.check_shapes(first_here)
+    task.materialize(first_here)  # also runs every loss once on this batch: shape errors before training
     return task
+
+
+def _loss_specs(teacher: nn.Module, batch: dict[str, Any], config: DistillConfig
+                ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The config's losses; when it names none, the defaults for the teacher's output kind
+    (`condense.distill.defaults.default_losses`), and what was picked and why (None: given)."""
+    if config.losses:
+        return config.loss_specs(), None
+    x = slice_batch(batch, 2)
+    with torch.no_grad():
+        out = output_tensor(call_model(teacher, x))
+    kind = output_kind(teacher, out, x)
+    specs, why = default_losses(kind, config, out, x)
+    if kind in ("class_logits", "other"):
+        return specs, None  # the classic mix, as always: nothing new to report
+    logger.info("distill: no losses given; %s -> %s", why, [s["name"] for s in specs])
+    return specs, {"output_kind": kind, "losses": [dict(s) for s in specs], "why": why}
 
 
 def distill_fit(
@@ -99,9 +125,12 @@ def distill_fit(
     with frozen_while_teaching(teachers):
         task = build_task(student, teachers, train_data, config)
         try:
-            return fit(task, train_data, config.train, val_data, callbacks, resume=resume)
+            result = fit(task, train_data, config.train, val_data, callbacks, resume=resume)
         finally:
             task.close()
+    if task.defaults is not None:
+        result.info["distill_defaults"] = task.defaults
+    return result
 
 
 def distill(

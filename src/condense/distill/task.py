@@ -14,6 +14,7 @@ from condense.data.augment import build_augment
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
 from condense.distill.losses import CombinedLoss, LossInputs, average_teacher_probs
+from condense.distill.losses.base import crop_tokens
 from condense.export.onnx import output_tensor
 from condense.models.signature import call_model, slice_batch
 from condense.train.task import TaskBase
@@ -63,6 +64,31 @@ def _mix_temperature(losses: CombinedLoss, config: DistillConfig) -> float:
     return temps.pop()
 
 
+def _expects(term: nn.Module) -> str:
+    """What a loss without its own `expects` reads, from its `needs`."""
+    needs = getattr(term, "needs", frozenset())
+    if "targets" in needs:
+        return "logits (B, C) with class indices (B,), or (B, T, C) with (B, T)"
+    if "logits" in needs and getattr(term, "compares_classes", True):
+        return "student and teacher logits of the same shape, (B, C) or (B, T, C)"
+    if "logits" in needs:
+        return "student and teacher output vectors (B, ..., D)"
+    return "the features it names"
+
+
+def _shape_problem(term: nn.Module, inp: LossInputs) -> str | None:
+    """A plain shape mismatch the loss would otherwise trip over mid-computation (or silently
+    broadcast), in words; None when the shapes fit."""
+    s, t, y = inp.student_logits, inp.teacher_logits, inp.targets
+    needs = getattr(term, "needs", frozenset())
+    if "targets" in needs and s is not None and y is not None and tuple(y.shape) != tuple(s.shape[:-1]):
+        return f"the targets must be shaped like the output without its last dim, {tuple(s.shape[:-1])}"
+    if ("logits" in needs and getattr(term, "compares_classes", True) and s is not None and t is not None
+            and s.dim() != t.dim()):
+        return "student and teacher outputs have different ranks"
+    return None
+
+
 class DistillTask(TaskBase):
     """Student + adapters are trained; teachers are frozen (eval mode, no grad, BN stats untouched).
 
@@ -98,6 +124,8 @@ class DistillTask(TaskBase):
             self.teacher_tap = FeatureTap(self.teachers[config.feature_teacher], t_layers, detach=True)
         self._beta = torch.distributions.Beta(config.mixup, config.mixup) if config.mixup > 0 else None
         self.mix_temperature = _mix_temperature(losses, config) if len(self.teachers) > 1 else config.temperature
+        #: what `build_task` picked when the config named no losses (output kind, losses, why)
+        self.defaults: dict[str, Any] | None = None
 
     # -- validation ----------------------------------------------------------------------------
     @property
@@ -105,7 +133,8 @@ class DistillTask(TaskBase):
         """An encoder student has no accuracy: fit() keeps the epoch of the lowest validation loss."""
         from condense.distill.defaults import is_encoder
 
-        return is_encoder(self.model)
+        picked = self.defaults["output_kind"] if self.defaults else None
+        return is_encoder(self.model) or picked in ("embedding", "token_states")
 
     def validate(self, model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
         """Classifier students: loss and accuracy on labelled `data` (fit's default). Encoder
@@ -169,6 +198,9 @@ class DistillTask(TaskBase):
         t_logits, t_feats = self._teacher_outputs(batch)
         s_logits = output_tensor(call_model(self.model, batch))
         s_feats = dict(self.student_tap.features) if self.student_tap is not None else {}
+        if self.cache is not None and s_logits.dim() >= 3 and "attention_mask" in batch:
+            # per-token outputs: the cache zero-pads them to the longest sample it saw
+            t_logits = [crop_tokens(t, s_logits.shape[1]) for t in t_logits]
         inp = LossInputs(student_logits=s_logits, targets=batch.get("target"), student_features=s_feats,
                          teacher_features=t_feats, index=batch.get("index"), mask=batch.get("attention_mask"))
         if len(t_logits) == 1:
@@ -185,7 +217,8 @@ class DistillTask(TaskBase):
 
     def check_shapes(self, batch: dict[str, torch.Tensor]) -> None:
         """Fail early (with names) when teachers and student disagree on the number of classes."""
-        if not any("logits" in t.needs and t.compares_classes for t in self.losses.terms.values()):
+        names = [k for k, t in self.losses.terms.items() if "logits" in t.needs and t.compares_classes]
+        if not names:
             return  # feature / embedding losses only: the output widths may differ
         x = slice_batch(batch, 2)
         was = self.model.training
@@ -196,18 +229,50 @@ class DistillTask(TaskBase):
                 out = output_tensor(call_model(t, x))
                 if out.shape[-1] != s.shape[-1]:
                     raise ConfigError(
-                        f"teacher {i} predicts {out.shape[-1]} classes but the student predicts {s.shape[-1]}; "
-                        "distillation needs the same classes"
+                        f"teacher {i} predicts {out.shape[-1]} classes but the student predicts {s.shape[-1]} "
+                        f"(teacher output {tuple(out.shape)}, student output {tuple(s.shape)}); the loss(es) "
+                        f"{', '.join(repr(n) for n in names)} compare the two outputs class by class and need the "
+                        "same classes (for hidden states pick a feature loss: token_states, embedding)"
                     )
         self.model.train(was)
 
     def materialize(self, batch: dict[str, torch.Tensor]) -> None:
-        """Create lazily-shaped adapters from one batch (before the optimizer is built)."""
+        """Create lazily-shaped adapters from one batch (before the optimizer is built), then run
+        every loss once on it (`check_losses`): a loss whose inputs do not fit fails here, before
+        any optimizer step, with both shapes."""
         was = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            self.losses.materialize(self.loss_inputs(batch))
-        self.model.train(was)
+        try:
+            with torch.no_grad():
+                inp = self.loss_inputs(batch)
+                self.losses.materialize(inp)
+                self.check_losses(inp)
+        finally:
+            self.model.train(was)
+
+    def check_losses(self, inp: LossInputs) -> None:
+        """Every loss on one batch's inputs; a shape that does not fit is a ConfigError naming the
+        loss, the student's and teacher's outputs (and the targets) and what the loss expects.
+        The losses' state (CRD's memory) and the random number streams are left as they were."""
+        shapes = {"student output": inp.student_logits, "teacher output": inp.teacher_logits, "target": inp.targets}
+        have = ", ".join(f"{k} {tuple(v.shape)}" for k, v in shapes.items() if v is not None)
+        state = {k: v.clone() for k, v in self.losses.state_dict().items()}
+        devices = [inp.student_logits.device] if inp.student_logits is not None and inp.student_logits.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            for key, term in self.losses.terms.items():
+                expects = term.expects or _expects(term)
+                problem = _shape_problem(term, inp)
+                if problem is None:
+                    try:
+                        term.forward_inputs(inp)
+                    except (ConfigError, RuntimeError, ValueError, IndexError) as e:
+                        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                if problem is not None:
+                    self.losses.load_state_dict(state, strict=False)
+                    raise ConfigError(f"distillation loss {key!r} does not fit this model and data: {have}; it "
+                                      f"expects {expects} ({problem}). Pick losses for this output "
+                                      "(docs/distillation.md, 'Defaults by output kind') or fix the data")
+        self.losses.load_state_dict(state, strict=False)
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         total, logs = self.losses(self.loss_inputs(batch))

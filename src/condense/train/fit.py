@@ -50,9 +50,12 @@ class FitResult:
     steps: int
     resumed_from_epoch: int = 0
     skipped_nonfinite_steps: int = 0
+    #: what the caller chose for the user and reports with the run (e.g. distillation's default
+    #: losses by output kind, under "distill_defaults"); merged into `to_dict()`
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return {**self.info,
             "history": self.history,
             "best_epoch": self.best_epoch,
             "best_metric": self.best_metric,

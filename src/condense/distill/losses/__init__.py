@@ -34,6 +34,8 @@ from condense.distill.losses.soft_kd import (
     soft_kd_from_probs,
     soft_kd_loss,
 )
+from condense.distill.losses.token_kd import TokenKDLoss, token_kd_loss
+from condense.distill.losses.token_states import TokenStatesLoss, token_states_loss
 
 LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
 LOSSES.register("soft_kd", SoftKDLoss, help="Hinton soft-target KD: T^2 KL(teacher || student) at temperature T")
@@ -50,6 +52,10 @@ LOSSES.register("hidden_state", HiddenStateLoss,
                 help="TinyBERT: masked MSE between mapped transformer layers' hidden states (+ learned projection)")
 LOSSES.register("minilm", MiniLMLoss,
                 help="MiniLM: KL of last-layer self-attention and value relations (v2 relation heads)")
+LOSSES.register("token_states", TokenStatesLoss,
+                help="per-token output states (B, T, H): masked cosine or MSE (+ learned projection)")
+LOSSES.register("token_kd", TokenKDLoss,
+                help="token-level KD on next-token logits (B, T, V): masked T^2 KL at temperature T")
 
 __all__ = [
     "LOSSES",
@@ -70,6 +76,8 @@ __all__ = [
     "PKTLoss",
     "RKDLoss",
     "SoftKDLoss",
+    "TokenKDLoss",
+    "TokenStatesLoss",
     "attention_loss",
     "attention_map",
     "average_teacher_probs",
@@ -92,5 +100,7 @@ __all__ = [
     "rkd_loss",
     "soft_kd_from_probs",
     "soft_kd_loss",
+    "token_kd_loss",
+    "token_states_loss",
     "uniform_layer_map",
 ]

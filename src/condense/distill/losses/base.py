@@ -58,6 +58,8 @@ class DistillLoss(nn.Module):
     #: a loss over teacher and student logits that requires them to predict the same classes
     #: (checked before training); False for losses that regress output vectors (`embedding`).
     compares_classes: ClassVar[bool] = True
+    #: the shapes this loss expects, for the error when a first batch does not fit ("" = from `needs`)
+    expects: ClassVar[str] = ""
 
     def forward_inputs(self, inp: LossInputs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
