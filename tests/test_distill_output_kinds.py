@@ -73,11 +73,13 @@ def _cfg(**kw) -> DistillConfig:
 def test_per_token_encoder_with_labels_uses_the_masked_feature_loss(tmp_path):
     teacher, student = _albert(tmp_path / "t", 32), _albert(tmp_path / "s", 16)  # widths differ: a projection
     assert teacher.task == "encoder"
-    res = distill_fit(student, teacher, _data(), _cfg())  # labelled data; soft-KD + CE used to crash here
+    # labelled data; soft-KD + CE over flattened tokens used to crash here
+    res = distill_fit(student, teacher, _data(), _cfg(), val_data=_data(8))
     picked = res.to_dict()["distill_defaults"]
     assert picked["output_kind"] == "token_states"
     assert [s["name"] for s in picked["losses"]] == ["token_states"] and "hidden states" in picked["why"]
     assert res.steps == 3 and "(B, T, 32)" in picked["why"]
+    assert "val_loss" in res.history[-1] and res.best_epoch == 1  # validated against the teacher, through the projection
 
 
 def test_token_states_loss_ignores_padding():
@@ -103,7 +105,9 @@ def test_causal_lm_distils_with_token_kl_and_the_loss_falls():
         return float(token_kd_loss(s, t, batch["attention_mask"], temperature=2.0))
 
     before = kl()
-    res = distill_fit(student, teacher, data, _cfg(temperature=2.0, train={"epochs": 6, "lr": 3e-3}))
+    res = distill_fit(student, teacher, data, _cfg(temperature=2.0, train={"epochs": 6, "lr": 3e-3}),
+                      val_data=_data(8))  # labelled (a class per text): validated against the teacher, not the labels
+    assert {"val_loss", "val_token_agreement"} <= set(res.history[-1]) and res.best_epoch is not None
     picked = res.to_dict()["distill_defaults"]
     assert picked["output_kind"] == "token_logits"
     assert picked["losses"] == [{"name": "token_kd", "temperature": 2.0, "weight": 1.0}]  # no per-token targets

@@ -134,15 +134,19 @@ class DistillTask(TaskBase):
         from condense.distill.defaults import is_encoder
 
         picked = self.defaults["output_kind"] if self.defaults else None
-        return is_encoder(self.model) or picked in ("embedding", "token_states")
+        return is_encoder(self.model) or picked in ("embedding", "token_states", "token_logits")
 
     def validate(self, model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
         """Classifier students: loss and accuracy on labelled `data` (fit's default). Encoder
         students: how closely they follow the first teacher on `data`: `loss` = 1 - mean cosine,
-        `mean_cosine`, `min_cosine`, `topk_overlap` (`evaluate(..., reference=teacher)`)."""
+        `mean_cosine`, `min_cosine`, `topk_overlap` (`evaluate(..., reference=teacher)`). Per-token
+        outputs whose losses were picked by default (`defaults`): `_validate_tokens`."""
         from condense.evaluate.metrics import evaluate
         from condense.train.fit import default_validator
 
+        picked = self.defaults["output_kind"] if self.defaults else None
+        if picked in ("token_logits", "token_states"):
+            return self._validate_tokens(model, data, device, picked)
         if not self.selects_by_loss:
             return default_validator(model, data, device)
         ref = evaluate(model, data, reference=self.teachers[0], device=device)["reference"]
@@ -150,6 +154,41 @@ class DistillTask(TaskBase):
                "min_cosine": float(ref["min_cosine"])}
         if "topk_overlap" in ref:
             out["topk_overlap"] = float(ref["topk_overlap"])
+        return out
+
+    def _validate_tokens(self, model: nn.Module, data: Any, device: torch.device, kind: str) -> dict[str, float]:
+        """Per-token outputs picked by default: how closely the student follows the first teacher on
+        `data`, over the real tokens; labels are not read. Next-token logits: `loss` = mean
+        KL(teacher || student) at T = 1 and `token_agreement` (how often the most likely next tokens
+        agree); hidden states: `loss` = the `token_states` loss (through its projection, so the
+        widths may differ)."""
+        from condense.data.loader import as_source
+        from condense.models.signature import batch_to
+
+        term = next(iter(self.losses.terms.values()))
+        was = model.training
+        model.eval()
+        loss_sum, agree, count = 0.0, 0.0, 0.0
+        with torch.no_grad():
+            for batch in as_source(data).batches(self.config.train.batch_size):
+                batch = batch_to(batch, device)
+                s = output_tensor(call_model(model, batch)).float()
+                t = output_tensor(call_model(self.teachers[0], batch)).float()
+                mask = batch.get("attention_mask")
+                m = torch.ones(s.shape[:2], device=s.device) if mask is None else (mask[:, :s.shape[1]] != 0).float()
+                n = float(m.sum())
+                if kind == "token_logits":
+                    log_s, log_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
+                    loss_sum += float(((log_t.exp() * (log_t - log_s)).sum(-1) * m).sum())
+                    agree += float(((s.argmax(-1) == t.argmax(-1)).float() * m).sum())
+                else:
+                    loss_sum += float(term(s, t, mask)) * n
+                count += n
+        model.train(was)
+        count = max(count, 1.0)
+        out = {"loss": loss_sum / count}
+        if kind == "token_logits":
+            out["token_agreement"] = agree / count
         return out
 
     # -- building the loss inputs -------------------------------------------------------------
