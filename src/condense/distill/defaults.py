@@ -67,7 +67,8 @@ def output_kind(model: nn.Module, out: torch.Tensor, batch: dict[str, torch.Tens
 
     `(B, C)`: "embedding" for an `hf:` encoder, else "class_logits"; `(B, T, X)` on a token batch
     (`input_ids` of length T): "token_states" for an `hf:` encoder (task "encoder"), "token_logits"
-    when X is the model's `config.vocab_size` (a causal LM's head), else "token_states"; anything
+    for task "causal-lm" or when X is the model's `config.vocab_size` (a causal LM's head), else
+    "token_states"; anything
     else "other" (distilled like class logits, as before).
     """
     task = getattr(model, "task", None)
@@ -77,6 +78,8 @@ def output_kind(model: nn.Module, out: torch.Tensor, batch: dict[str, torch.Tens
     if out.dim() == 3 and ids is not None and ids.dim() == 2 and tuple(out.shape[:2]) == tuple(ids.shape):
         if task == "encoder":
             return "token_states"
+        if task == "causal-lm":  # an hf: causal LM wrapper: next-token logits by construction
+            return "token_logits"
         return "token_logits" if out.shape[-1] == vocab_size(model) else "token_states"
     return "other"
 
