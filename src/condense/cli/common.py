@@ -190,12 +190,20 @@ def hf_folder_of(arg: str, model: Any) -> str | None:
 
 
 def heldout_metrics(model: Any, splits: Any, reference: Any | None) -> tuple[dict[str, Any], str]:
-    """Test metrics and a one-line summary: accuracy on labelled classification data, else (an
-    encoder on unlabelled text) how closely the outputs follow `reference` (the teacher)."""
+    """Test metrics and a one-line summary: accuracy on labelled classification data, perplexity
+    (and token agreement with `reference`) for a decoder, else (an encoder on unlabelled text) how
+    closely the outputs follow `reference` (the teacher)."""
     from condense.core.errors import ConfigError
     from condense.evaluate import evaluate
+    from condense.evaluate.decoder import is_decoder
     from condense.models.hf import is_encoder
 
+    if is_decoder(model):
+        m = evaluate(model, splits.test, reference=reference)
+        line = f"test perplexity {m['perplexity']:.4g}"
+        if reference is not None:
+            line += f", token agreement with the teacher {m['token_agreement']:.4f} (KL {m['token_kl']:.4g})"
+        return m, line
     if not is_encoder(model):
         m = evaluate(model, splits.test)
         return m, f"test accuracy {m['accuracy']:.4f}"

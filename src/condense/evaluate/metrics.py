@@ -236,9 +236,18 @@ def evaluate(
     same samples, under `reference`: for (N, D) embeddings (a sentence encoder, unlabelled
     text) mean / min cosine and top-`neighbours` neighbour overlap (`compare_embeddings`); for
     labelled classification also the top-1 agreement with the reference's predictions.
+    A decoder (an hf: "causal-lm" model, or its ONNX export: next-token logits (B, T, V)) on
+    token batches gets `decoder_metrics` instead: held-out `perplexity` (and `loss`), and with
+    `reference` the teacher's `token_agreement` and `token_kl` (batches of at most 32, scored one
+    at a time).
     Always: `runtime` ("torch" or "onnxruntime") and `n`.
     """
+    from condense.evaluate.decoder import decoder_metrics, is_decoder
     from condense.models.hf import is_encoder
+
+    if is_decoder(model_or_onnx):
+        return decoder_metrics(model_or_onnx, data, reference=reference, batch_size=min(batch_size, 32),
+                               device=device, threads=threads)
 
     outputs, targets, runtime = predict(model_or_onnx, data, batch_size=batch_size, device=device, threads=threads)
     out: dict[str, Any] = {}

@@ -8,6 +8,10 @@ inside a small wrapper whose forward takes `input_ids`, `attention_mask` and opt
   sentence-transformers recipe (Reimers & Gurevych 2019, "Sentence-BERT", EMNLP); (B, H).
 - "sequence-classification": AutoModelForSequenceClassification; the logits (B, num_labels).
 - "encoder": AutoModel; last_hidden_state (B, T, H).
+- "causal-lm": AutoModelForCausalLM (GPT-2, Llama, Qwen2, Mistral, ...: a folder whose
+  `architectures` ends in "ForCausalLM" / "LMHeadModel"); the next-token logits (B, T, V), run
+  without a key/value cache. `evaluate` scores it by held-out perplexity and, against a reference,
+  per-token agreement and KL (`condense.evaluate.decoder`).
 - "image-classification": AutoModelForImageClassification (ViT, ConvNeXt, ResNet, MobileNetV2,
   ...); forward(pixel_values) takes images (N, C, H, W) and returns the logits (N, num_labels). Its
   signature is the single-tensor one: a batch's `input` (an ArrayDataset's, a zoo image dataset's)
@@ -190,6 +194,22 @@ class HFSequenceClassifier(HFModel):
         return self._run(input_ids, attention_mask, token_type_ids).logits
 
 
+class HFCausalLM(HFModel):
+    """task "causal-lm": the next-token logits (B, T, V); position t scores token t + 1."""
+
+    task = "causal-lm"
+    auto_class = "AutoModelForCausalLM"
+    condense_output_name = "logits"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "return_dict": True,
+                              "use_cache": False}
+        if token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        return self.hf(**kw).logits
+
+
 class HFImageClassifier(HFModel):
     """task "image-classification": images (N, C, H, W) -> the logits tensor (N, num_labels).
 
@@ -221,7 +241,7 @@ class HFImageClassifier(HFModel):
 
 _WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
                                        "sequence-classification": HFSequenceClassifier,
-                                       "image-classification": HFImageClassifier}
+                                       "image-classification": HFImageClassifier, "causal-lm": HFCausalLM}
 CLASSIFIER_TASKS = ("sequence-classification", "image-classification")
 
 
@@ -231,6 +251,11 @@ ENCODER_TASKS = ("sentence-embedding", "encoder")
 def is_encoder(model: nn.Module) -> bool:
     """An hf: model whose output is an embedding / hidden states, not class scores."""
     return getattr(model, "task", None) in ENCODER_TASKS
+
+
+def is_causal_lm(model: Any) -> bool:
+    """An hf: decoder whose output is next-token logits (B, T, V)."""
+    return getattr(model, "task", None) == "causal-lm"
 
 
 def _check_kwargs(task: str, num_labels: int | None, pooling: str | None, normalize: bool | None,

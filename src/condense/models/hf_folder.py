@@ -20,8 +20,8 @@ from condense.core.io import read_json
 from condense.core.noise import quiet_known_noise
 
 CONFIG_NAME = "config.json"
-TASKS = ("auto", "sentence-embedding", "sequence-classification", "encoder", "image-classification")
-TEXT_TASKS = ("sentence-embedding", "sequence-classification", "encoder")
+TASKS = ("auto", "sentence-embedding", "sequence-classification", "encoder", "image-classification", "causal-lm")
+TEXT_TASKS = ("sentence-embedding", "sequence-classification", "encoder", "causal-lm")
 #: How a user brings a model that `hf:` does not wrap (named in every refusal of a model type).
 FACTORY_ROUTE = ("build it in your own code and pass it as --model package.module:factory "
                  "(build_model('package.module:factory') in Python)")
@@ -158,6 +158,12 @@ def has_classifier_head(cfg: dict[str, Any]) -> bool:
     return any(a.endswith(("ForSequenceClassification", "ForImageClassification")) for a in cfg.get("architectures") or [])
 
 
+def has_lm_head(cfg: dict[str, Any]) -> bool:
+    """A decoder with its next-token head: an `architectures` entry ending in "ForCausalLM" (Llama,
+    Qwen2, Mistral, ...) or "LMHeadModel" (GPT2LMHeadModel)."""
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in cfg.get("architectures") or [])
+
+
 def detect_task(folder: Path, cfg: dict[str, Any]) -> str:
     """The rule behind task="auto".
 
@@ -166,8 +172,10 @@ def detect_task(folder: Path, cfg: dict[str, Any]) -> str:
     1. sentence-transformers files (modules.json, sentence_bert_config.json or
        config_sentence_transformers.json) -> "sentence-embedding";
     2. an `architectures` entry ending in "ForSequenceClassification" -> "sequence-classification";
-    3. anything else (BertModel, BertForMaskedLM, no architectures) -> "encoder" (the backbone;
-       pre-training heads are not used).
+    3. an `architectures` entry ending in "ForCausalLM" or "LMHeadModel" -> "causal-lm"
+       (next-token logits);
+    4. anything else (BertModel, LlamaModel, BertForMaskedLM, no architectures) -> "encoder" (the
+       backbone; pre-training heads are not used).
     """
     if folder_modality(folder, cfg) == "image":
         return "image-classification"
@@ -175,6 +183,8 @@ def detect_task(folder: Path, cfg: dict[str, Any]) -> str:
         return "sentence-embedding"
     if has_classifier_head(cfg):
         return "sequence-classification"
+    if has_lm_head(cfg):
+        return "causal-lm"
     return "encoder"
 
 

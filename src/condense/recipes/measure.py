@@ -15,6 +15,7 @@ from condense.data.base import Splits
 from condense.data.loader import example_inputs
 from condense.distill.defaults import is_encoder
 from condense.evaluate import evaluate, profile
+from condense.evaluate.decoder import is_decoder
 from condense.export import export_onnx
 
 
@@ -52,7 +53,8 @@ def measure_model(
     default a fp32 ONNX export with a parity check is written as `model.onnx`. An encoder (a
     sentence embedding model, no class scores) is scored by its agreement with `reference` (the
     run's first model, e.g. the uncompressed teacher): mean / min cosine and top-10 overlap of
-    its test embeddings, in place of accuracy.
+    its test embeddings, in place of accuracy. A decoder (next-token logits) gets held-out
+    perplexity and its token agreement / KL with `reference`.
     """
     cfg = cfg or MeasureConfig()
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,11 +67,12 @@ def measure_model(
     else:
         onnx_path, onnx_diff = Path(deployed_onnx), None
     encoder = is_encoder(model)
-    if encoder and reference is None:
-        reference = model  # the first stage of an encoder run is its own reference
-    elif encoder and not isinstance(reference, nn.Module):
+    decoder = is_decoder(model)
+    if (encoder or decoder) and reference is None:
+        reference = model  # the first stage of an encoder / decoder run is its own reference
+    elif (encoder or decoder) and not isinstance(reference, nn.Module):
         reference = reference()  # type: ignore[operator]
-    ref = reference if encoder else None
+    ref = reference if (encoder or decoder) else None
     torch_metrics = evaluate(model, splits.test, reference=ref)
     onnx_metrics = evaluate(onnx_path, splits.test, threads=cfg.threads, reference=ref)
     prof = profile(model, example, runtimes=tuple(cfg.runtimes), batch_sizes=tuple(cfg.batch_sizes),
@@ -98,6 +101,10 @@ def measure_model(
         r, o = torch_metrics["reference"], onnx_metrics["reference"]
         row.update(mean_cosine=r["mean_cosine"], min_cosine=r["min_cosine"], topk_overlap=r.get("topk_overlap"),
                    onnx_mean_cosine=o["mean_cosine"], onnx_min_cosine=o["min_cosine"])
+    if decoder:
+        row.update(perplexity=torch_metrics["perplexity"], token_agreement=torch_metrics["token_agreement"],
+                   token_kl=torch_metrics["token_kl"], onnx_perplexity=onnx_metrics["perplexity"],
+                   onnx_token_agreement=onnx_metrics["token_agreement"])
     if prof["nonzero_params"] < 0.9 * prof["params"]:
         notes.append(f"{prof['params'] - prof['nonzero_params']:,} weights are zero but stored densely: "
                      "bytes on disk and latency do not shrink from these zeros")

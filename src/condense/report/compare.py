@@ -102,9 +102,12 @@ def accuracy_scale(stages: Sequence[Stage]) -> float:
 
 def quality(stage: Stage) -> float | None:
     """What a stage keeps: its accuracy, or for an encoder (no classes) its mean cosine to the
-    reference model's embeddings."""
-    acc = stage.metric("accuracy")
-    return acc if acc is not None else stage.metric("mean_cosine")
+    reference model's embeddings, or for a decoder its token agreement with the reference's."""
+    for key in ("accuracy", "mean_cosine", "token_agreement"):
+        v = stage.metric(key)
+        if v is not None:
+            return v
+    return None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -116,7 +119,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def stage_values(stage: Stage, runtimes: Iterable[str], batches: Iterable[int]) -> dict[str, float | None]:
     """Every comparable number of a stage, keyed like the ratio dicts ("latency:<runtime>:<batch>")."""
     vals: dict[str, float | None] = {"accuracy": stage.metric("accuracy"), "mean_cosine": stage.metric("mean_cosine"),
-                                     "topk_overlap": stage.metric("topk_overlap")}
+                                     "topk_overlap": stage.metric("topk_overlap"), "perplexity": stage.metric("perplexity"),
+                                     "token_agreement": stage.metric("token_agreement"),
+                                     "token_kl": stage.metric("token_kl")}
     for k in SIZE_KEYS:
         vals[k] = float(stage.bytes_onnx_int8) if (k == "bytes_onnx_int8" and stage.bytes_onnx_int8 is not None) else stage.metric(k)
     batches = list(batches)

@@ -79,6 +79,7 @@ class Report:
 
     def format_value(self, col: Column, v: float | None) -> str:
         return {"acc": lambda: fmt_acc(v, self.scale), "cos": lambda: DASH if v is None else f"{v:.4f}",
+                "float": lambda: DASH if v is None else f"{v:.4g}",
                 "int": lambda: fmt_int(v), "bytes": lambda: fmt_bytes(v),
                 "count": lambda: fmt_count(v), "ms": lambda: fmt_ms(v)}[col.kind]()
 
@@ -111,6 +112,9 @@ def _columns(stages: list[Stage], values: list[dict[str, float | None]], runtime
         Column("accuracy", "accuracy", "acc"),
         Column("mean_cosine", "cosine to teacher", "cos"),
         Column("topk_overlap", "top-10 overlap", "cos"),
+        Column("perplexity", "perplexity", "float"),
+        Column("token_agreement", "token agreement", "cos"),
+        Column("token_kl", "token KL to teacher", "float"),
         Column("params", "params", "count"),
         Column("nonzero_params", "nonzero params", "count"),
         Column("bytes_safetensors", "bytes (safetensors)", "bytes"),

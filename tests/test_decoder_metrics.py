@@ -1,0 +1,151 @@
+"""Decoder metrics: tiny GPT-2 and Llama causal LMs saved as hf: folders (with a word-level
+tokenizer written here), scored by `condense.evaluate`: perplexity, token agreement, token KL."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+import condense
+from condense.data.loader import as_source
+from condense.evaluate import decoder_metrics, evaluate
+from condense.models import build_model
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+VOCAB = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "the", "cat", "dog", "sat", "ran", "on", "mat",
+         "a", "big", "red", "##s", "very"]
+PAD = 3
+SENTENCES = ["the cat sat", "a dog ran", "the big red cat sat on the mat", "dogs ran", "cats",
+             "the very big dog sat on a red mat", "a cat", "the dog"]
+
+
+def _tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "[PAD]", "unk_token": "[UNK]"}))
+
+
+def _config(family: str):
+    if family == "gpt2":
+        return transformers.GPT2Config(vocab_size=32, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    return transformers.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+
+
+def _folder(root: Path, family: str, seed: int) -> Path:
+    folder = root / f"{family}-{seed}"
+    folder.mkdir(parents=True)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(_config(family)).save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
+FAMILIES = ("gpt2", "llama")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("decoders")
+    return {(f, s): _folder(root, f, s) for f in FAMILIES for s in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": SENTENCES[i % len(SENTENCES)]}) + "\n" for i in range(24)))
+    return path
+
+
+def _hand_ppl(model, batch) -> float:
+    """exp of the mean cross-entropy of logits[t] against ids[t+1] over pairs with both real."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).double()
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    keep = (mask[:, :-1] & mask[:, 1:]).reshape(-1)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    return math.exp(float(ce[keep].mean()))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_causal_lm_folder_is_a_decoder_returning_next_token_logits(folders, family):
+    model = build_model(f"hf:{folders[family, 0]}")
+    assert model.task == "causal-lm" and model.build_kwargs["task"] == "causal-lm"
+    ids = torch.tensor([[5, 6, 8, 3]])
+    out = model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 0]]))
+    assert out.shape == (1, 4, 32)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folders[family, 0]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(out, ref(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 0]])).logits)
+    # the backbone stays reachable by asking for it
+    assert build_model(f"hf:{folders[family, 0]}", task="encoder")(input_ids=ids, attention_mask=torch.ones_like(ids)
+                                                                   ).shape == (1, 4, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_perplexity_is_exp_of_masked_shifted_cross_entropy(folders, corpus, family):
+    folder = folders[family, 0]
+    model = build_model(f"hf:{folder}")
+    splits = condense.load_dataset("text", path=corpus, tokenizer=folder, val_fraction=0.0, test_fraction=0.5)
+    batch = as_source(splits.test).head(len(splits.test))
+    assert (batch["attention_mask"] == 0).any()  # padded: the mask matters
+    m = evaluate(model, splits.test)
+    assert m["perplexity"] == pytest.approx(_hand_ppl(model, batch), rel=1e-5, abs=1e-5)
+    assert m["loss"] == pytest.approx(math.log(m["perplexity"]), abs=1e-9)
+    assert m["n"] == len(splits.test) and m["runtime"] == "torch"
+    assert m["tokens"] == int((batch["attention_mask"][:, :-1] * batch["attention_mask"][:, 1:]).sum())
+    # batch size does not move the number (per-batch padding differs)
+    assert evaluate(model, splits.test, batch_size=3)["perplexity"] == pytest.approx(m["perplexity"], rel=1e-9)
+    # a random 32-token model is near uniform: perplexity close to the vocabulary size
+    assert 10 < m["perplexity"] < 100
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_agreement_with_itself_and_with_another_model(folders, corpus, family):
+    model = build_model(f"hf:{folders[family, 0]}")
+    other = build_model(f"hf:{folders[family, 1]}")
+    splits = condense.load_dataset("text", path=corpus, tokenizer=folders[family, 0], val_fraction=0.0)
+    same = evaluate(model, splits.test, reference=model)
+    assert same["token_agreement"] == 1.0
+    assert same["token_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert same["reference"]["token_agreement"] == 1.0
+    diff = evaluate(other, splits.test, reference=model)
+    assert diff["token_agreement"] < 1.0
+    assert diff["token_kl"] > 0
+    assert diff["positions"] == int(as_source(splits.test).head(len(splits.test))["attention_mask"].sum())
+
+
+def _tokens(ids: torch.Tensor, mask: torch.Tensor) -> DataLoader:
+    """Token batches as a DataLoader of dicts (one batch of all rows)."""
+    rows = [{"input_ids": i, "attention_mask": m} for i, m in zip(ids, mask, strict=True)]
+    return DataLoader(rows, batch_size=len(rows))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_positions_are_ignored(folders, family):
+    model = build_model(f"hf:{folders[family, 0]}")
+    other = build_model(f"hf:{folders[family, 1]}")
+    ids = torch.tensor([[5, 6, 8, 10, 5, 11], [12, 7, 9, PAD, PAD, PAD], [5, 13, 14, 6, PAD, PAD]])
+    mask = (ids != PAD).long()
+    noisy = ids.clone()
+    noisy[mask == 0] = torch.tensor([20, 0, 31, 17, 9])  # other ids under mask 0
+    a = decoder_metrics(other, _tokens(ids, mask), reference=model)
+    b = decoder_metrics(other, _tokens(noisy, mask), reference=model)
+    for k in ("perplexity", "token_agreement", "token_kl"):
+        assert a[k] == pytest.approx(b[k], rel=1e-6), k
+    # a sequence padded further does not change anything either
+    c = decoder_metrics(other, _tokens(torch.cat([ids, torch.full((3, 2), PAD)], 1), F.pad(mask, (0, 2))),
+                        reference=model)
+    for k in ("perplexity", "token_agreement", "token_kl"):
+        assert a[k] == pytest.approx(c[k], rel=1e-6), k
