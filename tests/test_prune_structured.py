@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import copy
 import re
-import operator
 
 import pytest
 import torch
-import torch.fx as fx
 from torch import nn
 
 from condense.core.errors import ConfigError
@@ -44,7 +42,6 @@ def _build(name: str, c: int, s: int) -> nn.Module:
 def _equivalent_by_zeroing(original: nn.Module, pruned: nn.Module, x: torch.Tensor) -> None:
     """Physically removing channels == zeroing their columns in every consumer of the original."""
     reference = copy.deepcopy(original).eval()
-    modules = dict(reference.named_modules())
     groups = {g.root: g for g in dependency_groups(reference, (x[:1],))}
     for edit in pruned.condense_edits:
         for rec in edit["params"]["groups"]:

@@ -983,11 +983,10 @@ class _Builder:
         if len(ins) == 1:
             return ins[0][0]
         # a lazy split put back together
-        if all(isinstance(d, Split) for d, _ in ins):
-            d0 = ins[0][0]
-            if all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins)):
-                if d0.idx + len(ins) == len(d0.sizes) and _lead(d0) == 1:
-                    return Segs(((d0.space, math.prod(d0.sizes)),))
+        d0 = ins[0][0]
+        if (all(isinstance(d, Split) for d, _ in ins) and d0.idx + len(ins) == len(d0.sizes) and _lead(d0) == 1
+                and all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins))):
+            return Segs(((d0.space, math.prod(d0.sizes)),))
         if all(d is None for d, _ in ins[:-1]) and ins[-1][0] is not None and not isinstance(ins[-1][0], Fold):
             last = ins[-1][0]
             if not _inner(last):
@@ -999,9 +998,7 @@ class _Builder:
             spaces = {self.sp.find(s) for s in self.spaces_of(d)}
             ok = True
             for r, _ in rest:
-                if isinstance(r, Segs):
-                    ok = False
-                elif isinstance(r, Split) and not {self.sp.find(s) for s in self.spaces_of(r)} <= spaces:
+                if isinstance(r, Segs) or (isinstance(r, Split) and not {self.sp.find(s) for s in self.spaces_of(r)} <= spaces):
                     ok = False
             if ok:
                 return Segs(tuple((s, w * inner) for s, w in self.segs(d)))

@@ -24,7 +24,6 @@ from condense.models.edits import EDITS, record_edit
 from condense.prune.graph import Group, dependency_groups
 from condense.prune.hfconfig import config_describes, patch_hf_config
 
-
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "num_key_value_heads", "num_kv_heads")
 WIDTH_ATTRS = ("all_head_size", "split_size", "inner_dim", "attention_dim")
 
