@@ -149,3 +149,21 @@ def test_padding_positions_are_ignored(folders, family):
                         reference=model)
     for k in ("perplexity", "token_agreement", "token_kl"):
         assert a[k] == pytest.approx(c[k], rel=1e-6), k
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_export_of_a_decoder_is_scored_the_same(folders, corpus, family, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from condense.data.loader import example_inputs
+    from condense.evaluate.decoder import is_decoder
+    from condense.export import export_onnx
+
+    model = build_model(f"hf:{folders[family, 0]}")
+    splits = condense.load_dataset("text", path=corpus, tokenizer=folders[family, 0], val_fraction=0.0)
+    path = export_onnx(model, example_inputs(splits.test, 1), tmp_path / "m.onnx").path
+    assert is_decoder(path) and not is_decoder(tmp_path / "missing.onnx")
+    torch_m = evaluate(model, splits.test)
+    onnx_m = evaluate(path, splits.test, reference=model)
+    assert onnx_m["runtime"] == "onnxruntime" and onnx_m["reference"]["runtime"] == "torch"
+    assert onnx_m["perplexity"] == pytest.approx(torch_m["perplexity"], rel=1e-5)
+    assert onnx_m["token_agreement"] == 1.0 and onnx_m["token_kl"] < 1e-9
