@@ -116,8 +116,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
                          "recover_config": rcfg.to_dict(), "source": str(args.model)})
     summary = {
         "artifact": str(args.out), "method": pcfg.method, "channel_ratio": info.get("channel_ratio"),
-        "test_accuracy_before": before["accuracy"] if before else None, "test_accuracy": after.get("accuracy"),
-        "test_mean_cosine": after["reference"]["mean_cosine"] if encoder else None,
+        "test_accuracy_before": before.get("accuracy") if before else None, "test_accuracy": after.get("accuracy"),
+        "test_mean_cosine": after.get("reference", {}).get("mean_cosine") if encoder else None,
+        "test_perplexity": after.get("perplexity"),
         "val_accuracy": info["val_accuracy"], "params": report["model"]["params"],
         "params_before": report["reference"]["params"], "macs": report["model"]["macs"],
         "macs_before": report["reference"]["macs"], "macs_fraction": info["macs_fraction"],
