@@ -316,3 +316,26 @@ def test_forward_code_that_rebuilds_a_shape_keeps_those_groups_whole_with_a_warn
     assert model.qkv.out_features == 96 and model.fc1.out_features == 32  # heads kept, FFN cut
     with torch.no_grad():
         assert model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_gradient_importance_finds_a_dead_head_on_any_family(name):
+    """Michel et al.'s head-gate gradient, for any group: a head whose output-projection columns
+    are zero cannot change the output, scores 0, and is the one removed."""
+    model, x = CASES[name]()
+    attn = model.hf.bert.encoder.layer[0].attention if name == "bert" else model.hf.model.layers[0].self_attn
+    out_proj = attn.output.dense if name == "bert" else attn.o_proj
+    width = out_proj.in_features // (4 if name == "bert" else 2)  # BERT: 4 heads; Llama: 2 key/value groups
+    with torch.no_grad():
+        out_proj.weight[:, width:2 * width] = 0.0  # unit 1 of the first layer's heads group
+    root = "hf.bert.encoder.layer.0.attention.self.query" if name == "bert" else "hf.model.layers.0.self_attn.q_proj"
+    from condense.prune.importance import gradient_scores
+
+    groups = [g for g in dependency_groups(model, (x,)) if g.root == root]
+    scores = gradient_scores(model, groups, [x, x], batches=2)[root]
+    assert scores[1] == 0 and (scores[[0] + list(range(2, len(scores)))] > 0).all()
+    prune(model, ChannelConfig(ratio=0.0, ratios={root: 0.5 if name == "llama" else 0.25}, importance="gradient"),
+          example_inputs=x, data=[x, x], recalibrate=False)
+    (edit,) = model.condense_edits
+    (rec,) = [r for r in edit["params"]["groups"] if r["root"] == root]
+    assert 1 not in rec["keep"]

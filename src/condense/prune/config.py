@@ -84,7 +84,7 @@ class NMConfig(PruneConfig):
             raise ConfigError(f"NMConfig needs 0 < n < m, got n={self.n}, m={self.m}")
 
 
-Importance = Literal["l1", "l2", "bn_gamma", "taylor", "random"]
+Importance = Literal["l1", "l2", "bn_gamma", "taylor", "gradient", "random"]
 
 
 @dataclasses.dataclass
@@ -97,7 +97,9 @@ class ChannelConfig(PruneConfig):
     ratio per group: keys are selection patterns (exact name, `re:<regex>`, type name) matched
     against the group's producer layers. Kept widths are rounded to multiples of `round_to`.
     Importance: "l1" (Li et al. 2017), "l2", "bn_gamma" (Liu et al. 2017), "taylor"
-    (Molchanov et al. 2019; needs `data`), "random".
+    (Molchanov et al. 2019; needs labelled `data`), "gradient" (gates on every unit where its
+    consumers read it, Michel et al. 2019's head-gate gradient for any group; needs `data`,
+    labels optional), "random". `taylor_batches` batches feed the data-driven scores.
     """
 
     method: Literal["channel"] = "channel"

@@ -8,6 +8,12 @@ summed, so a group's score weighs every coupled layer equally whatever its size.
 * "bn_gamma": |gamma| of the group's BatchNorm layers (Liu et al. 2017, network slimming).
 * "taylor": first-order Taylor |w * dL/dw| summed over each channel's weights and over a few
   batches (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning").
+* "gradient": a gate of ones multiplies each unit where every consumer layer reads it (the input
+  columns of the Linear / Conv / Conv1D after it: a head's slice of the output projection, an FFN
+  neuron's column of the down projection); the score is E_x |dL/d gate| (Michel, Levy & Neubig
+  2019, "Are Sixteen Heads Really Better than One?", for any group, not only BERT heads). L is
+  cross-entropy when the batch has a `target` and the output is class logits, else the random
+  projection of `prune.heads.calibration_loss` (an encoder's output change). Needs `data`.
 * "random": uniform scores (the baseline).
 """
 from __future__ import annotations
@@ -21,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core.errors import ConfigError
+from condense.core.errors import ConfigError, RunError
 from condense.export.onnx import output_tensor
 from condense.models.signature import batch_to, call_model
-from condense.prune.graph import NORMS, Group, Member
+from condense.prune.graph import CONVS, NORMS, Group, Member
 
 
 def _channel_view(t: torch.Tensor, mem: Member, size: int) -> torch.Tensor:
@@ -128,6 +134,104 @@ def taylor_score(grads: dict[str, torch.Tensor], group: Group) -> torch.Tensor:
     return _normalised_sum(vecs, group.size)
 
 
+def _batches(data: Any, n: int) -> list[Any]:
+    if data is None:
+        raise ConfigError("importance 'gradient' needs data: pass prune(..., data=...)")
+    if not isinstance(data, list | tuple):
+        from condense.data.loader import as_source
+
+        with contextlib.suppress(ConfigError):
+            data = as_source(data).batches(32)
+    out = []
+    for b in data:
+        if len(out) >= n:
+            break
+        out.append(b)
+    if not out:
+        raise ConfigError("importance 'gradient': the data yielded no batch")
+    return out
+
+
+def _gate_loss(model: nn.Module, out: Any, batch: Any, generator: torch.Generator) -> torch.Tensor:
+    from condense.prune.heads import calibration_loss
+
+    out = output_tensor(out)
+    if isinstance(batch, dict) and "target" in batch and out.dim() == 2 and getattr(model, "task", None) is None:
+        return F.cross_entropy(out.float(), batch["target"].to(out.device).long(), reduction="sum")
+    return calibration_loss(model, out, batch if isinstance(batch, dict) else {}, generator)
+
+
+def gradient_scores(model: nn.Module, groups: list[Group], data: Any, batches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Gate-gradient importance of every unit of every group (module docstring, "gradient")."""
+    from condense.models.signature import model_inputs
+    from condense.prune.graph import layer_kinds
+
+    modules = dict(model.named_modules())
+    kinds = layer_kinds()
+    sites: dict[str, list[tuple[str, Member]]] = {}  # consumer module -> (group root, member)
+    for g in groups:
+        for mem in g.members:
+            m = modules.get(mem.module)
+            if mem.role == "in" and isinstance(m, kinds) and mem.param == f"{mem.module}.weight":
+                sites.setdefault(mem.module, []).append((g.root, mem))
+    # a group no layer reads (an unused pooler) scores 0: removing it changes nothing
+    size = {g.root: g.size for g in groups}
+    gates: list[tuple[str, torch.Tensor]] = []
+
+    def hook(name: str) -> Any:
+        def pre(m: nn.Module, args: tuple[Any, ...]) -> Any:
+            x = args[0]
+            dim = 1 if isinstance(m, CONVS) else x.dim() - 1
+            scale = torch.ones(x.shape[0], x.shape[dim], dtype=x.dtype, device=x.device)
+            parts = []
+            for root, mem in sites[name]:
+                gate = torch.ones(x.shape[0], size[root], dtype=x.dtype, device=x.device, requires_grad=True)
+                gates.append((root, gate))
+                end = mem.offset + size[root] * mem.expand
+                parts.append((mem.offset, end, gate.repeat_interleave(mem.expand, dim=1)))
+            pieces, pos = [], 0
+            for start, end, g in sorted(parts, key=lambda t: t[0]):
+                pieces += [scale[:, pos:start], g]
+                pos = end
+            pieces.append(scale[:, pos:])
+            full = torch.cat(pieces, dim=1)
+            shape = [x.shape[0]] + [1] * (x.dim() - 1)
+            shape[dim] = x.shape[dim]
+            return (x * full.view(shape), *args[1:])
+        return pre
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(seed)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    modes = {m: m.training for m in model.modules()}
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in sites]
+    sums = {g.root: torch.zeros(g.size) for g in groups}
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for batch in _batches(data, batches):
+            gates.clear()
+            inputs = batch_to(model_inputs(model, batch) if isinstance(batch, dict) else batch, device)
+            with torch.enable_grad():
+                out = call_model(model, inputs)
+                tgt = batch_to(batch, device) if isinstance(batch, dict) else {}
+                _gate_loss(model, out, {**tgt, **(inputs if isinstance(inputs, dict) else {})}, generator).backward()
+            for root, gate in gates:
+                if gate.grad is not None:
+                    sums[root] += gate.grad.abs().sum(0).float().cpu()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for m, mode in modes.items():
+            m.training = mode
+    if all(float(v.sum()) == 0.0 for v in sums.values()):
+        raise RunError("importance 'gradient': every gate gradient was zero on the data; use 'l1'")
+    return sums
+
+
 def group_scores(
     model: nn.Module,
     groups: list[Group],
@@ -140,6 +244,7 @@ def group_scores(
     """`{group root: per-channel importance}` (higher = keep) for the given groups."""
     gen = torch.Generator().manual_seed(seed)
     grads = taylor_grads(model, data, taylor_batches) if importance == "taylor" else {}
+    gated = gradient_scores(model, groups, data, taylor_batches, seed) if importance == "gradient" else {}
     out: dict[str, torch.Tensor] = {}
     no_bn: list[str] = []
     for g in groups:
@@ -153,10 +258,12 @@ def group_scores(
             out[g.root] = s
         elif importance == "taylor":
             out[g.root] = taylor_score(grads, g)
+        elif importance == "gradient":
+            out[g.root] = gated[g.root]
         elif importance == "random":
             out[g.root] = torch.rand(g.size, generator=gen)
         else:
-            raise ConfigError(f"unknown importance {importance!r}; known: l1, l2, bn_gamma, taylor, random")
+            raise ConfigError(f"unknown importance {importance!r}; known: l1, l2, bn_gamma, taylor, gradient, random")
     if no_bn:
         warnings.warn(f"importance 'bn_gamma': groups without BatchNorm scored by L1 instead: {', '.join(no_bn)}", stacklevel=3)
     return out
