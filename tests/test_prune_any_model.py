@@ -339,3 +339,30 @@ def test_gradient_importance_finds_a_dead_head_on_any_family(name):
     (edit,) = model.condense_edits
     (rec,) = [r for r in edit["params"]["groups"] if r["root"] == root]
     assert 1 not in rec["keep"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_method_transformer_on_families_without_bert_blocks_goes_through_the_engine(tmp_path, family):
+    from condense.models import build_model
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4))
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64))
+    hf.save_pretrained(tmp_path / family)
+    model = build_model(f"hf:{tmp_path / family}")
+    batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+    with torch.no_grad():
+        shape = model(**batch).shape
+    with pytest.warns(UserWarning, match="head_scope='layer'"):
+        prune(model, {"method": "transformer", "heads": 0.5, "ffn": 0.5}, data=[batch, batch])
+    with torch.no_grad():
+        assert model(**batch).shape == shape
+    if family == "gpt2":
+        assert model.hf.transformer.h[0].attn.c_attn.nf == 48 and model.hf.transformer.h[0].mlp.c_fc.nf == 64
+    else:  # one of two key/value groups (2 query heads) and half the FFN in every layer; config follows
+        cfg = model.hf.config
+        assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (2, 1, 32)

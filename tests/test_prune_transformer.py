@@ -204,10 +204,15 @@ def test_out_of_range_settings_are_refused(field, value):
         TransformerConfig()
 
 
-def test_non_bert_models_are_refused_naming_the_class(tmp_path):
+def test_families_without_bert_blocks_go_through_the_engine_and_others_are_refused(tmp_path):
     distil = condense.build_model(f"hf:{_tiny(tmp_path / 'distil', 'distilbert')}", task="encoder")
-    with pytest.raises(ConfigError, match=r"DistilBertModel .*model_type 'distilbert'.*bert, roberta"):
-        condense.prune(distil, TransformerConfig(heads=0.25, importance="weight"))
+    with pytest.raises(ConfigError, match=r"needs data= \(or example_inputs=\)"):
+        condense.prune(distil, TransformerConfig(heads=0.5, importance="weight", head_scope="layer"))
+    ids = torch.randint(0, VOCAB, (2, 6))
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    width = distil.hf.transformer.layer[0].attention.q_lin.out_features
+    condense.prune(distil, TransformerConfig(heads=0.5, importance="weight", head_scope="layer"), example_inputs=example)
+    assert distil.hf.transformer.layer[0].attention.q_lin.out_features == width // 2
     mlp = condense.build_model("mlp")
     with pytest.raises(ConfigError, match=r"Hugging Face encoder .*got MLP"):
         condense.prune(mlp, TransformerConfig(heads=0.25, importance="weight"))

@@ -57,6 +57,17 @@ def _field(cfg: Any, names: Sequence[str]) -> str | None:
     return None
 
 
+def ffn_width(cfg: Any) -> tuple[str | None, int | None]:
+    """(config field, FFN width): `intermediate_size` and its aliases; GPT-2's `n_inner=None`
+    means 4 x `n_embd`."""
+    field = _field(cfg, FFN_FIELDS)
+    if field:
+        return field, int(getattr(cfg, field))
+    if hasattr(cfg, "n_inner") and getattr(cfg, "n_inner", None) is None and isinstance(getattr(cfg, "n_embd", None), int):
+        return "n_inner", 4 * int(cfg.n_embd)
+    return None, None
+
+
 def patch_hf_config(model: nn.Module, groups: Sequence[Group], keep: dict[str, Sequence[int]]) -> dict[str, int]:
     """Set the config fields the cut changed (module docstring); returns them ({} when left alone)."""
     found = _hf_of(model)
@@ -71,7 +82,7 @@ def patch_hf_config(model: nn.Module, groups: Sequence[Group], keep: dict[str, S
     emb_param = next((prefix + n for n, p in hf.named_parameters() if emb_w is not None and p is emb_w), None)
     heads_q = getattr(cfg, "num_attention_heads", None)
     heads_kv = getattr(cfg, "num_key_value_heads", None) or heads_q
-    ffn_field = _field(cfg, FFN_FIELDS)
+    ffn_field, ffn_size = ffn_width(cfg)
     changes: dict[str, set[int]] = {}
     for g in groups:
         if g.root not in keep:
@@ -87,7 +98,7 @@ def patch_hf_config(model: nn.Module, groups: Sequence[Group], keep: dict[str, S
                 changes.setdefault("num_attention_heads", set()).add(new * (heads_q // heads_kv))
             elif g.size == heads_q:
                 changes.setdefault("num_attention_heads", set()).add(new)
-        elif ffn_field and g.size == getattr(cfg, ffn_field):
+        elif ffn_field and g.size == ffn_size:
             changes.setdefault(ffn_field, set()).add(new)
     if not changes or any(len(v) != 1 for v in changes.values()):
         return {}

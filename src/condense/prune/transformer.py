@@ -1,4 +1,10 @@
-"""Structured pruning of BERT-family encoders: attention heads and FFN neurons, physically removed.
+"""Structured pruning of attention heads and FFN neurons, physically removed.
+
+BERT-family encoders take the path below (global head budget, per-layer head counts). Every other
+transformers family (GPT-2, Llama / Qwen / Mistral with grouped-query attention, DistilBERT,
+DeBERTa, ViT, ...) goes through the dependency engine (`heads_and_ffn_by_engine`): the groups with
+attention heads and those as wide as the config's FFN lose the same share in every layer, scored
+by the gate gradient ("gradient") or the weights' L2 norm ("weight").
 
     model = condense.build_model("hf:/models/all-MiniLM-L6-v2")
     condense.prune(model, {"method": "transformer", "heads": 0.3, "ffn": 0.25}, data=splits.train)
@@ -188,12 +194,62 @@ def transformer_importance(model: nn.Module, cfg: TransformerConfig | Mapping[st
     return importance_scores(model, blocks, cfg.importance, batches, heads=cfg.heads > 0, ffn=cfg.ffn > 0, seed=cfg.seed)
 
 
+def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: PruneContext) -> nn.Module:
+    """Heads and FFN neurons of any transformer family (GPT-2, Llama / Qwen with grouped-query
+    attention, DistilBERT, DeBERTa, ViT, ...) through the dependency engine: the groups with
+    attention heads, and those as wide as the config's FFN, are cut by `ChannelConfig` ratios
+    in every layer (`head_scope="layer"`). Grouped-query attention loses whole key/value groups."""
+    import warnings
+
+    from condense.prune.graph import dependency_groups
+    from condense.prune.hfconfig import ffn_width
+    from condense.prune.structured import ChannelConfig, example_tuple, prune_channels
+
+    if cfg.importance not in ("gradient", "weight"):
+        raise ConfigError(f"transformer pruning of {type(getattr(model, 'hf', model)).__name__}: importance "
+                          f"{cfg.importance!r} needs BERT-style blocks; use 'gradient' or 'weight'")
+    if cfg.head_scope == "global" and cfg.heads > 0:
+        warnings.warn("transformer pruning outside the BERT layout removes the same share of heads in every layer "
+                      "(head_scope='layer')", stacklevel=3)
+    example = ctx.example_inputs
+    if example is None:
+        batches = calibration_batches(ctx.data, cfg)
+        if not batches:
+            raise ConfigError("transformer pruning of this model needs data= (or example_inputs=) to trace it")
+        example = {k: v[:2] for k, v in model_inputs(model, batches[0]).items()}
+    example = example_tuple(model, example)
+    groups = [g for g in dependency_groups(model, example) if g.prunable]
+    hf = getattr(model, "hf", model)
+    width = ffn_width(hf.config)[1] if getattr(hf, "config", None) is not None else None
+    ratios: dict[str, float] = {}
+    for g in groups:
+        if g.heads and cfg.heads > 0:
+            ratios.update({p: cfg.heads for p in g.producers})
+        elif width is not None and g.size == width and cfg.ffn > 0 and not g.heads:
+            ratios.update({p: cfg.ffn for p in g.producers})
+    if not ratios:
+        raise ConfigError(f"transformer pruning: the dependency engine found no prunable attention heads or FFN "
+                          f"neurons in {type(hf).__name__} (frozen: "
+                          f"{'; '.join(f'{g.root}: {g.reason}' for g in dependency_groups(model, example) if not g.prunable)})")
+    ccfg = ChannelConfig(ratio=0.0, ratios=ratios, importance="gradient" if cfg.importance == "gradient" else "l2",
+                         round_to=1, taylor_batches=cfg.calibration_batches, seed=cfg.seed)
+    data = calibration_batches(ctx.data, cfg) if cfg.importance == "gradient" else None
+    if cfg.importance == "gradient" and not data:
+        raise ConfigError("importance 'gradient' needs calibration data: pass prune(..., data=...)")
+    return prune_channels(model, ccfg, PruneContext(example, None, None, data))
+
+
 def prune_transformer(model: nn.Module, cfg: TransformerConfig, ctx: PruneContext) -> nn.Module:
     """Score heads and FFN neurons, choose, remove them, and log the edits (module docstring)."""
     if ctx.targets or ctx.ignore:
         raise ConfigError("transformer pruning prunes every encoder layer; targets / ignore do not apply "
                           "(use head_scope / min_heads_per_layer to shape the head budget)")
-    blocks = blocks_of(model)
+    try:
+        blocks = blocks_of(model)
+    except ConfigError:
+        if not _bert_free(model):
+            raise
+        return heads_and_ffn_by_engine(model, cfg, ctx)
     h_scores, n_scores = transformer_importance(model, cfg, ctx.data)
     removed = choose_heads(blocks, h_scores, cfg)
     width, kept = choose_neurons(blocks, n_scores, cfg) if cfg.ffn > 0 else (None, {})
@@ -230,6 +286,12 @@ def _replay_ffn(model: nn.Module, intermediate_size: int) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _bert_free(model: nn.Module) -> bool:
+    """A transformers model (wrapped as hf:) without BERT-style blocks: the engine path takes it."""
+    hf = getattr(model, "hf", None)
+    return hf is not None and hasattr(getattr(hf, "config", None), "model_type")
 
 
 def pad_pruned_heads(model: nn.Module) -> nn.Module:
