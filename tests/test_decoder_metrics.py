@@ -167,3 +167,20 @@ def test_onnx_export_of_a_decoder_is_scored_the_same(folders, corpus, family, tm
     assert onnx_m["runtime"] == "onnxruntime" and onnx_m["reference"]["runtime"] == "torch"
     assert onnx_m["perplexity"] == pytest.approx(torch_m["perplexity"], rel=1e-5)
     assert onnx_m["token_agreement"] == 1.0 and onnx_m["token_kl"] < 1e-9
+
+
+def test_condense_prune_heads_on_a_decoder_folder(folders, corpus, tmp_path, capsys):
+    """`condense prune --heads --ffn` on GPT-2: the dependency engine cuts heads (fused c_attn) and FFN,
+    recovery distils next-token logits from the unpruned model, the summary shows perplexity."""
+    from condense.cli import main
+
+    out = tmp_path / "pruned"
+    folder = folders["gpt2", 0]
+    code = main(["prune", f"hf:{folder}", "--heads", "0.5", "--ffn", "0.5", "--data", "text", "--data-arg",
+                 f"path={corpus}", "--data-arg", f"tokenizer={folder}", "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "before pruning: test perplexity" in text and "token agreement with the teacher" in text
+    model = condense.load(out)
+    block = model.hf.transformer.h[0]
+    assert (block.attn.c_attn.nf, block.mlp.c_fc.nf) == (48, 64)

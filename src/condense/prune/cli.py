@@ -11,10 +11,13 @@ output, exit codes from the `CondenseError` subclasses (2 bad config, 3 bad inpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
+
+from condense.core.errors import ConfigError
 
 #: command-line option -> the config field it sets (only passed when given).
 _PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to",
@@ -32,7 +35,6 @@ def _prune_config(args: argparse.Namespace) -> Any:
     """Build the method's config from the options the user gave; an option the method does not
     take (e.g. --importance with magnitude) is a ConfigError naming it."""
     from condense.cli.common import kv
-    from condense.core.errors import ConfigError
     from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
 
     _ensure_registered()
@@ -75,7 +77,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save_artifact,
         show,
     )
-    from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
     from condense.data.loader import example_inputs
     from condense.prune.recover import RecoverConfig, prune_and_recover
@@ -90,11 +91,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
                              "progress": "off" if args.json else "auto"}
     if args.lr is not None:
         train["lr"] = args.lr
-    from condense.models.hf import is_encoder
+    from condense.models.hf import is_causal_lm, is_encoder
 
     encoder = is_encoder(model)  # embeddings, not class scores
     rcfg = RecoverConfig.from_dict(
-        {"method": args.recover or ("distill" if encoder else "finetune"), "alpha": args.alpha,
+        {"method": args.recover or ("distill" if encoder or is_causal_lm(model) else "finetune"), "alpha": args.alpha,
          "temperature": args.temperature, "bn_batches": args.bn_batches, "train": train}, where="condense prune"
     )
     seed_everything(rcfg.train.seed)
@@ -130,8 +131,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if pcfg.method == "transformer":
         from condense.prune.transformer import head_counts
 
-        summary["heads_per_layer"] = head_counts(model)
-        summary["intermediate_size"] = int(model.hf.config.intermediate_size)
+        with contextlib.suppress(ConfigError):  # BERT-style blocks only; other families went through the engine
+            summary["heads_per_layer"] = head_counts(model)
+            summary["intermediate_size"] = int(model.hf.config.intermediate_size)
     vocab = getattr(model, "condense_vocab_report", None)
     if vocab is not None:
         summary["vocabulary"] = vocab
@@ -139,7 +141,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"saved {args.out}  ({pcfg.method}, recover {rcfg.method})\n"
         + (f"vocabulary: kept {vocab['kept']:,} of {vocab['vocab_size']:,} tokens "
            f"({vocab['distinct_tokens_seen']:,} seen in {vocab['tokens_read']:,} training tokens)\n" if vocab else "")
-        + (f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n" if before else f"{line}\n")
+        + (f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}\n" if before and "accuracy" in before
+           else f"before pruning: test perplexity {before['perplexity']:.3f}; after: {line}\n"
+           if before and "perplexity" in before else f"{line}\n")
         + (f"heads per layer {summary['heads_per_layer']}, FFN width {summary['intermediate_size']}\n"
            if "heads_per_layer" in summary else "")
         + f"params {summary['params_before']:,} -> {summary['params']:,}   MACs {summary['macs_before']:,} -> {summary['macs']:,} "

@@ -283,7 +283,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             latency = {"threads": cfg.threads, "batches": {}, "notes": []} if batches else None
             try:
                 for bs in batches:  # refuses (RunError, exit 4) on a slow-down unless --allow-slowdown
-                    sp = check_dynamic_speed(fp32_path, onnx_path, example.repeat(bs, *[1] * (example.dim() - 1)),
+                    tiled = ({k: v.repeat(bs, *[1] * (v.dim() - 1)) for k, v in example.items()} if isinstance(example, dict)
+                             else example.repeat(bs, *[1] * (example.dim() - 1)))  # a token batch dict, or a tensor
+                    sp = check_dynamic_speed(fp32_path, onnx_path, tiled,
                                              cfg.threads, refuse_slowdown=cfg.refuse_slowdown, max_ratio=cfg.max_ratio)
                     latency["batches"][int(bs)] = {"fp32_ms": sp["fp32_ms"], "int8_ms": sp["int8_ms"],  # type: ignore[index]
                                                    "int8_over_fp32": sp["ratio"]}
