@@ -355,3 +355,42 @@ def test_fx_graph_helpers_are_deterministic():
     torch.manual_seed(123)
     b = dependency_groups(build_model("mobilenetv2", in_channels=1, image_size=8), (torch.zeros(1, 1, 8, 8),))
     assert [(g.root, g.size, g.members) for g in a] == [(g.root, g.size, g.members) for g in b]
+
+
+class _OneLinear(nn.Module):
+    def __init__(self, body) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(6, 8)
+        self.body = body
+
+    def forward(self, x):
+        return self.body(self, x)
+
+
+# ops that mix, reorder or index channels: each must freeze l1's group (a review found them passing
+# silently: the output kept its shape and changed its values)
+MIXERS = {
+    "cumsum": (lambda m, x: m.l1(x).cumsum(-1)[:, :3], (4, 6)),
+    "tril": (lambda m, x: m.l1(x).tril().sum(-1), (4, 8, 6)),
+    "argmax": (lambda m, x: m.l1(x).max(dim=-1).indices.float(), (4, 6)),
+    "conv over channels": (lambda m, x: nn.functional.conv1d(m.l1(x), torch.ones(5, 5, 3), padding=1).sum(-1), (4, 5, 6)),
+    "pow exponent": (lambda m, x: (x[:, :1].abs() + 1).pow(m.l1(x))[:, :3], (4, 6)),  # 3 channels reach the output
+    "clamp bound": (lambda m, x: torch.clamp(x.sum(-1, keepdim=True), min=m.l1(x))[:, :3], (4, 6)),
+    "gather index": (lambda m, x: torch.gather(x.repeat(1, 2), 0, (m.l1(x) > 0).long()).sum(-1), (4, 6)),
+    "mean as a feature": (lambda m, x: m.l1(x).mean(-1), (4, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_ops_that_mix_channels_freeze_the_group(name):
+    body, shape = MIXERS[name]
+    model = _OneLinear(body).eval()
+    (g,) = [g for g in dependency_groups(model, (torch.randn(*shape),)) if g.root == "l1"]
+    assert not g.prunable and g.reason
+
+
+def test_sum_over_channels_and_norm_statistics_stay_prunable():
+    """A sum is exact (removed channels add 0); a keepdim mean / var is a norm's statistic (RMSNorm)."""
+    rms = _OneLinear(lambda m, x: (m.l1(x) * torch.rsqrt(m.l1(x).pow(2).mean(-1, keepdim=True) + 1e-6)).sum(-1)).eval()
+    (g,) = [g for g in dependency_groups(rms, (torch.randn(4, 6),)) if g.root == "l1"]
+    assert g.prunable

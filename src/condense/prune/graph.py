@@ -270,12 +270,17 @@ POOL = {
     "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d", "upsample_nearest3d", "_upsample_bilinear2d_aa",
     "upsample_bicubic2d", "max_pool2d_with_indices", "pad", "constant_pad_nd", "reflection_pad2d", "replicate_pad2d",
 }
+# ops whose output depends only on an input's shape / dtype (never on its channel values)
 FACTORIES = {
     "arange", "zeros", "ones", "full", "empty", "scalar_tensor", "zeros_like", "ones_like", "full_like", "empty_like",
     "new_zeros", "new_ones", "new_full", "new_empty", "rand", "randn", "rand_like", "randn_like", "tensor",
     "_assert_tensor_metadata", "sym_size", "sym_numel", "sym_stride", "_assert_scalar", "sym_constrain_range_for_size",
-    "triu", "tril", "bernoulli", "cumsum", "linspace", "eye",
+    "linspace", "eye",
 }
+# reductions that stay exact when channels go (removed channels contribute 0 to a sum)
+EXACT_REDUCE = {"sum"}
+# statistics a norm broadcasts back (keepdim): accepted like a norm's statistics over fewer channels
+NORM_STATS = {"mean", "var", "std", "norm", "linalg_vector_norm"}
 
 
 def _opname(node: Any) -> str:
@@ -539,6 +544,9 @@ class _Builder:
             if isinstance(out, tuple):
                 return out
             val = node.meta.get("val")
+            if out is not None:  # a handler answered for one tensor, the op returns several: lose nothing
+                self.freeze_all(node, f"{_where(node)} returns several tensors")
+                out = None
             if isinstance(val, list | tuple) and out is None:
                 return tuple([None] * len(_shape_t(v)) if isinstance(v, torch.Tensor) else None for v in val)
             return None
@@ -586,8 +594,8 @@ class _Builder:
         handler = getattr(self, f"op_{op}", None)
         if handler is not None:
             return handler(node)
-        if op in POINTWISE:
-            return self.arg_dims(node)[1]
+        if op in POINTWISE:  # with a second tensor (pow(x, y), clamp(x, min=t)) it is elementwise
+            return self.elementwise(node) if len(self.tensor_args(node)) > 1 else self.arg_dims(node)[1]
         if op in ELEMENTWISE:
             return self.elementwise(node)
         if op in REDUCE:
@@ -598,6 +606,9 @@ class _Builder:
             return None
         raise _Stop("this operation is not known to preserve or map channels")
 
+    def tensor_args(self, node: Any) -> list[Any]:
+        return [a for a in list(node.args) + list(node.kwargs.values()) if hasattr(a, "op") and _shape(a) is not None]
+
     # elementwise & friends
     def elementwise(self, node: Any) -> list[Desc]:
         out_shape = _shape(node)
@@ -606,11 +617,9 @@ class _Builder:
         res: list[Desc] = [None] * len(out_shape)
         sizes = [1] * len(out_shape)
         first = [True] * len(out_shape)
-        for a in node.args:
-            if not hasattr(a, "op"):
-                continue
+        for a in self.tensor_args(node):
             dims, shape = self.dims_of(a), _shape(a)
-            if dims is None or shape is None:
+            if dims is None:
                 continue
             lead = len(out_shape) - len(shape)
             for k, (d, size) in enumerate(zip(dims, shape, strict=True)):
@@ -631,15 +640,21 @@ class _Builder:
             rd = list(range(len(shape)))
         rd = [rd] if isinstance(rd, int) else list(rd)
         rd = {r % len(shape) for r in rd}
+        op = _opname(node)
         out: list[Desc] = []
         for i, d in enumerate(dims):
             if i in rd:
                 if _outerish(d) or isinstance(d, Fold):
                     self.freeze(d, f"{_where(node)} reduces over heads")
+                elif isinstance(d, Segs) and op not in EXACT_REDUCE and not (op in NORM_STATS and keep):
+                    # a max / prod / mean-as-a-feature over channels changes when channels go
+                    self.freeze(d, f"{_where(node)} reduces over channels ({op})")
                 if keep:
                     out.append(None)
             else:
                 out.append(d)
+        if isinstance(node.meta.get("val"), list | tuple):  # max / min over a dim: (values, indices)
+            return (out, list(out))  # type: ignore[return-value]
         return out
 
     def pool(self, node: Any) -> list[Desc]:
@@ -762,6 +777,8 @@ class _Builder:
             if not ok:
                 self.freeze(c, f"{why}: grouped convolution over mixed channels")
                 self.freeze(wo, f"{why}: grouped convolution over mixed channels")
+        for d in dims[2:]:  # a kernel sliding over channels mixes them
+            self.freeze(d, f"{why} slides over channels")
         self.role(wn, out_dim, "out")
         self.role(wn, in_dim, "in")
         out = [dims[0], w[out_dim]] + [None] * (len(shape) - 2)
@@ -854,6 +871,8 @@ class _Builder:
         v, dv, sv = self.arg_dims(node, 2)
         why = f"{_where(node)} (attention)"
         self.contract(dq[-1], dk[-1], sq[-1], why)
+        for d in (dk[-2], dv[-2]):  # the softmax runs over the key positions
+            self.freeze(d, f"{why}: channels as key positions")
         for j in range(len(sq) - 2):
             dq[j] = self.heads_tie(dq[j], dk[j], sq[j], sk[j], why)
             dq[j] = self.heads_tie(dq[j], dv[j], sq[j], sv[j], why)
@@ -1175,9 +1194,9 @@ class _Builder:
             else:
                 segs += self.segs(d)
         if inner:
-            res[dim] = next(dims[dim] for dims, _ in parts if isinstance(dims[dim], Split))
+            res[dim] = next(dims[dim] for dims, _ in parts if _inner(dims[dim]))
             for dims, _ in parts:
-                if isinstance(dims[dim], Segs):
+                if dims[dim] is not None and not _inner(dims[dim]):
                     self.freeze(dims[dim], why)
         else:
             res[dim] = Segs(tuple(segs))
@@ -1220,6 +1239,8 @@ class _Builder:
         dim = node.args[1] % len(dims)
         self.freeze(dims[dim], f"{_where(node)} gathers channels")
         idx = self.dims_of(node.args[2]) or []
+        for d in idx:
+            self.freeze(d, f"{_where(node)} gathers with channels")
         return [d if i != dim and (i >= len(idx) or idx[i] is None) else None for i, d in enumerate(dims)]
 
     def op_roll(self, node: Any) -> list[Desc]:
