@@ -17,8 +17,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from condense.core.errors import ConfigError
-
 #: command-line option -> the config field it sets (only passed when given).
 _PRUNE_OPTIONS = {"ratio": "ratio", "scope": "scope", "importance": "importance", "round_to": "round_to",
                   "heads": "heads", "ffn": "ffn"}
@@ -35,6 +33,7 @@ def _prune_config(args: argparse.Namespace) -> Any:
     """Build the method's config from the options the user gave; an option the method does not
     take (e.g. --importance with magnitude) is a ConfigError naming it."""
     from condense.cli.common import kv
+    from condense.core.errors import ConfigError
     from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
 
     _ensure_registered()
@@ -77,6 +76,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save_artifact,
         show,
     )
+    from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
     from condense.data.loader import example_inputs
     from condense.prune.recover import RecoverConfig, prune_and_recover
