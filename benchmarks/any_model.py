@@ -54,7 +54,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "any_model.json"
-CELLS = ("prune", "depth", "int8", "executorch", "tp")
+CELLS = ("prune", "depth", "layers", "int8", "executorch", "tp")
 IMG = 32  # image side for the vision models (64 for the timm / torchvision ones that downsample 32x)
 SEQ = 16
 VOCAB = 128
@@ -435,6 +435,34 @@ def cell_depth(arch: str, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, 
     return rec
 
 
+def cell_layers(arch: str, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, work: Path) -> dict[str, Any]:
+    """Layer-copy student (issue 26): keep 1 of the blocks of a transformers model, then reopen it
+    with `from_pretrained` from its saved folder. Not applicable to models without `.hf`."""
+    from condense.models.hf_layers import keep_layers
+
+    if getattr(model, "hf", None) is None or not hasattr(model.hf, "save_pretrained"):
+        return {}
+    rec: dict[str, Any] = {}
+    m = copy.deepcopy(model)
+    kept = step(rec, "ok", keep_layers, m.hf, 1)
+    if kept is None:
+        return rec
+    rec["kept"] = list(kept)
+    y = step(rec, "forward", run, m, x)
+    rec["shape_kept"] = y is not None and tuple(y.shape) == tuple(ref.shape)
+
+    def reopen() -> bool:
+        m.hf.save_pretrained(work / "student")
+        opened = type(m.hf).from_pretrained(work / "student").eval()
+        clone = copy.deepcopy(m)
+        clone.hf = opened
+        return bool(torch.allclose(run(clone, x), y, atol=1e-5, rtol=1e-5))
+
+    if y is not None and step(rec, "from_pretrained", reopen) is False:
+        rec["from_pretrained"] = False  # reopened, but the outputs differ
+    return rec
+
+
 def _hf_folder_model(model: nn.Module, work: Path) -> nn.Module:
     """The same random-init transformers model as a condense `hf:` encoder (the transformer int8 path takes only those)."""
     import condense
@@ -497,7 +525,8 @@ def cell_tp(arch: str, model: nn.Module, x: torch.Tensor, ref: torch.Tensor, wor
     return rec
 
 
-CELL_FNS = {"prune": cell_prune, "depth": cell_depth, "int8": cell_int8, "executorch": cell_executorch, "tp": cell_tp}
+CELL_FNS = {"prune": cell_prune, "depth": cell_depth, "layers": cell_layers, "int8": cell_int8, "executorch": cell_executorch,
+            "tp": cell_tp}
 
 
 def measure(arch: str, cells: list[str], cell_timeout: int) -> dict[str, Any]:
@@ -578,20 +607,21 @@ def mark(v: Any) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ["model", "source", "prune", "fwd", "shape", "params", "save/load", "onnx", "depth (cands)", "static int8",
-            "tf int8", "executorch", "TP", "TP shape", "TP params"]
+    head = ["model", "source", "prune", "fwd", "shape", "params", "save/load", "onnx", "depth (cands)", "layer copy",
+            "static int8", "tf int8", "executorch", "TP", "TP shape", "TP params"]
     rows = [head, ["---"] * len(head)]
     for name, e in results["models"].items():
         if e.get("skipped") or e.get("build") is not True:
             rows.append([name, e["source"], f"skipped: {e.get('skipped') or e.get('build')}"[:60]] + [""] * (len(head) - 3))
             continue
         c = e["cells"]
-        p, d, q, x, t = (c.get(k, {}) for k in CELLS)
+        p, d, lc, q, x, t = (c.get(k, {}) for k in CELLS)
         rows.append([
             name, e["source"], mark(p.get("ok")), mark(p.get("forward")), mark(p.get("shape_kept")),
             "-" if p.get("params_ratio") is None else f"{p['params_ratio']:.2f}",
             mark(p.get("save_load_exact")), mark(p.get("onnx_parity")),
             f"{mark(d.get('ok'))} ({d.get('candidates', 0)})" if d else "-",
+            mark(lc.get("from_pretrained") if lc.get("ok") is True else lc.get("ok")) if lc else "-",
             mark(q.get("static")) if q else "-", mark(q.get("transformer")) if q else "-",
             mark(x.get("ok")) if x else "-",
             mark(t.get("ok")), mark(t.get("shape_kept")),
@@ -614,6 +644,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "condense_prune_save_load": count("prune", lambda r: r.get("save_load_exact") is True),
         "condense_prune_onnx": count("prune", lambda r: r.get("onnx_parity") is True),
         "condense_depth_ok": count("depth", lambda r: r.get("ok") is True and r.get("forward") is True),
+        "condense_layer_copy": count("layers", lambda r: r.get("from_pretrained") is True and r.get("shape_kept") is True),
+        "layer_copy_applicable": count("layers", lambda r: r.get("ok") is not None),
         "condense_static_int8": count("int8", lambda r: r.get("static") is True and r.get("static_forward") is True),
         "condense_transformer_int8": count("int8", lambda r: r.get("transformer") is True),
         "condense_executorch": count("executorch", lambda r: r.get("ok") is True),

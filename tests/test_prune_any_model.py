@@ -366,3 +366,12 @@ def test_method_transformer_on_families_without_bert_blocks_goes_through_the_eng
     else:  # one of two key/value groups (2 query heads) and half the FFN in every layer; config follows
         cfg = model.hf.config
         assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (2, 1, 32)
+
+
+def test_layer_copy_refuses_the_stages_of_a_hierarchical_model():
+    """ConvNeXt's stages are a list of same-class modules of different widths: not blocks to copy."""
+    from condense.models.hf_layers import keep_layers
+
+    model, _ = CASES["convnext"]()
+    with pytest.raises(ConfigError, match="cannot find the transformer blocks of ConvNextForImageClassification"):
+        keep_layers(model.hf, 1)

@@ -8,7 +8,8 @@ on the task, so the student starts from the teacher's task-tuned embeddings, blo
 Where the blocks are (`layer_layout`): a small table per `config.model_type`, checked against
 transformers 5.x (`LAYER_PATHS`; BERT-family encoders `encoder.layer`, DistilBERT
 `transformer.layer`, GPT-2 `h`, Llama / Qwen2 / Mistral `layers`, ViT `layers`), else the largest
-`nn.ModuleList` of same-class modules whose length is the config's layer count. ALBERT runs ONE
+`nn.ModuleList` of same-class, same-shape modules whose length is the config's layer count (the
+stages of a hierarchical model such as ConvNeXt or Swin differ in width and are refused). ALBERT runs ONE
 shared layer group `num_hidden_layers` times: keeping k layers there means running it k times.
 The config's layer count (`num_hidden_layers`, or the field `attribute_map` names: GPT-2 `n_layer`,
 DistilBERT `n_layers`) and per-layer config lists (`layer_types`) follow the kept blocks, and the
@@ -113,6 +114,8 @@ def layer_layout(hf: nn.Module) -> LayerLayout:
     for name, m in base.named_modules():
         if not isinstance(m, nn.ModuleList) or len(m) < 1 or len({type(c) for c in m}) != 1:
             continue
+        if len({tuple((k, tuple(v.shape)) for k, v in c.state_dict().items()) for c in m}) != 1:
+            continue  # stages of different widths (ConvNeXt, Swin): not interchangeable blocks
         if isinstance(count, int) and len(m) != count:
             continue
         if best is None or len(m) > len(best[1]):
