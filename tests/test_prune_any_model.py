@@ -66,6 +66,15 @@ CASES = {
 }
 
 
+def _assert_replays(fresh: nn.Module, model: nn.Module, *inputs, **kw) -> None:
+    """The edit log rebuilds the pruned architecture on an unpruned copy; the weights load
+    strictly and the outputs are bit-identical."""
+    replayed = replay_edits(fresh, model.condense_edits)
+    replayed.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(replayed(*inputs, **kw), model(*inputs, **kw))
+
+
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -88,10 +97,7 @@ def test_half_the_channels_of_hugging_face_models(name):
         y = model(x)
     assert y.shape == shape
     assert _params(model) <= 0.6 * n0
-    replayed = replay_edits(fresh, model.condense_edits)
-    replayed.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(replayed(x), y)
+    _assert_replays(fresh, model, x)
 
 
 # heads (q/k/v/o coupled, GQA in whole key/value groups, GPT-2's fused c_attn) and FFN neurons
@@ -202,8 +208,7 @@ def test_squeeze_excitation_depthwise_multiplier_concat_and_channels_last_norm()
     assert model.head.in_features == 20
     with torch.no_grad():
         assert model(x).shape == (2, 10)
-    replayed = replay_edits(fresh, model.condense_edits)
-    replayed.load_state_dict(model.state_dict(), strict=True)
+    _assert_replays(fresh, model, x)
 
 
 def test_a_forward_needing_more_inputs_names_the_argument():
@@ -240,10 +245,7 @@ def test_a_batch_dict_of_keyword_inputs_prunes_and_replays():
     (edit,) = model.condense_edits
     assert edit["params"]["input_names"] == ["input_ids", "attention_mask"]
     assert model.hf.bert.encoder.layer[0].attention.self.query.out_features == 16
-    replayed = replay_edits(fresh, model.condense_edits)
-    replayed.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        assert torch.equal(replayed(**batch), model(**batch))
+    _assert_replays(fresh, model, **batch)
 
 
 def test_deberta_with_a_batch_of_one_still_finds_its_heads():
@@ -280,8 +282,7 @@ def test_grouped_conv_then_depthwise_and_group_norm_remove_whole_groups():
     assert (model.dw.groups, model.dw.out_channels, model.norm.num_groups, model.norm.num_channels) == (32, 32, 4, 32)
     with torch.no_grad():
         assert model(x).shape == (2, 10)
-    replayed = replay_edits(fresh, model.condense_edits)
-    replayed.load_state_dict(model.state_dict(), strict=True)
+    _assert_replays(fresh, model, x)
 
 
 class TimmStyleAttention(nn.Module):

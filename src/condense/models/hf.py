@@ -472,16 +472,22 @@ def write_side_files(model: HFModel, folder: Path) -> list[str]:
     return written
 
 
-def transformers_loadable(model: HFModel, hf_state: dict[str, torch.Tensor]) -> bool:
-    """Whether `hf_state` has exactly the keys and shapes transformers builds from the config
-    (False after structural edits such as pruned channels: then only condense.load opens it)."""
+def config_builds(build: Any, config: Any, hf_state: dict[str, torch.Tensor]) -> bool:
+    """Whether `build(config)` (a transformers class or `AutoModel...from_config`), made on the
+    meta device, has exactly the keys and shapes of `hf_state`."""
     try:
         with _quiet(), torch.device("meta"):
-            ref = _auto(model.auto_class).from_config(model.hf.config)
+            ref = build(config)
     except Exception:  # noqa: BLE001  (a config transformers cannot rebuild: not loadable)
         return False
     own = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     return own == {k: tuple(v.shape) for k, v in hf_state.items()}
+
+
+def transformers_loadable(model: HFModel, hf_state: dict[str, torch.Tensor]) -> bool:
+    """Whether `hf_state` has exactly the keys and shapes transformers builds from the config
+    (False after structural edits such as pruned channels: then only condense.load opens it)."""
+    return config_builds(_auto(model.auto_class).from_config, model.hf.config, hf_state)
 
 
 def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:

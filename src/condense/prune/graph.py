@@ -27,6 +27,7 @@ Discovery only depends on the architecture and input shapes (edit-log replay rel
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -119,17 +120,14 @@ class Fold:
 Desc = Segs | Split | Fold | None
 
 
-def _lead(d: Split) -> int:
-    """1 for a split's outer dim (heads), 2 for a dim inside a unit (positions within a head)."""
-    return 1 if d.idx == 0 else 2
-
-
 def _inner(d: Any) -> bool:
-    return isinstance(d, Split) and _lead(d) > 1
+    """Positions inside a unit (a head's own dims): free to slice, contract or reduce."""
+    return isinstance(d, Split) and d.idx > 0
 
 
 def _outerish(d: Any) -> bool:
-    return isinstance(d, Split) and _lead(d) == 1
+    """A lazy split's outer dim (the heads): tying it coarsens the space into whole units."""
+    return isinstance(d, Split) and d.idx == 0
 
 
 class _Spaces:
@@ -395,9 +393,9 @@ class _Builder:
     def outer(self, d: Desc, why: str) -> Desc:
         """A lazy split's outer dim becomes a plain segment (coarsening its space to whole units)."""
         if isinstance(d, Split):
-            if _lead(d) == 1 and self.sp.coarsen(d.space, d.sizes[d.idx]):
+            if d.idx == 0 and self.sp.coarsen(d.space, d.sizes[d.idx]):
                 return Segs(((d.space, d.sizes[d.idx]),))
-            if _lead(d) == 1:
+            if d.idx == 0:
                 self.freeze(d, why)
                 return None
         return d
@@ -548,7 +546,7 @@ class _Builder:
                 self.freeze_all(node, f"{_where(node)} returns several tensors")
                 out = None
             if isinstance(val, list | tuple) and out is None:
-                return tuple([None] * len(_shape_t(v)) if isinstance(v, torch.Tensor) else None for v in val)
+                return tuple([None] * v.dim() if isinstance(v, torch.Tensor) else None for v in val)
             return None
         if out is None:
             return [None] * len(shape)
@@ -675,9 +673,6 @@ class _Builder:
         if _opname(node) == "max_pool2d_with_indices":
             return (out, list(out))  # type: ignore[return-value]
         return out
-
-    def op_where(self, node: Any) -> list[Desc]:
-        return self.elementwise(node)
 
     # layers
     def op_linear(self, node: Any) -> list[Desc]:
@@ -1003,7 +998,7 @@ class _Builder:
             return ins[0][0]
         # a lazy split put back together
         d0 = ins[0][0]
-        if (all(isinstance(d, Split) for d, _ in ins) and d0.idx + len(ins) == len(d0.sizes) and _lead(d0) == 1
+        if (all(isinstance(d, Split) for d, _ in ins) and d0.idx + len(ins) == len(d0.sizes) and d0.idx == 0
                 and all(d.space == d0.space and d.sizes == d0.sizes and d.idx == d0.idx + k for k, (d, _) in enumerate(ins))):
             return Segs(((d0.space, math.prod(d0.sizes)),))
         if all(d is None for d, _ in ins[:-1]) and ins[-1][0] is not None and not isinstance(ins[-1][0], Fold):
@@ -1144,7 +1139,7 @@ class _Builder:
             d = self.outer(d, why) if _outerish(d) else d
         if isinstance(d, Split) or d is None:
             return tuple(dims[:dim] + [d] + dims[dim + 1:] for _ in sizes)
-        cuts = list(itertools_accumulate(sizes))
+        cuts = list(itertools.accumulate(sizes[:-1]))
         if isinstance(d, Segs) and self._cut(d, cuts):
             out, pos, segs = [], 0, self.segs(d)
             for sz in sizes:
@@ -1264,12 +1259,6 @@ class _Builder:
                 dims[w % len(dims)] = None
         return dims
 
-    def op_masked_fill(self, node: Any) -> list[Desc]:
-        return self.elementwise(node)
-
-    def op_softmax(self, node: Any) -> list[Desc]:
-        return self.arg_dims(node)[1]
-
     # -- result ----------------------------------------------------------------------------------
     def groups(self) -> list[Group]:
         by_class: dict[int, list[Member]] = {}
@@ -1304,18 +1293,6 @@ class _Builder:
 
 class _Stop(Exception):
     pass
-
-
-def _shape_t(v: torch.Tensor) -> tuple[int, ...]:
-    return tuple(v.shape)
-
-
-def itertools_accumulate(sizes: list[int]) -> list[int]:
-    out, t = [], 0
-    for s in sizes[:-1]:
-        t += s
-        out.append(t)
-    return out
 
 
 def export_graph(model: nn.Module, example_inputs: tuple[Any, ...], example_kwargs: dict[str, Any] | None = None) -> Any:

@@ -77,7 +77,7 @@ def _fix_module(m: nn.Module, old: dict[str, tuple[int, ...]]) -> None:
         m.normalized_shape = (w.shape[0],)
 
 
-def _fix_heads(model: nn.Module, g: Group, n_old: int, n_new: int, modules: dict[str, nn.Module]) -> None:
+def _fix_heads(g: Group, n_old: int, n_new: int, modules: dict[str, nn.Module]) -> None:
     """Attention modules read their head count / width from attributes: scale those that match."""
     if n_new == n_old:
         return
@@ -139,7 +139,7 @@ def apply_channel_pruning(model: nn.Module, groups: Sequence[Group], keep: dict[
         if id(m) in old_shapes:
             _fix_module(m, old_shapes[id(m)])
     for g, n_old, n_new in resized:
-        _fix_heads(model, g, n_old, n_new, modules)
+        _fix_heads(g, n_old, n_new, modules)
 
 
 def _values(example_inputs: Any) -> list[torch.Tensor]:

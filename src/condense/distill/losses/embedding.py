@@ -50,13 +50,15 @@ class EmbeddingLoss(DistillLoss):
 
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     compares_classes: ClassVar[bool] = False
+    loss_name: ClassVar[str] = "embedding"  # in error messages (subclasses: token_states)
 
     def __init__(self, kind: Literal["mse", "cosine"] = "mse", adapter: Literal["auto", "none"] = "auto") -> None:
         super().__init__()
         if kind not in _KINDS:
-            raise ConfigError(f"embedding.kind must be one of {', '.join(_KINDS)}, got {kind!r}{did_you_mean(str(kind), _KINDS)}")
+            raise ConfigError(f"{self.loss_name}.kind must be one of {', '.join(_KINDS)}, got {kind!r}"
+                              f"{did_you_mean(str(kind), _KINDS)}")
         if adapter not in ("auto", "none"):
-            raise ConfigError(f"embedding.adapter must be 'auto' or 'none', got {adapter!r}")
+            raise ConfigError(f"{self.loss_name}.adapter must be 'auto' or 'none', got {adapter!r}")
         self.kind, self.adapter = kind, adapter
         self.projector: nn.Module | None = None
         self._materialized = False

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condense.core.errors import ConfigError, did_you_mean
-from condense.distill.losses.base import DistillLoss, LossInputs, crop_tokens, token_mask
-
-_KINDS = ("mse", "cosine")
+from condense.core.errors import ConfigError
+from condense.distill.losses.base import LossInputs, crop_tokens, token_mask
+from condense.distill.losses.embedding import EmbeddingLoss
 
 
 def token_states_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None, kind: str = "cosine",
@@ -45,38 +43,18 @@ def token_states_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = No
     return (per_token * m).sum() / m.sum().clamp_min(1.0)
 
 
-class TokenStatesLoss(DistillLoss):
+class TokenStatesLoss(EmbeddingLoss):
     """Regress the teacher's per-token output states, padding masked; label-free.
 
     `kind`: "cosine" (default) or "mse". `adapter`: "auto" adds a Linear projection only when the
     widths differ, "none" never (the widths must then match).
     """
 
-    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
-    compares_classes: ClassVar[bool] = False
+    loss_name: ClassVar[str] = "token_states"
     expects: ClassVar[str] = "per-token states (B, T, H) from student and teacher (H may differ with adapter: auto)"
 
     def __init__(self, kind: Literal["mse", "cosine"] = "cosine", adapter: Literal["auto", "none"] = "auto") -> None:
-        super().__init__()
-        if kind not in _KINDS:
-            raise ConfigError(f"token_states.kind must be one of {', '.join(_KINDS)}, got {kind!r}"
-                              f"{did_you_mean(str(kind), _KINDS)}")
-        if adapter not in ("auto", "none"):
-            raise ConfigError(f"token_states.adapter must be 'auto' or 'none', got {adapter!r}")
-        self.kind, self.adapter = kind, adapter
-        self.projector: nn.Module | None = None
-        self._materialized = False
-
-    def build(self, student: Tensor, teacher: Tensor) -> None:
-        if self._materialized:
-            return
-        if self.adapter == "auto" and student.shape[-1] != teacher.shape[-1]:
-            dtype = student.dtype if student.dtype in (torch.float32, torch.float64) else None
-            self.projector = nn.Linear(student.shape[-1], teacher.shape[-1], bias=False).to(student.device, dtype)
-        self._materialized = True
-
-    def materialize(self, inp: LossInputs) -> None:
-        self.build(self._student_logits(inp), self._teacher_logits(inp))
+        super().__init__(kind, adapter)  # the embedding loss's options and lazy projection, per token
 
     def forward(self, student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
         if not self._materialized:
@@ -85,6 +63,3 @@ class TokenStatesLoss(DistillLoss):
 
     def forward_inputs(self, inp: LossInputs) -> Tensor:
         return self(self._student_logits(inp), self._teacher_logits(inp), inp.mask)
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, adapter={self.adapter!r}"
