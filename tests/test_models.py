@@ -12,7 +12,7 @@ from condense.core.errors import ConfigError, UnknownNameError
 from condense.models import MODELS, ModelSpec, build_model, list_models, model_spec
 from condense.models.registry import check_model_args
 
-ZOO = ["mlp", "cnn", "resnet", "mobilenetv2", "vgg"]
+ZOO = ["mlp", "cnn", "resnet", "mobilenetv2", "vgg", "lenet5"]
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 # Keeps the whole-zoo shape tests fast; defaults are covered by the trace/export and seed tests.
 FAST = {"mobilenetv2": {"width_mult": 0.5}}

@@ -8,7 +8,7 @@ Hugging Face encoders from a local folder are `build_model("hf:<folder>", task=.
 """
 from __future__ import annotations
 
-from condense.models import cnn, mlp, mobilenetv2, resnet, vgg  # noqa: F401  (registers the zoo)
+from condense.models import cnn, lenet, mlp, mobilenetv2, resnet, vgg  # noqa: F401  (registers the zoo)
 from condense.models.edits import EDITS, record_edit, replay_edits
 from condense.models.hf import (
     HFModel,
