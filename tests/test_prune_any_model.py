@@ -165,16 +165,33 @@ class EncoderClassifier(nn.Module):
         return self.head(self.encoder(self.proj(x)).mean(1))
 
 
-def test_transformer_encoder_prunes_its_ffn_and_names_why_attention_stays():
+def test_transformer_encoder_loses_heads_width_and_ffn_and_replays():
+    """nn.MultiheadAttention becomes SplitAttention (same function), whose heads and width the engine
+    cuts like any attention; the edit log ("mha_as_linears", then the cut) replays bit-exactly."""
+    from condense.prune.mha import SplitAttention
+
     model = EncoderClassifier().eval()
+    fresh = copy.deepcopy(model)
     x = torch.randn(2, 5, 12)
-    groups = dependency_groups(model, (x,))
-    frozen = [g for g in groups if not g.prunable]
+    prune(model, ChannelConfig(ratio=0.5), example_inputs=x, recalibrate=False)
+    layer = model.encoder.layers[0]
+    assert isinstance(layer.self_attn, SplitAttention)
+    assert (layer.self_attn.num_heads, layer.self_attn.q_proj.out_features, layer.linear1.out_features) == (2, 16, 32)
+    assert layer.norm1.normalized_shape == (16,) and _params(model) < 0.35 * _params(fresh)
+    assert [e["kind"] for e in model.condense_edits] == ["mha_as_linears", "prune_channels"]
+    _assert_replays(fresh, model, x)
+
+
+def test_multihead_attention_with_extra_key_bias_stays_frozen_with_its_reason():
+    model = EncoderClassifier().eval()
+    for layer in model.encoder.layers:
+        layer.self_attn = nn.MultiheadAttention(32, 4, add_bias_kv=True, batch_first=True)
+    x = torch.randn(2, 5, 12)
+    frozen = [g for g in dependency_groups(model, (x,)) if not g.prunable]
     assert any("nn.MultiheadAttention 'encoder.layers.0.self_attn'" in g.reason for g in frozen)
     prune(model, ChannelConfig(ratio=0.5), example_inputs=x, recalibrate=False)
+    assert type(model.encoder.layers[0].self_attn) is nn.MultiheadAttention
     assert model.encoder.layers[0].linear1.out_features == 32
-    with torch.no_grad():
-        assert model(x).shape == (2, 3)
 
 
 class SEConcatNet(nn.Module):

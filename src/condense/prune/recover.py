@@ -51,6 +51,7 @@ from condense.train.recover import (
     val_accuracy,
 )
 from condense.train.recover import recover_config as as_recover_config
+from condense.prune.mha import split_attention
 
 __all__ = ["RecoverConfig", "iterative_prune", "macs_ratio_to_channel_ratio", "prune_and_recover",
            "recalibrate_batchnorm"]
@@ -112,6 +113,7 @@ def macs_ratio_to_channel_ratio(
         )
     if not 0.0 < float(target_macs) < 1.0:
         raise ConfigError(f"target_macs is the fraction of MACs kept, in (0, 1); got {target_macs!r}")
+    split_attention(model)
     inputs = example_tuple(model, example_inputs)
     ctx = PruneContext(inputs, targets, ignore, data)
     groups = eligible_groups(model, dependency_groups(model, inputs), ctx)

@@ -27,6 +27,7 @@ from condense.prune.selection import select_layers
 from condense.prune.structured import eligible_groups, example_tuple, keep_count
 from condense.prune.surgery import apply_channel_pruning
 from condense.prune.unstructured import magnitude_scores, masks_from_scores
+from condense.prune.mha import split_attention
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -95,6 +96,7 @@ def layer_sensitivity(
     if method not in ("channel", "magnitude"):
         raise ConfigError(f"layer_sensitivity: method must be 'channel' or 'magnitude', got {method!r}")
     base = copy.deepcopy(model)
+    split_attention(base)  # group names as prune_channels will see them
     inputs = example_tuple(base, example_inputs)
     table: dict[str, Any] = {
         "method": method, "ratios": ratios, "baseline": float(eval_fn(copy.deepcopy(base))),

@@ -22,6 +22,7 @@ from condense.core.select import select_modules
 from condense.prune.config import PRUNERS, ChannelConfig, PruneContext, Pruner, SlimmingConfig
 from condense.prune.graph import Group, dependency_groups, layer_kinds
 from condense.prune.importance import group_scores
+from condense.prune.mha import split_attention
 from condense.prune.selection import select_layers
 from condense.prune.surgery import prune_and_record
 
@@ -180,6 +181,7 @@ def _shapes(value: Any) -> Any:
 
 def prune_channels(model: nn.Module, cfg: ChannelConfig, ctx: PruneContext) -> nn.Module:
     """Structured pruning: remove the least important channels of every selected group."""
+    split_attention(model)
     inputs = example_tuple(model, ctx.example_inputs)
     check_arguments(model, inputs)
     before = _shapes(_outputs(model, inputs))

@@ -203,6 +203,7 @@ def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: Prune
 
     from condense.prune.graph import dependency_groups
     from condense.prune.hfconfig import ffn_width
+    from condense.prune.mha import split_attention
     from condense.prune.structured import ChannelConfig, example_tuple, prune_channels
 
     if cfg.importance not in ("gradient", "weight"):
@@ -217,6 +218,7 @@ def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: Prune
         if not batches:
             raise ConfigError("transformer pruning of this model needs data= (or example_inputs=) to trace it")
         example = {k: v[:2] for k, v in model_inputs(model, batches[0]).items()}
+    split_attention(model)
     example = example_tuple(model, example)
     groups = [g for g in dependency_groups(model, example) if g.prunable]
     hf = getattr(model, "hf", model)
