@@ -13,7 +13,7 @@ row, so the differences are paired. Rows:
 - distilled, old:      condense distill ... --config {train: {epochs: 10, lr: 0.001, warmup_steps: 0}}
                        (the defaults before issue 23: TrainConfig's, 10 epochs at lr 1e-3)
 - distilled (defaults): condense distill --teacher <teacher> --student cnn --student-arg width=8
-- alone, distill's schedule: condense train ... --epochs 20 --lr 0.01 --set warmup_steps=20
+- alone, distill's schedule: condense train ... --lr 0.01 --set warmup_steps=20
                        (the control: the student alone with distillation's training settings,
                        so the gain from the teacher is told apart from the gain from the schedule)
 
@@ -24,6 +24,12 @@ label settings, teacher as `condense train`): soft KD at alpha 0.9 for 10 epochs
 rate x temperature, without the T^2 factor, with a warm-up, and with 20 epochs.
 
     python benchmarks/distill_defaults.py --probe   # -> benchmarks/results/distill_defaults_probe.json
+
+`--small N` (issue 27) is the new user's run through the Python API on exactly N labelled digits:
+`TrainConfig()` and `DistillConfig()` as they stand and as they were before issue 27 (10 / 20
+epochs with drop_last, 50 / 100 optimizer steps on 377 images).
+
+    python benchmarks/distill_defaults.py --small 377   # -> benchmarks/results/distill_defaults_377.json
 """
 from __future__ import annotations
 
@@ -114,8 +120,7 @@ def run_seed(seed: int, data_args: list[str], work: Path) -> tuple[dict[str, flo
     acc["distilled, old defaults"] = r["test_accuracy"]
     r, cpu["distilled (condense distill)"] = cli(*distill, "--out", str(work / "kd"))
     acc["distilled (condense distill)"] = r["test_accuracy"]
-    ctrl = ["--epochs", str(DISTILL_TRAIN["epochs"]), "--lr", str(DISTILL_TRAIN["lr"]),
-            "--set", f"warmup_steps={DISTILL_TRAIN['warmup_steps']}"]
+    ctrl = ["--lr", str(DISTILL_TRAIN["lr"]), "--set", f"warmup_steps={DISTILL_TRAIN['warmup_steps']}"]
     r, cpu["alone, distill's schedule"] = cli("train", "--model", "cnn", *STUDENT, *data, *s, *ctrl,
                                                   "--out", str(work / "alone_ctrl"))
     acc["alone, distill's schedule"] = r["test_accuracy"]
@@ -217,14 +222,94 @@ def probe(seeds: int) -> dict[str, Any]:
     return out
 
 
+#: name -> (True: distilled, False: alone; TrainConfig fields over the verb's defaults)
+SMALL_ROWS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "alone, TrainConfig() before issue 27 (10 epochs, drop_last)": (False, {"epochs": 10, "drop_last": True}),
+    "alone, TrainConfig()": (False, {}),
+    "alone, condense train's lr 3e-3": (False, {"lr": 3e-3}),
+    "distilled, DistillConfig() before issue 27 (20 epochs, drop_last)": (True, {"epochs": 20, "drop_last": True}),
+    "distilled, DistillConfig()": (True, {}),
+}
+
+
+def small(seeds: int, n: int) -> dict[str, Any]:
+    """Issue 27's new user: the Python API's defaults on exactly `n` labelled digits (the first `n`
+    of the 30 % labelled train split), teacher as `condense train` trains it on the same images."""
+    import warnings
+
+    from condense.core.seed import seed_everything
+    from condense.data import load_dataset
+    from condense.distill import distill
+    from condense.evaluate import evaluate
+    from condense.models import build_model
+    from condense.train import TrainConfig, train_model
+    from condense.train.length import run_length
+
+    def cnn(seed: int, **kw: Any) -> torch.nn.Module:
+        seed_everything(seed)
+        return build_model("cnn", in_channels=1, image_size=8, num_classes=10, **kw)
+
+    acc: dict[str, list[float]] = {"teacher": [], **{name: [] for name in SMALL_ROWS}}
+    steps: dict[str, int] = {}
+    cpu = dict.fromkeys(acc, 0.0)
+    for seed in range(seeds):
+        splits = load_dataset("digits", seed=seed, labelled_fraction=0.3)
+        train = splits.train.subset(torch.arange(n))
+        q = {"seed": seed, "progress": "off"}
+        t0 = time.process_time()
+        teacher = train_model(cnn(seed), train, TrainConfig(epochs=10, lr=3e-3, **q), splits.val).model
+        cpu["teacher"] += time.process_time() - t0
+        acc["teacher"].append(float(evaluate(teacher, splits.test)["accuracy"]))
+        for name, (kd, over) in SMALL_ROWS.items():
+            t0 = time.process_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the old defaults' short runs warn (ShortRunWarning)
+                if kd:
+                    cfg = DistillConfig(train={**q, **over})
+                    steps[name] = run_length(cfg.train, n).total_steps
+                    model = distill(cnn(seed, width=8), teacher, train, cfg, splits.val)
+                else:
+                    tcfg = TrainConfig(**q, **over)
+                    steps[name] = run_length(tcfg, n).total_steps
+                    model = train_model(cnn(seed, width=8), train, tcfg, splits.val).model
+            cpu[name] += time.process_time() - t0
+            acc[name].append(float(evaluate(model, splits.test)["accuracy"]))
+        print(n, seed, {k: round(100 * v[-1], 2) for k, v in acc.items()}, flush=True)
+    base = acc["alone, TrainConfig()"]
+    rows = {name: {"accuracy": v, "mean": 100 * statistics.mean(v),
+                   "std": 100 * statistics.stdev(v) if len(v) > 1 else 0.0, "optimizer_steps": steps.get(name),
+                   "cpu_s_per_run": cpu[name] / seeds, "vs_alone_TrainConfig": paired(v, base)}
+            for name, v in acc.items()}
+    lines = [f"| row ({n} labelled digits, seeds 0-{seeds - 1}) | optimizer steps | test acc % (mean ± std) "
+             "| Δ vs alone, TrainConfig(), paired | wins / ties / losses |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        d = r["vs_alone_TrainConfig"]
+        lines.append(f"| {name} | {r['optimizer_steps'] or ''} | {r['mean']:.2f} ± {r['std']:.2f} | "
+                     f"{d['mean']:+.2f} ± {d['std']:.2f} | " + "{} / {} / {}".format(*d["wins_ties_losses"]) + " |")
+    return {"samples": n, "rows": rows, "markdown": "\n".join(lines)}
+
+
 def main_cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: timings comparable on shared cores)")
     ap.add_argument("--probe", action="store_true", help="the learning rate x temperature investigation instead")
     ap.add_argument("--json", type=Path, default=None, help=f"default {OUT} ({PROBE_OUT.name} with --probe)")
+    ap.add_argument("--small", type=int, default=None, metavar="N",
+                    help="quick: the Python API's defaults on exactly N labelled digits (issue 27: 377)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.small:
+        t_cpu = time.process_time()
+        res = {"cpu": cpu_info(), "torch": torch.__version__, "threads": args.threads,
+               "seeds": list(range(args.seeds)), **small(args.seeds, args.small)}
+        res["cpu_s_total"] = time.process_time() - t_cpu
+        path = args.json or OUT.with_name(f"distill_defaults_{args.small}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(res["markdown"])
+        print(f"CPU {res['cpu_s_total']:.0f} s on {res['cpu']['model']}; wrote {path}")
+        return
     if args.probe:
         t_cpu = time.process_time()
         res = {"cpu": cpu_info(), "torch": torch.__version__, "threads": args.threads, "seeds": list(range(args.seeds)),

@@ -174,7 +174,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--model", default="cnn", help="zoo name or package.module:factory")
     sp.add_argument("--model-arg", action="append", metavar="K=V", help="model option, e.g. width=16 (repeatable)")
     add_data_opts(sp, "digits")
-    sp.add_argument("--epochs", type=int, default=10)
+    sp.add_argument("--epochs", type=int, default=None,
+                    help="default: 10 epochs, at least 500 optimizer steps (TrainConfig's min_steps)")
     sp.add_argument("--lr", type=float, default=3e-3)
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--optimizer", default="adamw")
@@ -200,7 +201,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--config", help="YAML file with DistillConfig fields (losses, alpha, temperature, teacher_mix, train: ...)")
     sp.add_argument("--alpha", type=float, default=None, help="weight of the teacher's signal (1 = label-free)")
     sp.add_argument("--temperature", type=float, default=None)
-    sp.add_argument("--epochs", type=int, default=None, help="default 20 (DistillConfig's; 10 for a Hugging Face teacher)")
+    sp.add_argument("--epochs", type=int, default=None, help="default: 10 epochs, at least 500 optimizer steps (10 epochs for a Hugging Face teacher)")
     sp.add_argument("--lr", type=float, default=None,
                     help="default 1e-2 after a 20-step warm-up (DistillConfig's; 1e-4 for a Hugging Face teacher)")
     sp.add_argument("--seed", type=int, default=None)

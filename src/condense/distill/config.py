@@ -10,9 +10,10 @@ from condense.data.augment import AugmentConfig
 from condense.train.config import TrainConfig
 
 #: What distillation trains with where `train` does not say (the Python API, `condense distill`
-#: and recipe stages alike), on top of `TrainConfig`'s defaults. Measured on digits in
-#: benchmarks/distill_defaults.py (docs/distillation.md, "Default settings").
-DISTILL_TRAIN: dict[str, Any] = {"epochs": 20, "lr": 1e-2, "warmup_steps": 20}
+#: and recipe stages alike), on top of `TrainConfig`'s defaults (whose length is 10 epochs, at
+#: least `min_steps` optimizer steps). Measured on digits in benchmarks/distill_defaults.py
+#: (docs/distillation.md, "Default settings"; docs/training.md, "Default length").
+DISTILL_TRAIN: dict[str, Any] = {"lr": 1e-2, "warmup_steps": 20}
 
 
 @dataclasses.dataclass
@@ -34,16 +35,19 @@ class DistillConfig(Config):
     `augment` + `mixup` give consistent-view distillation ("function matching", Beyer et al.
     2022): teacher and student see the same augmented (optionally mixed-up) view.
 
-    `train` defaults to `TrainConfig` with `DISTILL_TRAIN` on top (20 epochs, lr 1e-2 after a
-    20-step linear warm-up); a partial `train` mapping (a recipe's, the CLI's) fills in the rest
+    `train` defaults to `TrainConfig` with `DISTILL_TRAIN` on top (lr 1e-2 after a 20-step linear
+    warm-up, for `TrainConfig`'s default length: 10 epochs, at least 500 optimizer steps); a
+    partial `train` mapping (a recipe's, the CLI's) fills in the rest
     from there; a `TrainConfig` object is used as given. Why the higher learning rate: the soft
     term reads the student's logits only through `s / T`, and AdamW's step does not grow with
     the loss (Hinton's T^2, which restores the gradient scale under SGD, cancels in Adam's
     normalised update), so at T = 4 the student's softened outputs move about 4x less per step
     than under cross-entropy at the same lr; with TrainConfig's lr 1e-3 and 10 epochs the
-    student underfitted. Why 20 epochs: soft targets keep teaching after the labels are fitted
+    student underfitted. Why long runs: soft targets keep teaching after the labels are fitted
     (the "patient teacher" of Beyer et al. 2022); on digits the student alone gained nothing
     from 10 to 20 epochs and the distilled one did (docs/distillation.md, "Default settings").
+    Issue 23's 20 epochs became the step floor of issue 27: 20 epochs of 377 images were 100
+    optimizer steps (docs/training.md, "Default length").
     """
 
     losses: list[dict[str, Any]] = dataclasses.field(default_factory=list)

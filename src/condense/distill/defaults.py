@@ -6,8 +6,8 @@ distilled with the cosine embedding loss alone (Reimers & Gurevych 2020; no labe
 encoder whose output is per-token hidden states gets `token_states` (below). Every Hugging Face teacher (an encoder or a fine-tuned classifier, whose
 student is a transformer built from its layers) sets a transformer's learning rate (1e-4 unless
 `train.lr` is set: the 1e-2 that suits a small CNN student wrecks a pretrained BERT's weights in
-a few steps) and keeps 10 epochs unless `train.epochs` is set (`DistillConfig`'s 20 were measured
-on CNN students, benchmarks/distill_defaults.py, not on transformers). Other classifier teachers
+a few steps) and keeps 10 epochs unless `train.epochs` is set (`DistillConfig`'s step-floored
+default length was measured on CNN students, benchmarks/distill_defaults.py, not on transformers). Other classifier teachers
 keep `DistillConfig`'s own defaults.
 
 Defaults by output kind (`output_kind`, `default_losses`): when a `DistillConfig` names no

@@ -84,7 +84,13 @@ def qat_fit(
 
     config = config or QATConfig()
     train = train or TrainConfig(epochs=3, lr=5e-4)
-    schedule = qat_schedule(config, train.epochs)
+    epochs = train.epochs
+    if epochs is None:  # the run's length follows from the data (TrainConfig's min_steps floor)
+        from condense.data.loader import as_source
+        from condense.train.length import run_length
+
+        epochs = run_length(train, len(as_source(train_data))).epochs
+    schedule = qat_schedule(config, epochs)
     init = calibration if calibration is not None else heldout_inputs(train_data, INIT_SAMPLES)
     prepared = prepare_qat(model, config, calibration=init)
     cbs: list[Callback] = list(callbacks or [])

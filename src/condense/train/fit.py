@@ -31,6 +31,7 @@ from condense.train import distributed as dist
 from condense.train.callbacks import Callback, FitState
 from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from condense.train.config import TrainConfig
+from condense.train.length import length_warnings, run_length, warn_length
 from condense.train.optim import build_optimizer, build_scheduler
 from condense.train.signals import STOP, Interrupted
 from condense.train.task import Task, trained_modules
@@ -202,13 +203,11 @@ def fit(
     torch.manual_seed(config.seed)
     for m in task.modules().values():
         m.to(device)
-    steps_per_epoch = source.num_batches(rank_batch, config.drop_last, w.size)
+    length = run_length(config, len(source), rank_batch, w.size)
+    steps_per_epoch, total_steps, epochs, drop_last = length.steps_per_epoch, length.total_steps, length.epochs, length.drop_last
     if steps_per_epoch < 1:
         raise ConfigError(f"fit(): {len(source)} samples make no batch of {rank_batch} per process")
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:  # an exact step budget: it replaces `epochs`
-        total_steps = config.max_steps
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    length_notes = warn_length(config, length) if main else length_warnings(config, length)
     optimizer = build_optimizer(task.trainable_parameters(), config)
     scheduler = build_scheduler(optimizer, config, total_steps, steps_per_epoch)
     state = FitState(task, config, optimizer, device, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -278,7 +277,7 @@ def fit(
             skip = skip_batches if epoch == start_epoch else 0
             if skip:
                 sums, counted = dict(partial.get("sums", {})), int(partial.get("counted", 0))
-            batches = source.batches(rank_batch, shuffle=True, seed=config.seed, epoch=epoch, drop_last=config.drop_last,
+            batches = source.batches(rank_batch, shuffle=True, seed=config.seed, epoch=epoch, drop_last=drop_last,
                                      start=skip, rank=w.rank, world=w.size, num_workers=config.num_workers,
                                      pin_memory=pin)
             for i_batch, batch in enumerate(batches, start=skip):
@@ -395,6 +394,7 @@ def fit(
         steps=state.step,
         resumed_from_epoch=start_epoch,
         skipped_nonfinite_steps=skipped_total,
+        info={"length": {**length.to_dict(), "warnings": length_notes}},
     )
 
 
