@@ -184,3 +184,32 @@ def test_condense_prune_heads_on_a_decoder_folder(folders, corpus, tmp_path, cap
     model = condense.load(out)
     block = model.hf.transformer.h[0]
     assert (block.attn.c_attn.nf, block.mlp.c_fc.nf) == (48, 64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_condense_quantize_weight_only_on_a_decoder_reports_perplexity(folders, corpus, tmp_path, capsys, family):
+    """4-bit weight-only on token batches: the summary scores the decoder by perplexity and token
+    agreement with the float model (not accuracy), and the ONNX file matches PyTorch."""
+    from condense.cli import main
+
+    folder = folders[family, 0]
+    code = main(["quantize", f"hf:{folder}", "--method", "weight_only", "--bits", "4", "--data", "text",
+                 "--data-arg", f"path={corpus}", "--data-arg", f"tokenizer={folder}", "--latency-batches",
+                 "--json", "--out", str(tmp_path / "q")])
+    assert code == 0
+    s = json.loads(capsys.readouterr().out)
+    q = s["quality"]
+    assert q["metric"] == "perplexity" and s["accuracy"]["fp32"] is None and s["drop_pt"] is None
+    assert q["quantized_onnxruntime"] == pytest.approx(q["quantized_torch"], rel=1e-4)
+    assert 0.5 < q["quantized_torch"] / q["fp32"] < 2 and 0.0 <= q["token_agreement"] <= 1.0
+    assert s["agreement"]["top1_pct"] == 100.0 and s["size_ratio"] < 0.6
+
+
+def test_static_int8_on_token_batches_names_the_methods_that_fit(folders, corpus, tmp_path, capsys):
+    from condense.cli import main
+
+    folder = folders["gpt2", 0]
+    code = main(["quantize", f"hf:{folder}", "--method", "static", "--data", "text", "--data-arg", f"path={corpus}",
+                 "--data-arg", f"tokenizer={folder}", "--out", str(tmp_path / "q")])
+    assert code != 0
+    assert "method 'transformer'" in capsys.readouterr().err

@@ -5,7 +5,9 @@ Accepted:
 - a map-style `torch.utils.data.Dataset` whose items are a tensor, an `(input, target)` tuple or
   a dict of tensors (batched by a DataLoader condense builds, with `num_workers` processes);
 - a `torch.utils.data.DataLoader` the user built (used as it is: its sampler, workers, collate);
-- a tensor or NumPy array of inputs (unlabelled).
+- a tensor or NumPy array of inputs (unlabelled);
+- a dict of equal-length tensors (a tokenized batch: `input_ids`, `attention_mask`, ...), one
+  sample per row; a `label` / `labels` key is the target.
 
 Every batch is a dict. A tensor item becomes `input`; a tuple `(input, target)`; a dict keeps
 its keys, except that `label` / `labels` are read as `target`. `index` is the sample's stable id:
@@ -305,6 +307,26 @@ class _Unlabelled(BatchSource):
         return self.inner.ids()
 
 
+class _TensorDict(Dataset):
+    """A dict of equal-length tensors as a map-style dataset of dict items."""
+
+    uses_random = False
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = {k: torch.as_tensor(v) for k, v in data.items()}
+        lens = {k: (len(v) if v.dim() else None) for k, v in self.data.items()}
+        if len(set(lens.values())) != 1 or None in lens.values():
+            raise DataError(f"a dict of inputs needs tensors with the same first dimension (one row per sample), "
+                            f"got lengths {lens}")
+        self.n = next(iter(lens.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.data.items()}
+
+
 def as_source(data: Any) -> BatchSource:
     """Wrap any accepted data (see the module docstring) as a `BatchSource`."""
     if isinstance(data, BatchSource):
@@ -318,6 +340,8 @@ def as_source(data: Any) -> BatchSource:
         if x.dim() == 0:
             raise DataError("expected a batch of inputs (N, ...), got a scalar tensor")
         return ArraySource(ArrayDataset(x, None, torch.arange(len(x))))
+    if isinstance(data, Mapping) and data and all(isinstance(v, torch.Tensor | np.ndarray) for v in data.values()):
+        return DatasetSource(_TensorDict(data))
     if isinstance(data, Dataset):
         ids = getattr(data, "sample_ids", None)
         return DatasetSource(data, None if ids is None else np.asarray(ids, dtype=np.int64))

@@ -96,7 +96,8 @@ def input_tensor(batch: dict[str, Any]) -> Tensor:
     x = batch.get("input")
     if not isinstance(x, Tensor):
         raise ConfigError(f"this method calibrates models called as model(x) (batches with an 'input' tensor); "
-                          f"these batches have {sorted(batch)}")
+                          f"these batches have {sorted(batch)}. For a transformer on token batches use "
+                          "method 'transformer' (int8 ONNX with SmoothQuant), 'dynamic' or 'weight_only'")
     return x
 
 

@@ -214,7 +214,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     )
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs, heldout_inputs
-    from condense.evaluate import evaluate
     from condense.export.onnx import export_onnx, onnx_file_bytes
     from condense.quantize import export_int8_onnx, quant_wrappers, quantize
     from condense.quantize.onnx_int8 import ort_latency_comparison
@@ -310,11 +309,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     notes += [str(w.message) for w in caught if "condense" in Path(w.filename).parts
               and not issubclass(w.category, (DeprecationWarning, FutureWarning))]
 
-    fp32_metrics = evaluate(model, test)
-    q_metrics = evaluate(qmodel, test)
-    ort_metrics = evaluate(str(onnx_path), test, threads=args.threads) if deployed is not None else None
-    acc = {"fp32": fp32_metrics["accuracy"], "quantized_torch": q_metrics["accuracy"],
-           "quantized_onnxruntime": None if ort_metrics is None else ort_metrics["accuracy"]}
+    fp32_metrics, q_metrics, ort_metrics, quality = _quality(model, qmodel, onnx_path if deployed is not None else None,
+                                                             test, args.threads)
+    acc = {"fp32": fp32_metrics.get("accuracy"), "quantized_torch": q_metrics.get("accuracy"),
+           "quantized_onnxruntime": None if ort_metrics is None else ort_metrics.get("accuracy")}
     deployed_acc = acc["quantized_onnxruntime"] if ort_metrics is not None else acc["quantized_torch"]
     summary: dict[str, Any] = {
         "method": args.method,
@@ -322,7 +320,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         "onnx": None if deployed is None else str(onnx_path),
         "fp32_onnx": str(fp32_path) if fp32_path.is_file() else None,
         "accuracy": acc,
-        "drop_pt": 100.0 * (acc["fp32"] - deployed_acc),
+        "quality": quality,
+        "drop_pt": None if acc["fp32"] is None or deployed_acc is None else 100.0 * (acc["fp32"] - deployed_acc),
         "bytes": {"fp32_onnx": onnx_file_bytes(fp32_path) if fp32_path.is_file() else None,
                   "onnx": onnx_file_bytes(onnx_path) if deployed is not None else None},
         "size_ratio": None,
@@ -352,12 +351,51 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quality(model: Any, qmodel: Any, onnx_path: Path | None, test: Any, threads: int | None
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Test metrics of the float model, the quantized PyTorch model and the ONNX file, and the
+    quality line for this kind of output: accuracy (class scores), perplexity and token agreement
+    with the float model (a decoder), mean cosine to the float model (an encoder's embeddings)."""
+    from condense.evaluate import evaluate
+    from condense.evaluate.decoder import is_decoder
+    from condense.models.hf import is_encoder
+
+    ref = model if is_decoder(model) or is_encoder(model) else None
+    fp = evaluate(model, test)
+    q = evaluate(qmodel, test, reference=ref)
+    ort = None if onnx_path is None else evaluate(str(onnx_path), test, reference=ref, threads=threads)
+    if is_decoder(model):
+        quality = {"metric": "perplexity", "fp32": fp["perplexity"], "quantized_torch": q["perplexity"],
+                   "quantized_onnxruntime": None if ort is None else ort["perplexity"],
+                   "token_agreement": (ort or q)["token_agreement"], "token_kl": (ort or q)["token_kl"]}
+    elif is_encoder(model):
+        quality = {"metric": "mean_cosine_to_fp32", "fp32": 1.0,
+                   "quantized_torch": q["reference"]["mean_cosine"],
+                   "quantized_onnxruntime": None if ort is None else ort["reference"]["mean_cosine"]}
+    else:
+        quality = {"metric": "accuracy", "fp32": fp.get("accuracy"), "quantized_torch": q.get("accuracy"),
+                   "quantized_onnxruntime": None if ort is None else ort.get("accuracy")}
+    return fp, q, ort, quality
+
+
+def _quality_line(s: dict[str, Any]) -> str:
+    a, qual = s["accuracy"], s.get("quality") or {"metric": "accuracy"}
+    if qual["metric"] == "accuracy":
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        drop = "" if s["drop_pt"] is None else f"   drop {s['drop_pt']:+.2f} pt"
+        return (f"accuracy  fp32 {pct(a['fp32'])}   quantized (PyTorch) {pct(a['quantized_torch'])}   "
+                f"onnxruntime {pct(a['quantized_onnxruntime'])}{drop}")
+    num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    line = (f"{qual['metric']}  fp32 {num(qual['fp32'])}   quantized (PyTorch) {num(qual['quantized_torch'])}   "
+            f"onnxruntime {num(qual['quantized_onnxruntime'])}")
+    if "token_agreement" in qual:
+        line += f"   token agreement with fp32 {qual['token_agreement']:.4f} (KL {qual['token_kl']:.3g})"
+    return line
+
+
 def _text(s: dict[str, Any]) -> str:
-    a, b = s["accuracy"], s["bytes"]
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    lines = [f"condense quantize --method {s['method']}  ->  {s['artifact']}",
-             f"accuracy  fp32 {pct(a['fp32'])}   quantized (PyTorch) {pct(a['quantized_torch'])}   "
-             f"onnxruntime {pct(a['quantized_onnxruntime'])}   drop {s['drop_pt']:+.2f} pt"]
+    b = s["bytes"]
+    lines = [f"condense quantize --method {s['method']}  ->  {s['artifact']}", _quality_line(s)]
     if b.get("onnx"):
         lines.append(f"bytes     {Path(s['onnx']).name} {b['onnx']:,}   {FP32_NAME} {b['fp32_onnx']:,}   "
                      f"ratio {s['size_ratio']:.3f}   artifact folder {b['artifact']:,}")
