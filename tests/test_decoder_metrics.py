@@ -213,3 +213,44 @@ def test_static_int8_on_token_batches_names_the_methods_that_fit(folders, corpus
                  "--data-arg", f"tokenizer={folder}", "--out", str(tmp_path / "q")])
     assert code != 0
     assert "method 'transformer'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vocab_trim_of_a_decoder_trims_its_tied_head_too(folders, corpus, tmp_path, family):
+    """Trimming a causal LM: the word embedding and the (tied) LM head keep the rows of the corpus'
+    tokens, the head stays tied, kept tokens score exactly as before and trimmed ones get
+    probability 0; save / load and ONNX give the same logits."""
+    from condense.data.loader import collect
+    from condense.prune import VocabConfig
+    from condense.prune.vocab import TrimmedEmbedding, TrimmedLMHead
+
+    folder = folders[family, 0]
+    model = build_model(f"hf:{folder}").eval()
+    splits = condense.load_dataset("text", path=str(corpus), tokenizer=str(folder))
+    batch = {"input_ids": collect(splits.test, "input_ids"), "attention_mask": collect(splits.test, "attention_mask")}
+    with torch.no_grad():
+        before = model(**batch)
+    tied_before = model.hf.get_output_embeddings().weight is model.hf.get_input_embeddings().weight
+    trimmed = condense.prune(model, VocabConfig(), data=splits.train)
+    emb, head = trimmed.hf.get_input_embeddings(), trimmed.hf.get_output_embeddings()
+    assert isinstance(emb, TrimmedEmbedding) and isinstance(head, TrimmedLMHead)
+    assert (head.weight is emb.embedding.weight) == tied_before
+    kept = head.kept
+    assert len(kept) < 32 and trimmed.condense_vocab_report["lm_head"]["tied"] == tied_before
+    with torch.no_grad():
+        after = trimmed(**batch)
+    assert after.shape == before.shape
+    seen = set(batch["input_ids"][batch["attention_mask"].bool()].tolist())
+    if seen <= set(kept.tolist()):  # held-out text made of kept tokens: the kept tokens' logits are unchanged
+        torch.testing.assert_close(after[..., kept], before[..., kept], rtol=1e-5, atol=1e-5)
+    gone = torch.ones(before.shape[-1], dtype=torch.bool)
+    gone[kept] = False
+    assert gone.any() and bool((after[..., gone] == torch.finfo(after.dtype).min).all())
+    condense.save(trimmed, tmp_path / "t")
+    loaded = condense.load(tmp_path / "t")
+    lh = loaded.hf.get_output_embeddings()
+    assert (lh.weight is loaded.hf.get_input_embeddings().embedding.weight) == tied_before
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch), after)
+    m = evaluate(loaded, splits.test, reference=build_model(f"hf:{folder}").eval())
+    assert math.isfinite(m["perplexity"]) and 0.0 <= m["token_agreement"] <= 1.0

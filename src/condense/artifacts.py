@@ -301,6 +301,7 @@ def load(
     with torch.device("meta"):  # shapes only: nothing the metadata describes is allocated yet
         model = build()
     check_against_header(model, header, weights, hf=hf)
+    ties = tied_parameters(model)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -312,6 +313,7 @@ def load(
     if hf:
         state = from_hf_state(model, state)
     load_state_strict(model, state, source=str(weights))
+    retie(model, ties)  # materializing meta tensors makes one Parameter per holder; the built model shared them
     warn_nonfinite(state, weights)
     model.condense_spec = spec  # type: ignore[assignment]
     if meta.get("signature") is not None:
@@ -465,6 +467,24 @@ def _materialize(model: nn.Module, build: Any, device: str | torch.device) -> nn
         if any(t.numel() and bool((t == _sentinel(t.dtype)).all()) for t in unsaved):
             return build().to(device)
     return model
+
+
+def tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters that are one Parameter object held under several names (a tied LM
+    head and word embedding), one list per shared Parameter."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def retie(model: nn.Module, ties: list[list[str]]) -> None:
+    """Make every name of each group hold its first name's Parameter again."""
+    for names in ties:
+        first = model.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            (model.get_submodule(owner) if owner else model)._parameters[attr] = first
 
 
 def _sentinel(dtype: torch.dtype) -> float | int | bool:

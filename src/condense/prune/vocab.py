@@ -9,6 +9,11 @@ table. The tokenizer does not change, so the trimmed model takes the same inputs
 tokens were all seen gives exactly the untrimmed output, and the held-out cosine measures what
 the unseen tokens cost. (Abdaoui et al. 2020; Ushio et al. 2023: trimming keeps multilingual
 BERTs' accuracy on one language at a fraction of the embedding size.)
+
+A decoder's language-model head is trimmed with it (`TrimmedLMHead`): it scores only the kept
+tokens and writes them into full-vocabulary logits, every trimmed-away token at the dtype's
+lowest value (probability 0), so token ids, the tokenizer and generation are unchanged. A head
+tied to the word embedding (GPT-2, tied Llama / Qwen) stays tied to the trimmed rows.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from condense.core.errors import ConfigError
 from condense.models.edits import EDITS, record_edit
 from condense.prune.config import PRUNERS, PruneContext, Pruner, VocabConfig
 
-__all__ = ["TrimmedEmbedding", "count_tokens", "prune_vocab"]
+__all__ = ["TrimmedEmbedding", "TrimmedLMHead", "count_tokens", "prune_vocab"]
 
 
 class TrimmedEmbedding(nn.Module):
@@ -51,6 +56,48 @@ class TrimmedEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings} ids -> {self.embedding.num_embeddings} rows"
+
+
+class TrimmedLMHead(nn.Module):
+    """Next-token logits over the full vocabulary computed from the kept rows only: `weight`
+    (kept x hidden) scores the kept tokens; the others get the dtype's lowest value."""
+
+    def __init__(self, kept: torch.Tensor, vocab_size: int, weight: nn.Parameter, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("kept", kept.to(torch.int64))
+        self.vocab_size = int(vocab_size)
+        self.weight = weight  # the trimmed embedding's own Parameter when the head was tied to it
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    @property
+    def out_features(self) -> int:
+        return self.vocab_size
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = nn.functional.linear(x, self.weight, self.bias)
+        out = scores.new_full((*scores.shape[:-1], self.vocab_size), torch.finfo(scores.dtype).min)
+        return out.index_copy(-1, self.kept, scores)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]} kept of {self.vocab_size} tokens"
+
+
+def _lm_head(model: nn.Module, emb: nn.Embedding) -> tuple[str, nn.Module, bool] | None:
+    """(name, head, tied) of a decoder's output embedding over the same vocabulary, or None."""
+    hf = getattr(model, "hf", None)
+    get = getattr(hf, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        return None
+    if head.weight.shape[0] != emb.num_embeddings:
+        raise ConfigError(f"vocabulary trimming: the output head has {head.weight.shape[0]} rows but the word "
+                          f"embedding {emb.num_embeddings}; they must cover the same vocabulary")
+    name = next(n for n, m in model.named_modules() if m is head)
+    return name, head, head.weight is emb.weight
 
 
 def _word_embeddings(model: nn.Module) -> tuple[str, nn.Embedding]:
@@ -114,32 +161,47 @@ def prune_vocab(model: nn.Module, cfg: VocabConfig, ctx: PruneContext) -> nn.Mod
     if cfg.max_tokens is not None:
         frequent = frequent[: max(0, cfg.max_tokens - len(special))]
     kept = sorted(set(special) | set(frequent))
-    _apply(model, name, emb, kept, unk)
-    record_edit(model, "trim_vocab", module=name, kept=kept, unk=unk)
+    head = _lm_head(model, emb)
+    _apply(model, name, emb, kept, unk, head)
+    record_edit(model, "trim_vocab", module=name, kept=kept, unk=unk,
+                **({} if head is None else {"head": head[0], "tied": head[2]}))
     model.condense_vocab_report = {  # type: ignore[assignment]
         "vocab_size": emb.num_embeddings, "kept": len(kept), "special": len(special),
         "tokens_read": int(counts.sum()), "distinct_tokens_seen": int((counts > 0).sum()),
         "embedding_params_before": emb.weight.numel(), "embedding_params_after": len(kept) * emb.embedding_dim,
+        "lm_head": None if head is None else {"module": head[0], "tied": head[2]},
     }
     return model
 
 
-def _apply(model: nn.Module, name: str, emb: nn.Embedding, kept: list[int], unk: int) -> None:
+def _apply(model: nn.Module, name: str, emb: nn.Embedding, kept: list[int], unk: int,
+           head: tuple[str, nn.Module, bool] | None = None) -> None:
     index = torch.tensor(kept, dtype=torch.int64)
     token_map = torch.full((emb.num_embeddings,), kept.index(unk), dtype=torch.int64)
     token_map[index] = torch.arange(len(kept))
     pad = None if emb.padding_idx is None or emb.padding_idx not in kept else kept.index(emb.padding_idx)
     trimmed = TrimmedEmbedding(token_map, emb.weight.detach()[index], padding_idx=pad).to(emb.weight.device)
+    if head is not None:
+        head_name, lm, tied = head
+        bias = getattr(lm, "bias", None)
+        weight = trimmed.embedding.weight if tied else nn.Parameter(lm.weight.detach()[index].clone())
+        new_head = TrimmedLMHead(index, emb.num_embeddings, weight, None if bias is None else bias.detach()[index])
+        model.set_submodule(head_name, new_head.to(emb.weight.device))
+        hf_config = getattr(getattr(model, "hf", None), "config", None)
+        if tied and hf_config is not None:  # transformers must not re-tie the head to the embedding module
+            hf_config.tie_word_embeddings = False
     model.set_submodule(name, trimmed)
 
 
-def _replay_trim_vocab(model: nn.Module, module: str, kept: list[int], unk: int) -> None:
+def _replay_trim_vocab(model: nn.Module, module: str, kept: list[int], unk: int, head: str | None = None,
+                       tied: bool = False) -> None:
     emb = model.get_submodule(module)
     if not isinstance(emb, nn.Embedding):
         raise ConfigError(f"edit log: trim_vocab names {module!r}, which is a {type(emb).__name__}, not an nn.Embedding")
-    _apply(model, module, emb, list(kept), int(unk))  # weights come from the saved state afterwards
+    lm = None if head is None else (head, model.get_submodule(head), bool(tied))
+    _apply(model, module, emb, list(kept), int(unk), lm)  # weights come from the saved state afterwards
 
 
 PRUNERS.register("vocab", Pruner(VocabConfig, prune_vocab, reads_data=True),
-                 help="word-embedding rows of the tokens the data uses (Hugging Face encoders; tokenizer unchanged)")
+                 help="word-embedding rows of the tokens the data uses (Hugging Face encoders and decoders; tokenizer unchanged)")
 EDITS.register("trim_vocab", _replay_trim_vocab)
