@@ -386,6 +386,20 @@ def test_method_transformer_on_families_without_bert_blocks_goes_through_the_eng
         assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == (2, 1, 32)
 
 
+def test_a_head_ratio_that_splits_a_key_value_group_is_refused(tmp_path):
+    from condense.models import build_model
+
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64))
+    hf.save_pretrained(tmp_path / "llama")
+    model = build_model(f"hf:{tmp_path / 'llama'}")
+    batch = {"input_ids": IDS, "attention_mask": torch.ones_like(IDS)}
+    with pytest.raises(ConfigError, match=r"'hf.model.layers.0.self_attn' has 4 query heads in 2 key/value groups "
+                                          r"of 2; heads=0.25 .* multiple of 0.5"):
+        prune(model, {"method": "transformer", "heads": 0.25, "head_scope": "layer"}, data=[batch, batch])
+
+
 def test_layer_copy_refuses_the_stages_of_a_hierarchical_model():
     """ConvNeXt's stages are a list of same-class modules of different widths: not blocks to copy."""
     from condense.models.hf_layers import keep_layers

@@ -226,6 +226,7 @@ def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: Prune
     ratios: dict[str, float] = {}
     for g in groups:
         if g.heads and cfg.heads > 0:
+            _check_kv_groups(g, cfg.heads, getattr(hf, "config", None))
             ratios.update({p: cfg.heads for p in g.producers})
         elif width is not None and g.size == width and cfg.ffn > 0 and not g.heads:
             ratios.update({p: cfg.ffn for p in g.producers})
@@ -239,6 +240,22 @@ def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: Prune
     if cfg.importance == "gradient" and not data:
         raise ConfigError("importance 'gradient' needs calibration data: pass prune(..., data=...)")
     return prune_channels(model, ccfg, PruneContext(example, None, None, data))
+
+
+def _check_kv_groups(g: Any, heads: float, config: Any) -> None:
+    """Grouped-query attention loses whole key/value groups: a head ratio that is not a whole number
+    of groups is refused, naming the layer and the group size (rounding would silently change it)."""
+    n_heads = next((getattr(config, a) for a in ("num_attention_heads", "n_head", "n_heads")
+                    if isinstance(getattr(config, a, None), int)), None)
+    if not n_heads or g.size >= n_heads or n_heads % g.size:
+        return
+    per = n_heads // g.size
+    removed = heads * g.size
+    if abs(removed - round(removed)) > 1e-6:
+        raise ConfigError(
+            f"transformer pruning: {g.heads[0]!r} has {n_heads} query heads in {g.size} key/value groups of {per}; "
+            f"heads={heads:g} would remove {heads * n_heads:g} query heads, which is not a whole number of groups. "
+            f"Use a multiple of {1 / g.size:g} (whole key/value groups)")
 
 
 def prune_transformer(model: nn.Module, cfg: TransformerConfig, ctx: PruneContext) -> nn.Module:
