@@ -254,3 +254,44 @@ def test_vocab_trim_of_a_decoder_trims_its_tied_head_too(folders, corpus, tmp_pa
         assert torch.equal(loaded(**batch), after)
     m = evaluate(loaded, splits.test, reference=build_model(f"hf:{folder}").eval())
     assert math.isfinite(m["perplexity"]) and 0.0 <= m["token_agreement"] <= 1.0
+
+
+def test_a_decoder_runs_the_whole_recipe_chain(folders, tmp_path):
+    """teacher -> a one-layer copy distilled on next-token logits -> heads / FFN pruned with
+    distillation recovery -> transformer int8 ONNX: every stage row carries perplexity and
+    agreement with the teacher, and the run's table prints perplexity."""
+    from condense.demo import format_table
+    from condense.recipes import run_recipe
+
+    folder = folders["gpt2", 0]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"{SENTENCES[i % 8]} {SENTENCES[(3 * i) % 8]}"}) + "\n"
+                              for i in range(80)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""version: 1
+name: decoder-chain
+seed: 0
+data: {{name: text, path: {corpus}, tokenizer: {folder}}}
+measure: {{batch_sizes: [1], repeats: 3}}
+stages:
+  - {{name: teacher, kind: evaluate, model: {{name: "hf:{folder}"}}}}
+  - name: student
+    kind: distill
+    model: {{name: "hf:{folder}", kwargs: {{layers: 1}}}}
+    teacher: teacher
+    train: {{epochs: 1, batch_size: 16}}
+  - name: pruned
+    kind: prune
+    config: {{method: transformer, heads: 0.5, ffn: 0.5, importance: weight, head_scope: layer}}
+    recover: {{method: distill}}
+    train: {{epochs: 1, batch_size: 16}}
+  - {{name: int8, kind: quantize, config: {{method: transformer}}}}
+""")
+    report = run_recipe(recipe, tmp_path / "run", quiet=True)
+    rows = {r["stage"]: r for r in report["stages"]}
+    assert list(rows) == ["teacher", "student", "pruned", "int8"]
+    assert all(math.isfinite(r["perplexity"]) and r["accuracy"] is None for r in rows.values())
+    assert rows["pruned"]["params"] < rows["student"]["params"] < rows["teacher"]["params"]
+    assert rows["int8"]["bytes_onnx"] < 0.5 * rows["pruned"]["bytes_onnx"]
+    assert 0.0 <= rows["int8"]["token_agreement"] <= 1.0
+    assert "ppl" in format_table(report["stages"], report.get("latency_pass")).splitlines()[0]

@@ -22,13 +22,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     runtimes = [rt for rt in ("torch", "onnxruntime") if any(rt in r["latency_ms"] for r in rows)]
     short = {"torch": "torch", "onnxruntime": "ort"}
     encoder = all(r.get("accuracy") is None and r.get("mean_cosine") is not None for r in rows)
-    head = ["stage", "cos" if encoder else "acc", "params", "bytes(st)", "bytes(onnx)", "MFLOPs",
+    decoder = all(r.get("accuracy") is None and r.get("perplexity") is not None for r in rows)
+    head = ["stage", "cos" if encoder else "ppl" if decoder else "acc", "params", "bytes(st)", "bytes(onnx)", "MFLOPs",
             *(f"{short[rt]} b{bs} ms" for rt in runtimes for bs in batches)]
     lines = []
     for r in rows:
         lat = r["latency_ms"]
         lines.append([
-            r["stage"], f"{r['mean_cosine']:.4f}" if encoder else f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}",
+            r["stage"], f"{r['mean_cosine']:.4f}" if encoder else f"{r['perplexity']:.4g}" if decoder
+            else f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}",
             f"{r['bytes_safetensors']:,}",
             f"{r['bytes_onnx']:,}", f"{r['flops'] / 1e6:.2f}",
             *(f"{lat.get(rt, {}).get(str(bs), float('nan')):.3f}" for rt in runtimes for bs in batches),

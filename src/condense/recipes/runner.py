@@ -189,6 +189,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False
                 row = dist.on_main(partial(_run_and_measure, run_stage, recipe, spec, folder, splits, measure_cfg))
             rows.append(row)
             quality = (f"test accuracy {row['accuracy']:.4f}" if row.get("accuracy") is not None
+                       else f"test perplexity {row['perplexity']:.4g}" if row.get("perplexity") is not None
                        else f"test mean cosine to {rows[0]['stage'] if rows else 'itself'} {row['mean_cosine']:.4f}")
             say(f"  {spec.name}: {quality}, params {row['params']:,}, {row['bytes_onnx']:,} bytes ONNX")
     report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__,
