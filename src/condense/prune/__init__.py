@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from condense.core.errors import ConfigError
-from condense.prune import mha, structured, transformer, unstructured, vocab  # noqa: F401  (registers the methods)
+from condense.prune import fpgm, mha, structured, transformer, unstructured, vocab  # noqa: F401  (registers the methods)
 from condense.prune.config import (
     PRUNERS,
     ChannelConfig,

@@ -233,8 +233,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="transformer: fraction of attention heads removed (BERT-family hf: encoders)")
     sp.add_argument("--ffn", type=float, default=None, help="transformer: fraction of FFN neurons removed (every layer alike)")
     sp.add_argument("--importance", default=None,
-                    choices=["l1", "l2", "bn_gamma", "taylor", "random", "gradient", "activation", "weight"],
-                    help="channel: l1 | l2 | bn_gamma | taylor | random; transformer: gradient | taylor | activation | weight")
+                    help="channel: a registered scorer (l1 | l2 | bn_gamma | taylor | gradient | random | fpgm | ...; "
+                         "an unknown name lists them); transformer: gradient | taylor | activation | weight")
     sp.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples of this (e.g. 8)")
     sp.add_argument("--set", action="append", metavar="K=V", help="any other field of the method's config, e.g. n=2 m=4")
     sp.add_argument("--recover", choices=["finetune", "distill", "none"], default=None,
@@ -255,7 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(sp)
     sp.add_argument("--method", choices=["channel", "magnitude"], default="channel")
     sp.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    sp.add_argument("--importance", choices=["l1", "l2", "bn_gamma", "random"], default="l1")
+    sp.add_argument("--importance", default="l1", help="channel scorer (l1 | l2 | bn_gamma | random | fpgm | ...)")
     sp.add_argument("--round-to", type=int, default=1)
     sp.add_argument("--split", choices=["val", "train", "test"], default="val",
                     help="split the accuracy is measured on (default val: keep test data for the final number)")

@@ -84,7 +84,35 @@ class NMConfig(PruneConfig):
             raise ConfigError(f"NMConfig needs 0 < n < m, got n={self.n}, m={self.m}")
 
 
-Importance = Literal["l1", "l2", "bn_gamma", "taylor", "gradient", "random"]
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """A channel-importance scorer for structured pruning, registered in `SCORERS` by its module.
+
+    `score(model, group, state)` -> per-unit importance of the group (higher = keep), or None to
+    fall back to L1 (named in a warning). `prepare(model, groups, data, batches, seed)` runs once
+    before the groups are scored (a gradient pass, say) and returns the `state`; `needs_data`:
+    the scorer reads `prune(..., data=...)`.
+    """
+
+    score: Callable[..., Any]
+    prepare: Callable[..., Any] | None = None
+    needs_data: bool = False
+
+
+#: importance name -> Scorer. A new scorer is one module that calls `SCORERS.register(name,
+#: Scorer(...), help=...)`, imported in `_ensure_registered` (see `condense/prune/fpgm.py`).
+SCORERS: Registry[Scorer] = Registry("importance")
+
+Importance = str  # a name in SCORERS: l1, l2, bn_gamma, taylor, gradient, random, fpgm, ...
+
+
+def check_importance(name: str, field: str) -> None:
+    """A misspelt scorer fails where the config is read (recipe validation included), not mid-run."""
+    _ensure_registered()
+    try:
+        SCORERS.get(name)
+    except ConfigError as e:  # did-you-mean and the known names, prefixed by the field
+        raise ConfigError(f"{field}: {e}") from None
 
 
 @dataclasses.dataclass
@@ -122,6 +150,7 @@ class ChannelConfig(PruneConfig):
             raise ConfigError(f"{name}.round_to must be >= 1, got {self.round_to}")
         if self.taylor_batches < 1:
             raise ConfigError(f"{name}.taylor_batches must be >= 1, got {self.taylor_batches}")
+        check_importance(self.importance, f"{name}.importance")
 
 
 @dataclasses.dataclass
@@ -239,6 +268,8 @@ PRUNERS: Registry[Pruner] = Registry("pruning method")
 
 def _ensure_registered() -> None:
     """Import the handler modules (explicitly) so `PRUNERS` is filled."""
+    import condense.prune.fpgm  # noqa: F401
+    import condense.prune.importance  # noqa: F401
     import condense.prune.structured  # noqa: F401
     import condense.prune.transformer  # noqa: F401
     import condense.prune.unstructured  # noqa: F401

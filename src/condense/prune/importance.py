@@ -15,6 +15,9 @@ summed, so a group's score weighs every coupled layer equally whatever its size.
   cross-entropy when the batch has a `target` and the output is class logits, else the random
   projection of `prune.heads.calibration_loss` (an encoder's output change). Needs `data`.
 * "random": uniform scores (the baseline).
+* "fpgm": distance to the other filters (`condense/prune/fpgm.py`, He et al. 2019).
+
+Each is a `Scorer` registered in `condense.prune.config.SCORERS`; `group_scores` looks the name up.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.export.onnx import output_tensor
 from condense.models.signature import batch_to, call_model
+from condense.prune.config import SCORERS, Scorer
 from condense.prune.graph import CONVS, NORMS, Group, Member
 
 
@@ -241,29 +245,34 @@ def group_scores(
     taylor_batches: int = 4,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """`{group root: per-channel importance}` (higher = keep) for the given groups."""
-    gen = torch.Generator().manual_seed(seed)
-    grads = taylor_grads(model, data, taylor_batches) if importance == "taylor" else {}
-    gated = gradient_scores(model, groups, data, taylor_batches, seed) if importance == "gradient" else {}
+    """`{group root: per-channel importance}` (higher = keep) for the given groups, by the scorer
+    registered in `SCORERS` under `importance`."""
+    scorer = SCORERS.get(importance)
+    state = scorer.prepare(model, groups, data, taylor_batches, seed) if scorer.prepare is not None else None
     out: dict[str, torch.Tensor] = {}
-    no_bn: list[str] = []
+    fallback: list[str] = []
     for g in groups:
-        if importance in ("l1", "l2"):
-            out[g.root] = magnitude_score(model, g, 1 if importance == "l1" else 2)
-        elif importance == "bn_gamma":
-            s = bn_gamma_score(model, g)
-            if s is None:
-                no_bn.append(g.root)
-                s = magnitude_score(model, g, 1)
-            out[g.root] = s
-        elif importance == "taylor":
-            out[g.root] = taylor_score(grads, g)
-        elif importance == "gradient":
-            out[g.root] = gated[g.root]
-        elif importance == "random":
-            out[g.root] = torch.rand(g.size, generator=gen)
-        else:
-            raise ConfigError(f"unknown importance {importance!r}; known: l1, l2, bn_gamma, taylor, gradient, random")
-    if no_bn:
-        warnings.warn(f"importance 'bn_gamma': groups without BatchNorm scored by L1 instead: {', '.join(no_bn)}", stacklevel=3)
+        s = scorer.score(model, g, state)
+        if s is None:
+            fallback.append(g.root)
+            s = magnitude_score(model, g, 1)
+        out[g.root] = s
+    if fallback:
+        warnings.warn(f"importance {importance!r}: groups it cannot score were scored by L1 instead: "
+                      f"{', '.join(fallback)}", stacklevel=3)
     return out
+
+
+SCORERS.register("l1", Scorer(lambda m, g, _: magnitude_score(m, g, 1)),
+                 help="L1 norm of each unit's weights (Li et al. 2017)")
+SCORERS.register("l2", Scorer(lambda m, g, _: magnitude_score(m, g, 2)), help="L2 norm of each unit's weights")
+SCORERS.register("bn_gamma", Scorer(lambda m, g, _: bn_gamma_score(m, g)),
+                 help="|gamma| of the group's BatchNorm (Liu et al. 2017, network slimming); L1 where none")
+SCORERS.register("taylor", Scorer(lambda m, g, grads: taylor_score(grads, g),
+                                  prepare=lambda m, gs, data, n, seed: taylor_grads(m, data, n), needs_data=True),
+                 help="first-order Taylor |w dL/dw| (Molchanov et al. 2019); labelled data")
+SCORERS.register("gradient", Scorer(lambda m, g, gated: gated[g.root], prepare=gradient_scores, needs_data=True),
+                 help="E|dL/d gate| of a gate on each unit (Michel et al. 2019); data, labels optional")
+SCORERS.register("random", Scorer(lambda m, g, gen: torch.rand(g.size, generator=gen),
+                                  prepare=lambda m, gs, data, n, seed: torch.Generator().manual_seed(seed)),
+                 help="uniform scores (the baseline)")

@@ -39,6 +39,7 @@ from condense.prune.config import (
 )
 from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
+from condense.prune.mha import split_attention
 from condense.prune.report import count_macs, count_params
 from condense.prune.sensitivity import _layer_costs, estimate_cost
 from condense.prune.structured import eligible_groups, example_tuple, group_ratios
@@ -51,7 +52,6 @@ from condense.train.recover import (
     val_accuracy,
 )
 from condense.train.recover import recover_config as as_recover_config
-from condense.prune.mha import split_attention
 
 __all__ = ["RecoverConfig", "iterative_prune", "macs_ratio_to_channel_ratio", "prune_and_recover",
            "recalibrate_batchnorm"]

@@ -22,12 +22,12 @@ from condense.prune.config import ChannelConfig, PruneContext
 from condense.prune.graph import CONVS, NORMS, Group, dependency_groups
 from condense.prune.importance import group_scores
 from condense.prune.masks import maskable_kinds
+from condense.prune.mha import split_attention
 from condense.prune.report import count_macs, count_params
 from condense.prune.selection import select_layers
 from condense.prune.structured import eligible_groups, example_tuple, keep_count
 from condense.prune.surgery import apply_channel_pruning
 from condense.prune.unstructured import magnitude_scores, masks_from_scores
-from condense.prune.mha import split_attention
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
