@@ -71,3 +71,22 @@ def test_cli_takes_a_registered_scorer_by_name(tmp_path, capsys):
     assert condense.load(tmp_path / "p").features[0].fc.out_features == 8
     code = main([*args, "--importance", "fgpm", "--out", str(tmp_path / "q")])
     assert code != 0 and "did you mean: fpgm" in capsys.readouterr().err
+
+
+def test_recipe_validation_builds_the_distillation_losses(tmp_path):
+    """A misspelt loss name or hyper-parameter fails `recipe validate` at its line, not mid-run."""
+    from condense.recipes import load_recipe, validate_recipe
+
+    base = ("name: t\ndata: {name: digits}\nstages:\n  - name: teacher\n    kind: train\n"
+            "    model: {name: mlp, kwargs: {hidden: [32]}}\n    train: {epochs: 1}\n"
+            "  - {name: s, kind: distill, teacher: teacher, model: {name: mlp}, config: {losses: [LOSS]}}\n")
+    path = tmp_path / "r.yaml"
+    for loss, pattern in (("{name: sof_kd}", r"r.yaml:8: DistillConfig.losses: unknown distillation loss 'sof_kd' "
+                                             r"\(did you mean: soft_kd"),
+                          ("{name: soft_kd, temprature: 4}", r"r.yaml:8: DistillConfig.losses\[0\] \(soft_kd\): "
+                                                             r"unknown key 'temprature'")):
+        path.write_text(base.replace("LOSS", loss))
+        with pytest.raises(ConfigError, match=pattern):
+            validate_recipe(load_recipe(path))
+    path.write_text(base.replace("LOSS", "{name: soft_kd, temperature: 4}"))
+    validate_recipe(load_recipe(path))

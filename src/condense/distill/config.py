@@ -81,6 +81,14 @@ class DistillConfig(Config):
             raise ConfigError(f"DistillConfig.teacher_weights must be >= 0 with a positive sum, got {self.teacher_weights}")
         if self.feature_teacher < 0:
             raise ConfigError(f"DistillConfig.feature_teacher must be >= 0, got {self.feature_teacher}")
+        if self.losses:  # build them once now: a misspelt name or key fails here (recipe validation), not mid-run
+            from condense.distill.losses import build_losses  # torch: kept out of this module's import
+
+            try:
+                build_losses(self.losses)
+            except ConfigError as e:
+                msg = str(e)
+                raise ConfigError(f"DistillConfig.{msg}" if msg.startswith("losses[") else f"DistillConfig.losses: {msg}") from None
 
     def loss_specs(self) -> list[dict[str, Any]]:
         """The loss list this config means (explicit `losses`, else the alpha / temperature mix)."""
