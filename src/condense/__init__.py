@@ -26,7 +26,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from condense.version import __version__  # noqa: F401  (re-exported)
 
 #: public name -> the module that defines it (imported when the name is first read)
 _EXPORTS = {
@@ -39,6 +39,7 @@ _EXPORTS = {
     "DataFreeConfig": "condense.distill.datafree", "datafree_distill": "condense.distill.datafree",
     "evaluate": "condense.evaluate", "profile": "condense.evaluate",
     "export_onnx": "condense.export",
+    "FactorizeConfig": "condense.lowrank", "factorize": "condense.lowrank",
     "ModelSpec": "condense.models", "build_model": "condense.models",
     "InputSignature": "condense.models.signature", "set_signature": "condense.models.signature",
     "PruneConfig": "condense.prune", "prune": "condense.prune",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from condense.distill.datafree import DataFreeConfig, datafree_distill
     from condense.evaluate import evaluate, profile
     from condense.export import export_onnx
+    from condense.lowrank import FactorizeConfig, factorize
     from condense.models import ModelSpec, build_model
     from condense.models.signature import InputSignature, set_signature
     from condense.prune import PruneConfig, prune
@@ -101,9 +103,9 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "AugmentConfig", "Callback", "CondenseError", "ConfigError", "CoresetConfig", "DataFreeConfig",
-    "DistillConfig", "InputFileError", "InputSignature", "ModelSpec", "PCAConfig", "PretrainConfig", "PruneConfig",
+    "DistillConfig", "FactorizeConfig", "InputFileError", "InputSignature", "ModelSpec", "PCAConfig", "PretrainConfig", "PruneConfig",
     "QuantizeConfig", "RunError", "SelectConfig", "SupervisedTask", "TrainConfig", "TuneConfig",
-    "__version__", "build_model", "datafree_distill", "distill", "evaluate", "example_inputs", "export_onnx", "fit",
+    "__version__", "build_model", "datafree_distill", "distill", "evaluate", "example_inputs", "export_onnx", "factorize", "fit",
     "load", "load_dataset", "pretrain", "profile", "prune", "quantize", "reduce_data", "resume_run",
     "run_recipe", "save", "set_signature", "ssl_distill", "train_model", "tune",
 ]

@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense import __version__
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import (
     OutsideFolderError,
@@ -58,6 +57,7 @@ from condense.models.hf import (
 )
 from condense.models.registry import HF_PREFIX, ModelSpec, model_spec, require_trusted
 from condense.models.signature import DEFAULT_SIGNATURE, InputSignature, set_signature, signature_of
+from condense.version import __version__
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "condense.json"

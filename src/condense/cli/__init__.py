@@ -83,8 +83,8 @@ def _command_module(name: str) -> ModuleType:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from condense import __version__
     from condense.cli import measure, run, train
+    from condense.version import __version__
 
     p = argparse.ArgumentParser(prog="condense", description="Make trained PyTorch models small and fast, and prove it.")
     p.add_argument("--version", action="version", version=f"condense {__version__}")
