@@ -1,6 +1,6 @@
 """`condense prune` and `condense sensitivity`: pruning from the command line.
 
-Wired into the main parser by `condense.prune.cli.register(sub)` in `condense.cli.build_parser`.
+Wired into the main parser by `condense.cli.prune.register(sub)` in `condense.cli.build_parser`.
 Both commands follow the CLI's conventions: an artifact folder in, `--json` for machine-readable
 output, exit codes from the `CondenseError` subclasses (2 bad config, 3 bad input file, 4 run failure).
 

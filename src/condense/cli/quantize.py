@@ -27,7 +27,7 @@ fp32 reference ONNX (`model.fp32.onnx`).
 
 Wiring (in `condense.cli.build_parser`, after the other sub-commands):
 
-    from condense.quantize.cli import register as register_quantize
+    from condense.cli.quantize import register as register_quantize
     register_quantize(sub)
 """
 from __future__ import annotations
@@ -229,7 +229,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, meta = model_from_args(args, need_spec=True)
     model.eval()
     if args.method == "transformer":
-        from condense.quantize.cli_transformer import quantize_transformer
+        from condense.cli.quantize_transformer import quantize_transformer
 
         return quantize_transformer(args, cfg, model, meta)
     splits, data_name, data_kwargs = data_from(args, meta)

@@ -45,11 +45,11 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
 
     from condense.artifacts import artifact_bytes
     from condense.cli.common import EXIT_OK, save_artifact, show
+    from condense.cli.quantize import FP32_NAME, ONNX_NAMES
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs
     from condense.export.onnx import onnx_session
     from condense.quantize import export_int8_onnx, quantize
-    from condense.quantize.cli import FP32_NAME, ONNX_NAMES
     from condense.quantize.transformer import batches_of, check_hf_model, output_rows
 
     check_hf_model(model, "condense quantize --method transformer")

@@ -55,7 +55,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _run_text(report: dict[str, Any], out: str) -> str:
     from condense.demo import format_table
 
-    text = format_table(report["stages"])
+    text = format_table(report["stages"], report.get("latency_pass"))
+    text += "".join(f"\nwarning: {w}" for w in (report.get("latency_pass") or {}).get("warnings") or [])
     if report.get("html"):
         text += f"\n\nreport: {report['html']}"
     return text + f"\nrun folder: {out}"
