@@ -95,8 +95,45 @@ def tp_prune(model: torch.nn.Module, x1: torch.Tensor, ratio: float) -> torch.nn
     return model
 
 
+def markdown(r: dict[str, Any]) -> str:
+    """The docs table from a results JSON (every number read from it)."""
+    rows, lat = r["rows"], r["latency_b1_ort_1thread"]
+    ep = r["epochs"]
+    plan = [  # row key, label, accuracy key, latency key, time key
+        ("teacher", f"teacher cnn w24, fp32 ({ep['teacher']} ep)", "onnx_test_accuracy", "teacher_fp32", "teacher"),
+        ("student_alone", f"student cnn w16 alone, CE ({ep['student']} ep)", "test_accuracy", None, "student_alone"),
+        ("student_kd", f"student cnn w16 distilled ({ep['student']} ep), torch fp32", "test_accuracy", None, "distill"),
+        ("int8_unpruned", "  distilled, unpruned, condense int8 ONNX", "test_accuracy", "student_kd_int8_unpruned", None),
+        ("pruned_kd", f"  pruned (condense, L1, {r['target_macs']:g} of MACs) + {ep['recover']} ep KD, torch fp32",
+         "test_accuracy", None, "prune"),
+        ("student_fp32_onnx", "  pruned, fp32 ONNX", "test_accuracy", "student_fp32", None),
+        ("int8_condense", "  **pruned, condense static int8 ONNX (deployed)**", "test_accuracy", "student_int8_condense",
+         "int8_condense"),
+        ("int8_ort_quantizer", "  pruned, ONNX Runtime quantize_static int8 (same fp32 file + calibration)", "test_accuracy",
+         "student_int8_ort", "int8_ort"),
+        ("tp_pruned_kd", f"  pruned (Torch-Pruning, same channel ratio) + {ep['recover']} ep KD, torch fp32",
+         "test_accuracy", None, "tp_prune"),
+        ("tp_int8_condense", "  Torch-Pruning pruned, condense static int8 ONNX", "test_accuracy", "tp_int8_condense", None),
+    ]
+    out = ["| model | params | MACs | ONNX bytes | test acc % | ORT batch-1 ms | x teacher | CPU s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for key, label, akey, lkey, tkey in plan:
+        if key not in rows:
+            continue
+        x = rows[key]
+        p = f"{x['params']:,}" if "params" in x else ""
+        m = f"{x['macs'] / 1e6:.2f}M" if "macs" in x else ""
+        b = f"{x['bytes']:,}" if "bytes" in x else ""
+        lm = f"{lat[lkey]['wall_ms']:.4f}" if lkey else ""
+        lr = f"{lat[lkey]['ratio_to_teacher']:.3f}" if lkey else ""
+        t = r["stage_times"].get(tkey, {}).get("cpu_s", "") if tkey else ""
+        out.append(f"| {label} | {p} | {m} | {b} | {x[akey]:.2f} | {lm} | {lr} | {t} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", default=None, help="print the Markdown table of a results JSON and exit")
     ap.add_argument("--quick", action="store_true", help="smoke test: 3,000 training images, 1 epoch per stage")
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--student-epochs", type=int, default=4)
@@ -109,6 +146,9 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound: stop with an error past it")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     if args.quick:
         args.teacher_epochs = args.student_epochs = args.recover_epochs = 1
         args.repeats = 300

@@ -4,7 +4,7 @@ Teacher: the chain's (`fmnist_chain.py` trains it on all 54,000 training images 
 /tmp/condense_fmnist/teacher; this script loads it and measures it again). Student: the chain's
 student architecture (`fmnist_common.STUDENT`), unpruned, from scratch. To fit the CPU budget every
 student row trains on the first `--subset` images of the 54,000-image training split (the split is
-already shuffled), `--epochs` epochs, batch 128 (`drop_last`), AdamW lr 5e-3, wd 5e-4, 20 warm-up
+already shuffled), `--epochs` epochs, batch `--batch` (64; `drop_last`), AdamW lr 5e-3, wd 5e-4, 20 warm-up
 steps then cosine, last epoch (no selection on val or test). The seed (0..`--seeds`-1) changes the
 student's initialisation and the batch order; the teacher and data are the same for every seed.
 
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--subset", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rows", default="", help="comma-separated subset of rows (default: all)")
     ap.add_argument("--no-defaults", action="store_true", help="leave out the library-defaults rows")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound: stop after the seed that passes it")
@@ -169,7 +170,7 @@ def main() -> None:
     labels["default_alone"] = "library defaults: student alone, TrainConfig() (10 epochs, batch 64, lr 1e-3), seed 0"
     labels["default_kd"] = "library defaults: distill with DistillConfig() (alpha 0.9, T 4, 20 epochs, batch 64, lr 1e-2), seed 0"
     tc = dict(epochs=args.epochs, lr=5e-3, optimizer="adamw", weight_decay=5e-4, schedule="cosine", warmup_steps=20,
-              batch_size=128, drop_last=True, select_best="last", progress="off", device="cpu")
+              batch_size=args.batch, drop_last=True, select_best="last", progress="off", device="cpu")
     acc_by: dict[str, list[float]] = {}
     clock = C.Clock()
     path = Path(args.json) if args.json else RESULTS / ("protocol_fmnist_kd_families_quick.json" if args.quick
