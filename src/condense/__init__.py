@@ -28,6 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from condense.version import __version__  # noqa: F401  (re-exported)
 
+#: registry kind -> the packages whose import registers its entries. The package root is the one
+#: module that names every method package: a lower layer's registry (the structural edits that
+#: `load()` replays) imports them on a lookup that misses (`condense.core.registry`), so no layer
+#: imports the layers above it.
+REGISTRY_PROVIDERS: dict[str, tuple[str, ...]] = {"edit": ("condense.lowrank", "condense.prune", "condense.quantize")}
+
 #: public name -> the module that defines it (imported when the name is first read)
 _EXPORTS = {
     "load": "condense.artifacts", "save": "condense.artifacts",

@@ -283,7 +283,6 @@ def load(
     if not isinstance(edits, list) or not all(isinstance(e, dict) and isinstance(e.get("kind"), str)
                                               and isinstance(e.get("params", {}), dict) for e in edits):
         raise InputFileError(f"{meta_path}: 'edits' must be a list of {{kind, params}} mappings")
-    register_edit_handlers()
     hf = spec.name.startswith(HF_PREFIX)
 
     def build() -> nn.Module:
@@ -573,7 +572,6 @@ def _into_spec(spec: ModelSpec, state: dict[str, torch.Tensor], p: Path, module:
     model = spec.build()
     edits = list(getattr(module, "condense_edits", None) or [])
     if edits:
-        register_edit_handlers()
         replay_edits(model, edits)
     load_state_strict(model, state, source=f"{p} (into {spec.name})")
     if module is not None and signature_of(module) != DEFAULT_SIGNATURE:
@@ -599,13 +597,6 @@ def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
             raise InputFileError(f"{f}: truncated or replaced ({size} bytes, metadata says {expected['bytes']})")
         if "sha256" in expected and _sha256(f) != expected["sha256"]:
             raise InputFileError(f"{f}: contents do not match the sha256 recorded in {META_NAME} (corrupt file)")
-
-
-def register_edit_handlers() -> None:
-    """Import the packages whose structural edits `load()` may replay (they register in EDITS)."""
-    import condense.lowrank  # noqa: F401  factorize, drop_blocks
-    import condense.prune  # noqa: F401  prune_channels, prune_masks, prune_unmask
-    import condense.quantize  # noqa: F401  quantize_static, weight_only, qat, ...
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -1,9 +1,15 @@
 """One generic name -> object registry with "did you mean" on a miss.
 
 Registration is by explicit import of the module that defines the object; nothing walks packages.
+A lower layer that looks a name up (`load()` replaying an edit kind) need not import the packages
+above it that register names: the package root, which Python imports before any submodule, lists
+them in `condense.REGISTRY_PROVIDERS` (registry kind -> module names), and a lookup that misses
+imports them once and looks again.
 """
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -34,6 +40,8 @@ class Registry(Generic[T]):
         return _add(obj) if obj is not None else _add
 
     def get(self, name: str) -> T:
+        if name not in self._items:
+            self.load_providers()
         try:
             return self._items[name]
         except KeyError:
@@ -41,6 +49,12 @@ class Registry(Generic[T]):
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; known: {known}"
             ) from None
+
+    def load_providers(self) -> None:
+        """Import the modules the package root names for this registry's kind (cheap once imported)."""
+        providers = getattr(sys.modules.get("condense"), "REGISTRY_PROVIDERS", {})
+        for module in providers.get(self.kind, ()):
+            importlib.import_module(module)
 
     def help(self, name: str) -> str:
         self.get(name)
