@@ -1,4 +1,5 @@
 """Recipes: validation with file:line errors, every shipped recipe validates, runs resume exactly after SIGKILL."""
+import json
 import os
 import shutil
 import signal
@@ -336,3 +337,21 @@ def test_a_lock_kept_by_the_children_of_a_dead_holder_is_waited_for(tmp_path):
     with folder_lock(run):
         assert (run / ".condense.lock").read_text().strip() == str(os.getpid())
     assert time.monotonic() - t0 < 30
+
+
+def test_a_run_times_every_deployed_file_in_one_pass(reference_run):
+    """Issue 27: report.json holds one interleaved ONNX Runtime pass over every stage's deployed
+    file against the first stage's; the int8 stage's torch (fake-quant) latency is kept apart."""
+    base, _ = reference_run
+    run = base / "ref"
+    report = json.loads((run / "report.json").read_text())
+    lp = report["latency_pass"]
+    assert lp["reference"] == "teacher" and set(lp["files"]) == {"teacher", "student", "pruned", "int8"}
+    assert lp["files"]["int8"] == "model.int8.onnx"
+    for res in lp["batches"].values():
+        assert set(res["ratios"]) == set(lp["files"]) and res["ratios"]["teacher"] == 1.0
+        assert isinstance(res["reliable"], bool) and res["measured"] in (1, 2)
+    int8 = json.loads((run / "04-int8" / "metrics.json").read_text())
+    assert "torch" not in int8["latency_ms"] and set(int8["simulation_latency_ms"]) == {"torch"}
+    teacher = json.loads((run / "01-teacher" / "metrics.json").read_text())
+    assert "torch" in teacher["latency_ms"]

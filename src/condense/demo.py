@@ -16,8 +16,17 @@ from condense.core.errors import ConfigError
 LATENCY_BATCHES = (1, 256)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text before/after table (latency is the median in ms)."""
+def format_table(rows: list[dict[str, Any]], latency_pass: dict[str, Any] | None = None) -> str:
+    """A plain-text before/after table (latency is the median in ms; ONNX Runtime's from the run's
+    interleaved `latency_pass` where it timed the stage; "-" where a runtime has no latency, e.g.
+    the torch int8 simulation, which is no deployment runtime)."""
+    passed = {}
+    for bs, res in ((latency_pass or {}).get("batches") or {}).items():
+        for name, t in ((res or {}).get("timings") or {}).items():
+            passed.setdefault(name, {})[str(bs)] = t["wall_ms"]
+    rows = [{**r, "latency_ms": {**r["latency_ms"], "onnxruntime": {**r["latency_ms"].get("onnxruntime", {}),
+                                                                       **passed.get(r["stage"], {})}}}
+            for r in rows]
     batches = sorted({int(b) for r in rows for by in r["latency_ms"].values() for b in by}) or list(LATENCY_BATCHES)
     runtimes = [rt for rt in ("torch", "onnxruntime") if any(rt in r["latency_ms"] for r in rows)]
     short = {"torch": "torch", "onnxruntime": "ort"}
@@ -33,7 +42,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             else f"{100 * r['accuracy']:.2f}%", f"{r['params']:,}",
             f"{r['bytes_safetensors']:,}",
             f"{r['bytes_onnx']:,}", f"{r['flops'] / 1e6:.2f}",
-            *(f"{lat.get(rt, {}).get(str(bs), float('nan')):.3f}" for rt in runtimes for bs in batches),
+            *(f"{lat[rt][str(bs)]:.3f}" if str(bs) in lat.get(rt, {}) else "-" for rt in runtimes for bs in batches),
         ])
     widths = [max(len(h), *(len(x[i]) for x in lines)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False)))  # noqa: E731
@@ -142,7 +151,9 @@ def run_demo(out: str | Path | None = None, *, epochs: int | None = None, quiet:
             report = run_recipe(recipe_path, run, quiet=quiet)
     report["wall_time_s"] = round(time.perf_counter() - t0, 1)
     if not quiet:
-        print(format_table(report["stages"]))
+        print(format_table(report["stages"], report.get("latency_pass")))
+        for w in (report.get("latency_pass") or {}).get("warnings") or []:
+            print(f"warning: {w}")
         rows = {r["stage"]: r for r in report["stages"]}
         if "student-copy" in rows and "student" in rows:
             print(f"\nstudent with copied layers: mean cosine {rows['student-copy']['mean_cosine']:.4f} to the teacher; "

@@ -271,7 +271,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             else:
                 res = export_int8_onnx(qmodel, example, onnx_path, heldout=heldout_inputs(test), fp32_path=fp32_path,
                                        activation_dtype=args.activation_dtype, threads=args.threads,
-                                       latency_batches=batches or None, target=args.target)
+                                       latency_batches=batches or None, target=args.target, reference=model)
                 agreement = (res.top1_agreement, res.max_abs_diff)
                 latency, info["ort_ops"] = res.latency, res.ort_ops
                 notes += res.notes

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from torch import nn
 from condense.core.cpu import TARGETS, can_saturate, detect_target, resolve_target
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
+from condense.evaluate.timing import interleaved_latency, timed_pass  # noqa: F401  (interleaved_latency: its home until issue 27)
 from condense.export.onnx import onnx_session
 from condense.quantize.fake_quant import quant_wrappers, set_quant_mode
 from condense.quantize.qdq_graph import insert_qdq, strip_metadata, weight_columns
@@ -56,7 +57,7 @@ class Int8ExportResult:
     bytes: int
     fp32_bytes: int
     size_ratio: float  # int8 bytes / fp32 bytes
-    fp32_path: Path | None  # where the fp32 twin was kept (None: measured, then deleted)
+    fp32_path: Path | None  # where the fp32 reference file was kept (None: measured, then deleted)
     activation_dtype: str
     quantized_layers: list[str]
     qdq_nodes: dict[str, int]  # QuantizeLinear / DequantizeLinear counts in the file
@@ -71,6 +72,11 @@ class Int8ExportResult:
     target: str | None = None  # the CPU family the file is built for (`condense.core.cpu`)
     weight_dtype: str | None = None  # "int8" (U8S8 kernels) or "uint8" (U8U8: exact without VNNI)
     checked_on: str | None = None  # the CPU family the agreement above was measured on
+    #: what `fp32_bytes`, `fp32_path` and the fp32 latency are: "original" (the `reference` model
+    #: given to the export) or "bn_folded_twin" (the quantized model with fake-quant off: BatchNorm
+    #: folded and biases corrected, so it agrees with the original on most, not all, predictions).
+    #: Results written before issue 27 have no such field and were always the twin.
+    fp32_reference: str = "bn_folded_twin"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,6 +115,7 @@ def export_int8_onnx(
     opset: int = 18,
     latency_batches: Sequence[int] | None = None,
     target: str = "auto",
+    reference: nn.Module | None = None,
 ) -> Int8ExportResult:
     """Write `qmodel` (from static PTQ) as a QDQ int8 ONNX file and check it in ONNX Runtime.
 
@@ -124,8 +131,11 @@ def export_int8_onnx(
     checked by cosine agreement with the fp32 export on `heldout`, a batch dict or data).
 
     `heldout` inputs (default: `example`) are run through ORT int8 and through the PyTorch
-    simulation to measure top-1 agreement and max output difference. The fp32 twin is exported
-    for the size comparison and kept at `fp32_path` if given. `activation_dtype` "uint8" (ORT's
+    simulation to measure top-1 agreement and max output difference. The fp32 reference of the
+    size (and latency) comparison, kept at `fp32_path` if given, is `reference` (the float model
+    before quantization) when given, else the quantized model's float twin (fake-quant off:
+    BatchNorm folded and biases corrected, which agrees with the original on most predictions, not
+    all); `fp32_reference` in the result, and a note, say which. `activation_dtype` "uint8" (ORT's
     default U8S8 kernels) or "int8" changes only the zero-point encoding, not the grid.
     With `latency_batches` (e.g. (1, 256)) the int8 and fp32 files are also timed in ORT
     (`ort_latency_comparison`, `threads` intra-op threads) and any slow-down is noted in words.
@@ -177,7 +187,14 @@ def export_int8_onnx(
         proto = onnx.load(str(fp32_file))
         strip_metadata(proto)  # on both files, so the size comparison is like for like
         onnx.save(proto, str(fp32_file))
-        fp32_bytes = onnx_file_bytes(fp32_file)
+        ref_file, fp32_kind = fp32_file, "bn_folded_twin"
+        if reference is not None:  # the model the user had, as the fp32 file and the baseline
+            ref_file, fp32_kind = work / "reference.onnx", "original"
+            export_onnx(copy.deepcopy(reference).eval(), example, ref_file, opset=opset)
+            ref_proto = onnx.load(str(ref_file))
+            strip_metadata(ref_proto)
+            onnx.save(ref_proto, str(ref_file))
+        fp32_bytes = onnx_file_bytes(ref_file)
 
         layers = insert_qdq(proto, wrappers, activation_dtype, notes, weight_dtype=weight_dtype)
         exact = "all" if weight_dtype == "uint8" or not saturating else "u8s8-exact"
@@ -200,14 +217,19 @@ def export_int8_onnx(
         agreement, max_diff = simulation_agreement(qmodel, session, x)
         latency = None
         if latency_batches:
-            latency = ort_latency_comparison(int8_file, fp32_file, example, batch_sizes=latency_batches, threads=threads)
+            latency = ort_latency_comparison(int8_file, ref_file, example, batch_sizes=latency_batches, threads=threads)
+            latency["fp32_reference"] = fp32_kind
             notes += latency["notes"]
 
         with atomic_path(target) as tmp:
             os.replace(int8_file, tmp)
         if fp32_path is not None:
             with atomic_path(fp32_path) as tmp:
-                os.replace(fp32_file, tmp)
+                os.replace(ref_file, tmp)
+            if fp32_kind == "bn_folded_twin":
+                notes.append(f"{Path(fp32_path).name} is the quantized model's float twin (BatchNorm folded, biases "
+                             "corrected, fake-quant off), not the original model: it can disagree with the original "
+                             "on a few predictions (pass reference= to write the original)")
         size = onnx_file_bytes(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -221,7 +243,7 @@ def export_int8_onnx(
         quantized_layers=layers, qdq_nodes=dict(qdq), ort_ops=dict(sorted(ops.items())),
         float_compute_ops=float_ops, checked_samples=len(x), top1_agreement=agreement,
         max_abs_diff=max_diff, notes=notes, latency=latency, target=built_for, weight_dtype=weight_dtype,
-        checked_on=here,
+        checked_on=here, fp32_reference=fp32_kind,
     )
 
 
@@ -255,56 +277,6 @@ def simulation_agreement(qmodel: nn.Module, session: Any, x: torch.Tensor, batch
     return (100.0 * same / total if total else float("nan")), worst
 
 
-def interleaved_latency(
-    runs: Mapping[str, Callable[[Any], Any]],
-    feeds: Sequence[Any],
-    *,
-    repeats: int,
-    warmup: int = 3,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Median wall and calling-thread CPU milliseconds (and the fastest wall time) of each runner
-    `runs[name](feed)`.
-
-    Every round runs all runners on the same feed (feeds rotate round by round) in a new random
-    order, with garbage collection paused, so load from other processes on a shared machine hits
-    them all alike (timing one after the other lets a change of load bias the ratios). With one
-    intra-op thread, ORT computes on the calling thread, so CPU time is that run's own work.
-    """
-    import gc
-    import random
-    import statistics
-    import time
-
-    if repeats < 1 or warmup < 0 or not feeds:
-        raise ConfigError(f"interleaved_latency: repeats >= 1, warmup >= 0 and feeds are needed, got {repeats}, {warmup}, "
-                          f"{len(feeds)} feeds")
-    for fn in runs.values():
-        for i in range(warmup):
-            fn(feeds[i % len(feeds)])
-    wall: dict[str, list[float]] = {k: [] for k in runs}
-    cpu: dict[str, list[float]] = {k: [] for k in runs}
-    order, rng = list(runs), random.Random(seed)
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(repeats):
-            feed = feeds[r % len(feeds)]
-            rng.shuffle(order)
-            for k in order:
-                c0, t0 = time.thread_time(), time.perf_counter()
-                runs[k](feed)
-                t1, c1 = time.perf_counter(), time.thread_time()
-                wall[k].append((t1 - t0) * 1e3)
-                cpu[k].append((c1 - c0) * 1e3)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return {k: {"wall_ms": float(statistics.median(wall[k])), "cpu_ms": float(statistics.median(cpu[k])),
-                "min_ms": float(min(wall[k]))}
-            for k in runs}
-
-
 def ort_latency_comparison(
     int8_path: str | os.PathLike[str],
     fp32_path: str | os.PathLike[str],
@@ -318,9 +290,11 @@ def ort_latency_comparison(
     """Median ORT latency of the int8 and fp32 files at each batch size (same threads, ORT_ENABLE_ALL).
 
     `example`: a tensor for a single-input model or a batch dict (`input_ids`, ...); its first
-    sample is repeated to each batch size. The sessions run interleaved (`interleaved_latency`).
-    Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32"}}, "notes"}; a
-    note says so in words wherever int8 is not faster than fp32 on this machine.
+    sample is repeated to each batch size. The sessions run interleaved (`timed_pass`: measured
+    again once when p90/p50 or the machine load says the first pass is unreliable).
+    Returns {"threads", "batches": {bs: {"fp32_ms", "int8_ms", "int8_over_fp32", "reliable", ...}},
+    "notes"}; a note says so in words wherever int8 is not faster than fp32 on this machine, or
+    where the timing stayed unreliable (then no gain or loss is claimed).
     """
     from condense.export.onnx import ort_input
     from condense.models.signature import repeat_batch
@@ -335,10 +309,16 @@ def ort_latency_comparison(
         xb = repeat_batch(x1, int(bs))
         feeds = {kind: ort_input(sess, xb) for kind, sess in sessions.items()}
         runs = {kind: (lambda _f, s=sess, f=feeds[kind]: s.run(None, f)) for kind, sess in sessions.items()}
-        t = interleaved_latency(runs, [None], repeats=repeats, warmup=warmup, seed=i)
-        row: dict[str, float] = {f"{kind}_ms": v["wall_ms"] for kind, v in t.items()}
+        res = timed_pass(runs, [None], reference="fp32", repeats=repeats, warmup=warmup, seed=i)
+        t = res["timings"]
+        row: dict[str, Any] = {f"{kind}_ms": v["wall_ms"] for kind, v in t.items()}
+        row.update({f"{kind}_p90_ms": v["p90_ms"] for kind, v in t.items()})
         row["int8_over_fp32"] = row["int8_ms"] / row["fp32_ms"]
-        if row["int8_over_fp32"] >= 1.0:
+        row["reliable"] = res["reliable"]
+        if not res["reliable"]:
+            out["notes"].append(f"int8 vs fp32 latency at batch {bs} is unreliable after {res['measured']} passes ("
+                                + "; ".join(res["reasons"]) + f"): {row['int8_over_fp32']:.2f}x, no gain or loss claimed")
+        elif row["int8_over_fp32"] >= 1.0:
             out["notes"].append(f"int8 is NOT faster than fp32 at batch {bs} on this CPU "
                                 f"({row['int8_ms']:.3f} ms vs {row['fp32_ms']:.3f} ms)")
         out["batches"][int(bs)] = row

@@ -16,7 +16,8 @@ from condense.data.loader import example_inputs
 from condense.distill.defaults import is_encoder
 from condense.evaluate import evaluate, profile
 from condense.evaluate.decoder import is_decoder
-from condense.export import export_onnx
+from condense.evaluate.timing import machine_load
+from condense.export import deploy_precision, export_onnx
 
 
 @dataclasses.dataclass
@@ -78,6 +79,17 @@ def measure_model(
     prof = profile(model, example, runtimes=tuple(cfg.runtimes), batch_sizes=tuple(cfg.batch_sizes),
                    threads=cfg.threads, onnx_path=onnx_path, artifact_path=folder / "model.safetensors",
                    warmup=cfg.warmup, repeats=cfg.repeats)
+    latency = {rt: {bs: v["p50_ms"] for bs, v in by.items() if "p50_ms" in v} for rt, by in prof["latency"].items()}
+    p90 = {rt: {bs: v["p90_ms"] for bs, v in by.items() if "p90_ms" in v} for rt, by in prof["latency"].items()}
+    simulated: dict[str, Any] = {}
+    if deployed_onnx is not None and "torch" in latency and deploy_precision(model) == "int8":
+        # the torch model is the fake-quant simulation (or a float model carrying the int8 plan):
+        # its latency is no runtime's, so it is kept apart and never shown as the stage's latency
+        simulated = {"simulation_latency_ms": {"torch": latency.pop("torch")},
+                     "simulation_latency_p90_ms": {"torch": p90.pop("torch", {})}}
+        notes.append("torch latency left out of the stage's latency: the PyTorch model of this stage is the int8 "
+                     "simulation (fake-quant, or a float model carrying the int8 plan), not a deployment runtime "
+                     "(kept as simulation_latency_ms); the deployed model is the int8 ONNX file run by onnxruntime")
     row = {
         "stage": stage,
         "accuracy": torch_metrics.get("accuracy"),
@@ -91,12 +103,14 @@ def measure_model(
         "flops": prof["flops"],
         "macs": prof["macs"],
         "onnx_max_abs_diff": onnx_diff,
-        "latency_ms": {rt: {bs: v["p50_ms"] for bs, v in by.items() if "p50_ms" in v} for rt, by in prof["latency"].items()},
-        "latency_p90_ms": {rt: {bs: v["p90_ms"] for bs, v in by.items() if "p90_ms" in v} for rt, by in prof["latency"].items()},
+        "latency_ms": latency,
+        "latency_p90_ms": p90,
         "threads": prof.get("threads"),
+        "load": machine_load(),  # right after the timing: the report flags latency taken on a busy machine
         "environment": prof.get("environment"),
         "notes": notes,
     }
+    row.update(simulated)
     if encoder:
         r, o = torch_metrics["reference"], onnx_metrics["reference"]
         row.update(mean_cosine=r["mean_cosine"], min_cosine=r["min_cosine"], topk_overlap=r.get("topk_overlap"),

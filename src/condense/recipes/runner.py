@@ -192,9 +192,39 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False
                        else f"test perplexity {row['perplexity']:.4g}" if row.get("perplexity") is not None
                        else f"test mean cosine to {rows[0]['stage'] if rows else 'itself'} {row['mean_cosine']:.4f}")
             say(f"  {spec.name}: {quality}, params {row['params']:,}, {row['bytes_onnx']:,} bytes ONNX")
-    report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__,
-              "wall_time_s": round(time.perf_counter() - t_run, 1)}
-    return dist.on_main(lambda: _write_report(run, report))
+    report = {"recipe": recipe.name, "data": recipe.data, "stages": rows, "condense": __version__}
+
+    def finish() -> dict[str, Any]:
+        if "onnxruntime" in measure_cfg.runtimes and rows:
+            say("timing every deployed file against the first stage's, interleaved")
+            report["latency_pass"] = latency_pass(recipe, run, rows, splits, measure_cfg)
+        report["wall_time_s"] = round(time.perf_counter() - t_run, 1)
+        return _write_report(run, report)
+
+    return dist.on_main(finish)
+
+
+def latency_pass(recipe: Recipe, run: Path, rows: list[dict[str, Any]], splits: Any,
+                 measure_cfg: MeasureConfig) -> dict[str, Any]:
+    """Every measured stage's deployed ONNX file timed against the first stage's in one interleaved
+    ONNX Runtime pass (`condense.evaluate.timing.onnx_latency_pass`): the report states its
+    latency ratios from this pass, not from stages timed minutes apart."""
+    from condense.data.loader import example_inputs
+    from condense.evaluate.timing import onnx_latency_pass
+
+    measured = [(i, s) for i, s in enumerate(recipe.stages) if STAGES.get(s.kind).measured]
+    by_name = {r["stage"]: r for r in rows}
+    files = {}
+    for i, spec in measured:
+        row = by_name.get(spec.name)
+        path = stage_dir(run, i, spec.name) / str((row or {}).get("onnx_file") or "")
+        if row is not None and row.get("onnx_file") and path.is_file():
+            files[spec.name] = path
+    if not files:
+        return {"files": {}, "batches": {}, "reliable": True, "warnings": ["latency pass: no ONNX file to time"]}
+    reference = rows[0]["stage"] if rows[0]["stage"] in files else next(iter(files))
+    return onnx_latency_pass(files, reference, example_inputs(splits.test, 1), batch_sizes=measure_cfg.batch_sizes,
+                             threads=measure_cfg.threads, repeats=measure_cfg.repeats, warmup=measure_cfg.warmup)
 
 
 def _run_and_measure(run_stage: Any, recipe: Recipe, spec: Any, folder: Path, splits: Any,

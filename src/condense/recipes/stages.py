@@ -258,16 +258,12 @@ def run_quantize(ctx: StageContext, cfg: Config) -> StageOutput:
     else:
         qmodel = quantize(model, cfg, calibration=ctx.splits.train)
     out = StageOutput(qmodel, info=info)
-    planned = getattr(qmodel, "condense_int8_plan", None) is not None  # transformer int8: ONNX only
-    out.notes.append("torch latency of this stage is the float model carrying the int8 plan, not an int8 runtime; "
-                     "the deployed model is the int8 ONNX file run by onnxruntime" if planned else
-                     "torch latency of this stage is the PyTorch fake-quant simulation, not a deployment runtime; "
-                     "the deployed model is the ONNX file run by onnxruntime")
+    # (an int8 stage's torch latency is the simulation's: `measure_model` keeps it out of the row's latency)
     if deploy_precision(qmodel) == "int8" and is_main():  # the one int8-or-fp32 decision (export, tune too)
         from condense.quantize import export_int8_onnx
 
         res8 = export_int8_onnx(qmodel, example_inputs(ctx.splits.test, 1), ctx.folder / "model.int8.onnx",
-                                heldout=heldout_inputs(ctx.splits.test))
+                                heldout=heldout_inputs(ctx.splits.test), reference=model)
         out.deployed_onnx = Path(res8.path)
         out.info["int8_export"] = _jsonable(res8.to_dict())
         out.notes.extend(res8.notes)

@@ -100,11 +100,29 @@ def accuracy_scale(stages: Sequence[Stage]) -> float:
     return 1.0 if accs and max(accs) > 1.0 else 100.0
 
 
-def quality(stage: Stage) -> float | None:
-    """What a stage keeps: its accuracy, or for an encoder (no classes) its mean cosine to the
-    reference model's embeddings, or for a decoder its token agreement with the reference's."""
-    for key in ("accuracy", "mean_cosine", "token_agreement"):
-        v = stage.metric(key)
+QUALITY_KEYS = ("accuracy", "mean_cosine", "token_agreement")
+#: what each quality metric is called on a plot axis (accuracy in % when stored as a fraction)
+QUALITY_LABELS = {"accuracy": "accuracy", "mean_cosine": "mean cosine to the reference",
+                  "token_agreement": "token agreement with the reference"}
+
+
+def quality_key(stages: Sequence[Stage]) -> str | None:
+    """The one quality metric a run's stages are compared by: accuracy where any stage has it,
+    else an encoder's mean cosine to the reference, else a decoder's token agreement."""
+    for key in QUALITY_KEYS:
+        if any(st.metric(key) is not None for st in stages):
+            return key
+    return None
+
+
+def quality(stage: Stage, key: str | None = None) -> float | None:
+    """What a stage keeps: `key` (see `quality_key`), or by default its accuracy, or for an encoder
+    (no classes) its mean cosine to the reference model's embeddings, or for a decoder its token
+    agreement with the reference's."""
+    if key is not None:
+        return stage.metric(key)
+    for k in QUALITY_KEYS:
+        v = stage.metric(k)
         if v is not None:
             return v
     return None
@@ -176,8 +194,9 @@ def front_cost(stage: Stage, key: str) -> float | None:
 def fronts(stages: Sequence[Stage], runtimes: Sequence[str], batches: Sequence[int]) -> dict[str, list[int]]:
     """{front key: indices of the stages on that Pareto front}."""
     out = {}
+    qkey = quality_key(stages)
     for key, _label in front_keys(runtimes, batches):
-        pts = [(st.index, front_cost(st, key), quality(st)) for st in stages]
+        pts = [(st.index, front_cost(st, key), quality(st, qkey)) for st in stages]
         if sum(1 for _, c, a in pts if c is not None and a is not None):
             out[key] = pareto(pts)
     return out

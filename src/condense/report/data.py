@@ -15,6 +15,10 @@ from typing import Any
 
 from condense.core.errors import InputFileError
 
+#: p90 / p50 above this marks a latency unreliable (as `condense.evaluate.timing.MAX_SPREAD`,
+#: repeated here so reading a report never imports torch)
+MAX_SPREAD = 2.0
+
 STAGE_DIR_RE = re.compile(r"^(\d+)-(.+)$")
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.json"
@@ -112,6 +116,12 @@ class Stage:
     curves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     latency: dict[str, dict[int, float | None]] = dataclasses.field(default_factory=dict)
     bytes_onnx_int8: int | None = None
+    #: {runtime: {batch: p50_ms}} of the int8 simulation (fake-quant torch): never a stage latency
+    simulated: dict[str, dict[int, float | None]] = dataclasses.field(default_factory=dict)
+    #: (runtime, batch) whose latency was flagged unreliable (p90/p50, machine load)
+    unreliable: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+    #: {batch: ratio to the reference} from the run's interleaved latency pass, where it timed this stage
+    pass_ratios: dict[int, float] = dataclasses.field(default_factory=dict)
     flags: dict[str, Any] = dataclasses.field(default_factory=dict)  # masked / parametrizations / ...
     listing: dict[str, Any] = dataclasses.field(default_factory=dict)  # the runner's report.json entry, if an object
 
@@ -200,14 +210,97 @@ def _stage_extras(stage: Stage, warnings: list[str]) -> None:
         for key in ("int8_export", "export"):
             res = info.get(key)
             if isinstance(res, dict) and isinstance(res.get("latency"), dict) and isinstance(res["latency"].get("batches"), dict):
-                stage.int8_vs_fp32 = res["latency"]
+                # what "fp32" is there: an export before issue 27 always timed the BN-folded twin
+                stage.int8_vs_fp32 = {"fp32_reference": res.get("fp32_reference", "bn_folded_twin"), **res["latency"]}
                 break
     if not stage.per_layer:
         stage.per_layer = per_layer_from_edits(stage.edits)
     stage.latency = normalize_latency(row.get("latency_ms"))
+    stage.simulated = normalize_latency(row.get("simulation_latency_ms"))
+    if "torch" in stage.latency and _torch_is_simulation(stage):  # a run from before issue 27
+        stage.simulated["torch"] = stage.latency.pop("torch")
+        stage.notes.append("torch latency of this stage is the int8 simulation (fake-quant), not a deployment "
+                           "runtime: left out of the latency columns")
     for key in ("masked", "parametrizations", "fake_quant", "quantized"):
         if key in row:
             stage.flags[key] = row[key]
+
+
+def fp32_label(int8_vs_fp32: dict[str, Any] | None) -> str:
+    """What the "fp32" of an int8-vs-fp32 comparison is: the original model, or (what
+    `export_int8_onnx` timed without a `reference`) the quantized model's BN-folded float twin."""
+    ref = (int8_vs_fp32 or {}).get("fp32_reference")
+    return "fp32 (BN-folded twin)" if ref == "bn_folded_twin" else "fp32"
+
+
+def _torch_is_simulation(stage: Stage) -> bool:
+    """The stage's torch model is the int8 simulation: its deployed file is the int8 ONNX, or
+    (runs before issue 27) its notes say so."""
+    if str(stage.row.get("onnx_file") or "").endswith(INT8_ONNX_NAMES):
+        return True
+    return any("fake-quant simulation" in n or "carrying the int8 plan" in n for n in stage.notes)
+
+
+def _spread_warnings(stage: Stage, max_spread: float) -> list[str]:
+    """A stage's own latency medians whose p90 is more than `max_spread` times the median."""
+    out = []
+    p90 = normalize_latency(stage.row.get("latency_p90_ms"))
+    for rt, by in stage.latency.items():
+        for b, p50 in by.items():
+            q = p90.get(rt, {}).get(b)
+            if p50 and q is not None and q / p50 > max_spread:
+                stage.unreliable.add((rt, b))
+                out.append(f"stage “{stage.name}”: {rt} latency at batch {b} is unreliable: p90 {q:.3f} ms is "
+                           f"{q / p50:.1f}x the median {p50:.3f} ms (timed alone, not against the other stages)")
+    load = stage.row.get("load") if isinstance(stage.row.get("load"), dict) else {}
+    load1, cpus = num(load.get("load_1min")), num(load.get("cpus"))
+    if load1 is not None and cpus and load1 > cpus and stage.latency:
+        for rt, by in stage.latency.items():
+            stage.unreliable.update((rt, b) for b in by)
+            out.append(f"stage “{stage.name}”: {rt} latency is unreliable: timed while the machine's load was "
+                       f"{load1:.2f} (1-minute average) on {int(cpus)} CPUs (timed alone, not against the other stages)")
+    return out
+
+
+def apply_latency_pass(stages: list[Stage], lp: Any, warnings: list[str], max_spread: float = MAX_SPREAD) -> None:
+    """Put the run's interleaved latency pass (`condense.evaluate.timing.onnx_latency_pass`, kept
+    in report.json as "latency_pass") in place of each timed stage's own ONNX Runtime medians, so
+    every ratio the report states comes from one pass; flag what is unreliable in `warnings`."""
+    for st in stages:
+        warnings.extend(_spread_warnings(st, max_spread))
+    if not isinstance(lp, dict) or not isinstance(lp.get("batches"), dict):
+        return
+    by_name = {st.name: st for st in stages}
+    for bs, res in lp["batches"].items():
+        try:
+            b = int(bs)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(res, dict) or not isinstance(res.get("timings"), dict):
+            continue
+        reliable = res.get("reliable") is not False
+        for name, t in res["timings"].items():
+            st = by_name.get(name)
+            p50 = num(t.get("wall_ms")) if isinstance(t, dict) else None
+            if st is None or p50 is None:
+                continue
+            st.latency.setdefault("onnxruntime", {})[b] = p50
+            st.latency["onnxruntime"] = dict(sorted(st.latency["onnxruntime"].items()))
+            st.unreliable.discard(("onnxruntime", b))  # the stage's own timing is replaced by the pass
+            if not reliable:
+                st.unreliable.add(("onnxruntime", b))
+            r = num((res.get("ratios") or {}).get(name))
+            if r is not None:
+                st.pass_ratios[b] = r
+    warnings.extend(str(w) for w in lp.get("warnings") or [])
+    # the stages' own ONNX Runtime timings are superseded: their spread no longer matters
+    warnings[:] = [w for w in warnings if not (w.startswith("stage “") and ": onnxruntime latency " in w
+                                               and _timed_in_pass(w, lp))]
+
+
+def _timed_in_pass(warning: str, lp: dict[str, Any]) -> bool:
+    names = {n for res in lp["batches"].values() if isinstance(res, dict) for n in (res.get("timings") or {})}
+    return any(warning.startswith(f"stage “{n}”:") for n in names)
 
 
 def per_layer_from_edits(edits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -325,6 +418,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise InputFileError(
             f"{root}: nothing to report: no stage folders (NN-name/{METRICS_NAME}) and no {REPORT_NAME} with a 'stages' list of rows"
         )
+    apply_latency_pass(stages, top.get("latency_pass"), warnings)
     recipe_text = None
     for name in RECIPE_NAMES:
         if (root / name).is_file():

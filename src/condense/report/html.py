@@ -13,10 +13,11 @@ import jinja2
 
 from condense import __version__
 from condense.report import compare
+from condense.report.data import fp32_label
 from condense.report.fmt import fmt_ms
 from condense.report.markdown import DEPLOYED_HEAD, deployed_cells
 from condense.report.plots import PER_LAYER_FIELDS, Plot, per_layer_fields
-from condense.report.summary import Report
+from condense.report.summary import Report, latency_pass_table
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -74,6 +75,11 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 </table></div>
 <p class="sub">Under each number: the change against stage 1 (accuracy in percentage points, everything else as a ratio; ×0.25 means a quarter of stage 1's). Green is better, red is worse. Bytes are files on disk (KiB = 1024 bytes; hover for exact bytes). Latency is the median in milliseconds per call at the batch size shown{% if threads %}, {{ threads }} thread{{ 's' if threads != 1 }}{% endif %}.</p>
 
+{% if latency_pass %}<h3 id="latency-pass">Latency: deployed files timed together</h3>
+<p class="sub">{{ latency_pass.sentence }}</p>
+<div class="scroll"><table><thead><tr>{% for h in latency_pass.head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for r in latency_pass.rows %}<tr>{% for v in r %}<td{% if loop.index <= 2 %} class="l"{% endif %}>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table></div>{% endif %}
+
 {% if fronts %}<h3>Pareto fronts</h3>
 <table><thead><tr><th class="l">front (accuracy against)</th><th class="l">stages on it</th></tr></thead><tbody>
 {% for f in fronts %}<tr><td class="l">{{ f.label }}</td><td class="l">{% for n, name in f.stages %}<span class="tag">{{ n }}. {{ name }}</span>{% endfor %}</td></tr>{% endfor %}
@@ -92,7 +98,7 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 {% if s.notes %}<ul>{% for n in s.notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 {% if s.deployed %}<table><thead><tr>{% for h in deployed_head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
 {% for r in s.deployed %}<tr>{% for v in r %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>{% endif %}
-{% if s.int8 %}<table><thead><tr><th>batch</th><th>fp32 (ms)</th><th>int8 (ms)</th><th>int8 / fp32</th></tr></thead><tbody>
+{% if s.int8 %}<table><thead><tr><th>batch</th><th>{{ s.fp32_label }} (ms)</th><th>int8 (ms)</th><th>int8 / {{ s.fp32_label }}</th></tr></thead><tbody>
 {% for r in s.int8 %}<tr><td>{{ r.batch }}</td><td>{{ r.fp32 }}</td><td>{{ r.int8 }}</td><td class="{{ r.cls }}">{{ r.ratio }}</td></tr>{% endfor %}</tbody></table>{% endif %}
 {% if s.layer_fields %}<details{% if s.layers|length <= 20 %} open{% endif %}><summary>Per layer ({{ s.layers|length }} layers)</summary>
 <div class="scroll"><table><thead><tr><th class="l">layer</th>{% for f in s.layer_fields %}<th>{{ f }}</th>{% endfor %}</tr></thead><tbody>
@@ -104,7 +110,7 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 {% if recipe %}<h2 id="recipe">Recipe</h2><pre>{{ recipe }}</pre>{% endif %}
 
 <h2 id="method">How these numbers were measured</h2>
-<p>Size is the bytes of the files on disk (safetensors weights; ONNX files as exported; the int8 ONNX file where one was exported), never parameters × 4. Latency is the median of repeated timed runs after warm-up, per runtime (PyTorch eager, ONNX Runtime) and batch size, on the machine that ran the stage. FLOPs count 2 per multiply-add of matmul and convolution for one sample. A point is on a Pareto front when no other stage is both at least as accurate and at least as small (or fast), and strictly better in one of the two.</p>
+<p>Size is the bytes of the files on disk (safetensors weights; ONNX files as exported; the int8 ONNX file where one was exported), never parameters × 4. Latency is the median of repeated timed runs after warm-up, per runtime (PyTorch eager, ONNX Runtime) and batch size, on the machine that ran the stage; where the run has an interleaved latency pass, the ONNX Runtime numbers and ratios are that pass's (every deployed file timed against the reference in the same rounds), and a timing whose p90 exceeds twice its median, or taken while the machine's load exceeded its CPUs, is flagged under the illusory gains. A PyTorch int8 simulation (fake-quant) is never shown as a stage's latency. FLOPs count 2 per multiply-add of matmul and convolution for one sample. A point is on a Pareto front when no other stage is both at least as accurate and at least as small (or fast), and strictly better in one of the two.</p>
 </main></body>
 </html>
 """
@@ -148,6 +154,11 @@ def _layer_value(field: str, v: Any) -> str:
     return f"{v:g}"
 
 
+def _latency_pass(rep: Report) -> dict[str, Any] | None:
+    t = latency_pass_table(rep)
+    return None if t is None else {"sentence": t[0], "head": t[1], "rows": t[2]}
+
+
 def render_html(rep: Report, plots: dict[str, Plot]) -> str:
     """The report as one HTML string; `plots` maps Plot.key to the drawn figures."""
     stages = rep.stages
@@ -162,7 +173,7 @@ def render_html(rep: Report, plots: dict[str, Plot]) -> str:
         sections.append({
             "n": i + 1, "name": st.name, "kind": rep.kinds[i], "dir": st.dir, "done": st.done,
             "edits": [k for k in dict.fromkeys(e.get("kind") for e in compare.new_edits(st, stages[i - 1] if i else None)) if k],
-            "illusions": rep.illusions_of(i), "notes": st.notes, "int8": _int8_rows(st.int8_vs_fp32),
+            "illusions": rep.illusions_of(i), "notes": st.notes, "int8": _int8_rows(st.int8_vs_fp32), "fp32_label": fp32_label(st.int8_vs_fp32),
             "deployed": [deployed_cells(d) for d in st.deployed],
             "layer_fields": [labels[f] for f in fields],
             "layers": [{"name": name, "vals": [_layer_value(f, v.get(f)) for f in fields]}
@@ -190,6 +201,7 @@ def render_html(rep: Report, plots: dict[str, Plot]) -> str:
         rows=rows,
         threads=threads,
         main_plots=[plots[k] for k in ("accuracy_vs_size", "accuracy_vs_latency") if k in plots],
+        latency_pass=_latency_pass(rep),
         stage_sections=sections,
         recipe=rep.run.recipe_text,
     )

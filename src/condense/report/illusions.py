@@ -32,7 +32,7 @@ from condense.report.compare import (
     smallest_bytes,
     stage_kind,
 )
-from condense.report.data import Stage, num
+from condense.report.data import Stage, fp32_label, num
 
 MIN_ZERO_FRACTION = 0.01  # zeros below 1% of the parameters are not a pruning claim
 CHANNEL_MULTIPLE = 8
@@ -176,10 +176,13 @@ def _int8_fp32_pairs(st: Stage, fp32_prev: Stage | None, quantized: bool) -> tup
         if isinstance(batches, dict):
             pairs = []
             for bs, row in batches.items():
+                if isinstance(row, dict) and row.get("reliable") is False:
+                    continue  # unreliable after its re-measure: no gain or loss is claimed from it
                 if isinstance(row, dict) and num(row.get("int8_ms")) is not None and num(row.get("fp32_ms")) is not None:
                     pairs.append((int(bs), float(row["int8_ms"]), float(row["fp32_ms"])))
             if pairs:
-                return sorted(pairs), "measured side by side with the same ONNX Runtime settings"
+                what = "" if fp32_label(d) == "fp32" else "; fp32 here is the quantized model's BN-folded float twin"
+                return sorted(pairs), f"measured side by side with the same ONNX Runtime settings{what}"
     for rt, by in st.latency.items():
         if "int8" not in rt.lower():
             continue
@@ -193,9 +196,12 @@ def _int8_fp32_pairs(st: Stage, fp32_prev: Stage | None, quantized: bool) -> tup
             return sorted(pairs), f"{rt} against {fp32_rt} in the same stage"  # type: ignore[arg-type]
     if quantized and st.bytes_onnx_int8 is not None and fp32_prev is not None:
         mine, theirs = st.latency.get("onnxruntime", {}), fp32_prev.latency.get("onnxruntime", {})
-        pairs = [(b, v, theirs[b]) for b, v in mine.items() if v is not None and theirs.get(b) is not None]
+        pairs = [(b, v, theirs[b]) for b, v in mine.items() if v is not None and theirs.get(b) is not None
+                 and ("onnxruntime", b) not in st.unreliable | fp32_prev.unreliable]
         if pairs:
-            return sorted(pairs), f"its int8 ONNX against the fp32 ONNX of {_q(fp32_prev.name)}"  # type: ignore[arg-type]
+            together = all(b in st.pass_ratios and b in fp32_prev.pass_ratios for b, _, _ in pairs)
+            how = ", timed together in the run's interleaved latency pass" if together else ", each timed on its own"
+            return sorted(pairs), f"its int8 ONNX against the fp32 ONNX of {_q(fp32_prev.name)}{how}"  # type: ignore[arg-type]
     return [], ""
 
 

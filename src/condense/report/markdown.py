@@ -7,9 +7,10 @@ import html as _html
 from pathlib import Path
 from typing import Any
 
+from condense.report.data import fp32_label
 from condense.report.fmt import DASH, fmt_ms
 from condense.report.plots import PER_LAYER_FIELDS, per_layer_fields
-from condense.report.summary import Report
+from condense.report.summary import Report, latency_pass_table
 
 
 def deployed_cells(d: dict[str, Any]) -> list[str]:
@@ -54,6 +55,13 @@ def render_markdown(rep: Report) -> str:
     lines += ["", "In brackets: the change against stage 1 (accuracy in percentage points, everything else as a "
               "ratio). Bytes are files on disk; latency is the median in ms per call.", ""]
 
+    lp = latency_pass_table(rep)
+    if lp is not None:
+        sentence, head_lp, rows_lp = lp
+        lines += ["## Latency: deployed files timed together", "", md_escape(sentence), ""]
+        lines += _table([md_escape(h) for h in head_lp], [[md_escape(c) for c in r] for r in rows_lp],
+                        ["l", "l"] + ["r"] * (len(head_lp) - 2)) + [""]
+
     lines += ["## Illusory gains", ""]
     if rep.illusions:
         lines += [f"- **{md_escape(x.stage)}** ({x.code}): {md_escape(x.message)}" for x in rep.illusions]
@@ -85,7 +93,8 @@ def render_markdown(rep: Report) -> str:
             rows = [[str(b), fmt_ms(r.get("fp32_ms")), fmt_ms(r.get("int8_ms")),
                      f"{r['int8_ms'] / r['fp32_ms']:.2f}" if r.get("fp32_ms") and r.get("int8_ms") is not None else DASH]
                     for b, r in batches.items() if isinstance(r, dict)]
-            lines += _table(["batch", "fp32 (ms)", "int8 (ms)", "int8 / fp32"], rows, ["r"] * 4) + [""]
+            ref = fp32_label(int8)
+            lines += _table(["batch", f"{ref} (ms)", "int8 (ms)", f"int8 / {ref}"], rows, ["r"] * 4) + [""]
         if fields:
             labels = dict(PER_LAYER_FIELDS)
             rows = []

@@ -13,7 +13,13 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from condense.report.compare import front_cost, onnx_deployed_bytes, quality
+from condense.report.compare import (
+    QUALITY_LABELS,
+    front_cost,
+    onnx_deployed_bytes,
+    quality,
+    quality_key,
+)
 from condense.report.data import Stage, num
 
 DPI = 100
@@ -72,9 +78,19 @@ def _log_axis(ax: Any) -> None:
         ax.set_xlim(mid / 2, mid * 2)
 
 
+def quality_axis(stages: Sequence[Stage], scale: float) -> tuple[str | None, float, str]:
+    """(metric key, factor, axis label) of what the scatter plots put on the y axis: accuracy in %
+    (fractions times 100), or an encoder's mean cosine / a decoder's token agreement as they are."""
+    key = quality_key(stages)
+    if key == "accuracy" or key is None:
+        return key, scale, "accuracy (%)" if scale == 100 else "accuracy"
+    return key, 1.0, QUALITY_LABELS[key]
+
+
 def _scatter_panel(ax: Any, stages: Sequence[Stage], key: str, front: Sequence[int], scale: float, xlabel: str, log: bool) -> bool:
-    pts = [(st.index, front_cost(st, key), quality(st)) for st in stages]
-    pts = [(i, c, a * scale) for i, c, a in pts if c is not None and a is not None]
+    qkey, factor, ylabel = quality_axis(stages, scale)
+    pts = [(st.index, front_cost(st, key), quality(st, qkey)) for st in stages]
+    pts = [(i, c, a * factor) for i, c, a in pts if c is not None and a is not None]
     if pts and "bytes" in xlabel:  # plot sizes in KiB or MiB so log ticks land on round numbers
         unit, div = ("MiB", 1024**2) if max(c for _, c, _ in pts) >= 10 * 1024**2 else ("KiB", 1024)
         pts = [(i, c / div, a) for i, c, a in pts]
@@ -97,7 +113,7 @@ def _scatter_panel(ax: Any, stages: Sequence[Stage], key: str, front: Sequence[i
     if log and all(c > 0 for _, c, _ in pts):
         _log_axis(ax)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)" if scale == 100 else "accuracy")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     return True
 
@@ -110,14 +126,15 @@ def size_plot(stages: Sequence[Stage], fronts: dict[str, list[int]], scale: floa
         _scatter_panel(axes[1], stages, "bytes_onnx_deployed", fronts.get("bytes_onnx_deployed", []), scale,
                        "bytes on disk (ONNX; int8 file where exported)", True),
     ]
-    axes[0].set_title("accuracy vs size: safetensors")
-    axes[1].set_title("accuracy vs size: ONNX")
+    what = quality_axis(stages, scale)[2].replace(" (%)", "")
+    axes[0].set_title(f"{what} vs size: safetensors")
+    axes[1].set_title(f"{what} vs size: ONNX")
     if not any(drew):
         return None
     has_int8 = any(st.bytes_onnx_int8 is not None for st in stages) and any(onnx_deployed_bytes(st) for st in stages)
-    return Plot("accuracy_vs_size", "Accuracy against bytes on disk",
-                "Each point is a stage (numbers as in the table); the dashed line joins the Pareto front "
-                "(no other stage is both smaller and more accurate), circled." + (" ONNX sizes use the int8 file where one was exported." if has_int8 else ""),
+    return Plot("accuracy_vs_size", f"{what[0].upper()}{what[1:]} against bytes on disk",
+                f"Each point is a stage (numbers as in the table); y: {what}; the dashed line joins the Pareto front "
+                "(no other stage is both smaller and better), circled." + (" ONNX sizes use the int8 file where one was exported." if has_int8 else ""),
                 _png(fig))
 
 
@@ -136,9 +153,11 @@ def latency_plot(stages: Sequence[Stage], runtimes: Sequence[str], batches: Sequ
             axes[r][c].set_title(f"{mpl_text(rt)}, batch {b}")
     if not drew:
         return None
-    return Plot("accuracy_vs_latency", "Accuracy against latency",
-                "Median latency per runtime at batch 1 and the largest batch measured; the dashed line joins the "
-                "Pareto front (no other stage is both faster and more accurate), circled.", _png(fig))
+    what = quality_axis(stages, scale)[2].replace(" (%)", "")
+    return Plot("accuracy_vs_latency", f"{what[0].upper()}{what[1:]} against latency",
+                f"Median latency per runtime at batch 1 and the largest batch measured; y: {what}; the dashed line "
+                "joins the Pareto front (no other stage is both faster and better), circled. ONNX Runtime latencies "
+                "come from the run's interleaved pass where it has one.", _png(fig))
 
 
 PER_LAYER_FIELDS = (("sparsity", "sparsity (fraction of zeros)"), ("bits", "bit width"), ("rank", "rank"), ("channels", "channels"))

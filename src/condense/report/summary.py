@@ -150,6 +150,49 @@ def summarize(run: Run) -> Report:
     )
 
 
+def latency_pass_table(rep: Report) -> tuple[str, list[str], list[list[str]]] | None:
+    """(sentence, header, rows) for the run's interleaved latency pass, or None without one: every
+    timed file's median, its ratio to the reference and p90 / median, per batch size."""
+    lp = rep.run.top.get("latency_pass")
+    if not isinstance(lp, dict) or not isinstance(lp.get("batches"), dict) or not lp["batches"]:
+        return None
+    batches = sorted(lp["batches"].items(), key=lambda kv: int(kv[0]))
+    ref = str(lp.get("reference"))
+    files = lp.get("files") if isinstance(lp.get("files"), dict) else {}
+    head = ["stage", "file"]
+    for b, _res in batches:
+        head += [f"b{b} median (ms)", f"b{b} × {ref}", f"b{b} p90 / median"]
+    rows = []
+    for st in rep.stages:
+        if not any(st.name in (res.get("timings") or {}) for _b, res in batches if isinstance(res, dict)):
+            continue
+        row = [st.name, str(files.get(st.name, ""))]
+        for _b, res in batches:
+            t = (res.get("timings") or {}).get(st.name) if isinstance(res, dict) else None
+            r = (res.get("ratios") or {}).get(st.name) if isinstance(res, dict) else None
+            if not isinstance(t, dict):
+                row += [DASH] * 3
+                continue
+            p50, p90 = t.get("wall_ms"), t.get("p90_ms")
+            spread = f"{p90 / p50:.2f}" if isinstance(p50, int | float) and isinstance(p90, int | float) and p50 > 0 else DASH
+            row += [fmt_ms(p50), DASH if not isinstance(r, int | float) else f"{r:.2f}", spread]
+        rows.append(row)
+    verdicts = []
+    for b, res in batches:
+        if not isinstance(res, dict):
+            continue
+        n = res.get("measured", 1)
+        again = f" (measured {n} times: the first pass was unreliable)" if isinstance(n, int) and n > 1 else ""
+        verdicts.append(f"batch {b}: {'reliable' if res.get('reliable') is not False else 'UNRELIABLE'}{again}")
+    threads = lp.get("threads")
+    sentence = (f"Every stage's deployed ONNX file was timed against {ref}'s in one ONNX Runtime pass, interleaved "
+                f"(all files on the same input each round, in a new random order){'' if threads is None else f', {threads} thread(s)'}. "
+                "The ONNX Runtime latency columns and their ratios come from this pass. A pass is unreliable when a "
+                "file's p90 is more than twice its median or the machine's load exceeded its CPUs; it is then "
+                "measured once more before any gain or loss is stated. " + "; ".join(verdicts) + ".")
+    return sentence, head, rows
+
+
 def _clean(o: Any) -> Any:
     """JSON-safe: NaN / inf become None, tuples lists, keys strings."""
     if isinstance(o, float):
