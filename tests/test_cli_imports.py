@@ -73,7 +73,7 @@ def test_method_commands_live_in_the_cli_and_load_their_package_when_run():
         "import condense\n"
         "from condense.prune import PruneConfig\n"
         "assert isinstance(cfg, PruneConfig) and cfg.method == 'channel' and cfg.ratio == 0.3\n"
-        "assert callable(condense.prune) and condense.prune.__module__ == 'condense.prune'\n"
+        "assert callable(condense.prune) and condense.prune is sys.modules['condense.prune'].prune\n"
         "print('ok')\n"
     )
     r = _python(code)

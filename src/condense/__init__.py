@@ -32,7 +32,11 @@ from condense.version import __version__  # noqa: F401  (re-exported)
 #: module that names every method package: a lower layer's registry (the structural edits that
 #: `load()` replays) imports them on a lookup that misses (`condense.core.registry`), so no layer
 #: imports the layers above it.
-REGISTRY_PROVIDERS: dict[str, tuple[str, ...]] = {"edit": ("condense.lowrank", "condense.prune", "condense.quantize")}
+REGISTRY_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "edit": ("condense.lowrank", "condense.prune", "condense.quantize"),
+    "pruning method": ("condense.prune",),
+    "importance": ("condense.prune",),
+}
 
 #: public name -> the module that defines it (imported when the name is first read)
 _EXPORTS = {

@@ -34,9 +34,8 @@ def _prune_config(args: argparse.Namespace) -> Any:
     take (e.g. --importance with magnitude) is a ConfigError naming it."""
     from condense.cli.common import kv
     from condense.core.errors import ConfigError
-    from condense.prune.config import PRUNERS, PruneConfig, _ensure_registered
+    from condense.prune.config import PRUNERS, PruneConfig
 
-    _ensure_registered()
     method = _method(args)
     fields = {f.name for f in dataclasses.fields(PRUNERS.get(method).config)}
     raw: dict[str, Any] = {"method": method}

@@ -34,7 +34,6 @@ class PruneConfig(Config):
         if cls is PruneConfig:
             data = dict(data or {})
             method = str(data.get("method", "magnitude"))
-            _ensure_registered()
             sub = PRUNERS.get(method).config
             return sub.from_dict({**data, "method": method}, where=where)
         return super().from_dict(data, where)  # type: ignore[return-value]
@@ -100,7 +99,8 @@ class Scorer:
 
 
 #: importance name -> Scorer. A new scorer is one module that calls `SCORERS.register(name,
-#: Scorer(...), help=...)`, imported in `_ensure_registered` (see `condense/prune/fpgm.py`).
+#: Scorer(...), help=...)`, named in `condense.REGISTRY_PROVIDERS["importance"]` (see
+#: `condense/prune/fpgm.py`).
 SCORERS: Registry[Scorer] = Registry("importance")
 
 Importance = str  # a name in SCORERS: l1, l2, bn_gamma, taylor, gradient, random, fpgm, ...
@@ -108,7 +108,6 @@ Importance = str  # a name in SCORERS: l1, l2, bn_gamma, taylor, gradient, rando
 
 def check_importance(name: str, field: str) -> None:
     """A misspelt scorer fails where the config is read (recipe validation included), not mid-run."""
-    _ensure_registered()
     try:
         SCORERS.get(name)
     except ConfigError as e:  # did-you-mean and the known names, prefixed by the field
@@ -264,13 +263,3 @@ class Pruner:
 
 
 PRUNERS: Registry[Pruner] = Registry("pruning method")
-
-
-def _ensure_registered() -> None:
-    """Import the handler modules (explicitly) so `PRUNERS` is filled."""
-    import condense.prune.fpgm  # noqa: F401
-    import condense.prune.importance  # noqa: F401
-    import condense.prune.structured  # noqa: F401
-    import condense.prune.transformer  # noqa: F401
-    import condense.prune.unstructured  # noqa: F401
-    import condense.prune.vocab  # noqa: F401

@@ -28,6 +28,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.data.loader import as_source
 from condense.data.loader import example_inputs as example_inputs_of
+from condense.prune.api import prune
 from condense.prune.config import (
     PRUNERS,
     ChannelConfig,
@@ -133,8 +134,6 @@ def macs_ratio_to_channel_ratio(
         def cost(r: float) -> float:
             return estimate_cost(table, {g.root: overrides[g.root] if overrides[g.root] is not None else r for g in groups}, "macs")
     else:
-        from condense.prune import prune
-
         def cost(r: float) -> float:
             trial = copy.deepcopy(model)
             prune(trial, cfg.replace(ratio=r), inputs, targets, ignore, data, recalibrate=False)
@@ -242,8 +241,6 @@ def prune_and_recover(
         info["target_macs"] = float(target_macs)
         info["channel_ratio"] = ratio
     info["prune"] = pcfg.to_dict()
-
-    from condense.prune import prune
 
     prune(model, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg), recalibrate=False)  # BN: below
     info["pruned"] = _numbers(model, inputs)
