@@ -36,7 +36,6 @@ from typing import Any
 
 import yaml
 
-from condense import __version__
 from condense.artifacts import load
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import (
@@ -56,6 +55,7 @@ from condense.recipes.stages import STAGES, StageContext
 from condense.recipes.validate import validate_recipe
 from condense.train import distributed as dist
 from condense.train.signals import stop_on_signals
+from condense.version import __version__
 
 RESOLVED = "recipe.yaml"
 DONE = "DONE"

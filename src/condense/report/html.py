@@ -11,13 +11,13 @@ from typing import Any
 
 import jinja2
 
-from condense import __version__
 from condense.report import compare
 from condense.report.data import fp32_label
 from condense.report.fmt import fmt_ms
 from condense.report.markdown import DEPLOYED_HEAD, deployed_cells
 from condense.report.plots import PER_LAYER_FIELDS, Plot, per_layer_fields
 from condense.report.summary import Report, latency_pass_table
+from condense.version import __version__
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 

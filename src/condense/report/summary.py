@@ -10,7 +10,6 @@ import datetime as _dt
 import math
 from typing import Any
 
-from condense import __version__
 from condense.report import compare
 from condense.report.data import Run, Stage
 from condense.report.fmt import (
@@ -24,6 +23,7 @@ from condense.report.fmt import (
     fmt_ratio,
 )
 from condense.report.illusions import Illusion, detect
+from condense.version import __version__
 
 FORMAT = "condense-report/1"
 
