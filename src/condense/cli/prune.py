@@ -156,7 +156,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from condense.cli.common import EXIT_OK, check_out_file, data_from, model_from_args, show
-    from condense.core.jsonio import write_json_strict
+    from condense.core.io import write_json_strict
     from condense.data.loader import example_inputs
     from condense.evaluate import evaluate
     from condense.prune.sensitivity import allocate_ratios, estimate_cost, layer_sensitivity

@@ -37,11 +37,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from condense.cli.quantize_transformer import FP32_NAME, quantize_transformer
+
 METHODS = ("static", "dynamic", "weight_only", "qat", "transformer")
 ONNX_NAMES = {"static": "model.int8.onnx", "qat": "model.int8.onnx", "dynamic": "model.dynamic.onnx",
               "weight_only": "model.weight_only.onnx", "transformer": "model.int8.onnx"}
 DEFAULT_LATENCY_BATCHES = {"transformer": [1, 32]}  # others: [1, 256]
-FP32_NAME = "model.fp32.onnx"
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -229,8 +230,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     model, meta = model_from_args(args, need_spec=True)
     model.eval()
     if args.method == "transformer":
-        from condense.cli.quantize_transformer import quantize_transformer
-
         return quantize_transformer(args, cfg, model, meta)
     splits, data_name, data_kwargs = data_from(args, meta)
     test = splits.test

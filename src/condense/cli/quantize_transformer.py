@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:  # the command line's parser imports this module: no torch at import time
+    from torch import nn
 
 STDLIB_LIMIT = 2000
+
+INT8_NAME = "model.int8.onnx"
+FP32_NAME = "model.fp32.onnx"  # the fp32 reference ONNX, as every quantize method writes it
 
 
 def _data(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any] | None) -> tuple[Any, str, dict[str, Any], list[str]]:
@@ -45,7 +49,6 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
 
     from condense.artifacts import artifact_bytes
     from condense.cli.common import EXIT_OK, save_artifact, show
-    from condense.cli.quantize import FP32_NAME, ONNX_NAMES
     from condense.core.errors import ConfigError
     from condense.data.loader import example_inputs
     from condense.export.onnx import onnx_session
@@ -59,7 +62,7 @@ def quantize_transformer(args: argparse.Namespace, cfg: Any, model: nn.Module, m
         raise ConfigError(f"the calibration split {args.calibration_split!r} is empty; choose another --calibration-split")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    onnx_path, fp32_path = out / ONNX_NAMES["transformer"], out / FP32_NAME
+    onnx_path, fp32_path = out / INT8_NAME, out / FP32_NAME
     qmodel = quantize(model, cfg, calibration=calib if cfg.needs_calibration else None)
     res = export_int8_onnx(qmodel, example_inputs(splits.test, 1), onnx_path, heldout=splits.test, fp32_path=fp32_path,
                            threads=args.threads, latency_batches=tuple(args.latency_batches) or None)

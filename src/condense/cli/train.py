@@ -142,7 +142,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
-    from condense.core.jsonio import write_json_strict
+    from condense.core.io import write_json_strict
     from condense.reduce import reduce_data
 
     check_out_folder(args, args.out)

@@ -16,11 +16,12 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from condense.core.errors import InputFileError, RunError
+from condense.core.jsonio import dumps_strict, plain_default
 
 
 def _umask() -> int:
@@ -82,9 +83,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Strict JSON (NaN / inf written as null with a warning: `condense.core.jsonio`), written atomically."""
-    from condense.core.jsonio import dumps_strict
-
     return atomic_write_text(path, dumps_strict(obj, default=_json_default, what=str(path), indent=2) + "\n")
+
+
+def write_json_strict(path: str | os.PathLike[str], obj: Any, *, default: Callable[[Any], Any] | None = plain_default,
+                      what: str | None = None) -> Path:
+    """Write `obj` as strict, indented JSON to `path` atomically (NaN / inf as null, warned)."""
+    text = dumps_strict(obj, default=default, what=what or str(path), indent=2)
+    return atomic_write_text(path, text + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -121,8 +127,6 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one JSON line (a log; flushed and fsynced so a crash loses at most this line)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    from condense.core.jsonio import dumps_strict
-
     line = dumps_strict(record, default=_json_default, what=str(p))
     with open(p, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")

@@ -13,10 +13,9 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-__all__ = ["dumps_strict", "plain_default", "strict_data", "write_json_strict"]
+__all__ = ["dumps_strict", "plain_default", "strict_data"]
 
 #: how many field names a warning lists before it says "and N more"
 _NAMED = 5
@@ -82,12 +81,3 @@ def dumps_strict(obj: Any, *, default: Callable[[Any], Any] | None = plain_defau
                  **kwargs: Any) -> str:
     """`json.dumps` of `strict_data(obj)` with `allow_nan=False` (other keywords: indent, ...)."""
     return json.dumps(strict_data(obj, default=default, what=what), allow_nan=False, **kwargs)
-
-
-def write_json_strict(path: str | os.PathLike[str], obj: Any, *, default: Callable[[Any], Any] | None = plain_default,
-                      what: str | None = None) -> Path:
-    """Write `obj` as strict, indented JSON to `path` atomically (`condense.core.io.atomic_write_text`)."""
-    from condense.core.io import atomic_write_text
-
-    text = dumps_strict(obj, default=default, what=what or str(path), indent=2)
-    return atomic_write_text(path, text + "\n")

@@ -8,7 +8,6 @@ why, the ranks, and the parameter / MAC totals are in `model.condense_lowrank_re
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ from condense.lowrank.rank import (
     layer_cost,
     summarize,
 )
+from condense.lowrank.sensitivity import allocate_ranks, default_metric, rank_sensitivity
 from condense.lowrank.stats import LayerStats, collect_stats
 from condense.models.edits import record_edit
 from condense.prune.selection import select_layers
@@ -180,8 +180,6 @@ def factorize(
     sens = None
     sens_table: dict[str, Any] = {}
     if cfg.rank_by == "sensitivity" and (eval_fn is not None or eval_data is not None):
-        from condense.lowrank.sensitivity import allocate_ranks, default_metric, rank_sensitivity
-
         metric = eval_fn or default_metric(model, eval_data)
 
         def sens(free: list[LayerPlan]) -> dict[str, Candidate | None]:
@@ -220,10 +218,3 @@ def factorize(
         report["sensitivity"] = sens_table
     model.condense_lowrank_report = report  # type: ignore[assignment]
     return model
-
-
-def copy_with(model: nn.Module, plan: LayerPlan, cand: Candidate) -> nn.Module:
-    """A deep copy of `model` with only `plan`'s layer factorized at `cand` (for measuring)."""
-    trial = copy.deepcopy(model)
-    trial.set_submodule(plan.name, build_lowrank(plan.module, plan.form, cand.rank, plan.spec, plan.chol))
-    return trial

@@ -8,6 +8,7 @@ smallest common metric drop that meets the global budget: least sensitive layers
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.lowrank.modules import build_lowrank
 from condense.lowrank.rank import Candidate, LayerPlan
 from condense.prune.sensitivity import allocate_by_tolerance
 
@@ -46,8 +48,6 @@ def default_metric(model: nn.Module, eval_data: Any) -> Callable[[nn.Module], fl
 def rank_sensitivity(model: nn.Module, plans: list[LayerPlan], metric: Callable[[nn.Module], float],
                      ratios: Sequence[float], budget: str) -> dict[str, Any]:
     """Metric per layer and ratio (one layer factorized at a time; `model` is untouched)."""
-    from condense.lowrank.factorize import copy_with
-
     ratios = sorted(float(r) for r in ratios)
     table: dict[str, Any] = {"method": "lowrank", "ratios": ratios, "budget": budget,
                              "baseline": float(metric(model)), "entries": []}
@@ -101,3 +101,10 @@ def _back_off(table: dict[str, Any], ratios: dict[str, float], cost: Callable[[d
             if cost(trial) <= goal:
                 out, changed = trial, True
     return out
+
+
+def copy_with(model: nn.Module, plan: LayerPlan, cand: Candidate) -> nn.Module:
+    """A deep copy of `model` with only `plan`'s layer factorized at `cand` (for measuring)."""
+    trial = copy.deepcopy(model)
+    trial.set_submodule(plan.name, build_lowrank(plan.module, plan.form, cand.rank, plan.spec, plan.chol))
+    return trial

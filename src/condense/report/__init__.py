@@ -73,8 +73,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from condense.core.io import atomic_write_text
-from condense.core.jsonio import write_json_strict
+from condense.core.io import atomic_write_text, write_json_strict
 from condense.report.data import REPORT_NAME, Run, load_run
 from condense.report.illusions import Illusion, detect
 from condense.report.summary import Report, enriched_json, summarize

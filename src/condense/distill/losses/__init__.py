@@ -9,9 +9,8 @@ the optimizer), and `bind(student, teacher)` for losses that find their layers i
 """
 from __future__ import annotations
 
-from condense.core.registry import Registry
 from condense.distill.losses.attention import AttentionLoss, attention_loss, attention_map
-from condense.distill.losses.base import NEEDS, DistillLoss, FeatureLoss, LossInputs
+from condense.distill.losses.base import LOSSES, NEEDS, DistillLoss, FeatureLoss, LossInputs
 from condense.distill.losses.ce import CELoss, ce_loss
 from condense.distill.losses.combined import CombinedLoss, build_losses
 from condense.distill.losses.crd import CRDLoss, crd_info_nce
@@ -37,7 +36,6 @@ from condense.distill.losses.soft_kd import (
 from condense.distill.losses.token_kd import TokenKDLoss, token_kd_loss
 from condense.distill.losses.token_states import TokenStatesLoss, token_states_loss
 
-LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")
 LOSSES.register("soft_kd", SoftKDLoss, help="Hinton soft-target KD: T^2 KL(teacher || student) at temperature T")
 LOSSES.register("hard_kd", HardKDLoss, help="cross-entropy against the teacher's argmax")
 LOSSES.register("ce", CELoss, help="cross-entropy against ground-truth labels")

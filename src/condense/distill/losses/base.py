@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError
+from condense.core.registry import Registry
 
 #: what `DistillLoss.needs` may contain.
 #: "logits": reads the teacher's logits (or `teacher_probs`); the student's logits are always there.
@@ -198,3 +199,8 @@ def crop_tokens(teacher: Tensor, length: int) -> Tensor:
     cache zero-pads per-token features to the longest sample it saw, while a training batch is
     padded to its own longest sample (right padding, so the cut positions are padding)."""
     return teacher[:, :length] if teacher.dim() >= 2 and teacher.shape[1] > length else teacher
+
+
+#: name -> loss class; the losses of this package register themselves in `condense.distill.losses`
+#: (its `__init__`), a new loss is one file plus its registration line there.
+LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss")

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, did_you_mean
 from condense.core.registry import Registry
-from condense.distill.losses.base import DistillLoss, LossInputs
+from condense.distill.losses.base import LOSSES, DistillLoss, LossInputs
 
 
 class CombinedLoss(nn.Module):
@@ -89,8 +89,6 @@ def build_losses(specs: Sequence[Mapping[str, Any]], registry: Registry[type[Dis
     unknown or badly typed hyper-parameter raises ConfigError naming the loss and the key.
     """
     if registry is None:
-        from condense.distill.losses import LOSSES
-
         registry = LOSSES
     if isinstance(specs, Mapping) or not isinstance(specs, Sequence) or isinstance(specs, str):
         raise ConfigError(f"distillation losses: expected a list of mappings, got {type(specs).__name__}")
