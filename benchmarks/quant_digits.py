@@ -70,9 +70,9 @@ from condense.quantize.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
     QATConfig,
-    convert_qat,
     prepare_qat,
 )
+from condense.quantize.qat_convert import convert_qat
 from condense.train import TrainConfig, train_model
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "entropy")

@@ -111,7 +111,7 @@ def test_lazy_splits_deterministic_disjoint_stratified(tmp_path):
 
 
 def test_lazy_sample_ids_unique_across_splits_so_train_and_unlabelled_concatenate(tmp_path):
-    from condense.data.loader import concat
+    from condense.data.views import concat
 
     _write_folder(tmp_path / "imgs", per_class=10)
     s = load_dataset("imagefolder", root=tmp_path / "imgs", lazy=True, seed=1, labelled_fraction=0.5)

@@ -318,7 +318,8 @@ def test_cli_prunes_heads_and_ffn_on_a_text_file(tiny_dir, tmp_path, capsys):
 def test_vocab_trim_keeps_seen_tokens_exactly_and_round_trips(tmp_path):
     """MiniLM trimmed to the tokens of a few sentences: those sentences give the untrimmed
     embedding exactly, unseen words go to [UNK], the table shrinks, save/load and ONNX work."""
-    from condense.models.hf import encode_texts, load_hf_tokenizer, minilm_dir
+    from condense.models.hf import minilm_dir
+    from condense.models.hf_tokenizer import encode_texts, load_hf_tokenizer
     from condense.prune import VocabConfig
     from condense.prune.vocab import TrimmedEmbedding
 

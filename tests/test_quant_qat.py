@@ -19,9 +19,9 @@ from condense.quantize.qat import (
     FreezeObserversCallback,
     QATConfig,
     QATWrapper,
-    convert_qat,
     prepare_qat,
 )
+from condense.quantize.qat_convert import convert_qat
 from condense.train.callbacks import Callback, FitState
 from condense.train.config import TrainConfig
 from condense.train.fit import fit

@@ -385,26 +385,19 @@ def collect(data: Any, key: str = "input", batch_size: int = 512) -> torch.Tenso
     return torch.cat(parts)
 
 
-# subsets and concatenations of any data, ids kept (they read data through `as_source`)
-from condense.data.views import IdConcat, IdSubset, concat, subset  # noqa: E402
-
 __all__ = [
     "ArraySource",
     "BatchSource",
     "DataError",
     "DatasetSource",
-    "IdConcat",
-    "IdSubset",
     "LoaderSource",
     "as_source",
     "collect",
-    "concat",
     "count_batches",
     "epoch_positions",
     "example_batch",
     "example_inputs",
     "heldout_inputs",
     "item_fields",
-    "subset",
     "without_labels",
 ]

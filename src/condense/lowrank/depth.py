@@ -512,7 +512,8 @@ def reduce_depth(model: nn.Module, config: DepthConfig | dict[str, Any] | None =
         chosen = list(cfg.blocks)
     else:
         if eval_fn is None:
-            from condense.data.loader import as_source, subset
+            from condense.data.loader import as_source
+            from condense.data.views import subset
             from condense.lowrank.sensitivity import default_metric
 
             n = min(len(as_source(data)), cfg.eval_batches * cfg.batch_size)

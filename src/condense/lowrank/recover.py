@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from condense.data.loader import as_source, example_inputs, subset
+from condense.data.loader import as_source, example_inputs
+from condense.data.views import subset
 from condense.lowrank.config import DepthConfig, FactorizeConfig
 from condense.prune.report import count_macs, count_params
 from condense.train.recover import (

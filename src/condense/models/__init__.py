@@ -13,12 +13,11 @@ from condense.models.edits import EDITS, record_edit, replay_edits
 from condense.models.hf import (
     HFModel,
     build_hf_model,
-    encode_texts,
-    load_hf_tokenizer,
     minilm_dir,
     packaged_model_dir,
     student_from_teacher,
 )
+from condense.models.hf_tokenizer import encode_texts, load_hf_tokenizer
 from condense.models.registry import (
     MODELS,
     ModelSpec,

@@ -498,9 +498,6 @@ def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:
             "source": str(model.source_dir)}
 
 
-# tokenizers (offline, no remote code) live in hf_tokenizer.py; re-exported here
-from condense.models.hf_tokenizer import encode_texts, load_hf_tokenizer  # noqa: E402
-
 __all__ = [
     "is_encoder",
     "BUILD_ARGS",
@@ -512,12 +509,10 @@ __all__ = [
     "L2Normalize",
     "Pooling",
     "build_hf_model",
-    "encode_texts",
     "encoder_layers",
     "keep_layers",
     "resolve_layers",
     "student_from_teacher",
-    "load_hf_tokenizer",
     "minilm_dir",
     "packaged_model_dir",
 ]

@@ -141,7 +141,7 @@ def count_tokens(data: Any, vocab_size: int, batch_size: int = 64, max_batches: 
 
 def _special_ids(model: nn.Module) -> tuple[list[int], int]:
     """(every special token id, the [UNK] id) from the model's tokenizer."""
-    from condense.models.hf import load_hf_tokenizer
+    from condense.models.hf_tokenizer import load_hf_tokenizer
 
     tok = load_hf_tokenizer(model)
     if tok.unk_token_id is None:

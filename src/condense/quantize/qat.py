@@ -54,7 +54,6 @@ __all__ = [
     "FreezeObserversCallback",
     "QATConfig",
     "QATWrapper",
-    "convert_qat",
     "freeze_batchnorm",
     "freeze_qat_scales",
     "prepare_qat",
@@ -361,7 +360,3 @@ class FreezeBatchNormCallback(Callback):
     def on_step_begin(self, state: FitState) -> None:
         self._apply(state)
 
-
-# convert_qat lives in qat_convert.py (imported here so `condense.quantize.qat` keeps its API and
-# the "qat_convert" edit replay is registered whenever QAT is)
-from condense.quantize.qat_convert import convert_qat  # noqa: E402

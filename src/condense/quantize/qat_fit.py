@@ -24,9 +24,9 @@ from condense.quantize.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
     QATConfig,
-    convert_qat,
     prepare_qat,
 )
+from condense.quantize.qat_convert import convert_qat
 from condense.train.callbacks import Callback
 from condense.train.config import TrainConfig
 from condense.train.fit import FitResult

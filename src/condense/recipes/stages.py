@@ -322,7 +322,8 @@ def run_tune(ctx: StageContext, cfg: Config) -> StageOutput:
 
 def all_training_images(splits: Splits) -> Any:
     """Every training sample without labels: the labelled split plus the unlabelled part."""
-    from condense.data.loader import concat, without_labels
+    from condense.data.loader import without_labels
+    from condense.data.views import concat
 
     parts = [splits.train] + ([splits.unlabelled] if splits.unlabelled is not None else [])
     return without_labels(concat(parts))

@@ -27,7 +27,8 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
-from condense.data.loader import as_source, collect, subset
+from condense.data.loader import as_source, collect
+from condense.data.views import subset
 from condense.reduce.features import source_features
 
 
