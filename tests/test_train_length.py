@@ -66,6 +66,9 @@ def test_short_run_warns_with_its_numbers():
     text = " ".join(str(w.message) for w in rec)
     assert "2 optimizer steps" in text and "warmup_steps 20" in text and "100 samples" in text
     assert res.info["length"]["warnings"]
+    # an exact max_steps budget is deliberate: only the warm-up is warned about
+    assert length_warnings(TrainConfig(max_steps=5), run_length(TrainConfig(max_steps=5), 100)) == []
+    assert len(length_warnings(TrainConfig(max_steps=5, warmup_steps=10), run_length(TrainConfig(max_steps=5), 100))) == 1
     # a default-length run on the same data does not warn
     assert length_warnings(TrainConfig(warmup_steps=20), run_length(TrainConfig(warmup_steps=20), 100)) == []
 

@@ -14,7 +14,8 @@ cost points on digits), never on a small set where the partial batch is a real s
 data (57 of 377 images).
 
 `length_warnings` says in words when a run is shorter than its schedule needs: fewer steps than
-the warm-up (the learning rate never reaches `lr`), or very few steps in all.
+the warm-up (the learning rate never reaches `lr`), or very few steps in all (unless `max_steps`
+set that number: an exact budget is the user's deliberate choice).
 """
 from __future__ import annotations
 
@@ -99,9 +100,8 @@ def length_warnings(config: TrainConfig, length: RunLength) -> list[str]:
     elif config.warmup_steps and n < 2 * config.warmup_steps:
         out.append(f"the run has {n} optimizer steps and {config.warmup_steps} of them warm up: less than half the "
                    f"run trains at the full schedule ({length.why})")
-    if n < FEW_STEPS:
-        fix = ("leave epochs unset (at least min_steps steps) or raise epochs" if length.rule != "auto"
-               else "raise min_steps")
+    if n < FEW_STEPS and length.rule != "max_steps":  # an exact step budget is a deliberate choice
+        fix = "leave epochs unset (at least min_steps steps) or raise epochs" if length.rule == "epochs" else "raise min_steps"
         out.append(f"the run has only {n} optimizer steps ({length.why}); under {FEW_STEPS} steps a model "
                    f"rarely converges: {fix}, or set max_steps")
     return out
