@@ -169,3 +169,17 @@ def test_scatter_plots_label_what_they_plot(tmp_path):
     assert quality_axis(cls, 100.0) == ("accuracy", 100.0, "accuracy (%)")
     dec = [Stage(index=0, name="t", row={"token_agreement": 0.7})]
     assert quality_axis(dec, 100.0)[2] == "token agreement with the reference"
+
+
+def test_profile_flags_a_spread_timing_and_a_busy_machine():
+    from condense.cli.measure import _profile_text
+    from condense.evaluate.profile import _summary
+
+    calm = _summary({"p50_ms": 1.0, "p90_ms": 1.5, "mean_ms": 1.1, "min_ms": 0.9, "repeats": 30}, 1)
+    spiky = _summary({"p50_ms": 1.0, "p90_ms": 47.0, "mean_ms": 9.0, "min_ms": 0.9, "repeats": 30}, 1)
+    assert calm["reliable"] and not spiky["reliable"] and spiky["p90_over_p50"] == 47.0
+    text = _profile_text({"params": 1, "nonzero_params": 1, "flops": 2, "macs": 1, "threads": 1,
+                          "latency": {"torch": {"1": calm, "256": spiky}, "onnxruntime": {"8": {"batch_size": 8, "skipped": "fixed batch"}}},
+                          "load": {"load_1min": 5.0, "cpus": 2}})
+    assert "UNRELIABLE (p90 47.0x p50)" in text and "fixed batch" in text and "machine load 5.00" in text
+    assert text.count("UNRELIABLE") == 2

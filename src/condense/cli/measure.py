@@ -69,8 +69,15 @@ def _profile_text(p: dict[str, Any]) -> str:
         lines.append(f"artifact bytes on disk {p['artifact_bytes']:,}")
     for rt, by_bs in p.get("latency", {}).items():
         for bs, lat in by_bs.items():
-            lines.append(f"{rt:12s} batch {bs:>4}: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f} ms")
+            if "p50_ms" not in lat:
+                lines.append(f"{rt:12s} batch {bs:>4}: {lat.get('skipped', 'not measured')}")
+                continue
+            flag = "" if lat.get("reliable", True) else f"  UNRELIABLE (p90 {lat['p90_over_p50']:.1f}x p50)"
+            lines.append(f"{rt:12s} batch {bs:>4}: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f} ms{flag}")
     lines.append(f"threads {p.get('threads')}")
+    load = p.get("load") or {}
+    if load.get("load_1min") is not None and load["load_1min"] > load.get("cpus", 1):
+        lines.append(f"UNRELIABLE: machine load {load['load_1min']:.2f} (1-minute average) above its {load['cpus']} CPUs")
     return "\n".join(lines)
 
 

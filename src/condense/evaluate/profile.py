@@ -21,6 +21,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
 from condense.core.taps import flop_counter
+from condense.evaluate.timing import MAX_SPREAD, machine_load
 from condense.export.onnx import export_onnx, model_device, onnx_file_bytes, onnx_session, ort_input
 from condense.models.signature import (
     as_batch,
@@ -156,13 +157,16 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _summary(lat: dict[str, float | int], batch_size: int) -> dict[str, float | int]:
+def _summary(lat: dict[str, float | int], batch_size: int) -> dict[str, float | int | bool | None]:
     p50 = float(lat["p50_ms"])
+    spread = float(lat["p90_ms"]) / p50 if p50 > 0 else None
     return {
         **lat,
         "batch_size": batch_size,
         "per_sample_ms": p50 / batch_size,
         "samples_per_s": (batch_size * 1e3 / p50) if p50 > 0 else float("inf"),
+        "p90_over_p50": spread,
+        "reliable": spread is not None and spread <= MAX_SPREAD,  # p90 past MAX_SPREAD x the median: noise
     }
 
 
@@ -266,8 +270,12 @@ def profile(
       unchecked, when None; all None / False without the onnxruntime runtime),
       threads (intra-op threads for both runtimes), batch_sizes, runtimes,
       latency[runtime][str(batch_size)] = {p50_ms, p90_ms, mean_ms, min_ms, repeats, batch_size,
-      per_sample_ms, samples_per_s} (or {batch_size, skipped} for a fixed-batch ONNX file),
-      environment (torch / onnxruntime versions, CPU name, ...).
+      per_sample_ms, samples_per_s, p90_over_p50, reliable} (or {batch_size, skipped} for a
+      fixed-batch ONNX file; `reliable` is False when p90 exceeds `timing.MAX_SPREAD` x p50),
+      environment (torch / onnxruntime versions, CPU name, ...), load (1-minute load average and
+      CPU count right after the timing: above the CPU count, no latency here is reliable).
+    Models are timed one after the other: to compare models, time them together
+    (`condense.evaluate.timing.timed_pass` / `onnx_latency_pass`).
     torch's thread count is set to `threads` for the measurement and restored afterwards.
     """
     runtimes = (runtimes,) if isinstance(runtimes, str) else tuple(runtimes)
@@ -333,6 +341,7 @@ def profile(
         if tmpdir is not None:
             tmpdir.cleanup()
     result["environment"] = environment()
+    result["load"] = machine_load()  # right after the timing: a busy machine makes latency unreliable
     return result
 
 
