@@ -4,7 +4,7 @@ Teacher: the chain's (`fmnist_chain.py` trains it on all 54,000 training images 
 /tmp/condense_fmnist/teacher; this script loads it and measures it again). Student: the chain's
 student architecture (`fmnist_common.STUDENT`), unpruned, from scratch. To fit the CPU budget every
 student row trains on the first `--subset` images of the 54,000-image training split (the split is
-already shuffled), `--epochs` epochs, batch `--batch` (64; `drop_last`), AdamW lr 5e-3, wd 5e-4, 20 warm-up
+already shuffled), `--epochs` epochs, batch `--batch` (64; `drop_last`), AdamW lr `--lr` (5e-3), wd 5e-4, 20 warm-up
 steps then cosine, last epoch (no selection on val or test). The seed (0..`--seeds`-1) changes the
 student's initialisation and the batch order; the teacher and data are the same for every seed.
 
@@ -28,6 +28,8 @@ with `DistillConfig()` (their own epochs, batch and lr), next to the rows above.
 
     nice -n 5 python benchmarks/protocols/fmnist_kd_families.py            # 3 seeds (~11 min of CPU on one core)
     nice -n 5 python benchmarks/protocols/fmnist_kd_families.py --quick    # smoke: 1,000 images, 1 epoch, 1 seed
+    nice -n 5 python benchmarks/protocols/fmnist_kd_families.py --seeds 2 --rows alone,hand_kd,soft_kd --epochs 20 \
+        --lr 1e-2 --no-defaults --json benchmarks/results/protocol_fmnist_kd_families_long.json   # DistillConfig()'s schedule
 
 Writes benchmarks/results/protocol_fmnist_kd_families.json after every seed (partial results
 survive an interruption) and prints a Markdown table.
@@ -133,6 +135,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--rows", default="", help="comma-separated subset of rows (default: all)")
     ap.add_argument("--no-defaults", action="store_true", help="leave out the library-defaults rows")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound: stop after the seed that passes it")
@@ -156,7 +159,7 @@ def main() -> None:
     if (C.TEACHER_DIR / "condense.json").exists():
         teacher = condense.load(C.TEACHER_DIR).eval()
         meta = json.loads((C.TEACHER_DIR / "condense.json").read_text()).get("extra", {})
-        teacher_epochs = meta.get("train", {}).get("epochs")
+        teacher_epochs = meta.get("train", {}).get("epochs") or meta.get("extra", {}).get("train", {}).get("epochs")
     elif args.quick:
         teacher = train_model(C.build(C.TEACHER, 0), tr, TrainConfig(epochs=1, progress="off", device="cpu")).model.eval()
         teacher_epochs = 1
@@ -169,7 +172,7 @@ def main() -> None:
     labels = {k: v[0] for k, v in table.items()}
     labels["default_alone"] = "library defaults: student alone, TrainConfig() (10 epochs, batch 64, lr 1e-3), seed 0"
     labels["default_kd"] = "library defaults: distill with DistillConfig() (alpha 0.9, T 4, 20 epochs, batch 64, lr 1e-2), seed 0"
-    tc = dict(epochs=args.epochs, lr=5e-3, optimizer="adamw", weight_decay=5e-4, schedule="cosine", warmup_steps=20,
+    tc = dict(epochs=args.epochs, lr=args.lr, optimizer="adamw", weight_decay=5e-4, schedule="cosine", warmup_steps=20,
               batch_size=args.batch, drop_last=True, select_best="last", progress="off", device="cpu")
     acc_by: dict[str, list[float]] = {}
     clock = C.Clock()
