@@ -190,7 +190,7 @@ def main() -> None:
     # 1. teacher
     if args.reuse_teacher and (C.TEACHER_DIR / "condense.json").exists():
         teacher = condense.load(C.TEACHER_DIR).eval()
-        teacher_time = json.loads((C.TEACHER_DIR / "condense.json").read_text()).get("extra", {}).get("train_time")
+        teacher_time = json.loads((C.TEACHER_DIR / "condense.json").read_text()).get("train_time")
     else:
         with clock("teacher"):
             teacher = train_model(C.build(C.TEACHER, 0), train, t_cfg, val).model.eval()

@@ -158,8 +158,8 @@ def main() -> None:
     n_data = 1 + max(int(d.indices.max()) for d in (data.train, data.val, data.test))
     if (C.TEACHER_DIR / "condense.json").exists():
         teacher = condense.load(C.TEACHER_DIR).eval()
-        meta = json.loads((C.TEACHER_DIR / "condense.json").read_text()).get("extra", {})
-        teacher_epochs = meta.get("train", {}).get("epochs") or meta.get("extra", {}).get("train", {}).get("epochs")
+        meta = json.loads((C.TEACHER_DIR / "condense.json").read_text())  # `save(extra=...)` keys sit at the top
+        teacher_epochs = meta.get("train", {}).get("epochs")
     elif args.quick:
         teacher = train_model(C.build(C.TEACHER, 0), tr, TrainConfig(epochs=1, progress="off", device="cpu")).model.eval()
         teacher_epochs = 1
