@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
-from condense.core.taps import flop_counter
+from condense.evaluate.counts import count_macs, count_parameters
 from condense.evaluate.timing import MAX_SPREAD, machine_load
 from condense.export.onnx import export_onnx, model_device, onnx_file_bytes, onnx_session, ort_input
 from condense.models.signature import (
@@ -36,19 +36,6 @@ from condense.models.signature import (
 RUNTIMES = ("torch", "onnxruntime")
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """`params`: elements of all (deduplicated) parameters; `nonzero_params`: those not exactly 0.
-
-    Buffers (BatchNorm running statistics, pruning masks, ...) are not counted.
-    """
-    params = 0
-    nonzero = 0
-    for p in model.parameters():
-        params += p.numel()
-        nonzero += int(torch.count_nonzero(p.detach()))
-    return {"params": int(params), "nonzero_params": int(nonzero)}
-
-
 def count_flops(model: nn.Module, example: Any) -> dict[str, int]:
     """FLOPs and MACs of one forward pass on ONE sample (`example[:1]`, a tensor or a batch
     dict), eval mode.
@@ -59,15 +46,8 @@ def count_flops(model: nn.Module, example: Any) -> dict[str, int]:
     eval-mode Transformer fast path is turned off while counting (its kernels have no flop formula:
     a `nn.TransformerEncoder` would count only its head).
     """
-    x = batch_to(slice_batch(example, 1), model_device(model))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), flop_counter() as counter:
-            call_model(model, x)
-    finally:
-        model.train(was_training)
-    flops = int(counter.get_total_flops())
+    macs = count_macs(model, batch_to(slice_batch(example, 1), model_device(model)))
+    flops = 2 * macs
     return {"flops": flops, "macs": flops // 2}
 
 

@@ -8,14 +8,12 @@ Channel pruning changes the dense shapes, so its savings show up in every number
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from condense.core.taps import flop_counter
-from condense.models.signature import call_model
+from condense.evaluate.counts import count_macs  # noqa: F401  (the one counter; re-exported here)
 from condense.prune.masks import maskable_kinds, masked_layers, sparsity_report
 
 ZEROS_NOTE = "zeros are not removed: dense size and latency are unchanged"
@@ -23,23 +21,6 @@ ZEROS_NOTE = "zeros are not removed: dense size and latency are unchanged"
 
 def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-
-def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-accumulates of one forward pass (torch's FlopCounterMode flops / 2), eval mode, with
-    torch's fused Transformer fast path off (its kernels have no flop formula)."""
-    was = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad(), flop_counter() as counter:
-            if isinstance(example_inputs, Mapping):  # a batch dict (named inputs, e.g. a BERT's)
-                call_model(model, example_inputs)
-            else:
-                model(*_inputs(example_inputs))
-    finally:
-        for m, mode in was.items():
-            m.training = mode
-    return int(counter.get_total_flops()) // 2
 
 
 def count_params(model: nn.Module) -> int:
