@@ -66,7 +66,6 @@ from condense.models.hf_layers import (
     encoder_layers,
     keep_layers,
     resolve_layers,
-    student_from_teacher,
 )
 from condense.models.signature import DEFAULT_SIGNATURE, InputSignature, set_signature
 
@@ -496,6 +495,20 @@ def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:
     return {"task": model.task, "auto_class": model.auto_class, "architecture": type(model.hf).__name__,
             "transformers_version": tf.__version__, "transformers_loadable": loadable,
             "source": str(model.source_dir)}
+
+
+def student_from_teacher(teacher: nn.Module, layers: int | Sequence[int]) -> Any:
+    """A copy of the Hugging Face model `teacher` (a condense `HFModel`, e.g. a BERT fine-tuned on
+    the task) keeping only the blocks `layers` (indices into the teacher's blocks, or a count
+    spread evenly), with the teacher's embeddings and head. The teacher is not changed.
+    `build_kwargs["layers"]` records the kept indices, so a `hidden_state` loss with
+    `layer_map: kept` pairs each student block with the teacher block it was copied from."""
+    if not isinstance(teacher, HFModel):
+        raise ConfigError(f"a student built from its teacher's layers needs a Hugging Face (hf:) teacher, got "
+                          f"{type(teacher).__name__}")
+    student = copy.deepcopy(teacher)
+    student.build_kwargs["layers"] = keep_layers(student.hf, layers)
+    return student.train(teacher.training)
 
 
 __all__ = [

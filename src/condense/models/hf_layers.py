@@ -19,7 +19,6 @@ per-layer indices the blocks store (`layer_idx`, which KV caches are keyed by) a
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,21 +215,5 @@ def keep_layers(hf: nn.Module, layers: int | Sequence[int]) -> list[int]:
     return idx
 
 
-def student_from_teacher(teacher: nn.Module, layers: int | Sequence[int]) -> Any:
-    """A copy of the Hugging Face model `teacher` (a condense `HFModel`, e.g. a BERT fine-tuned on
-    the task) keeping only the blocks `layers` (indices into the teacher's blocks, or a count
-    spread evenly), with the teacher's embeddings and head. The teacher is not changed.
-    `build_kwargs["layers"]` records the kept indices, so a `hidden_state` loss with
-    `layer_map: kept` pairs each student block with the teacher block it was copied from."""
-    from condense.models.hf import HFModel
-
-    if not isinstance(teacher, HFModel):
-        raise ConfigError(f"a student built from its teacher's layers needs a Hugging Face (hf:) teacher, got "
-                          f"{type(teacher).__name__}")
-    student = copy.deepcopy(teacher)
-    student.build_kwargs["layers"] = keep_layers(student.hf, layers)
-    return student.train(teacher.training)
-
-
 __all__ = ["LAYER_PATHS", "LayerLayout", "encoder_layers", "keep_layers", "layer_count_field", "layer_layout",
-           "resolve_layers", "student_from_teacher"]
+           "resolve_layers"]

@@ -134,7 +134,7 @@ def build_stage_model(ctx: StageContext) -> nn.Module:
     name = spec["name"]
     kwargs = dict(spec.get("kwargs") or {})
     if name == FROM_TEACHER:
-        from condense.models.hf_layers import student_from_teacher
+        from condense.models.hf import student_from_teacher
 
         return student_from_teacher(ctx.teachers[0], kwargs["layers"])
     return build_model(name, **model_kwargs_for(ctx.splits, kwargs, name))
