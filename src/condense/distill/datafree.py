@@ -36,6 +36,7 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
+from condense.distill.api import distill
 from condense.distill.config import DistillConfig
 
 
@@ -302,8 +303,6 @@ def datafree_distill(
 
     There is no validation data (none is real), so the last weights are returned.
     """
-    from condense.distill import distill
-
     if synthetic is None:
         synthetic = synthesize(teacher, config).data
     train = config.distill.train.replace(select_best="last")
