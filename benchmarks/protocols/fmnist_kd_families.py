@@ -119,17 +119,25 @@ def summarise(acc_by: dict[str, list[float]], teacher_acc: float, labels: dict[s
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["| row | test acc % (mean ± std) | seeds | gap closed | CPU s (all seeds) |", "|---|---|---|---|---|",
-             f"| teacher (cnn width 24, all 54k images, {result['teacher_epochs']} epochs) | {result['teacher_acc']:.2f} | 1 | | |"]
+    ep = result.get("teacher_epochs")
+    if ep is None:  # older runs did not read it from the saved teacher: the chain's JSON has it
+        chain = RESULTS / "protocol_fmnist_chain.json"
+        ep = json.loads(chain.read_text())["epochs"]["teacher"] if chain.exists() else "?"
+    lines = ["| row | test acc % (mean ± std) | seeds | vs alone, paired (wins) | gap closed | CPU s (all seeds) |",
+             "|---|---|---|---|---|---|",
+             f"| teacher (cnn width 24, all 54k images, {ep} epochs) | {result['teacher_acc']:.2f} | 1 | | | |"]
     for r in result["rows"]:
         gap = f"{100 * r['gap_closed']:.0f} %" if "gap_closed" in r else ""
+        d = r.get("vs_alone_per_seed")
+        vs = f"{statistics.fmean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)})" if d else ""
         cpu = result["times"].get(r["row"], {}).get("cpu_s", "")
-        lines.append(f"| {r['label']} | {r['mean']:.2f} ± {r['std']:.2f} | {r['n']} | {gap} | {cpu} |")
+        lines.append(f"| {r['label']} | {r['mean']:.2f} ± {r['std']:.2f} | {r['n']} | {vs} | {gap} | {cpu} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", default=None, help="print the Markdown table of a results JSON and exit")
     ap.add_argument("--quick", action="store_true", help="smoke: 1,000 images, 1 epoch, 1 seed")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--subset", type=int, default=6000)
@@ -141,6 +149,9 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound: stop after the seed that passes it")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     if args.quick:
         args.seeds, args.subset, args.epochs = 1, 1000, 1
     torch.set_num_threads(1)
