@@ -25,7 +25,6 @@ ABOVE_METHODS = {"cli", "recipes", "report", "demo", "tune", "artifacts"}
 KNOWN_CIRCLES = {
     frozenset({"condense.quantize.onnx_int8", "condense.quantize.transformer", "condense.quantize.transformer_plan"}),
     frozenset({"condense.quantize.gptq", "condense.quantize.weight_only"}),
-    frozenset({"condense.export.executorch", "condense.export.formats", "condense.export.tflite"}),
 }
 
 

@@ -29,7 +29,7 @@ from condense.export.pt2 import _args_kwargs, capture
 def require() -> None:
     """Raise MissingExtraError when ExecuTorch is not installed."""
     from condense.core.noise import quiet_known_noise
-    from condense.export.formats import MissingExtraError
+    from condense.export.common import MissingExtraError
 
     quiet_known_noise()  # torchao's known-harmless import messages
     try:
@@ -55,7 +55,7 @@ def export_executorch(
     from executorch.exir import to_edge_transform_and_lower
 
     if precision == "int8":
-        from condense.export.formats import int8_scheme
+        from condense.export.common import int8_scheme
 
         scheme = int8_scheme(model, scheme)
         if scheme == "static" and not calibration:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, did_you_mean
+from condense.export.common import SCHEMES, MissingExtraError, int8_scheme  # noqa: F401  (re-exported)
 from condense.export.onnx import ExportParityError, output_tensor
 
 FORMATS: dict[str, str] = {
@@ -34,14 +35,6 @@ FORMATS: dict[str, str] = {
 }
 PRECISIONS = ("auto", "fp32", "int8")
 RUNTIMES = {"onnx": "onnxruntime", "pt2": "torch.export", "executorch": "executorch", "tflite": "litert"}
-
-
-class MissingExtraError(ConfigError):
-    """A format's runtime is not installed: names the pip extra that brings it."""
-
-    def __init__(self, fmt: str, extra: str, detail: str = "") -> None:
-        super().__init__(f"format {fmt!r} needs its runtime, which is not installed: "
-                         f"pip install 'torch-condense[{extra}]'" + (f" ({detail})" if detail else ""))
 
 
 @dataclasses.dataclass
@@ -87,20 +80,6 @@ def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
     return "int8" if quant_wrappers(model) or planned else "fp32"
 
 
-SCHEMES = ("auto", "static", "dynamic")
-
-
-def int8_scheme(model: nn.Module, scheme: str = "auto") -> str:
-    """The PT2E int8 scheme (executorch, tflite) `scheme` means for `model`: "auto" -> "dynamic"
-    for a Hugging Face model (Linear weights int8 per channel, inputs quantized per call: a
-    transformer's outlier activations defeat one static scale), else "static" (calibrated)."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    if scheme != "auto":
-        return scheme
-    from condense.models.hf import HFModel
-
-    return "dynamic" if isinstance(model, HFModel) else "static"
 
 
 def batch_items(batch: Any) -> list[Any]:

@@ -22,7 +22,7 @@ from condense.export.pt2 import _args_kwargs, plain_layers
 
 def require() -> None:
     from condense.core.noise import quiet_known_noise
-    from condense.export.formats import MissingExtraError
+    from condense.export.common import MissingExtraError
 
     quiet_known_noise()  # torchao's known-harmless import messages
     try:
@@ -39,7 +39,7 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
     require()
     import litert_torch
 
-    from condense.export.formats import int8_scheme
+    from condense.export.common import int8_scheme
 
     scheme = int8_scheme(model, scheme) if precision == "int8" else scheme
     model = plain_layers(model)
