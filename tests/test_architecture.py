@@ -23,7 +23,6 @@ METHODS = ("prune", "quantize", "lowrank", "distill", "ssl", "reduce", "train", 
 ABOVE_METHODS = {"cli", "recipes", "report", "demo", "tune", "artifacts"}
 #: circles left to break (each is two modules that import each other, one lazily); a new one fails
 KNOWN_CIRCLES = {
-    frozenset({"condense.quantize.onnx_int8", "condense.quantize.transformer", "condense.quantize.transformer_plan"}),
     frozenset({"condense.quantize.gptq", "condense.quantize.weight_only"}),
 }
 

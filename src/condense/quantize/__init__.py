@@ -19,7 +19,7 @@ from condense.quantize import (
     ptq,  # noqa: F401  "static"
     qat,  # noqa: F401  "qat"
     qat_convert,  # noqa: F401  the "qat_convert" edit
-    transformer,  # noqa: F401  "transformer" (Hugging Face encoders -> dynamic int8 ONNX)
+    transformer_plan,  # noqa: F401  "transformer" (Hugging Face encoders -> dynamic int8 ONNX)
     weight_only,  # noqa: F401  "weight_only"
 )
 from condense.quantize.fake_quant import (

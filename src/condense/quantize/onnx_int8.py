@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,12 @@ class Int8ExportResult:
         d["path"] = str(self.path)
         d["fp32_path"] = None if self.fp32_path is None else str(self.fp32_path)
         return d
+
+
+#: plan type -> the function that exports a model carrying that plan (`qmodel.condense_int8_plan`),
+#: registered by the method that makes the plan (transformer_plan.py); called with
+#: `export_int8_onnx`'s arguments (example, path, heldout=, fp32_path=, threads=, latency_batches=, target=)
+PLAN_EXPORTERS: dict[type, Callable[..., Any]] = {}
 
 
 # -- ONNX Runtime sessions ----------------------------------------------------------------------
@@ -144,10 +150,12 @@ def export_int8_onnx(
 
     from condense.export.onnx import export_onnx, onnx_file_bytes
 
-    if getattr(qmodel, "condense_int8_plan", None) is not None:  # quantize(..., method "transformer")
-        from condense.quantize.transformer import export_planned_int8
-
-        return export_planned_int8(qmodel, example, path, heldout=heldout, fp32_path=fp32_path, threads=threads,
+    plan = getattr(qmodel, "condense_int8_plan", None)
+    if plan is not None:  # a method that exports its own way (quantize(..., method "transformer"))
+        exporter = PLAN_EXPORTERS.get(type(plan))
+        if exporter is None:
+            raise ConfigError(f"export_int8_onnx: no exporter registered for a {type(plan).__name__}")
+        return exporter(qmodel, example, path, heldout=heldout, fp32_path=fp32_path, threads=threads,
                                    latency_batches=latency_batches, target=target)
     if activation_dtype not in ("uint8", "int8"):
         raise ConfigError(f"activation_dtype must be 'uint8' or 'int8', got {activation_dtype!r}")

@@ -343,16 +343,7 @@ def _uneven_heads(model: nn.Module) -> bool:
     return any(c != int(model.hf.config.num_attention_heads) for c in counts)
 
 
-# the quantize() method ("transformer") and its export live in transformer_plan.py; imported here
-# so that importing this module registers the method, and its names stay importable from here
-from condense.quantize.transformer_plan import (  # noqa: E402
-    TransformerInt8Plan,
-    export_planned_int8,
-    transformer_handler,
-)
-
 __all__ = [
-    "TransformerInt8Config", "TransformerInt8Plan", "TransformerInt8Result", "TransformerWorkspace", "agreement",
-    "batches_of", "check_hf_model", "export_planned_int8", "export_transformer_int8", "output_rows",
-    "transformer_handler",
+    "TransformerInt8Config", "TransformerInt8Result", "TransformerWorkspace", "agreement",
+    "batches_of", "check_hf_model", "export_transformer_int8", "output_rows",
 ]

@@ -20,6 +20,12 @@ from typing import Any
 from torch import nn
 
 from condense.core.cpu import detect_target, resolve_target
+from condense.quantize.onnx_int8 import (
+    FLOAT_COMPUTE_OPS,
+    PLAN_EXPORTERS,
+    Int8ExportResult,
+    ort_latency_comparison,
+)
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer import (
     TransformerInt8Config,
@@ -56,11 +62,6 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
     """`export_int8_onnx` for a model from `quantize(..., "transformer")`: the int8 file, checked
     against the fp32 export on `heldout` (cosine agreement), timed when `latency_batches` is given."""
     from condense.export.onnx import onnx_session
-    from condense.quantize.onnx_int8 import (
-        FLOAT_COMPUTE_OPS,
-        Int8ExportResult,
-        ort_latency_comparison,
-    )
 
     plan: TransformerInt8Plan = qmodel.condense_int8_plan  # type: ignore[assignment]
     dest = Path(path)
@@ -103,3 +104,6 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
 
 
 QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler))
+
+
+PLAN_EXPORTERS[TransformerInt8Plan] = export_planned_int8
