@@ -16,6 +16,7 @@ from condense.core.errors import ConfigError
 # -- registered methods: each import registers its method in QUANTIZERS (and its edit replays) --
 from condense.quantize import (
     dynamic,  # noqa: F401  "dynamic"
+    gptq,  # noqa: F401  weight_only's "gptq" rounding
     ptq,  # noqa: F401  "static"
     qat,  # noqa: F401  "qat"
     qat_convert,  # noqa: F401  the "qat_convert" edit

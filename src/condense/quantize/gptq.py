@@ -26,6 +26,7 @@ from condense.core.errors import RunError
 from condense.quantize.calibration import calibration_list, run_batch
 from condense.quantize.weight_only import (
     _SCALE_DTYPES,
+    ALGORITHMS,
     QuantizedLinear,
     QuantizedWeight,
     _n_groups,
@@ -190,3 +191,6 @@ def gptq_quantize_model(
         del stats
     model.train(was_training)
     return model
+
+
+ALGORITHMS["gptq"] = gptq_quantize_model

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -66,7 +66,10 @@ __all__ = [
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
-
+#: rounding algorithm -> fn(model, bits per layer, config, calibration) that swaps the selected
+#: Linears for QuantizedLinear in place; "rtn" (round to nearest) is built in, "gptq" registers
+#: itself in gptq.py
+ALGORITHMS: dict[str, Callable[..., None]] = {}
 
 
 @dataclasses.dataclass
@@ -350,10 +353,8 @@ def quantize_weight_only(
     linears = select_linears(model, config.targets, config.ignore)
     bits = layer_bits_for(config, linears)
     scale_dtype = _SCALE_DTYPES[config.scale_dtype]
-    if config.algorithm == "gptq":
-        from condense.quantize.gptq import gptq_quantize_model
-
-        gptq_quantize_model(model, bits, config, calibration)
+    if config.algorithm != "rtn":  # error-correcting rounding, registered by its module (gptq.py)
+        ALGORITHMS[config.algorithm](model, bits, config, calibration)
     else:
         for name, lin in linears.items():
             q = QuantizedLinear.from_linear(
