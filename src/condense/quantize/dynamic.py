@@ -366,4 +366,4 @@ def dynamic_handler(model: nn.Module, config: DynamicConfig, calibration: Any) -
     return quantize_dynamic_torch(model, config.targets, config.ignore)
 
 
-QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, dynamic_handler))
+QUANTIZERS.register("dynamic", QuantMethod(DynamicConfig, dynamic_handler, deploys="int8_dynamic"))

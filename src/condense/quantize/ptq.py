@@ -389,4 +389,4 @@ def _replay_quantize_static(model: nn.Module, config: dict[str, Any], modules: l
 
 
 EDITS.register("quantize_static", _replay_quantize_static)
-QUANTIZERS.register("static", QuantMethod(QuantizeConfig, quantize_static))
+QUANTIZERS.register("static", QuantMethod(QuantizeConfig, quantize_static, edit_kinds=("fold_bn", "quantize_static")))

@@ -267,7 +267,8 @@ def _replay_qat(model: nn.Module, layers: dict[str, dict[str, Any]], target: str
 
 
 EDITS.register("qat", _replay_qat)
-QUANTIZERS.register("qat", QuantMethod(QATConfig, prepare_qat))  # train the result with fit(), then convert_qat
+QUANTIZERS.register("qat", QuantMethod(QATConfig, prepare_qat, trains=True,  # train with fit(), then convert_qat
+                                      edit_kinds=("qat", "qat_convert", "fold_bn")))
 
 
 # --------------------------------------------------------------------------------------------

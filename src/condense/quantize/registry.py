@@ -25,10 +25,18 @@ Handler = Callable[[nn.Module, Any, Any], nn.Module]
 
 @dataclasses.dataclass(frozen=True)
 class QuantMethod:
-    """A registered quantization method: its config dataclass and its handler."""
+    """A registered quantization method, as every surface reads it: its config dataclass and
+    handler; `trains`: the handler's result must be trained (`fit`) before it deploys (QAT), so a
+    recipe stage takes `train:`; `deploys`: what ships ("int8": ONNX Runtime integer kernels from
+    the static QDQ file, "int8_dynamic": weights int8 and activations quantized per batch,
+    "packed": low-bit weights dequantized at run time); `edit_kinds`: the edit-log kinds its
+    result carries (what `load()` replays, and what marks a stage as quantized in the report)."""
 
     config_cls: type[Config]
     handler: Handler
+    trains: bool = False
+    deploys: str = "int8"
+    edit_kinds: tuple[str, ...] = ()
 
 
 #: "static" (ptq.py); "dynamic", "weight_only", "qat" are registered by their own files.

@@ -103,7 +103,7 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
         checked_on=detect_target())
 
 
-QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler))
+QUANTIZERS.register("transformer", QuantMethod(TransformerInt8Config, transformer_handler, deploys="int8_dynamic"))
 
 
 PLAN_EXPORTERS[TransformerInt8Plan] = export_planned_int8

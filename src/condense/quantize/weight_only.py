@@ -394,4 +394,5 @@ def _replay_weight_only(model: nn.Module, layers: dict[str, dict[str, Any]]) -> 
 
 
 EDITS.register("weight_only", _replay_weight_only)
-QUANTIZERS.register("weight_only", QuantMethod(WeightOnlyConfig, quantize_weight_only))
+QUANTIZERS.register("weight_only", QuantMethod(WeightOnlyConfig, quantize_weight_only, deploys="packed",
+                                              edit_kinds=("weight_only",)))

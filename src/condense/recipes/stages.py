@@ -383,6 +383,13 @@ def _quant_method(cfg: Config) -> str:
     return resolve_config(cfg)[0]
 
 
+def _quant_trains(cfg: Config) -> bool:
+    """Whether the quantization method's record says its result trains (QAT) before it deploys."""
+    from condense.quantize import QUANTIZERS
+
+    return QUANTIZERS.get(_quant_method(cfg)).trains
+
+
 STAGES.register("train", StageKind(TrainStageConfig.from_dict, run_train, trains=True, needs_input=False))
 STAGES.register("finetune", StageKind(TrainStageConfig.from_dict, run_train, trains=True))
 STAGES.register("distill", StageKind(_config_of("condense.distill.config", "DistillConfig"), run_distill, trains=True, needs_input=False))
@@ -390,7 +397,7 @@ STAGES.register("prune", StageKind(_config_of("condense.prune", "PruneConfig"), 
 STAGES.register("factorize", StageKind(_config_of("condense.lowrank", "FactorizeConfig"), run_factorize, trains=True))
 STAGES.register("reduce-depth", StageKind(_config_of("condense.lowrank", "DepthConfig"), run_reduce_depth, trains=True))
 STAGES.register("quantize", StageKind(_resolved_config_of("condense.quantize"), run_quantize,
-                                       trains_when=lambda cfg: _quant_method(cfg) == "qat"))
+                                       trains_when=_quant_trains))
 STAGES.register("export", StageKind(ExportStageConfig.from_dict, run_export))
 STAGES.register("evaluate", StageKind(EmptyConfig.from_dict, run_evaluate))
 STAGES.register("tune", StageKind(_config_of("condense.tune", "TuneConfig"), run_tune, trains=True))

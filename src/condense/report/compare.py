@@ -8,7 +8,9 @@ from typing import Any
 
 from condense.report.data import Stage, num
 
-QUANT_EDITS = frozenset({"quantize_static", "quantize_dynamic", "dynamic", "weight_only", "qat", "qat_convert"})
+#: edit kinds that mean a quantized model: the quantization methods' records (`QuantMethod.edit_kinds`,
+#: BN folding aside), kept here so the report reads JSON without importing torch; a test keeps them equal
+QUANT_EDITS = frozenset({"quantize_static", "weight_only", "qat", "qat_convert"})
 MASK_EDITS = frozenset({"prune_masks"})
 UNMASK_EDITS = frozenset({"prune_unmask"})
 CHANNEL_EDITS = frozenset({"prune_channels"})
