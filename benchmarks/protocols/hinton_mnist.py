@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=75.0,
                     help="wall-clock bound: rows not started by then are skipped (marked); 2 shared cores run slow")
     ap.add_argument("--limit", type=int, default=None, help="train on the first N training images (pilots)")
+    ap.add_argument("--rows", default="alone,distilled,default_alone,default_distilled",
+                    help="student rows to run after the teacher (also: distilled_clip)")
+    ap.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip of the distilled_clip row")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     setup(1)
@@ -107,6 +110,10 @@ def main() -> None:
             ("distilled", "student distilled, soft targets T=20 (0.9 KD + 0.1 CE)", args.student_epochs,
              lambda: distill(mlp([800, 800], 0.0, seed), teacher, train,
                              DistillConfig(alpha=0.9, temperature=20.0, train=student_cfg))),
+            ("distilled_clip", f"student distilled, T=20 (0.9 KD + 0.1 CE), gradient norm clipped at {args.clip:g}",
+             args.student_epochs,
+             lambda: distill(mlp([800, 800], 0.0, seed), teacher, train,
+                             DistillConfig(alpha=0.9, temperature=20.0, train=student_cfg.replace(grad_clip=args.clip)))),
             ("default_alone", "student alone, TrainConfig() defaults", 1 if args.quick else TrainConfig().epochs,
              lambda: train_model(mlp([800, 800], 0.0, seed), train,
                                  TrainConfig(seed=seed, progress="off", **({"epochs": 1} if args.quick else {}))).model),
@@ -116,6 +123,8 @@ def main() -> None:
                              DistillConfig() if not args.quick else DistillConfig(train={"epochs": 1, "seed": seed}))),
         ]
         for key, label, epochs, fn in plan:
+            if key not in args.rows.split(","):
+                continue
             if clock.over():
                 record(key, seed, None, None, epochs, label=label, skipped="wall-clock bound reached before this row")
                 continue
@@ -130,7 +139,7 @@ def main() -> None:
         return sum(errs) / len(errs) if errs else None
 
     summary: dict[str, Any] = {}
-    for dist, base in (("distilled", "alone"), ("default_distilled", "default_alone")):
+    for dist, base in (("distilled", "alone"), ("distilled_clip", "alone"), ("default_distilled", "default_alone")):
         a, d, t = mean(base), mean(dist), mean("teacher")
         if None not in (a, d, t):
             g = gap_closed(a, d, t)
