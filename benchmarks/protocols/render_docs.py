@@ -85,7 +85,7 @@ def hinton(d: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def han(d: dict[str, Any] | None) -> list[str]:
+def han(d: dict[str, Any] | None, extra: list[tuple[str, dict[str, Any]]] = ()) -> list[str]:
     out = ["## Han, Pool, Tran & Dally 2015: magnitude pruning with retraining on MNIST", ""]
     if d is None:
         return out + ["Not measured yet (benchmarks/protocols/han_mnist.py).", ""]
@@ -100,10 +100,11 @@ def han(d: dict[str, Any] | None) -> list[str]:
         "| seeds | epochs (dense + retrain) | CPU time (dense + prune/retrain, per seed) | target |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for key, e in d["models"].items():
+    for suffix, key, e in [("", k, v) for k, v in d["models"].items()] + [
+            (f", {label}", k, v) for label, x in extra for k, v in x["models"].items() if v["runs"]]:
         runs = e["runs"]
         if not runs:
-            out.append(f"| {NAMES[key]} | - | not run | - | - | - | - | - | not measured |")
+            out.append(f"| {NAMES[key]}{suffix} | - | not run | - | - | - | - | - | not measured |")
             continue
         p = d["published"][key]
         dense = [r["dense"]["test_error_pct"] for r in runs]
@@ -113,7 +114,7 @@ def han(d: dict[str, Any] | None) -> list[str]:
         cpu = statistics.mean(r["dense"]["cpu_s"] + r["unstructured"]["cpu_s"] for r in runs)
         n_steps = len(e["steps"])
         out.append(
-            f"| {NAMES[key]} | {p['dense_error_pct']:.2f} % -> {p['pruned_error_pct']:.2f} % | {_pcts(dense)} | "
+            f"| {NAMES[key]}{suffix} | {p['dense_error_pct']:.2f} % -> {p['pruned_error_pct']:.2f} % | {_pcts(dense)} | "
             f"{_pcts(pr)} | {nz:,} of {total:,} ({total / nz:.1f}x) | {', '.join(str(r['seed']) for r in runs)} | "
             f"{e['dense_epochs']} + {n_steps} x {e['retrain_epochs_per_step']} | {fmt_s(cpu)} | "
             f"{met(e['summary']['target']['met'])} |")
@@ -185,7 +186,9 @@ torch thread under `nice -n 5`.
 
 def main() -> None:
     h, p = load("protocol_hinton_mnist.json"), load("protocol_han_mnist.json")
-    text = INTRO + "\n".join(hinton(h)) + "\n" + NOTES_HINTON + "\n" + "\n".join(han(p)) + "\n" + NOTES_HAN
+    long = load("protocol_han_mnist_lenet300_long.json")
+    extra = [("10 retraining epochs per step (second run)", long)] if long else []
+    text = INTRO + "\n".join(hinton(h)) + "\n" + NOTES_HINTON + "\n" + "\n".join(han(p, extra)) + "\n" + NOTES_HAN
     DOC.write_text(text.rstrip() + "\n")
     print(f"wrote {DOC}")
 
