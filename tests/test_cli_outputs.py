@@ -268,7 +268,8 @@ def test_dumps_strict_and_save_artifact(tmp_path):
     import torch
 
     from condense.cli.common import save_artifact
-    from condense.core.jsonio import dumps_strict, write_json_strict
+    from condense.core.io import write_json_strict
+    from condense.core.jsonio import dumps_strict
     from condense.models import build_model
 
     doc = {"a": float("nan"), "b": [1.5, np.float32("inf")], "c": {"d": -math.inf, "e": torch.tensor(2.0)},

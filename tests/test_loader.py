@@ -21,12 +21,11 @@ from condense.data.loader import (
     DataError,
     as_source,
     collect,
-    concat,
     epoch_positions,
     example_inputs,
-    subset,
     without_labels,
 )
+from condense.data.views import concat, subset
 from condense.models.signature import InputSignature, call_model, set_signature
 
 
