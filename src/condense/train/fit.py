@@ -15,6 +15,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,24 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class DivergenceWarning(UserWarning):
+    """A run ended with a higher training loss than its first epoch's: it diverged."""
+
+
+def warn_if_diverged(history: list[dict[str, Any]]) -> None:
+    """Warn when the last epoch's mean training loss is above the first epoch's (3 epochs or more).
+
+    A diverged run can end at chance level with every loss finite (soft targets at T = 20 with SGD
+    at lr 0.05 did, in the Hinton protocol), so the non-finite guard says nothing."""
+    losses = [h.get("train_loss") for h in history]
+    if len(losses) < 3 or not all(isinstance(v, float) and math.isfinite(v) for v in (losses[0], losses[-1])):
+        return
+    if losses[-1] > losses[0]:
+        warnings.warn(f"training diverged: the last epoch's train loss {losses[-1]:.4g} is above the first epoch's "
+                      f"{losses[0]:.4g}; lower the learning rate or clip gradients (TrainConfig.grad_clip)",
+                      DivergenceWarning, stacklevel=3)
 
 
 def fit(
@@ -381,6 +400,7 @@ def fit(
             eval_model._compiled_call_impl = None  # hand back a plain module (export, save, deepcopy)
     for cb in callbacks:
         cb.on_fit_end(state)
+    warn_if_diverged(history)
     task.train(False)
     if select != "last" and best_state is not None:
         eval_model.load_state_dict(best_state)
