@@ -13,7 +13,7 @@ from condense.train.config import TrainConfig
 #: and recipe stages alike), on top of `TrainConfig`'s defaults (whose length is 10 epochs, at
 #: least `min_steps` optimizer steps). Measured on digits in benchmarks/distill_defaults.py
 #: (docs/distillation.md, "Default settings"; docs/training.md, "Default length").
-DISTILL_TRAIN: dict[str, Any] = {"lr": 1e-2, "warmup_steps": 20}
+DISTILL_TRAIN: dict[str, Any] = {"lr": 3e-3, "warmup_steps": 20}
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class DistillConfig(Config):
     `augment` + `mixup` give consistent-view distillation ("function matching", Beyer et al.
     2022): teacher and student see the same augmented (optionally mixed-up) view.
 
-    `train` defaults to `TrainConfig` with `DISTILL_TRAIN` on top (lr 1e-2 after a 20-step linear
+    `train` defaults to `TrainConfig` with `DISTILL_TRAIN` on top (lr 3e-3 after a 20-step linear
     warm-up, for `TrainConfig`'s default length: 10 epochs, at least 500 optimizer steps); a
     partial `train` mapping (a recipe's, the CLI's) fills in the rest
     from there; a `TrainConfig` object is used as given. Why the higher learning rate: the soft
