@@ -110,15 +110,12 @@ def cmd_reduce_depth(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `factorize` and `reduce-depth` to the `condense` subcommands."""
-    from condense.cli.common import add_arch_opts, add_force_opt
+    from condense.cli.common import add_arch_opts, add_data_opts, add_force_opt, add_model_opts
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="artifact folder written by condense, hf:<Hugging Face folder>, or a .pt "
-                                      "checkpoint: a state_dict with --model, a pickled model with --trust-pickle")
-        sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+        add_model_opts(sp)
         add_arch_opts(sp)
-        sp.add_argument("--data", default=None, help="dataset name or text:FILE; default: the one the model was trained on")
-        sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
+        add_data_opts(sp)
         sp.add_argument("--targets", nargs="+", default=None, help="layers / blocks: names, re:<regex> or types")
         sp.add_argument("--ignore", nargs="+", default=None, help="layers / blocks to leave alone (same language)")
         sp.add_argument("--recover", choices=["finetune", "distill", "none"], default=None,

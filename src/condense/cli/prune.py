@@ -206,15 +206,12 @@ def _sensitivity_text(table: dict[str, Any], out: dict[str, Any], split: str) ->
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `prune` and `sensitivity` to the `condense` subcommands (imports nothing heavy itself)."""
-    from condense.cli.common import add_arch_opts, add_force_opt
+    from condense.cli.common import add_arch_opts, add_data_opts, add_force_opt, add_model_opts
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="artifact folder written by condense, or a .pt checkpoint: a state_dict with "
-                                      "--model, a pickled model with --trust-pickle")
-        sp.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle checkpoint (runs code from the file)")
+        add_model_opts(sp)
         add_arch_opts(sp)
-        sp.add_argument("--data", default=None, help="dataset name; default: the one the model was trained on")
-        sp.add_argument("--data-arg", action="append", metavar="K=V", help="dataset option (repeatable)")
+        add_data_opts(sp)
         sp.add_argument("--targets", nargs="+", default=None, help="layers to prune: names, re:<regex> or types (Conv2d, Linear)")
         sp.add_argument("--ignore", nargs="+", default=None, help="layers to leave alone (same language as --targets)")
         sp.add_argument("--json", action="store_true")

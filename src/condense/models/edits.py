@@ -50,19 +50,25 @@ def record_conv1d_swap(model: nn.Module, names: list[str]) -> list[str]:
     return done
 
 
-def _replay_conv1d_as_linear(model: nn.Module, modules: list[str]) -> None:
+def check_replay_targets(model: nn.Module, kind: str, modules: list[str], fits: Callable[[nn.Module], bool],
+                         expected: str) -> None:
+    """Before a module-swapping edit replays: every module it names exists and is what it swaps
+    (`fits`), else an InputFileError naming the edit kind, the module and what was expected."""
     from condense.core.errors import InputFileError
-    from condense.core.linear import is_conv1d, swap_conv1d
 
     for name in modules:
         try:
             m = model.get_submodule(name)
         except AttributeError:
-            raise InputFileError(f"edit log: 'conv1d_as_linear' names layer {name!r}, which this architecture "
-                                 "does not have") from None
-        if not is_conv1d(m):
-            raise InputFileError(f"edit log: 'conv1d_as_linear' expects {name!r} to be a transformers Conv1D, "
-                                 f"found {type(m).__name__}")
+            raise InputFileError(f"edit log: {kind!r} names {name!r}, which this architecture does not have") from None
+        if not fits(m):
+            raise InputFileError(f"edit log: {kind!r} expects {name!r} to be {expected}, found {type(m).__name__}")
+
+
+def _replay_conv1d_as_linear(model: nn.Module, modules: list[str]) -> None:
+    from condense.core.linear import is_conv1d, swap_conv1d
+
+    check_replay_targets(model, "conv1d_as_linear", modules, is_conv1d, "a transformers Conv1D")
     swap_conv1d(model, modules)
 
 

@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from condense.core.errors import InputFileError
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, check_replay_targets, record_edit
 
 
 class SplitAttention(nn.Module):
@@ -157,15 +156,7 @@ def split_attention(model: nn.Module) -> list[str]:
 
 
 def _replay(model: nn.Module, modules: list[str]) -> None:
-    for name in modules:
-        try:
-            m = model.get_submodule(name)
-        except AttributeError:
-            raise InputFileError(f"edit log: 'mha_as_linears' names {name!r}, which this architecture does not "
-                                 "have") from None
-        if not convertible(m):
-            raise InputFileError(f"edit log: 'mha_as_linears' expects {name!r} to be an nn.MultiheadAttention, "
-                                 f"found {type(m).__name__}")
+    check_replay_targets(model, "mha_as_linears", modules, convertible, "an nn.MultiheadAttention")
     _swap(model, modules)
 
 
