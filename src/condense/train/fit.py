@@ -7,15 +7,14 @@ Dataset or DataLoader), the device, bf16 autocast on CUDA, pinned memory and `to
 data parallelism under `torchrun` (DDP around the task's trained modules only; one process is the
 plain run), the optimizer and LR schedule, gradient clipping, validation and best-weight
 selection (on validation data only), progress output, the metrics log, atomic per-epoch
-checkpoints (rank 0), exact resume, and the non-finite-loss guard.
+checkpoints (rank 0), exact resume, and the non-finite-loss guard. Progress output and the
+divergence warning live in `condense.train.progress` (re-exported here).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from condense.core.errors import ConfigError, NonFiniteLossError, RunError
 from condense.core.io import append_jsonl, atomic_write_text
 from condense.core.jsonio import dumps_strict, strict_data
 from condense.data.loader import as_source
+from condense.evaluate.metrics import evaluate
 from condense.models.signature import batch_to
 from condense.train import distributed as dist
 from condense.train.callbacks import Callback, FitState
@@ -34,8 +34,13 @@ from condense.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_che
 from condense.train.config import TrainConfig
 from condense.train.length import length_warnings, run_length, warn_length
 from condense.train.optim import build_optimizer, build_scheduler
+from condense.train.progress import DivergenceWarning, Progress, warn_if_diverged
 from condense.train.signals import STOP, Interrupted
+from condense.train.supervised import SupervisedTask
 from condense.train.task import Task, trained_modules
+
+__all__ = ["DivergenceWarning", "FitResult", "Validator", "choose_device", "default_validator", "fit",
+           "train_model", "warn_if_diverged"]
 
 Validator = Callable[[nn.Module, Any, torch.device], dict[str, float]]
 
@@ -78,8 +83,6 @@ def choose_device(name: str = "auto") -> torch.device:
 
 def default_validator(model: nn.Module, data: Any, device: torch.device) -> dict[str, float]:
     """Classification loss and accuracy of `model` on labelled `data`."""
-    from condense.evaluate.metrics import evaluate
-
     m = evaluate(model, data, device=device, topk=(1,))
     return {"loss": float(m["loss"]), "accuracy": float(m["accuracy"])}
 
@@ -117,61 +120,6 @@ def _mean_over_ranks(sums: dict[str, torch.Tensor], device: torch.device) -> dic
 
 def _all_finite(modules: dict[str, nn.Module]) -> bool:
     return all(bool(torch.isfinite(t).all()) for m in modules.values() for t in m.state_dict().values() if t.is_floating_point())
-
-
-class _Progress:
-    """A tqdm bar on a terminal, plain log lines otherwise, or nothing."""
-
-    def __init__(self, mode: str, total_steps: int) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
-        self.mode = mode
-        self.bar = None
-        if mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total_steps, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def advance(self, n: int, loss: float | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-    def epoch(self, record: dict[str, Any]) -> None:
-        if self.mode == "off":
-            return
-        parts = [f"epoch {record['epoch']}"]
-        for k, v in record.items():
-            if k != "epoch" and isinstance(v, float):
-                parts.append(f"{k}={v:.4g}")
-        line = " ".join(parts)
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class DivergenceWarning(UserWarning):
-    """A run ended with a higher training loss than its first epoch's: it diverged."""
-
-
-def warn_if_diverged(history: list[dict[str, Any]]) -> None:
-    """Warn when the last epoch's mean training loss is above the first epoch's (3 epochs or more).
-
-    A diverged run can end at chance level with every loss finite (soft targets at T = 20 with SGD
-    at lr 0.05 did, in the Hinton protocol), so the non-finite guard says nothing."""
-    losses = [h.get("train_loss") for h in history]
-    if len(losses) < 3 or not all(isinstance(v, float) and math.isfinite(v) for v in (losses[0], losses[-1])):
-        return
-    if losses[-1] > losses[0]:
-        warnings.warn(f"training diverged: the last epoch's train loss {losses[-1]:.4g} is above the first epoch's "
-                      f"{losses[0]:.4g}; lower the learning rate or clip gradients (TrainConfig.grad_clip)",
-                      DivergenceWarning, stacklevel=3)
 
 
 def fit(
@@ -277,7 +225,7 @@ def fit(
         ids = [device.index] if device.type == "cuda" else None
         # buffers (BatchNorm statistics) are synced from rank 0 at init and before each forward (the default)
         step_fn = DistributedDataParallel(_StepModule(task), device_ids=ids, find_unused_parameters=find_unused)
-    progress = _Progress(config.progress if main else "off", total_steps)
+    progress = Progress(config.progress if main else "off", total_steps)
     progress.advance(state.step)
     for cb in callbacks:
         cb.on_fit_begin(state)
@@ -429,7 +377,5 @@ def train_model(
     resume: bool = False,
 ) -> FitResult:
     """Supervised training of `model` through `fit()` (the `condense train` verb)."""
-    from condense.train.supervised import SupervisedTask
-
     task = SupervisedTask(model, label_smoothing=config.label_smoothing, augment=augment)
     return fit(task, train_data, config, val_data, callbacks, resume=resume)

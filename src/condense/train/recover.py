@@ -23,8 +23,13 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.data.loader import as_source
+from condense.distill import distill_fit
+from condense.distill.config import DistillConfig
+from condense.evaluate import evaluate
+from condense.models.hf import is_encoder
 from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 from condense.train.config import TrainConfig
+from condense.train.fit import train_model
 
 
 def _default_train() -> TrainConfig:
@@ -64,9 +69,6 @@ class RecoverConfig(Config):
             raise ConfigError(f"RecoverConfig.bn_batches must be >= 0, got {self.bn_batches}")
 
     def distill_config(self, teacher: nn.Module | None = None) -> Any:
-        from condense.distill.config import DistillConfig
-        from condense.models.hf import is_encoder
-
         losses = self.losses
         if losses is None and is_encoder(teacher):
             losses = [{"name": "embedding", "kind": "cosine"}]
@@ -105,12 +107,8 @@ def recover(model: nn.Module, rcfg: RecoverConfig, train_data: Any, val_data: An
             teacher: nn.Module | None = None, resume: bool = False) -> tuple[nn.Module, dict[str, Any] | None]:
     """Run the recovery `rcfg` asks for through `fit()`; return `(model, fit summary or None)`."""
     if rcfg.method == "finetune":
-        from condense.train.fit import train_model
-
         result = train_model(model, train_data, rcfg.train, val_data, resume=resume)
     elif rcfg.method == "distill":
-        from condense.distill import distill_fit
-
         if teacher is None:
             raise ConfigError("recovery 'distill' needs the unedited model as teacher (recovery_teacher before the edit)")
         result = distill_fit(model, teacher, train_data, rcfg.distill_config(teacher), val_data, resume=resume)
@@ -124,8 +122,6 @@ def val_accuracy(model: nn.Module, data: Any | None) -> float | None:
     """Accuracy on labelled `data` (None when there is none, or it has no labels)."""
     if data is None or len(as_source(data)) == 0 or as_source(data).labelled is False:
         return None
-    from condense.evaluate import evaluate
-
     return float(evaluate(model, data)["accuracy"])
 
 
