@@ -93,9 +93,9 @@ def run_unit(model_name: str, seed: int, args: dict[str, Any], save_dir: str | N
                                  bn_batches=args["bn_batches"])
             pruned, info = prune_and_recover(copy.deepcopy(dense), ChannelConfig(importance="l1", round_to=args["round_to"]),
                                              rcfg, splits.train, splits.val, x1, target_macs=keep)
-            va = info["val_accuracy"]
+            va = info["val"]
             record(f"{prefix}-{'ft' if method == 'finetune' else 'kd'}", pruned, t0, channel_ratio=info["channel_ratio"],
-                   val_accuracy_pruned=va["pruned"], val_accuracy_bn_recalibrated=va.get("pruned_bn_recalibrated"))
+                   val_accuracy_pruned=va["edited"], val_accuracy_bn_recalibrated=va.get("edited_bn_recalibrated"))
         if prefix != "ch75" and not args["scratch_all"]:
             continue
         # control: the pruned architecture, re-initialised, trained from scratch for dense + recovery epochs

@@ -231,7 +231,7 @@ def test_quantize_calibrates_on_a_dataset_and_prune_recovers_on_one(digits_split
         model, condense.PruneConfig.from_dict({"method": "channel", "ratio": 0.25}),
         RecoverConfig.from_dict({"method": "finetune", "train": {"epochs": 1, "progress": "off"}}),
         Images(digits_splits.train), Images(digits_splits.val))
-    assert info["val_accuracy"]["recovered"] is not None
+    assert info["val"]["recovered"] is not None
     assert sum(p.numel() for p in pruned.parameters()) < before
 
 

@@ -58,20 +58,20 @@ def _recover(method: str, epochs: int = 2) -> RecoverConfig:
 def test_recovery_beats_the_unrecovered_pruned_model(dense_cnn, splits, method):
     model, info = prune_and_recover(copy.deepcopy(dense_cnn), ChannelConfig(), _recover(method),
                                     splits.train, splits.val, target_macs=0.25)
-    acc = info["val_accuracy"]
-    assert acc["dense"] > 0.8
-    assert acc["pruned"] < acc["dense"] - 0.1  # 75 % of the MACs gone hurts before recovery...
-    assert acc["recovered"] > acc["pruned"] + 0.1  # ...and recovery wins much of it back
-    assert info["recovered"]["macs"] == count_macs(model, splits.test.inputs[:1]) <= 0.25 * info["dense"]["macs"]
+    acc = info["val"]
+    assert info["metric"] == "accuracy" and acc["before"] > 0.8
+    assert acc["edited"] < acc["before"] - 0.1  # 75 % of the MACs gone hurts before recovery...
+    assert acc["recovered"] > acc["edited"] + 0.1  # ...and recovery wins much of it back
+    assert info["recovered"]["macs"] == count_macs(model, splits.test.inputs[:1]) <= 0.25 * info["before"]["macs"]
     assert info["fit"]["epochs_run"] == 2 and info["recover"]["method"] == method
 
 
 def test_recover_none_and_unstructured_finetune(dense_cnn, splits):
     pruned, info = prune_and_recover(copy.deepcopy(dense_cnn), {"method": "magnitude", "ratio": 0.9}, {"method": "none"},
                                      None, splits.val, splits.test.inputs[:1])
-    assert "fit" not in info and not masked_layers(pruned) and info["pruned"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+    assert "fit" not in info and not masked_layers(pruned) and info["edited"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
     model, info = prune_and_recover(copy.deepcopy(dense_cnn), MagnitudeConfig(ratio=0.9), _recover("finetune"), splits.train, splits.val)
-    assert info["val_accuracy"]["recovered"] > info["val_accuracy"]["pruned"]
+    assert info["val"]["recovered"] > info["val"]["edited"]
     assert info["masked_weights_checked"] > 0 and not masked_layers(model)  # checked, then made permanent
     assert info["recovered"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
 

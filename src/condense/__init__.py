@@ -36,6 +36,10 @@ REGISTRY_PROVIDERS: dict[str, tuple[str, ...]] = {
     "edit": ("condense.lowrank", "condense.prune", "condense.quantize"),
     "pruning method": ("condense.prune",),
     "importance": ("condense.prune",),
+    # stage kinds / methods (`condense.core.method.METHODS`): one record file per method package
+    "method": ("condense.train.method", "condense.distill.method", "condense.prune.method", "condense.lowrank.method",
+               "condense.quantize.method", "condense.export.method", "condense.evaluate.method",
+               "condense.tune.method", "condense.ssl.method", "condense.reduce.method"),
 }
 
 #: public name -> the module that defines it (imported when the name is first read)
@@ -59,7 +63,7 @@ _EXPORTS = {
     "reduce_data": "condense.reduce",
     "PretrainConfig": "condense.ssl", "pretrain": "condense.ssl", "ssl_distill": "condense.ssl",
     "Callback": "condense.train", "SupervisedTask": "condense.train", "TrainConfig": "condense.train",
-    "fit": "condense.train", "train_model": "condense.train",
+    "fit": "condense.train", "train_model": "condense.train", "edit_and_recover": "condense.train.edit",
     "TuneConfig": "condense.tune", "tune": "condense.tune",
 }
 
@@ -81,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time the names l
     from condense.reduce import CoresetConfig, PCAConfig, SelectConfig, reduce_data
     from condense.ssl import PretrainConfig, pretrain, ssl_distill
     from condense.train import Callback, SupervisedTask, TrainConfig, fit, train_model
+    from condense.train.edit import edit_and_recover
     from condense.tune import TuneConfig, tune
 
 
@@ -115,7 +120,7 @@ __all__ = [
     "AugmentConfig", "Callback", "CondenseError", "ConfigError", "CoresetConfig", "DataFreeConfig",
     "DistillConfig", "FactorizeConfig", "InputFileError", "InputSignature", "ModelSpec", "PCAConfig", "PretrainConfig", "PruneConfig",
     "QuantizeConfig", "RunError", "SelectConfig", "SupervisedTask", "TrainConfig", "TuneConfig",
-    "__version__", "build_model", "datafree_distill", "distill", "evaluate", "example_inputs", "export_onnx", "factorize", "fit",
+    "__version__", "build_model", "datafree_distill", "distill", "edit_and_recover", "evaluate", "example_inputs", "export_onnx", "factorize", "fit",
     "load", "load_dataset", "pretrain", "profile", "prune", "quantize", "reduce_data", "resume_run",
     "run_recipe", "save", "set_signature", "ssl_distill", "train_model", "tune",
 ]

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from condense.core.errors import ConfigError
+from condense.core.io import LOCK_NAME
+from condense.models.hf_folder import packaged_model_dir
+from condense.recipes import load_recipe, resume_run, run_recipe
+from condense.recipes.runner import DONE, RESOLVED
 
 LATENCY_BATCHES = (1, 256)
 
@@ -76,7 +80,6 @@ def _write_recipe(task: str, epochs: int | None, tmp: Path) -> Path:
         return recipe_path
     data = yaml.safe_load(text)
     if MINILM_PLACEHOLDER in text:
-        from condense.models.hf_folder import packaged_model_dir
 
         data = _resolve_placeholders(data, str(packaged_model_dir()))
     for stage in data["stages"]:
@@ -93,9 +96,6 @@ def _existing_run(run: Path, recipe_path: Path, force: bool) -> bool:
     not a condense run, a finished run and a run of other settings, unless `force` (demo runs only)."""
     import shutil
 
-    from condense.core.io import LOCK_NAME
-    from condense.recipes import load_recipe
-    from condense.recipes.runner import DONE, RESOLVED
 
     # a lock file alone is what a run killed before it wrote anything leaves behind
     if not run.exists() or (run.is_dir() and not any(p.name != LOCK_NAME for p in run.iterdir())):
@@ -134,7 +134,6 @@ def run_demo(out: str | Path | None = None, *, epochs: int | None = None, quiet:
     import sys
     import tempfile
 
-    from condense.recipes import resume_run, run_recipe
 
     if task not in DEMO_RECIPES:
         raise ConfigError(f"demo: unknown task {task!r}; expected one of {', '.join(DEMO_RECIPES)}")

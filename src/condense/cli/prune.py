@@ -119,7 +119,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "test_accuracy_before": before.get("accuracy") if before else None, "test_accuracy": after.get("accuracy"),
         "test_mean_cosine": after.get("reference", {}).get("mean_cosine") if encoder else None,
         "test_perplexity": after.get("perplexity"),
-        "val_accuracy": info["val_accuracy"], "params": report["model"]["params"],
+        "val_accuracy": info["val"], "params": report["model"]["params"],
         "params_before": report["reference"]["params"], "macs": report["model"]["macs"],
         "macs_before": report["reference"]["macs"], "macs_fraction": info["macs_fraction"],
         "bytes_on_disk": report["model"]["bytes_on_disk"], "bytes_before": report["reference"]["bytes_on_disk"],

@@ -74,6 +74,29 @@ def cmd_recipe_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recipe_kinds(args: argparse.Namespace) -> int:
+    """Every stage kind a recipe may name, read from its method record (`condense.core.method`)."""
+    from condense.core.method import METHODS
+
+    METHODS.load_providers()
+    rows = []
+    for name in METHODS.names():
+        m = METHODS.get(name)
+        rows.append({"kind": name, "family": m.family, "trains": "when the method trains" if m.trains_when else m.trains,
+                     "recover": m.edits_structure, "model": m.takes_model, "needs_input": m.needs_input,
+                     "measured": m.measured, "deploys": m.deploys, "edit_kinds": list(m.edit_kinds), "command": m.cli,
+                     "help": m.help})
+
+    def flag(r: dict, key: str, word: str) -> str:
+        return word if r[key] is True else (f"{word}?" if r[key] else "")
+
+    text = "\n".join(f"{r['kind']:<13} {r['family']:<9} "
+                     f"{' '.join(x for x in (flag(r, 'trains', 'train:'), flag(r, 'recover', 'recover:'), flag(r, 'model', 'model:')) if x):<25} "
+                     f"{r['help']}" + (f"  [condense {r['command']}]" if r["command"] else "") for r in rows)
+    show(rows, args.json, text)
+    return EXIT_OK
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from condense.core.io import atomic_write_text
     from condense.recipes.template import TEMPLATE
@@ -173,6 +196,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_trust_code_opt(v)
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=cmd_recipe_validate)
+    k = rsub.add_parser("kinds", help="list the stage kinds a recipe may name, with the sections each takes")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(fn=cmd_recipe_kinds)
 
     sp = sub.add_parser("init", help="write a commented recipe template")
     sp.add_argument("path", nargs="?", default="recipe.yaml")

@@ -94,7 +94,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     student = build_model(student_name, **model_kwargs_for(splits, student_kwargs, student_name))
     train_data = splits.train
     if args.transfer == "train+unlabelled" and splits.unlabelled is not None:
-        from condense.recipes.stages import all_training_images
+        from condense.data.transfer import all_training_images
 
         train_data = all_training_images(splits)
     result = distill_fit(student, teachers, train_data, cfg, splits.val, resume=args.resume)
@@ -117,8 +117,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from condense.core.seed import seed_everything
+    from condense.data.transfer import all_training_images
     from condense.models import build_model
-    from condense.recipes.stages import all_training_images, model_kwargs_for
+    from condense.recipes.stages import model_kwargs_for
     from condense.ssl import PretrainConfig, pretrain_fit
 
     check_out_folder(args, args.out, resumable=args.resume and has_checkpoint(args.out))

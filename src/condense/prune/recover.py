@@ -44,14 +44,8 @@ from condense.prune.mha import split_attention
 from condense.prune.report import count_macs, count_params
 from condense.prune.sensitivity import _layer_costs, estimate_cost
 from condense.prune.structured import eligible_groups, example_tuple, group_ratios
-from condense.train.recover import (
-    RecoverConfig,
-    check_recovery_data,
-    recalibrate_batchnorm,
-    recover,
-    recovery_teacher,
-    val_accuracy,
-)
+from condense.train.edit import edit_and_recover
+from condense.train.recover import RecoverConfig, check_recovery_data, recalibrate_batchnorm
 from condense.train.recover import recover_config as as_recover_config
 
 __all__ = ["RecoverConfig", "iterative_prune", "macs_ratio_to_channel_ratio", "prune_and_recover",
@@ -222,47 +216,41 @@ def prune_and_recover(
     `recover_data` (default `train_data`) is what the recovery trains on, e.g. labelled plus
     unlabelled images for a label-free distillation recovery; importance and BatchNorm
     recalibration still read `train_data`.
-    `info` holds the configs, the chosen ratio, MACs / params / sparsity before and after,
-    validation accuracy (dense, pruned, recovered; when `val_data` is given) and the fit history.
+    Runs through the one `condense.train.edit.edit_and_recover`: `info` has its keys (`before` /
+    `edited` / `recovered` MACs, params and sparsity, `val` with the validation metric at each
+    step, `fit`, ...) plus `prune` (the config as run), `target_macs` / `channel_ratio`, and
+    `masked_weights_checked` (pruned weights verified still zero after recovery).
     """
     pcfg = _prune_config(prune_config)
     rcfg = as_recover_config(recover_config)
     check_recovery_data(rcfg, train_data)
     inputs = _inputs(model, example_inputs, train_data, batches=_reads_data(pcfg))
-    teacher = recovery_teacher(model, rcfg, teacher)
-    info: dict[str, Any] = {"recover": rcfg.to_dict(), "dense": _numbers(model, inputs), "val_accuracy": {}}
-    info["val_accuracy"]["dense"] = val_accuracy(model, val_data)
+    extra: dict[str, Any] = {}
     if target_macs is not None:
         if not isinstance(pcfg, ChannelConfig):
             raise ConfigError(f"target_macs needs a structured method (channel / slimming), got {pcfg.method!r}")
         data = _taylor_batches(pcfg, train_data, rcfg)
         ratio = macs_ratio_to_channel_ratio(model, target_macs, pcfg, inputs, targets, ignore, data)
         pcfg = pcfg.replace(ratio=ratio)
-        info["target_macs"] = float(target_macs)
-        info["channel_ratio"] = ratio
+        extra = {"target_macs": float(target_macs), "channel_ratio": ratio}
+    masks_before: dict[str, torch.Tensor] = {}
+
+    def edit(m: nn.Module) -> nn.Module:
+        prune(m, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg), recalibrate=False)  # BN: next step
+        masks_before.update(mask_snapshot(m))  # the pruned weights recovery must leave at zero
+        return m
+
+    def after_recovery(m: nn.Module, info: dict[str, Any]) -> None:
+        if masks_before or masked_layers(m):
+            info["masked_weights_checked"] = check_masks_held(m, masks_before)
+            if not rcfg.keep_masks:
+                make_permanent(m)
+
+    model, info = edit_and_recover(model, edit, rcfg, train_data, val_data, teacher=teacher, resume=resume,
+                                   recover_data=recover_data, example=inputs, numbers=_numbers,
+                                   after_recovery=after_recovery)
     info["prune"] = pcfg.to_dict()
-
-    prune(model, pcfg, inputs, targets, ignore, _taylor_batches(pcfg, train_data, rcfg), recalibrate=False)  # BN: below
-    info["pruned"] = _numbers(model, inputs)
-    info["macs_fraction"] = info["pruned"]["macs"] / max(info["dense"]["macs"], 1)
-    info["params_fraction"] = info["pruned"]["params"] / max(info["dense"]["params"], 1)
-    info["val_accuracy"]["pruned"] = val_accuracy(model, val_data)
-    if rcfg.bn_batches and train_data is not None:
-        info["bn_recalibration_samples"] = recalibrate_batchnorm(model, train_data, rcfg.bn_batches, rcfg.train.batch_size, rcfg.train.seed)
-        if info["bn_recalibration_samples"]:
-            info["val_accuracy"]["pruned_bn_recalibrated"] = val_accuracy(model, val_data)
-
-    masks_before = mask_snapshot(model)
-    model, fit_info = recover(model, rcfg, train_data if recover_data is None else recover_data, val_data,
-                              teacher=teacher, resume=resume)
-    if fit_info is not None:
-        info["fit"] = fit_info
-    if masks_before or masked_layers(model):
-        info["masked_weights_checked"] = check_masks_held(model, masks_before)
-        if not rcfg.keep_masks:
-            make_permanent(model)
-    info["recovered"] = _numbers(model, inputs)
-    info["val_accuracy"]["recovered"] = val_accuracy(model, val_data)
+    info.update(extra)
     return model, info
 
 
@@ -346,5 +334,5 @@ def iterative_prune(
         info["step"] = s
         history.append(info)
     final = {"steps": history, "by": by, "dense_macs": dense_macs, "macs_fraction": count_macs(model, inputs) / max(dense_macs, 1),
-             "val_accuracy": history[-1]["val_accuracy"].get("recovered")}
+             "val": history[-1]["val"].get("recovered"), "metric": history[-1]["metric"]}
     return model, final

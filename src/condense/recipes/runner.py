@@ -49,10 +49,14 @@ from condense.core.io import (
 )
 from condense.core.seed import seed_everything
 from condense.data import load_dataset
+from condense.data.loader import example_inputs
+from condense.evaluate.timing import onnx_latency_pass
 from condense.recipes.measure import MeasureConfig, measure_model
 from condense.recipes.schema import Recipe, check_stage_name, load_recipe
-from condense.recipes.stages import STAGES, StageContext
+from condense.recipes.stages import StageContext, stage_kind
+from condense.recipes.stages import run_stage as run_kind
 from condense.recipes.validate import validate_recipe
+from condense.report import write_report
 from condense.train import distributed as dist
 from condense.train.signals import stop_on_signals
 from condense.version import __version__
@@ -132,7 +136,7 @@ def _stage_model(recipe: Recipe, run: Path, name: str | None, trust_code: bool =
         return None
     j = next(k for k, s in enumerate(recipe.stages) if s.name == name)
     folder = stage_dir(run, j, name)
-    if not STAGES.get(recipe.stages[j].kind).measured:  # a data stage passes its input model through
+    if not stage_kind(recipe.stages[j].kind).measured:  # a data stage passes its input model through
         return _stage_model(recipe, run, recipe.stages[j].source, trust_code)
     return load(folder, trust_code=trust_code)  # its condense.json names the factory the recipe named
 
@@ -150,14 +154,14 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False
     with stop_on_signals():
         for i, (spec, cfg) in enumerate(zip(recipe.stages, configs, strict=True)):
             folder = stage_dir(run, i, spec.name)
-            kind = STAGES.get(spec.kind)
+            kind = stage_kind(spec.kind)
             # rank 0's view of the folder decides for every process (it alone writes there)
             done, resuming = dist.broadcast_object(((folder / DONE).exists(), folder.exists()))
             if done and not kind.measured:
                 # a data stage is cheap and deterministic: redo it so later stages see its data
                 say(f"stage {i + 1}/{len(recipe.stages)} {spec.name} ({spec.kind}): done, re-applied")
                 model = _stage_model(recipe, run, spec.source, trust_code)
-                out = kind.handler(StageContext(recipe, spec, i, folder, splits, model, [], resume=True), cfg)
+                out = run_kind(StageContext(recipe, spec, i, folder, splits, model, [], resume=True), cfg)
                 splits = out.splits or splits
                 continue
             if done:
@@ -174,7 +178,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False
                 teachers = [_stage_model(recipe, run, t, trust_code) for t in spec.teachers]
                 ctx = StageContext(recipe, spec, i, folder, splits, model, teachers, resume=resuming)
                 t0 = time.perf_counter()
-                return kind.handler(ctx, cfg), time.perf_counter() - t0
+                return run_kind(ctx, cfg), time.perf_counter() - t0
 
             if not kind.measured:  # a data stage: every process needs the changed data
                 out, _ = run_stage()
@@ -209,10 +213,7 @@ def latency_pass(recipe: Recipe, run: Path, rows: list[dict[str, Any]], splits: 
     """Every measured stage's deployed ONNX file timed against the first stage's in one interleaved
     ONNX Runtime pass (`condense.evaluate.timing.onnx_latency_pass`): the report states its
     latency ratios from this pass, not from stages timed minutes apart."""
-    from condense.data.loader import example_inputs
-    from condense.evaluate.timing import onnx_latency_pass
-
-    measured = [(i, s) for i, s in enumerate(recipe.stages) if STAGES.get(s.kind).measured]
+    measured = [(i, s) for i, s in enumerate(recipe.stages) if stage_kind(s.kind).measured]
     by_name = {r["stage"]: r for r in rows}
     files = {}
     for i, spec in measured:
@@ -244,7 +245,7 @@ def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure
     """Save, export and measure a stage's model; write metrics.json, then DONE (rank 0 only)."""
     meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
             "recipe": recipe.to_dict()}
-    first = next(s.name for s in recipe.stages if STAGES.get(s.kind).measured)
+    first = next(s.name for s in recipe.stages if stage_kind(s.kind).measured)
     # encoders are scored against the run's first model (e.g. the uncompressed teacher); read lazily
     reference = None if first == spec.name else partial(_stage_model, recipe, folder.parent, first)
     row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,
@@ -261,8 +262,6 @@ def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure
 
 def _write_report(run: Path, report: dict[str, Any]) -> dict[str, Any]:
     atomic_write_json(inside(run, run / "report.json"), report)
-    from condense.report import write_report
-
     paths = write_report(run)
     report["html"], report["illusions"] = str(paths.html), paths.illusions
     atomic_write_text(inside(run, run / DONE), "ok\n")

@@ -11,10 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from condense.core.config import Config
-from condense.core.errors import ConfigError
+from condense.core.errors import ConfigError, did_you_mean
+from condense.data import DATASETS, check_dataset_options
+from condense.models.registry import check_model_args, require_trusted
+from condense.recipes.measure import MeasureConfig
 from condense.recipes.schema import Recipe, _Lines
-from condense.recipes.stages import FROM_TEACHER, PLANNED, RECOVERING, STAGES, _quant_method
+from condense.recipes.stages import FROM_TEACHER, PLANNED, STAGES, stage_kind
 from condense.train.config import TrainConfig
+from condense.train.recover import RecoverConfig
 
 
 def _line_of_error(lines: _Lines, path: tuple[str | int, ...], data: Any, message: str) -> int:
@@ -48,34 +52,36 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
     if spec.kind in PLANNED:
         raise ConfigError(f"{where}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
     if spec.kind not in STAGES:
-        from condense.core.errors import did_you_mean
-
         known = sorted([*STAGES.names(), *PLANNED])
         raise ConfigError(f"{where}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
                           f"known: {', '.join(known)}")
-    kind = STAGES.get(spec.kind)
+    kind = stage_kind(spec.kind)
     if (kind.trains or kind.trains_when is not None) and "train" in spec.config:
         raise ConfigError(f"{where}:{lines.line('stages', i, 'config', 'train')}: put training settings in the "
                           "stage's 'train:', not in 'config:'")
     cfg = _parse_at(kind.parse, spec.config, recipe, ("stages", i, "config"))
     if spec.train:
         if not kind.trains_for(cfg):
-            what = f"stage kind {spec.kind!r}" + (f" with method {_quant_method(cfg)!r}" if spec.kind == "quantize" else "")
+            method = getattr(cfg, "method", None)
+            what = f"stage kind {spec.kind!r}" + (f" with method {method!r}" if kind.trains_when is not None and method else "")
             raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: {what} does not train; remove 'train:'")
         _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
-    if spec.recover and spec.kind not in RECOVERING:
-        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(RECOVERING)} stages take 'recover:'")
+    if spec.recover and not kind.edits_structure:
+        editing = [n for n in STAGES.names() if stage_kind(n).edits_structure]
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(editing)} stages take 'recover:'")
     if spec.recover:
-        from condense.train.recover import RecoverConfig
-
         _parse_at(RecoverConfig.from_dict, {k: v for k, v in spec.recover.items() if k != "train"}, recipe,
                   ("stages", i, "recover"))
+    if spec.model is not None and not kind.takes_model:
+        takes = [n for n in STAGES.names() if stage_kind(n).takes_model]
+        raise ConfigError(f"{where}:{lines.line('stages', i, 'model')}: a {spec.kind} stage takes its model from "
+                          f"'from: <stage>', not 'model:' (stages that build one: {', '.join(takes)})")
     if kind.needs_input and spec.source is None and spec.model is None:
-        raise ConfigError(f"{where}:{spec.line}: stage {spec.name!r} ({spec.kind}) has no input model (it is first, or 'from: none')")
+        also = " and no 'model: {name: ...}'" if kind.takes_model else ""
+        raise ConfigError(f"{where}:{spec.line}: stage {spec.name!r} ({spec.kind}) has no input model (it is first, or "
+                          f"'from: none'){also}")
     if spec.kind == "distill" and not spec.teachers:
         raise ConfigError(f"{where}:{spec.line}: distill stage {spec.name!r} needs 'teacher: <earlier stage name>'")
-    if spec.kind == "train" and spec.model is None and spec.source is None:
-        raise ConfigError(f"{where}:{spec.line}: train stage {spec.name!r} needs 'model: {{name: ...}}' or an input stage")
     return cfg
 
 
@@ -124,15 +130,10 @@ def validate_recipe(recipe: Recipe, *, trust_code: bool = False) -> list[Config]
     stage configs in order (raises on the first problem). A stage model named
     `package.module:factory` (code to import and run) needs `trust_code` (`--trust-code`), else
     `UntrustedCodeError` (exit 3) at its line, before anything is imported (docs/security.md)."""
-    from condense.data import DATASETS, check_dataset_options
-    from condense.models.registry import check_model_args, require_trusted
-    from condense.recipes.measure import MeasureConfig
 
     lines: _Lines = recipe._lines  # type: ignore[attr-defined]
     name = recipe.data.get("name")
     if not isinstance(name, str) or name not in DATASETS:
-        from condense.core.errors import did_you_mean
-
         known = sorted(DATASETS.names())
         raise ConfigError(f"{recipe.path}:{lines.line('data', 'name')}: unknown dataset {name!r}"
                           f"{did_you_mean(str(name), known)}; known: {', '.join(known)}")
