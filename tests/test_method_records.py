@@ -144,3 +144,15 @@ def test_structural_methods_share_one_edit_and_recover(tmp_path):
         assert set(info["val"]) >= {"before", "edited", "recovered"} and info["metric"] == "accuracy"
         assert info["recovered"]["params"] < info["before"]["params"], name
     assert runs["prune"]["edited"]["macs"] < runs["prune"]["before"]["macs"]
+
+
+def test_every_records_command_exists():
+    import argparse
+
+    from condense.cli import build_parser
+    from condense.core.method import METHODS
+
+    METHODS.load_providers()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    named = {METHODS.get(n).cli for n in METHODS.names()} - {None}
+    assert named and named <= set(sub.choices), named - set(sub.choices)
