@@ -74,8 +74,11 @@ from pathlib import Path
 from typing import Any
 
 from condense.core.io import atomic_write_text, write_json_strict
+from condense.report import plots
 from condense.report.data import REPORT_NAME, Run, load_run
+from condense.report.html import render_html
 from condense.report.illusions import Illusion, detect
+from condense.report.markdown import render_markdown
 from condense.report.summary import Report, enriched_json, summarize
 
 
@@ -102,8 +105,6 @@ def _out_paths(run: Run, out: str | Path | None) -> tuple[Path, Path, Path]:
 
 def draw_plots(rep: Report) -> dict[str, Any]:
     """Every figure of the report, keyed by Plot.key."""
-    from condense.report import plots
-
     out = [plots.size_plot(rep.stages, rep.fronts, rep.scale),
            plots.latency_plot(rep.stages, rep.runtimes, rep.batches, rep.fronts, rep.scale)]
     for st in rep.stages:
@@ -123,9 +124,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, plots: b
     .json files take the same stem next to it). `plots=False` skips the figures (tables and
     illusions only; much faster). Raises InputFileError when there is nothing to read.
     """
-    from condense.report.html import render_html
-    from condense.report.markdown import render_markdown
-
     run = load_run(run_dir)
     rep = summarize(run)
     html_path, md_path, json_path = _out_paths(run, out)

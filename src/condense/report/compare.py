@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from condense.report.data import Stage, num
+from condense.report.records import Stage, num
 
 #: edit kinds that mean a quantized model: the quantization methods' records (`QuantMethod.edit_kinds`,
 #: BN folding aside), kept here so the report reads JSON without importing torch; a test keeps them equal

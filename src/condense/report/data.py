@@ -3,21 +3,29 @@
 The accepted layouts are documented in `condense.report` (the package docstring). Reading is
 forgiving about what is *missing* (a stage without latency, a training stage without a log) and
 strict about what is *broken* (a metrics file that is not JSON names the file and the reason).
+The records it fills live in `condense.report.records`, the latency pass in
+`condense.report.latency` (both re-exported here).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 from condense.core.errors import InputFileError
+from condense.report.latency import MAX_SPREAD, apply_latency_pass
+from condense.report.records import (
+    Run,
+    Stage,
+    fp32_label,
+    normalize_latency,
+    num,
+    read_json,
+    read_jsonl,
+)
 
-#: p90 / p50 above this marks a latency unreliable (as `condense.evaluate.timing.MAX_SPREAD`,
-#: repeated here so reading a report never imports torch)
-MAX_SPREAD = 2.0
+__all__ = ["MAX_SPREAD", "REPORT_NAME", "Run", "Stage", "apply_latency_pass", "fp32_label", "load_run",
+           "normalize_latency", "num", "per_layer_from_edits", "read_json", "read_jsonl"]
 
 STAGE_DIR_RE = re.compile(r"^(\d+)-(.+)$")
 METRICS_NAME = "metrics.json"
@@ -32,117 +40,6 @@ CURVE_FILES = ("checkpoint/metrics.jsonl", "metrics.jsonl")
 #: is read back, so `write_report` can be run again on its own output.
 DERIVED_KEYS = frozenset({"vs_first", "vs_previous", "accuracy_delta_pt", "illusions", "pareto", "index",
                           "bytes_deployed", "bytes_onnx_deployed", "curves", "warnings"})
-
-
-def num(x: Any) -> float | None:
-    """`x` as a finite float, or None (booleans, strings, NaN and infinities are not numbers here)."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputFileError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise InputFileError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Records of a JSON-lines log, the last record per epoch kept (a resumed run may repeat one).
-
-    A line that is not a JSON object (e.g. cut by a crash) is skipped and reported in the warnings.
-    """
-    records: dict[Any, dict[str, Any]] = {}
-    warnings: list[str] = []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        return [], [f"{path}: cannot read ({e.strerror or e})"]
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.append(f"{path}:{i}: not a JSON line, skipped")
-            continue
-        if isinstance(rec, dict):
-            records[rec.get("epoch", f"line{i}")] = rec
-    ordered = sorted(records.values(), key=lambda r: (num(r.get("epoch")) is None, num(r.get("epoch")) or 0))
-    return ordered, warnings
-
-
-def normalize_latency(lat: Any) -> dict[str, dict[int, float | None]]:
-    """{runtime: {batch: p50_ms}} from either the row format ({rt: {"1": 0.2}}) or `profile()`'s
-    ({rt: {"1": {"p50_ms": 0.2, ...}}}); skipped or missing entries become None."""
-    out: dict[str, dict[int, float | None]] = {}
-    if not isinstance(lat, dict):
-        return out
-    for rt, by_bs in lat.items():
-        if not isinstance(by_bs, dict):
-            continue
-        per: dict[int, float | None] = {}
-        for bs, v in by_bs.items():
-            try:
-                b = int(bs)
-            except (TypeError, ValueError):
-                continue
-            per[b] = num(v.get("p50_ms")) if isinstance(v, dict) else num(v)
-        out[str(rt)] = dict(sorted(per.items()))
-    return out
-
-
-@dataclasses.dataclass
-class Stage:
-    """One measured stage, normalized. `row` keeps every key of the input row unchanged."""
-
-    index: int
-    name: str
-    row: dict[str, Any]
-    kind: str | None = None  # the runner's stage kind (train, distill, prune, quantize, ...)
-    dir: str | None = None  # folder name inside the run folder (runner layout) or artifact path
-    path: Path | None = None  # resolved folder, when it exists
-    done: bool | None = None  # DONE marker present (None: layout without markers)
-    edits: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
-    per_layer: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    sensitivity: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
-    int8_vs_fp32: dict[str, Any] | None = None
-    deployed: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one per deployed file (export stage)
-    curves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    latency: dict[str, dict[int, float | None]] = dataclasses.field(default_factory=dict)
-    bytes_onnx_int8: int | None = None
-    #: {runtime: {batch: p50_ms}} of the int8 simulation (fake-quant torch): never a stage latency
-    simulated: dict[str, dict[int, float | None]] = dataclasses.field(default_factory=dict)
-    #: (runtime, batch) whose latency was flagged unreliable (p90/p50, machine load)
-    unreliable: set[tuple[str, int]] = dataclasses.field(default_factory=set)
-    #: {batch: ratio to the reference} from the run's interleaved latency pass, where it timed this stage
-    pass_ratios: dict[int, float] = dataclasses.field(default_factory=dict)
-    flags: dict[str, Any] = dataclasses.field(default_factory=dict)  # masked / parametrizations / ...
-    listing: dict[str, Any] = dataclasses.field(default_factory=dict)  # the runner's report.json entry, if an object
-
-    def metric(self, key: str) -> float | None:
-        return num(self.row.get(key))
-
-    @property
-    def edit_kinds(self) -> list[str]:
-        return [str(e.get("kind")) for e in self.edits if isinstance(e, dict)]
-
-
-@dataclasses.dataclass
-class Run:
-    """A whole run: stages in order, plus what the run folder says about itself."""
-
-    root: Path
-    layout: str  # "runner" or "demo"
-    stages: list[Stage]
-    top: dict[str, Any]  # the top-level report.json (or {})
-    recipe_text: str | None = None
-    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def _resolve(root: Path, p: Any) -> Path | None:
@@ -226,81 +123,12 @@ def _stage_extras(stage: Stage, warnings: list[str]) -> None:
             stage.flags[key] = row[key]
 
 
-def fp32_label(int8_vs_fp32: dict[str, Any] | None) -> str:
-    """What the "fp32" of an int8-vs-fp32 comparison is: the original model, or (what
-    `export_int8_onnx` timed without a `reference`) the quantized model's BN-folded float twin."""
-    ref = (int8_vs_fp32 or {}).get("fp32_reference")
-    return "fp32 (BN-folded twin)" if ref == "bn_folded_twin" else "fp32"
-
-
 def _torch_is_simulation(stage: Stage) -> bool:
     """The stage's torch model is the int8 simulation: its deployed file is the int8 ONNX, or
     (runs before issue 27) its notes say so."""
     if str(stage.row.get("onnx_file") or "").endswith(INT8_ONNX_NAMES):
         return True
     return any("fake-quant simulation" in n or "carrying the int8 plan" in n for n in stage.notes)
-
-
-def _spread_warnings(stage: Stage, max_spread: float) -> list[str]:
-    """A stage's own latency medians whose p90 is more than `max_spread` times the median."""
-    out = []
-    p90 = normalize_latency(stage.row.get("latency_p90_ms"))
-    for rt, by in stage.latency.items():
-        for b, p50 in by.items():
-            q = p90.get(rt, {}).get(b)
-            if p50 and q is not None and q / p50 > max_spread:
-                stage.unreliable.add((rt, b))
-                out.append(f"stage “{stage.name}”: {rt} latency at batch {b} is unreliable: p90 {q:.3f} ms is "
-                           f"{q / p50:.1f}x the median {p50:.3f} ms (timed alone, not against the other stages)")
-    load = stage.row.get("load") if isinstance(stage.row.get("load"), dict) else {}
-    load1, cpus = num(load.get("load_1min")), num(load.get("cpus"))
-    if load1 is not None and cpus and load1 > cpus and stage.latency:
-        for rt, by in stage.latency.items():
-            stage.unreliable.update((rt, b) for b in by)
-            out.append(f"stage “{stage.name}”: {rt} latency is unreliable: timed while the machine's load was "
-                       f"{load1:.2f} (1-minute average) on {int(cpus)} CPUs (timed alone, not against the other stages)")
-    return out
-
-
-def apply_latency_pass(stages: list[Stage], lp: Any, warnings: list[str], max_spread: float = MAX_SPREAD) -> None:
-    """Put the run's interleaved latency pass (`condense.evaluate.timing.onnx_latency_pass`, kept
-    in report.json as "latency_pass") in place of each timed stage's own ONNX Runtime medians, so
-    every ratio the report states comes from one pass; flag what is unreliable in `warnings`."""
-    for st in stages:
-        warnings.extend(_spread_warnings(st, max_spread))
-    if not isinstance(lp, dict) or not isinstance(lp.get("batches"), dict):
-        return
-    by_name = {st.name: st for st in stages}
-    for bs, res in lp["batches"].items():
-        try:
-            b = int(bs)
-        except (TypeError, ValueError):
-            continue
-        if not isinstance(res, dict) or not isinstance(res.get("timings"), dict):
-            continue
-        reliable = res.get("reliable") is not False
-        for name, t in res["timings"].items():
-            st = by_name.get(name)
-            p50 = num(t.get("wall_ms")) if isinstance(t, dict) else None
-            if st is None or p50 is None:
-                continue
-            st.latency.setdefault("onnxruntime", {})[b] = p50
-            st.latency["onnxruntime"] = dict(sorted(st.latency["onnxruntime"].items()))
-            st.unreliable.discard(("onnxruntime", b))  # the stage's own timing is replaced by the pass
-            if not reliable:
-                st.unreliable.add(("onnxruntime", b))
-            r = num((res.get("ratios") or {}).get(name))
-            if r is not None:
-                st.pass_ratios[b] = r
-    warnings.extend(str(w) for w in lp.get("warnings") or [])
-    # the stages' own ONNX Runtime timings are superseded: their spread no longer matters
-    warnings[:] = [w for w in warnings if not (w.startswith("stage “") and ": onnxruntime latency " in w
-                                               and _timed_in_pass(w, lp))]
-
-
-def _timed_in_pass(warning: str, lp: dict[str, Any]) -> bool:
-    names = {n for res in lp["batches"].values() if isinstance(res, dict) for n in (res.get("timings") or {})}
-    return any(warning.startswith(f"stage “{n}”:") for n in names)
 
 
 def per_layer_from_edits(edits: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -12,10 +12,10 @@ from typing import Any
 import jinja2
 
 from condense.report import compare
-from condense.report.data import fp32_label
 from condense.report.fmt import fmt_ms
 from condense.report.markdown import DEPLOYED_HEAD, deployed_cells
 from condense.report.plots import PER_LAYER_FIELDS, Plot, per_layer_fields
+from condense.report.records import fp32_label
 from condense.report.summary import Report, latency_pass_table
 from condense.version import __version__
 

@@ -32,7 +32,7 @@ from condense.report.compare import (
     smallest_bytes,
     stage_kind,
 )
-from condense.report.data import Stage, fp32_label, num
+from condense.report.records import Stage, fp32_label, num
 
 MIN_ZERO_FRACTION = 0.01  # zeros below 1% of the parameters are not a pruning claim
 CHANNEL_MULTIPLE = 8

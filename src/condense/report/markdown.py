@@ -7,9 +7,9 @@ import html as _html
 from pathlib import Path
 from typing import Any
 
-from condense.report.data import fp32_label
 from condense.report.fmt import DASH, fmt_ms
 from condense.report.plots import PER_LAYER_FIELDS, per_layer_fields
+from condense.report.records import fp32_label
 from condense.report.summary import Report, latency_pass_table
 
 

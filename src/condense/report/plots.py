@@ -20,7 +20,7 @@ from condense.report.compare import (
     quality,
     quality_key,
 )
-from condense.report.data import Stage, num
+from condense.report.records import Stage, num
 
 DPI = 100
 MAX_LINES = 12  # sensitivity curves drawn per figure (the most sensitive layers)

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 from condense.report import compare
-from condense.report.data import Run, Stage
 from condense.report.fmt import (
     DASH,
     fmt_acc,
@@ -23,6 +22,7 @@ from condense.report.fmt import (
     fmt_ratio,
 )
 from condense.report.illusions import Illusion, detect
+from condense.report.records import Run, Stage
 from condense.version import __version__
 
 FORMAT = "condense-report/1"
