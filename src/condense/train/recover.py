@@ -25,7 +25,6 @@ from condense.core.errors import ConfigError
 from condense.data.loader import as_source
 from condense.distill import distill_fit
 from condense.distill.config import DistillConfig
-from condense.evaluate import evaluate
 from condense.models.hf import is_encoder
 from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 from condense.train.config import TrainConfig
@@ -116,13 +115,6 @@ def recover(model: nn.Module, rcfg: RecoverConfig, train_data: Any, val_data: An
         return model, None
     return result.model, {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "steps": result.steps,
                           "history": result.history}
-
-
-def val_accuracy(model: nn.Module, data: Any | None) -> float | None:
-    """Accuracy on labelled `data` (None when there is none, or it has no labels)."""
-    if data is None or len(as_source(data)) == 0 or as_source(data).labelled is False:
-        return None
-    return float(evaluate(model, data)["accuracy"])
 
 
 def recalibrate_batchnorm(model: nn.Module, data: Any, batches: int = 8, batch_size: int = 64, seed: int = 0) -> int:
