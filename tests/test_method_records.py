@@ -156,3 +156,15 @@ def test_every_records_command_exists():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     named = {METHODS.get(n).cli for n in METHODS.names()} - {None}
     assert named and named <= set(sub.choices), named - set(sub.choices)
+
+
+def test_a_misspelt_recovery_loss_fails_validation_at_its_line(tmp_path):
+    import pytest
+
+    from condense.core.errors import ConfigError
+    from condense.recipes import validate_recipe
+
+    text = ("  - name: p\n    kind: prune\n    from: a\n    config: {method: channel, ratio: 0.5}\n"
+            "    recover:\n      method: distill\n      losses: [{name: soft_kdd, weight: 1.0}]\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:11: RecoverConfig.losses: unknown distillation loss 'soft_kdd'.*soft_kd"):
+        validate_recipe(_recipe(tmp_path, text))

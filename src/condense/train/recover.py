@@ -66,6 +66,11 @@ class RecoverConfig(Config):
             raise ConfigError(f"RecoverConfig.temperature must be > 0, got {self.temperature}")
         if self.bn_batches < 0:
             raise ConfigError(f"RecoverConfig.bn_batches must be >= 0, got {self.bn_batches}")
+        if self.losses:  # built now (DistillConfig's check): a misspelt loss fails recipe validation, not mid-run
+            try:
+                DistillConfig(losses=list(self.losses))
+            except ConfigError as e:
+                raise ConfigError(f"RecoverConfig.{str(e).removeprefix('DistillConfig.')}") from None
 
     def distill_config(self, teacher: nn.Module | None = None) -> Any:
         losses = self.losses
