@@ -42,6 +42,7 @@ from condense.core.io import atomic_write_text
 from condense.data.base import Splits
 from condense.data.text import text_splits
 from condense.data.tokenizer import load_tokenizer
+from condense.models.hf_folder import packaged_model_dir
 
 TASKS = ("corpus", "package")
 SKIP_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"})
@@ -202,8 +203,6 @@ def write_stdlib_corpus(path: str | Path, *, task: str = "corpus", classes: int 
 
 def default_tokenizer() -> Path:
     """The tokenizer of the all-MiniLM-L6-v2 folder of the `nlp` extra (clear error without it)."""
-    from condense.models.hf_folder import packaged_model_dir
-
     return packaged_model_dir()
 
 
