@@ -75,9 +75,12 @@ def test_a_new_stage_kind_is_one_record(tmp_path):
     validation, the generic runner and `condense recipe kinds` pick it up with nothing else changed.
     The kind here is real: re-estimate BatchNorm statistics on training batches (adaptive BN)."""
     import dataclasses
+    import json
 
     import pytest
     import torch
+
+    import condense
 
     from condense.cli import main
     from condense.core.config import Config
@@ -112,6 +115,14 @@ def test_a_new_stage_kind_is_one_record(tmp_path):
         out = run_stage(StageContext(recipe, recipe.stages[1], 1, tmp_path / "b", splits, model, [], resume=False), cfgs[1])
         assert out.model is model and out.info == {"samples": 128}
         assert main(["recipe", "kinds", "--json"]) == 0
+        # ...and the command line runs it through the same Job (`condense apply KIND MODEL`)
+        condense.save(model, tmp_path / "cnn")
+        assert main(["apply", "bn-recalibrate", str(tmp_path / "cnn"), "--data", "digits", "--set", "batches=3",
+                     "--out", str(tmp_path / "bn"), "--json"]) == 0
+        meta = json.loads((tmp_path / "bn" / "condense.json").read_text())
+        assert meta["metrics"]["bn-recalibrate"] == {"samples": 192}
+        assert main(["apply", "bn-recalibrate", str(tmp_path / "cnn"), "--data", "digits", "--recover", "method=none",
+                     "--out", str(tmp_path / "bn2")]) == 2  # it does not edit structure: no recovery to configure
     finally:
         METHODS._items.pop("bn-recalibrate", None)
     assert "bn-recalibrate" not in METHODS

@@ -51,13 +51,13 @@ __all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUN", "EXIT_TERMIN
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from condense.cli import lowrank, measure, prune, quantize, run, train
+    from condense.cli import apply, lowrank, measure, prune, quantize, run, train
     from condense.version import __version__
 
     p = argparse.ArgumentParser(prog="condense", description="Make trained PyTorch models small and fast, and prove it.")
     p.add_argument("--version", action="version", version=f"condense {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, train, measure, prune, quantize, lowrank):
+    for module in (run, train, measure, prune, quantize, lowrank, apply):
         module.register(sub)
     return p
 
