@@ -48,7 +48,7 @@ from condense.core.io import atomic_write_json
 from condense.data.loader import as_source
 from condense.lowrank import factorize_and_recover
 from condense.prune.report import count_macs, count_params, saved_bytes
-from condense.quantize.onnx_int8 import interleaved_latency
+from condense.quantize.graph.onnx_int8 import interleaved_latency
 
 RATIOS = (0.25, 0.5, 0.75)
 

@@ -40,7 +40,7 @@ from condense.core.cpu import cpu_record  # noqa: E402
 from condense.core.io import atomic_write_json
 from condense.data.loader import as_source
 from condense.models.hf import minilm_dir
-from condense.quantize.onnx_int8 import interleaved_latency
+from condense.quantize.graph.onnx_int8 import interleaved_latency
 from condense.quantize.transformer import export_transformer_int8
 
 TARGETS = {"L3 distilled": {"mean_cosine": 0.95, "topk_overlap": 0.75},

@@ -64,15 +64,15 @@ from condense.evaluate import evaluate
 from condense.models import build_model
 from condense.quantize import QuantizeConfig, export_int8_onnx, quant_wrappers, quantize
 from condense.quantize.dynamic import quantize_dynamic_onnx
-from condense.quantize.mixed import solve_bits
-from condense.quantize.onnx_int8 import interleaved_latency
-from condense.quantize.qat import (
+from condense.quantize.graph.onnx_int8 import interleaved_latency
+from condense.quantize.modules.mixed import solve_bits
+from condense.quantize.modules.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
     QATConfig,
     prepare_qat,
 )
-from condense.quantize.qat_convert import convert_qat
+from condense.quantize.modules.qat_convert import convert_qat
 from condense.train import TrainConfig, train_model
 
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "entropy")

@@ -239,7 +239,7 @@ def ort_latency(models: dict[str, Any], x1: Any, feeds_src: Any, repeats: int) -
     """ONNX Runtime batch-1 latency on one thread, every session interleaved per round; ONNX bytes."""
     from condense.export import export_onnx
     from condense.export.ort import onnx_session, ort_input
-    from condense.quantize.onnx_int8 import interleaved_latency
+    from condense.quantize.graph.onnx_int8 import interleaved_latency
 
     out: dict[str, Any] = {"threads": 1, "repeats": repeats, "models": {}}
     with tempfile.TemporaryDirectory(prefix="han_onnx_") as tmp:

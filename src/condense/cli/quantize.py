@@ -124,8 +124,8 @@ def _config(args: argparse.Namespace) -> Any:
     from condense.core.errors import ConfigError
     from condense.quantize import QuantizeConfig
     from condense.quantize.dynamic import DynamicConfig
-    from condense.quantize.qat import QATConfig
-    from condense.quantize.weight_only import WeightOnlyConfig
+    from condense.quantize.modules.qat import QATConfig
+    from condense.quantize.modules.weight_only import WeightOnlyConfig
 
     _check_bits(args.bits, "--bits")
     _check_bits(args.weight_bits, "--weight-bits")
@@ -177,7 +177,7 @@ def _qat_train(args: argparse.Namespace, model: Any, cfg: Any, splits: Any) -> t
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
     from condense.data.loader import example_inputs
-    from condense.quantize.qat_fit import qat_fit
+    from condense.quantize.modules.qat_fit import qat_fit
     from condense.train import TrainConfig
 
     if args.epochs < 1:
@@ -217,7 +217,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.data.loader import example_inputs, heldout_inputs
     from condense.export.onnx import export_onnx, onnx_file_bytes
     from condense.quantize import export_int8_onnx, quant_wrappers, quantize
-    from condense.quantize.onnx_int8 import ort_latency_comparison
+    from condense.quantize.graph.onnx_int8 import ort_latency_comparison
 
     check_out_folder(args, args.out)
     if args.threads is not None and args.threads < 1:

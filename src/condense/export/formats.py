@@ -74,7 +74,7 @@ def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    from condense.quantize.fake_quant import quant_wrappers
+    from condense.quantize.modules.fake_quant import quant_wrappers
 
     planned = getattr(model, "condense_int8_plan", None) is not None
     return "int8" if quant_wrappers(model) or planned else "fp32"
@@ -99,7 +99,7 @@ def _samples(model: nn.Module, data: Any, n: int) -> list[Any]:
     if isinstance(data, list) and not (data and isinstance(data[0], (tuple, list))):
         return data[:n]
     from condense.models.signature import model_inputs
-    from condense.quantize.calibration import iter_calibration
+    from condense.quantize.modules.calibration import iter_calibration
 
     out: list[Any] = []
     for batch in iter_calibration(data, limit=n):

@@ -177,7 +177,7 @@ def calibration_batches(data: Any, cfg: TransformerConfig) -> list[dict[str, Any
     if data is None:
         return None
     from condense.data.loader import as_source
-    from condense.quantize.calibration import calibration_list, is_data
+    from condense.quantize.modules.calibration import calibration_list, is_data
 
     if is_data(data) and not isinstance(data, torch.Tensor):
         data = islice(as_source(data).batches(cfg.batch_size, shuffle=True, seed=cfg.seed), cfg.calibration_batches)

@@ -115,7 +115,7 @@ def _word_embeddings(model: nn.Module) -> tuple[str, nn.Embedding]:
 def count_tokens(data: Any, vocab_size: int, batch_size: int = 64, max_batches: int | None = None) -> torch.Tensor:
     """How often each token id occurs in `data`'s `input_ids` (padding excluded by the attention
     mask). `data`: anything calibration takes (a dataset, a batch dict, an iterable of batches)."""
-    from condense.quantize.calibration import iter_calibration
+    from condense.quantize.modules.calibration import iter_calibration
 
     if data is None:
         raise ConfigError("vocabulary trimming needs data (prune(..., data=...)) to count the tokens it uses")

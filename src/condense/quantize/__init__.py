@@ -15,36 +15,39 @@ from condense.core.errors import ConfigError
 
 # -- registered methods: each import registers its method in QUANTIZERS (and its edit replays) --
 from condense.quantize import (
+    aliases,  # first: answers the old flat paths (condense.quantize.ptq, ...) of quantize/modules, quantize/graph
     dynamic,  # noqa: F401  "dynamic"
-    gptq,  # noqa: F401  weight_only's "gptq" rounding
-    ptq,  # noqa: F401  "static"
-    qat,  # noqa: F401  "qat"
-    qat_convert,  # noqa: F401  the "qat_convert" edit
     transformer_plan,  # noqa: F401  "transformer" (Hugging Face encoders -> dynamic int8 ONNX)
-    weight_only,  # noqa: F401  "weight_only"
 )
-from condense.quantize.fake_quant import (
-    FakeQuantize,
-    QuantWrapper,
-    quant_wrappers,
-    set_quant_mode,
-)
-from condense.quantize.fold import fold_batchnorm
-from condense.quantize.observers import OBSERVERS, Observer, make_observer
-from condense.quantize.onnx_int8 import (
+from condense.quantize.graph.onnx_int8 import (
     Int8ExportResult,
     export_int8_onnx,
     interleaved_latency,
     ort_latency_comparison,
 )
-from condense.quantize.primitives import (
+from condense.quantize.modules import (
+    gptq,  # noqa: F401  weight_only's "gptq" rounding
+    ptq,  # noqa: F401  "static"
+    qat,  # noqa: F401  "qat"
+    qat_convert,  # noqa: F401  the "qat_convert" edit
+    weight_only,  # noqa: F401  "weight_only"
+)
+from condense.quantize.modules.fake_quant import (
+    FakeQuantize,
+    QuantWrapper,
+    quant_wrappers,
+    set_quant_mode,
+)
+from condense.quantize.modules.fold import fold_batchnorm
+from condense.quantize.modules.observers import OBSERVERS, Observer, make_observer
+from condense.quantize.modules.primitives import (
     QuantSpec,
     compute_qparams,
     dequantize,
     fake_quantize,
 )
-from condense.quantize.primitives import quantize as quantize_tensor
-from condense.quantize.ptq import QuantizeConfig, QuantReport, quantize_static
+from condense.quantize.modules.primitives import quantize as quantize_tensor
+from condense.quantize.modules.ptq import QuantizeConfig, QuantReport, quantize_static
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer import (
     TransformerInt8Config,
@@ -52,6 +55,8 @@ from condense.quantize.transformer import (
     export_transformer_int8,
 )
 from condense.quantize.transformer_choice import TransformerInt8Choice, choose_transformer_int8
+
+__getattr__ = aliases.module_getattr  # `condense.quantize.ptq` and the other old paths, as attributes
 
 # A new method registers itself in its own file
 # (`QUANTIZERS.register("name", QuantMethod(ItsConfig, its_handler))`) and is imported above.

@@ -6,8 +6,8 @@ Two paths:
   `DynamicQuantizedLinear`, fbgemm/x86 kernels). In torch 2.13 it still exists and works but is
   deprecated (it warns that torch.ao.quantization moves to torchao); we silence that warning and
   raise RunError if a later torch has removed it.
-* ONNX Runtime: `quantize_dynamic_onnx` runs `onnxruntime.quantization.quantize_dynamic` on an
-  fp32 ONNX file: MatMul -> DynamicQuantizeLinear + MatMulInteger (+ per-channel scale Mul),
+* ONNX Runtime: `quantize_dynamic_onnx` (`quantize.graph.dynamic_onnx`, re-exported here) runs
+  `onnxruntime.quantization.quantize_dynamic` on an fp32 ONNX file: MatMul -> DynamicQuantizeLinear + MatMulInteger (+ per-channel scale Mul),
   optionally Gather on constant tables (embeddings: uint8 table + DequantizeLinear) and Conv ->
   ConvInteger. ORT's dynamic mode has no Gemm handler of its own: it rewrites every Gemm into
   MatMul + Add first (`ONNXQuantizer.replace_gemm_with_matmul`), so "Gemm" here means "MatMul".
@@ -25,13 +25,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import logging
 import os
 import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,11 +39,12 @@ import torch
 from torch import nn
 
 from condense.core.config import Config
-from condense.core.cpu import dynamic_int8_scheme, resolve_target
-from condense.core.errors import ConfigError, InputFileError, RunError
-from condense.core.io import atomic_path
+from condense.core.cpu import resolve_target
+from condense.core.errors import ConfigError, RunError
 from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
 from condense.core.select import select_modules
+from condense.export.onnx import export_onnx, onnx_file_bytes, onnx_session, ort_input, ort_run
+from condense.quantize.graph.dynamic_onnx import DYNAMIC_OP_TYPES, quantize_dynamic_onnx
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 
 __all__ = [
@@ -56,10 +56,6 @@ __all__ = [
     "quantize_dynamic_onnx",
     "quantize_dynamic_torch",
 ]
-
-#: op types ORT's dynamic (IntegerOps) quantizer can handle; "Gemm" is accepted as an alias of
-#: "MatMul" because ORT turns Gemm into MatMul + Add before quantizing in dynamic mode.
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather", "Conv", "Attention", "LSTM", "EmbedLayerNormalization")
 
 
 @dataclasses.dataclass
@@ -94,18 +90,6 @@ class DynamicConfig(Config):
             raise ConfigError(f"DynamicConfig.threads must be >= 1, got {self.threads}")
         if self.target != "auto":
             resolve_target(self.target)
-
-
-@contextlib.contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ORT's quantizer logs a 'consider pre-processing' warning on the root logger; hide it."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,92 +127,7 @@ def quantize_dynamic_torch(
         return quantize_dynamic(model, names, dtype=torch.qint8)
 
 
-# --------------------------------------------------------------------------------------------
-# ONNX Runtime path
-# --------------------------------------------------------------------------------------------
-
-
-def quantize_dynamic_onnx(
-    fp32_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    *,
-    per_channel: bool = True,
-    op_types: Sequence[str] = ("MatMul", "Gemm"),
-    reduce_range: bool = False,
-    weight_type: str = "qint8",
-    nodes_to_exclude: Sequence[str] = (),
-    extra_options: Mapping[str, Any] | None = None,
-    target: str = "auto",
-) -> Path:
-    """Dynamic-int8 quantize an fp32 ONNX file with ONNX Runtime; write `out_path` atomically.
-
-    op_types: which ops get int8 weights ("MatMul"/"Gemm" for Linear layers, "Gather" for
-    embedding tables, "Conv" for convolutions -- often slower, see the module docstring).
-    per_channel: one weight scale per output channel (recommended; per-tensor loses accuracy on
-    layers with uneven rows). weight_type: "qint8" or "quint8". reduce_range: 7-bit weights,
-    for CPUs without VNNI where u8*s8 products could saturate. extra_options: passed to ORT
-    (e.g. {"MatMulConstBOnly": True}, the default for dynamic mode). target: the CPU family that
-    will run the file ("auto": this one); on one that saturates, reduce_range is switched on
-    unless uint8 weights were asked for (`condense.core.cpu.dynamic_int8_scheme`).
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    src = Path(fp32_path)
-    if not src.is_file():
-        raise InputFileError(f"ONNX file not found: {src}")
-    bad = [o for o in op_types if o not in DYNAMIC_OP_TYPES]
-    if bad or not op_types:
-        raise ConfigError(
-            f"quantize_dynamic_onnx: op_types {bad or list(op_types)} not supported; "
-            f"choose from {', '.join(DYNAMIC_OP_TYPES)}"
-        )
-    if weight_type not in ("qint8", "quint8"):
-        raise ConfigError(f"quantize_dynamic_onnx: weight_type must be 'qint8' or 'quint8', got {weight_type!r}")
-    ops = sorted({"MatMul" if o == "Gemm" else o for o in op_types})
-    built_for = resolve_target(target)
-    reduce_range, weight_type, _ = dynamic_int8_scheme(built_for, reduce_range, weight_type)
-    wt = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[weight_type]
-    import onnx
-
-    try:
-        model = onnx.load(str(src))
-    except Exception as e:
-        raise InputFileError(f"cannot read ONNX file {src}: {e}") from e
-    # Stale shape annotations (the dynamo exporter writes one for every tensor) clash with ORT's
-    # Gemm -> MatMul rewrite (it transposes B in place); ORT re-infers them anyway.
-    del model.graph.value_info[:]
-    dest = Path(out_path)
-    with atomic_path(dest) as tmp:
-        onnx_tmp = tmp.with_name(tmp.name + ".onnx")  # ORT wants to choose its own file name
-        try:
-            with _quiet_ort():
-                quantize_dynamic(
-                    model,
-                    onnx_tmp,
-                    op_types_to_quantize=ops,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    weight_type=wt,
-                    nodes_to_exclude=list(nodes_to_exclude),
-                    extra_options=dict(extra_options or {}),
-                )
-            if not onnx_tmp.is_file():
-                raise RunError(f"onnxruntime quantize_dynamic wrote no file for {src}")
-            written = onnx.load(str(onnx_tmp), load_external_data=False)
-            exact = "all" if reduce_range or weight_type == "quint8" else "u8s8-exact"
-            onnx.helper.set_model_props(written, {"condense.int8_target": built_for,
-                                                  "condense.int8_exact_on": exact})
-            onnx.save(written, str(onnx_tmp))
-            os.replace(onnx_tmp, tmp)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                onnx_tmp.unlink()
-    return dest
-
-
 def _session(path: str | os.PathLike[str], threads: int | None) -> Any:
-    from condense.export.onnx import onnx_session
-
     return onnx_session(path, threads=threads)
 
 
@@ -236,8 +135,6 @@ def _feed(session: Any, inputs: Any) -> dict[str, np.ndarray]:
     if isinstance(inputs, Mapping):
         return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
                 for k, v in inputs.items()}
-    from condense.export.onnx import ort_input
-
     return ort_input(session, inputs)
 
 
@@ -330,8 +227,6 @@ def export_dynamic_int8(
     "speed" (measure_speedup numbers or None)}`. With `config.refuse_slowdown` a measured
     slow-down raises RunError and `out_path` is removed again; otherwise it is warned about.
     """
-    from condense.export.onnx import export_onnx, onnx_file_bytes, ort_run
-
     cfg = config or DynamicConfig()
     with tempfile.TemporaryDirectory(prefix=".dyn-", dir=Path(out_path).parent if Path(out_path).parent.exists() else None) as tmp:
         fp32 = Path(keep_fp32) if keep_fp32 is not None else Path(tmp) / "model_fp32.onnx"

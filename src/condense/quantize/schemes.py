@@ -30,7 +30,7 @@ from torch import nn
 
 from condense.core.cpu import cpu_record
 from condense.export.onnx import onnx_session
-from condense.quantize.emulate import agreement_of, can_emulate, input_name, run_emulated
+from condense.quantize.graph.emulate import agreement_of, can_emulate, input_name, run_emulated
 
 STATIC_SCHEMES: dict[str, tuple[str, str]] = {
     # name: (quantize target, export target)
@@ -114,13 +114,18 @@ def compare_dynamic_schemes(
     cosine to the fp32 ONNX outputs on this CPU and, for the first `emulated_samples` held-out
     rows, on emulated AVX2 kernels; latency on this CPU at `batches` (interleaved with fp32)."""
     from condense.export.onnx import ort_input
-    from condense.quantize.onnx_int8 import interleaved_latency
+    from condense.quantize.graph.onnx_int8 import interleaved_latency
+    from condense.quantize.graph.transformer_graph import (
+        agreement,
+        batches_of,
+        output_rows,
+        rows_of,
+    )
     from condense.quantize.transformer import (
         TransformerInt8Config,
         TransformerWorkspace,
         calibration_batches,
     )
-    from condense.quantize.transformer_graph import agreement, batches_of, output_rows, rows_of
 
     cfgs = {t: TransformerInt8Config.from_dict({**(config or {}), "target": t}) for t in targets}
     emulated = emulate and can_emulate("avx2")

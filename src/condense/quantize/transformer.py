@@ -49,8 +49,8 @@ from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
-from condense.quantize import onnx_smooth as osm
-from condense.quantize.transformer_graph import (
+from condense.quantize.graph import onnx_smooth as osm
+from condense.quantize.graph.transformer_graph import (
     agreement,
     batches_of,
     export_fp32_graph,
@@ -156,7 +156,7 @@ def check_hf_model(model: Any, what: str = "the transformer int8 path") -> nn.Mo
 
 def calibration_batches(cfg: TransformerInt8Config, calibration: Any) -> list[dict[str, Any]] | None:
     """The calibration batches the config needs (None when it needs none and got none)."""
-    from condense.quantize.calibration import calibration_list
+    from condense.quantize.modules.calibration import calibration_list
 
     if calibration is None:
         if cfg.needs_calibration:
@@ -235,7 +235,7 @@ class TransformerWorkspace:
 
         from condense.core.select import select_modules
         from condense.export.onnx import onnx_file_bytes
-        from condense.quantize.dynamic import quantize_dynamic_onnx
+        from condense.quantize.graph.dynamic_onnx import quantize_dynamic_onnx
 
         if cfg.needs_calibration and not self.calibration:
             calibration_batches(cfg, None)  # raises the ConfigError that names the fields

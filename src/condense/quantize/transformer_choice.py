@@ -159,7 +159,7 @@ def choose_transformer_int8(
     bs_list = sorted({int(b) for b in latency_batches})
 
     from condense.export.onnx import onnx_file_bytes, onnx_session, ort_input
-    from condense.quantize.onnx_int8 import interleaved_latency
+    from condense.quantize.graph.onnx_int8 import interleaved_latency
 
     parent = Path(work_dir) if work_dir is not None else (Path(out_path).parent if out_path is not None else None)
     if parent is not None:

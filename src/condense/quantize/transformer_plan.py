@@ -20,12 +20,13 @@ from typing import Any
 from torch import nn
 
 from condense.core.cpu import detect_target, resolve_target
-from condense.quantize.onnx_int8 import (
+from condense.quantize.graph.onnx_int8 import (
     FLOAT_COMPUTE_OPS,
     PLAN_EXPORTERS,
     Int8ExportResult,
     ort_latency_comparison,
 )
+from condense.quantize.graph.transformer_graph import agreement, batches_of, output_rows
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 from condense.quantize.transformer import (
     TransformerInt8Config,
@@ -33,7 +34,6 @@ from condense.quantize.transformer import (
     check_hf_model,
     export_transformer_int8,
 )
-from condense.quantize.transformer_graph import agreement, batches_of, output_rows
 
 
 # -- the quantize() method and its export ------------------------------------------------------

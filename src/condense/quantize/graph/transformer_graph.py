@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import RunError
-from condense.quantize import onnx_smooth as osm
+from condense.quantize.graph import onnx_smooth as osm
 
 
 def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def batches_of(data: Any, batch_size: int, limit: int | None = None) -> Iterator
     """Batch dicts of `batch_size` samples from any data condense takes (a batch dict is sliced),
     padding trimmed per batch; read through `condense.quantize.calibration`."""
     from condense.models.signature import as_batch, batch_size_of
-    from condense.quantize.calibration import iter_calibration
+    from condense.quantize.modules.calibration import iter_calibration
 
     if isinstance(data, dict):
         b = as_batch(data)
@@ -56,9 +56,9 @@ def batches_of(data: Any, batch_size: int, limit: int | None = None) -> Iterator
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     from condense.export import onnx as ex
-    from condense.quantize.dynamic import _quiet_ort
+    from condense.quantize.graph.dynamic_onnx import quiet_ort_quantizer
 
-    with ex._quiet(), _quiet_ort(), contextlib.redirect_stderr(io.StringIO()):
+    with ex._quiet(), quiet_ort_quantizer(), contextlib.redirect_stderr(io.StringIO()):
         yield
 
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, RunError
 from condense.core.face import WrapperFace
-from condense.quantize.observers import make_observer
-from condense.quantize.primitives import QuantSpec, fake_quantize, fake_quantize_spec
+from condense.quantize.modules.observers import make_observer
+from condense.quantize.modules.primitives import QuantSpec, fake_quantize, fake_quantize_spec
 
 Mode = Literal["observe", "quantize", "off"]
 MODES = ("observe", "quantize", "off")

@@ -35,7 +35,7 @@ from condense.core.face import LayerFace
 from condense.core.linear import is_conv1d, is_linear, linear_type_names
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
-from condense.quantize.groups import (  # noqa: F401  (re-exported: the module's public math)
+from condense.quantize.modules.groups import (  # noqa: F401  (re-exported: the module's public math)
     QuantizedWeight,
     _check_bits,
     _fake,
@@ -49,7 +49,7 @@ from condense.quantize.groups import (  # noqa: F401  (re-exported: the module's
     quantize_to_int,
     rtn_quantize,
 )
-from condense.quantize.packing import pack_rows, packed_numel, unpack_rows
+from condense.quantize.modules.packing import pack_rows, packed_numel, unpack_rows
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 
 __all__ = [

@@ -31,7 +31,7 @@ from torch import nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError
-from condense.quantize.weight_only import (
+from condense.quantize.modules.weight_only import (
     _SCALE_DTYPES,
     QuantizedLinear,
     WeightOnlyConfig,

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, RunError
 from condense.models.edits import EDITS, record_edit
-from condense.quantize.fake_quant import QuantWrapper
-from condense.quantize.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
-from condense.quantize.primitives import QuantSpec
-from condense.quantize.qat import QATWrapper, qat_wrappers
+from condense.quantize.modules.fake_quant import QuantWrapper
+from condense.quantize.modules.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
+from condense.quantize.modules.primitives import QuantSpec
+from condense.quantize.modules.qat import QATWrapper, qat_wrappers
 
 
 def _bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
@@ -134,7 +134,7 @@ def convert_qat(model: nn.Module, example: Tensor | None = None) -> nn.Module:
 
 def _weight_only_form(w: QATWrapper, name: str) -> nn.Module:
     """Weight-only QAT layer -> packed QuantizedLinear (Linear) or float layer with Q(W) (conv)."""
-    from condense.quantize.weight_only import QuantizedLinear, QuantizedWeight
+    from condense.quantize.modules.weight_only import QuantizedLinear, QuantizedWeight
 
     layer, fq = w.module, w.weight_fq
     s = fq.scale.detach().abs().clamp_min(1e-8)
@@ -150,7 +150,7 @@ def _weight_only_form(w: QATWrapper, name: str) -> nn.Module:
 
 
 def _replay_qat_convert(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    from condense.quantize.weight_only import QuantizedLinear
+    from condense.quantize.modules.weight_only import QuantizedLinear
 
     for name, spec in layers.items():
         m = model.get_submodule(name)

@@ -20,13 +20,13 @@ from typing import Any
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.quantize.qat import (
+from condense.quantize.modules.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
     QATConfig,
     prepare_qat,
 )
-from condense.quantize.qat_convert import convert_qat
+from condense.quantize.modules.qat_convert import convert_qat
 from condense.train.callbacks import Callback
 from condense.train.config import TrainConfig
 from condense.train.fit import FitResult

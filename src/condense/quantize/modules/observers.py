@@ -27,7 +27,7 @@ from torch import Tensor
 
 from condense.core.errors import ConfigError, RunError
 from condense.core.registry import Registry
-from condense.quantize.primitives import QuantSpec, compute_qparams
+from condense.quantize.modules.primitives import QuantSpec, compute_qparams
 
 #: name -> observer class (constructor `(spec, **options)`).
 OBSERVERS: Registry[Callable[..., Observer]] = Registry("observer")

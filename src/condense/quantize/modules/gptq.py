@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import RunError
-from condense.quantize.calibration import calibration_list, run_batch
-from condense.quantize.weight_only import (
+from condense.quantize.modules.calibration import calibration_list, run_batch
+from condense.quantize.modules.weight_only import (
     _SCALE_DTYPES,
     ALGORITHMS,
     QuantizedLinear,
@@ -35,7 +35,7 @@ from condense.quantize.weight_only import (
 )
 
 if TYPE_CHECKING:
-    from condense.quantize.weight_only import WeightOnlyConfig
+    from condense.quantize.modules.weight_only import WeightOnlyConfig
 
 __all__ = ["HessianCollector", "calibration_batches", "gptq_quantize", "gptq_quantize_model", "run_batch"]
 

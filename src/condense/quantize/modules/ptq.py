@@ -37,17 +37,17 @@ from condense.core.errors import CondenseError, ConfigError
 from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
-from condense.quantize.calibration import input_tensor, iter_calibration
-from condense.quantize.fake_quant import (
+from condense.quantize.modules.calibration import input_tensor, iter_calibration
+from condense.quantize.modules.fake_quant import (
     FUSABLE_ACTS,
     SUPPORTED_TYPES,
     QuantWrapper,
     quant_wrappers,
     set_quant_mode,
 )
-from condense.quantize.fold import call_counts, consumers, fold_batchnorm, trace_calls
-from condense.quantize.observers import OBSERVERS, make_observer
-from condense.quantize.primitives import MAX_BITS, MIN_BITS, QuantSpec
+from condense.quantize.modules.fold import call_counts, consumers, fold_batchnorm, trace_calls
+from condense.quantize.modules.observers import OBSERVERS, make_observer
+from condense.quantize.modules.primitives import MAX_BITS, MIN_BITS, QuantSpec
 from condense.quantize.registry import QUANTIZERS, QuantMethod
 
 

@@ -42,8 +42,8 @@ from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.evaluate.timing import interleaved_latency, timed_pass  # noqa: F401  (interleaved_latency: its home until issue 27)
 from condense.export.onnx import onnx_session
-from condense.quantize.fake_quant import quant_wrappers, set_quant_mode
-from condense.quantize.qdq_graph import insert_qdq, strip_metadata, weight_columns
+from condense.quantize.graph.qdq_graph import insert_qdq, strip_metadata, weight_columns
+from condense.quantize.modules.fake_quant import quant_wrappers, set_quant_mode
 
 #: Float compute ops that should have become integer kernels after ORT's QDQ fusion.
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NchwcConv")

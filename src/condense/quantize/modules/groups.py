@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from condense.core.errors import ConfigError
-from condense.quantize.packing import int_range
-from condense.quantize.primitives import quantize as quantize_tensor
+from condense.quantize.modules.packing import int_range
+from condense.quantize.modules.primitives import quantize as quantize_tensor
 
 
 def _check_bits(bits: int, field: str) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from condense.core.errors import ConfigError, RunError
-from condense.quantize.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
-from condense.quantize.primitives import QuantSpec, quantize
+from condense.quantize.modules.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
+from condense.quantize.modules.primitives import QuantSpec, quantize
 
 
 class _Graph:
