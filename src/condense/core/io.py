@@ -112,8 +112,6 @@ def _json_default(o: Any) -> Any:
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     """Read a JSON file; a missing or unparsable file is an InputFileError naming it and `what` it is."""
-    from condense.core.errors import InputFileError
-
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"{p}: {what} not found")

@@ -19,7 +19,10 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.data.loader import BatchSource, as_source
+from condense.evaluate.decoder import decoder_metrics, is_decoder
+from condense.evaluate.embedding import compare_embeddings
 from condense.export.onnx import model_device, onnx_session, ort_run, output_tensor
+from condense.models.hf import is_encoder
 from condense.models.signature import batch_size_of, batch_to, call_model, model_inputs
 
 
@@ -242,9 +245,6 @@ def evaluate(
     at a time).
     Always: `runtime` ("torch" or "onnxruntime") and `n`.
     """
-    from condense.evaluate.decoder import decoder_metrics, is_decoder
-    from condense.models.hf import is_encoder
-
     if is_decoder(model_or_onnx):
         return decoder_metrics(model_or_onnx, data, reference=reference, batch_size=min(batch_size, 32),
                                device=device, threads=threads)
@@ -278,8 +278,6 @@ def evaluate(
 
 
 def _reference_metrics(outputs: torch.Tensor, ref: torch.Tensor, neighbours: int) -> dict[str, Any]:
-    from condense.evaluate.embedding import compare_embeddings
-
     if outputs.shape != ref.shape:
         raise ConfigError(f"evaluate: outputs {tuple(outputs.shape)} and the reference's {tuple(ref.shape)} differ in shape")
     flat, ref_flat = outputs.reshape(len(outputs), -1), ref.reshape(len(ref), -1)

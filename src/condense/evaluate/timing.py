@@ -14,8 +14,8 @@ int8 file "3.52x slower" in one row and "1.19x slower" in the next (issue 27). H
 - `onnx_latency_pass` is that for ONNX files in ONNX Runtime at several batch sizes: the recipe
   runner times every stage's deployed file against the run's first model with it.
 
-Imports nothing heavy at module level (no torch, no onnxruntime): `interleaved_latency` is plain
-Python.
+`interleaved_latency`, `judge` and `timed_pass` are plain Python (the runners they time may be
+anything); `onnx_latency_pass` reads its files through `condense.export.onnx`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from condense.core.errors import ConfigError
+from condense.export.onnx import onnx_session, ort_input
+from condense.models.signature import repeat_batch, slice_batch
 
 #: p90 / p50 above this marks a timing unreliable (scheduling noise, another process's bursts)
 MAX_SPREAD = 2.0
@@ -167,9 +169,6 @@ def onnx_latency_pass(
     "warnings"}: one warning per unreliable batch size (after its re-measure) and per file that
     could not be timed at a batch size (a fixed batch axis).
     """
-    from condense.export.onnx import onnx_session, ort_input
-    from condense.models.signature import repeat_batch, slice_batch
-
     if reference not in files:
         raise ConfigError(f"onnx_latency_pass: the reference {reference!r} is not among the files {sorted(files)}")
     sessions = {name: onnx_session(path, threads) for name, path in files.items()}

@@ -29,6 +29,7 @@ from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
 from condense.data.loader import as_source, collect
 from condense.data.views import subset
+from condense.evaluate.metrics import predict_logits
 from condense.reduce.features import source_features
 
 
@@ -196,8 +197,6 @@ def proportional_budgets(counts: Sequence[int], k: int) -> list[int]:
 @torch.no_grad()
 def predicted_classes(model: nn.Module, data: Any, batch_size: int = 512) -> np.ndarray:
     """The model's arg-max class for every sample (eval mode; the mode is restored after)."""
-    from condense.evaluate.metrics import predict_logits
-
     return predict_logits(model, data, batch_size=batch_size).argmax(-1).numpy().astype(np.int64)
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError, did_you_mean
+from condense.ssl.tasks import METHODS  # the registry of method handlers (task classes)
 from condense.ssl.views import ViewConfig
 from condense.train.config import TrainConfig
 
@@ -45,8 +46,6 @@ class PretrainConfig(Config):
     train: TrainConfig = dataclasses.field(default_factory=_ssl_train)
 
     def validate(self) -> None:
-        from condense.ssl.tasks import METHODS  # the registry of method handlers (task classes)
-
         if self.method not in METHODS:
             raise ConfigError(
                 f"PretrainConfig.method: unknown method {self.method!r}{did_you_mean(self.method, METHODS.names())}; "
