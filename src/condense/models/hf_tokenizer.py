@@ -14,8 +14,9 @@ import torch
 
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import read_json
-from condense.models.hf import HFModel, _auto, _quiet
 from condense.models.hf_folder import max_seq_length, model_folder
+from condense.models.hf_runtime import _auto, _quiet
+from condense.models.hf_wrappers import HFModel
 
 
 def load_hf_tokenizer(source: str | Path | HFModel) -> Any:
