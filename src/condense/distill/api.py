@@ -19,6 +19,7 @@ from condense.distill.defaults import default_losses, output_kind
 from condense.distill.losses import build_losses
 from condense.distill.task import DistillTask
 from condense.export.onnx import output_tensor
+from condense.models.registry import model_spec
 from condense.models.signature import batch_to, call_model, slice_batch
 from condense.train.callbacks import Callback
 from condense.train.fit import FitResult, choose_device, fit
@@ -157,8 +158,6 @@ def born_again(
 ) -> list[nn.Module]:
     """Born-again networks (Furlanello et al. 2018): each generation, a freshly initialised copy of
     the same architecture is distilled from the previous generation. Returns every generation."""
-    from condense.models.registry import model_spec
-
     spec = model_spec(model)
     if spec is None:
         raise ConfigError("born_again(): the model needs an architecture spec (build it with build_model)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.models.hf import encoder_layers
 
 
 def _hf(model: nn.Module) -> nn.Module:
@@ -29,8 +30,6 @@ def _describe(model: nn.Module) -> str:
 
 def transformer_blocks(model: nn.Module, what: str = "model") -> list[str]:
     """Qualified names (in `model`) of its transformer blocks, first to last."""
-    from condense.models.hf import encoder_layers
-
     try:
         blocks = encoder_layers(_hf(model))
     except ConfigError:

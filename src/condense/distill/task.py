@@ -11,12 +11,16 @@ from torch import nn
 from condense.core.errors import ConfigError
 from condense.core.taps import FeatureTap
 from condense.data.augment import build_augment
+from condense.data.loader import as_source
 from condense.distill.cache import TeacherCache
 from condense.distill.config import DistillConfig
+from condense.distill.defaults import is_encoder
 from condense.distill.losses import CombinedLoss, LossInputs, average_teacher_probs
 from condense.distill.losses.base import crop_tokens
+from condense.evaluate.metrics import evaluate
 from condense.export.onnx import output_tensor
-from condense.models.signature import call_model, slice_batch
+from condense.models.signature import batch_to, call_model, slice_batch
+from condense.train.fit import default_validator
 from condense.train.task import TaskBase
 
 
@@ -131,8 +135,6 @@ class DistillTask(TaskBase):
     @property
     def selects_by_loss(self) -> bool:
         """An encoder student has no accuracy: fit() keeps the epoch of the lowest validation loss."""
-        from condense.distill.defaults import is_encoder
-
         picked = self.defaults["output_kind"] if self.defaults else None
         return is_encoder(self.model) or picked in ("embedding", "token_states", "token_logits")
 
@@ -141,9 +143,6 @@ class DistillTask(TaskBase):
         students: how closely they follow the first teacher on `data`: `loss` = 1 - mean cosine,
         `mean_cosine`, `min_cosine`, `topk_overlap` (`evaluate(..., reference=teacher)`). Per-token
         outputs whose losses were picked by default (`defaults`): `_validate_tokens`."""
-        from condense.evaluate.metrics import evaluate
-        from condense.train.fit import default_validator
-
         picked = self.defaults["output_kind"] if self.defaults else None
         if picked in ("token_logits", "token_states"):
             return self._validate_tokens(model, data, device, picked)
@@ -162,9 +161,6 @@ class DistillTask(TaskBase):
         KL(teacher || student) at T = 1 and `token_agreement` (how often the most likely next tokens
         agree); hidden states: `loss` = the `token_states` loss (through its projection, so the
         widths may differ)."""
-        from condense.data.loader import as_source
-        from condense.models.signature import batch_to
-
         term = next(iter(self.losses.terms.values()))
         was = model.training
         model.eval()

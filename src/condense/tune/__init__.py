@@ -27,6 +27,9 @@ from condense.data.base import Splits
 from condense.data.loader import as_source, example_inputs, heldout_inputs
 from condense.evaluate import evaluate, profile
 from condense.export import export_onnx
+from condense.prune import PruneConfig, make_permanent
+from condense.prune.recover import RecoverConfig, prune_and_recover
+from condense.quantize import QuantizeConfig, export_int8_onnx, quantize
 from condense.train.config import TrainConfig
 
 
@@ -103,8 +106,6 @@ def _objective(model: nn.Module, onnx_path: Path, example: torch.Tensor, cfg: Tu
 
 def _deploy(model: nn.Module, quantized: bool, example: torch.Tensor, val_inputs: torch.Tensor, folder: Path) -> Path:
     if quantized:
-        from condense.quantize import export_int8_onnx
-
         return Path(export_int8_onnx(model, example, folder / "model.int8.onnx", heldout=val_inputs[:256]).path)
     return Path(export_onnx(model, example, folder / "model.onnx").path)
 
@@ -129,10 +130,6 @@ def tune(model: nn.Module, splits: Splits, config: TuneConfig | None = None) -> 
 
 
 def _tune(model: nn.Module, splits: Splits, cfg: TuneConfig, work: Path, example: torch.Tensor) -> TuneResult:
-    from condense.prune import PruneConfig, make_permanent
-    from condense.prune.recover import RecoverConfig, prune_and_recover
-    from condense.quantize import QuantizeConfig, quantize
-
     base_val = evaluate(model, splits.val)["accuracy"]
     base_onnx = _deploy(model, False, example, heldout_inputs(splits.val), work / "baseline")
     baseline = {"val_accuracy": base_val, "objective": _objective(model, base_onnx, example, cfg)}

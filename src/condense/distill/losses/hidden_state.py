@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, did_you_mean
+from condense.distill.layers import embeddings_name, transformer_blocks
 from condense.distill.losses.base import DistillLoss, LossInputs, crop_tokens, token_mask
 
 _MAP_MODES = ("uniform", "kept")
@@ -127,8 +128,6 @@ class HiddenStateLoss(DistillLoss):
 
     # -- models -> module names ------------------------------------------------------------------
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
-        from condense.distill.layers import embeddings_name, transformer_blocks
-
         s_blocks = transformer_blocks(student, "student")
         t_blocks = transformer_blocks(teacher, "teacher")
         ns, nt = len(s_blocks), len(t_blocks)

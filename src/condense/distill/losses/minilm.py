@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from condense.core.errors import ConfigError, did_you_mean
+from condense.distill.layers import self_attention
 from condense.distill.losses.base import (
     DistillLoss,
     LossInputs,
@@ -145,8 +146,6 @@ class MiniLMLoss(DistillLoss):
         self.heads: tuple[int, int] = (0, 0)  # (student, teacher) heads the relations are split into
 
     def bind(self, student: nn.Module, teacher: nn.Module) -> None:
-        from condense.distill.layers import self_attention
-
         sides = []
         for what, model, idx in (("student", student, self.student_layer), ("teacher", teacher, self.teacher_layer)):
             try:
