@@ -116,3 +116,15 @@ def test_pt_checkpoints_into_a_named_architecture(tmp_path, tiny_model):
         load(tmp_path / "cut.pt", spec=spec)
     with pytest.raises(ConfigError, match="records its own architecture"):
         load(save(tiny_model, tmp_path / "art"), spec=spec)
+
+
+def test_a_dynamic_int8_model_is_refused_by_save_with_its_layers_named(tmp_path):
+    """torch's dynamic-int8 layers keep packed C++ state that safetensors cannot hold: a typed
+    error naming them, and nothing written (not an AttributeError from deep inside save)."""
+    import condense
+
+    model = condense.build_model("mlp", in_features=64, num_classes=10, hidden=[32])
+    q = condense.quantize(model, {"method": "dynamic"})
+    with pytest.raises(condense.ConfigError, match=r"save: classifier, features.0.fc hold packed .* nothing was written"):
+        condense.save(q, tmp_path / "out" / "dyn")
+    assert not (tmp_path / "out").exists()

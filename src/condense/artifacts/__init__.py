@@ -101,6 +101,18 @@ __all__ = [
 ]
 
 
+def _check_storable(model: nn.Module) -> None:
+    """A state entry that is not a tensor (torch's dynamic-int8 `DynamicQuantizedLinear` keeps packed
+    C++ weights and a dtype) cannot be written as safetensors: a `ConfigError` names the layers."""
+    state = model.state_dict()
+    packed = sorted({k.rsplit(".", 2)[0] for k, v in state.items() if not isinstance(v, torch.Tensor)})
+    if packed:
+        shown = ", ".join(packed[:4]) + (f" and {len(packed) - 4} more" if len(packed) > 4 else "")
+        raise ConfigError(f"save: {shown} hold packed (not tensor) state, as torch's dynamic-int8 layers do; safetensors "
+                          "cannot store it. Save the float model and quantize after load (or deploy the dynamic "
+                          "int8 ONNX file, `condense.quantize.dynamic.export_dynamic_int8`); nothing was written")
+
+
 def _plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """state_dict with every tensor contiguous and owning its memory (safetensors refuses shared storage)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -139,6 +151,7 @@ def save(
             "save(): the model still has parametrizations (e.g. pruning masks); call "
             "`from condense.prune import make_permanent; make_permanent(model)` first so the saved weights are the real ones"
         )
+    _check_storable(model)
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise InputFileError(f"{folder}: exists and is not a folder; an artifact is a folder")
