@@ -74,10 +74,10 @@ def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    from condense.quantize.attached import int8_plan_of
     from condense.quantize.modules.fake_quant import quant_wrappers
 
-    planned = getattr(model, "condense_int8_plan", None) is not None
-    return "int8" if quant_wrappers(model) or planned else "fp32"
+    return "int8" if quant_wrappers(model) or int8_plan_of(model) is not None else "fp32"
 
 
 

@@ -19,6 +19,13 @@ from condense.quantize import (
     dynamic,  # noqa: F401  "dynamic"
     transformer_plan,  # noqa: F401  "transformer" (Hugging Face encoders -> dynamic int8 ONNX)
 )
+from condense.quantize.attached import (
+    Int8Plan,
+    attach_int8_plan,
+    attach_quant_report,
+    int8_plan_of,
+    quant_report_of,
+)
 from condense.quantize.graph.onnx_int8 import (
     Int8ExportResult,
     export_int8_onnx,
@@ -66,12 +73,15 @@ __all__ = [
     "QUANTIZERS",
     "FakeQuantize",
     "Int8ExportResult",
+    "Int8Plan",
     "Observer",
     "QuantMethod",
     "QuantReport",
     "QuantSpec",
     "QuantWrapper",
     "QuantizeConfig",
+    "attach_int8_plan",
+    "attach_quant_report",
     "TransformerInt8Choice",
     "TransformerInt8Config",
     "TransformerInt8Result",
@@ -82,9 +92,11 @@ __all__ = [
     "export_transformer_int8",
     "fake_quantize",
     "fold_batchnorm",
+    "int8_plan_of",
     "make_observer",
     "interleaved_latency",
     "ort_latency_comparison",
+    "quant_report_of",
     "quant_wrappers",
     "quantize",
     "quantize_static",

@@ -7,6 +7,7 @@ from condense.core.config import Config
 from condense.core.method import METHODS, Job, Method, Outcome, jsonable
 from condense.data.loader import example_inputs
 from condense.quantize import QUANTIZERS, quantize, resolve_config
+from condense.quantize.attached import quant_report_of
 from condense.quantize.modules.qat_fit import qat_fit
 
 
@@ -33,7 +34,7 @@ def apply_quantize(job: Job) -> Outcome:
         info["qat"] = jsonable(res.to_dict())
     else:
         qmodel = quantize(model, job.config, calibration=job.splits.train)
-    report = getattr(qmodel, "condense_quant_report", None)
+    report = quant_report_of(qmodel)
     if report is not None:
         info["quant_report"] = jsonable(report)
     return Outcome(qmodel, info=info)

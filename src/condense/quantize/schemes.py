@@ -30,6 +30,7 @@ from torch import nn
 
 from condense.core.cpu import cpu_record
 from condense.export.onnx import onnx_session
+from condense.quantize.attached import quant_report_of
 from condense.quantize.graph.emulate import agreement_of, can_emulate, input_name, run_emulated
 
 STATIC_SCHEMES: dict[str, tuple[str, str]] = {
@@ -80,7 +81,7 @@ def compare_static_schemes(
             feeds = {input_name(res.path): inputs.numpy().astype(np.float32)}
             here = onnx_session(res.path, threads).run(None, feeds)[0]
             row: dict[str, Any] = {
-                "weight_bits": sorted({w["weight_bits"] for w in q.condense_quant_report.layers}),
+                "weight_bits": sorted({w["weight_bits"] for w in quant_report_of(q).layers}),
                 "weight_dtype": res.weight_dtype, "bytes": res.bytes, "fp32_bytes": res.fp32_bytes,
                 "simulation_accuracy": _accuracy(sim, targets),
                 "here": {"cpu": res.checked_on, "accuracy": _accuracy(here, targets),

@@ -1,7 +1,7 @@
 """`quantize(model, TransformerInt8Config(), calibration=...)` (method "transformer") and its export.
 
 The handler checks the Hugging Face model and reads the calibration data once, and returns a float
-copy carrying the plan (`condense_int8_plan`); `export_int8_onnx` sees the plan and calls
+copy carrying the plan (`attach_int8_plan`); `export_int8_onnx` sees the plan and calls
 `export_planned_int8`, which writes the dynamic int8 ONNX file (`export_transformer_int8`) and
 checks it against the fp32 export by cosine agreement on held-out inputs.
 """
@@ -20,6 +20,9 @@ from typing import Any
 from torch import nn
 
 from condense.core.cpu import detect_target, resolve_target
+from condense.core.errors import ConfigError
+from condense.export.onnx import onnx_session
+from condense.quantize.attached import Int8Plan, attach_int8_plan, int8_plan_of
 from condense.quantize.graph.onnx_int8 import (
     FLOAT_COMPUTE_OPS,
     PLAN_EXPORTERS,
@@ -38,7 +41,7 @@ from condense.quantize.transformer import (
 
 # -- the quantize() method and its export ------------------------------------------------------
 @dataclasses.dataclass
-class TransformerInt8Plan:
+class TransformerInt8Plan(Int8Plan):
     """Carried by the model `quantize(..., method "transformer")` returns; used by export_int8_onnx."""
 
     config: TransformerInt8Config
@@ -47,13 +50,11 @@ class TransformerInt8Plan:
 
 def transformer_handler(model: nn.Module, config: TransformerInt8Config, calibration: Any) -> nn.Module:
     """`quantize()` entry: checks the model and reads the calibration data; returns a float copy
-    carrying the plan (`condense_int8_plan`). The int8 model is the ONNX file `export_int8_onnx`
+    carrying the plan (`attach_int8_plan`). The int8 model is the ONNX file `export_int8_onnx`
     writes from it: dynamic int8 runs in ONNX Runtime, not in PyTorch."""
     check_hf_model(model)
     batches = calibration_batches(config, calibration)
-    out = copy.deepcopy(model).eval()
-    out.condense_int8_plan = TransformerInt8Plan(config, batches)  # type: ignore[assignment]
-    return out
+    return attach_int8_plan(copy.deepcopy(model).eval(), TransformerInt8Plan(config, batches))
 
 
 def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike[str], *, heldout: Any = None,
@@ -61,9 +62,9 @@ def export_planned_int8(qmodel: nn.Module, example: Any, path: str | os.PathLike
                         latency_batches: Sequence[int] | None = None, target: str = "auto") -> Any:
     """`export_int8_onnx` for a model from `quantize(..., "transformer")`: the int8 file, checked
     against the fp32 export on `heldout` (cosine agreement), timed when `latency_batches` is given."""
-    from condense.export.onnx import onnx_session
-
-    plan: TransformerInt8Plan = qmodel.condense_int8_plan  # type: ignore[assignment]
+    plan = int8_plan_of(qmodel)
+    if not isinstance(plan, TransformerInt8Plan):
+        raise ConfigError(f"export_planned_int8: the model carries {type(plan).__name__}, not a TransformerInt8Plan")
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".check", dir=dest.parent))

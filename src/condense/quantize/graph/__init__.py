@@ -7,6 +7,7 @@ of the transformer path (`onnx_smooth`: SmoothQuant, outlier split) and its file
 
 Named `graph`, not `onnx`: these files import the third-party `onnx` package throughout, and a
 `condense.quantize.onnx` beside it reads as that package. These modules may import
-`condense.quantize.modules` (the torch side), never the package top. Nothing is imported here.
+`condense.quantize.modules` (the torch side) and the shared leaves `registry` and `attached`, never
+the orchestrating modules at the package top. Nothing is imported here.
 The old flat paths (`condense.quantize.onnx_int8`, ...) still work (`condense.quantize.moved`).
 """

@@ -42,6 +42,7 @@ from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.evaluate.timing import interleaved_latency, timed_pass  # noqa: F401  (interleaved_latency: its home until issue 27)
 from condense.export.onnx import onnx_session
+from condense.quantize.attached import int8_plan_of
 from condense.quantize.graph.qdq_graph import insert_qdq, strip_metadata, weight_columns
 from condense.quantize.modules.fake_quant import quant_wrappers, set_quant_mode
 
@@ -85,7 +86,7 @@ class Int8ExportResult:
         return d
 
 
-#: plan type -> the function that exports a model carrying that plan (`qmodel.condense_int8_plan`),
+#: plan type -> the function that exports a model carrying that plan (`quantize.attached.int8_plan_of`),
 #: registered by the method that makes the plan (transformer_plan.py); called with
 #: `export_int8_onnx`'s arguments (example, path, heldout=, fp32_path=, threads=, latency_batches=, target=)
 PLAN_EXPORTERS: dict[type, Callable[..., Any]] = {}
@@ -150,7 +151,7 @@ def export_int8_onnx(
 
     from condense.export.onnx import export_onnx, onnx_file_bytes
 
-    plan = getattr(qmodel, "condense_int8_plan", None)
+    plan = int8_plan_of(qmodel)
     if plan is not None:  # a method that exports its own way (quantize(..., method "transformer"))
         exporter = PLAN_EXPORTERS.get(type(plan))
         if exporter is None:

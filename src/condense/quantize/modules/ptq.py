@@ -14,8 +14,8 @@
    E[W x] - E[Q(W) x] = (W - Q(W)) E[x] per output channel, with E[x] measured during the same
    calibration pass, is added to the bias.
 
-Layers selected but without a quantized form are skipped and listed in
-`model.condense_quant_report` (and warned about), never silently left wrong. The module swap is
+Layers selected but without a quantized form are skipped and listed in the model's report
+(`QuantReport`, read with `quantize.attached.quant_report_of`) and warned about, never silently left wrong. The module swap is
 recorded in the edit log ("fold_bn", "quantize_static") so `load()` rebuilds the wrappers on a
 fresh model before loading weights; the qparams are buffers and load with them.
 """
@@ -37,6 +37,7 @@ from condense.core.errors import CondenseError, ConfigError
 from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
+from condense.quantize.attached import attach_quant_report
 from condense.quantize.modules.calibration import input_tensor, iter_calibration
 from condense.quantize.modules.fake_quant import (
     FUSABLE_ACTS,
@@ -359,7 +360,7 @@ def quantize_static(
         calibration_samples=n_samples,
         calibration_batches=n_batches,
     )
-    qmodel.condense_quant_report = report  # type: ignore[assignment]
+    attach_quant_report(qmodel, report)
     real_skips = [d for d in skipped if d["kind"] in ("unsupported", "not_run")]
     if real_skips:
         warnings.warn("static quantization skipped: " + "; ".join(f"{d['name']}: {d['reason']}" for d in real_skips),
