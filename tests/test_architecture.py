@@ -155,3 +155,32 @@ def test_at_most_the_listed_arrows_run_up_a_floor():
     assert up <= UPWARD, f"new arrows running up: {sorted(up - UPWARD)}"
     assert len(UPWARD) <= 5 and up == UPWARD, f"arrows gone (drop them from UPWARD): {sorted(UPWARD - up)}"
 
+
+
+def test_condense_imports_sit_at_module_top():
+    """An import of `condense.*` inside a function hides a dependency (issue 28). Outside the
+    command line (lazy so that `condense --help` does not import torch) and the package root (its
+    verbs load on first use), each one says why on its line or in the comment above it: `# lazy: <reason>`."""
+    bad = []
+    for p in sorted((SRC / "condense").rglob("*.py")):
+        mod = ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        if mod == "condense" or mod.startswith("condense.cli"):
+            continue
+        text = p.read_text()
+        lines = text.splitlines()
+        for fn in ast.walk(ast.parse(text)):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                names = ([node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                if not any(n.startswith("condense") for n in names):
+                    continue
+                said, k = [lines[node.lineno - 1]], node.lineno - 2  # the line, and the comment block above it
+                while k >= 0 and lines[k].strip().startswith("#"):
+                    said.append(lines[k])
+                    k -= 1
+                if not any("# lazy:" in line for line in said):
+                    bad.append(f"{p.relative_to(SRC)}:{node.lineno} in {fn.name}(): {ast.unparse(node)}")
+    assert not bad, ("condense imports inside functions without a '# lazy: <reason>' comment (hoist them, or say why):\n"
+                     + "\n".join(sorted(set(bad))))

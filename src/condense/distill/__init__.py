@@ -18,6 +18,7 @@ from condense.distill.task import DistillTask, combine_teachers
 def __getattr__(name: str):
     """Data-free distillation lives in its own module (imported on first use)."""
     if name in ("DataFreeConfig", "datafree_distill", "synthesize"):
+        # lazy: imported on first use, like the package root's verbs
         from condense.distill import datafree
 
         return getattr(datafree, name)

@@ -82,7 +82,7 @@ class DistillConfig(Config):
         if self.feature_teacher < 0:
             raise ConfigError(f"DistillConfig.feature_teacher must be >= 0, got {self.feature_teacher}")
         if self.losses:  # build them once now: a misspelt name or key fails here (recipe validation), not mid-run
-            # (imported here: the losses need torch, which this config module keeps out of `condense --help`)
+            # lazy: the losses need torch, which this config module keeps out of `condense --help`
             from condense.distill.losses import build_losses
 
             try:
