@@ -41,11 +41,18 @@ from torch import nn
 
 from condense.core.errors import ConfigError, did_you_mean
 from condense.core.select import select_modules
+from condense.data.loader import as_source
+from condense.data.loader import example_inputs as from_data
+from condense.data.views import subset
 from condense.lowrank.config import DepthConfig
 from condense.lowrank.residual import _call_args, discover_blocks
+from condense.lowrank.sensitivity import default_metric
 from condense.lowrank.skipped import SkippedBlock, _first_input, _returns
 from condense.lowrank.skipped import _replay_drop as _replay_drop  # importable from here as before
 from condense.models.edits import record_edit
+from condense.models.hf import keep_layers
+from condense.models.hf_layers import layer_layout
+from condense.prune.structured import example_tuple
 
 # ---- example inputs -------------------------------------------------------------------------
 
@@ -53,11 +60,7 @@ def _example(model: nn.Module, example_inputs: Any, data: Any = None) -> Any:
     if example_inputs is not None:
         return example_inputs
     if data is not None:
-        from condense.data.loader import example_inputs as from_data
-
         return from_data(data, 2)
-    from condense.prune.structured import example_tuple
-
     try:
         return example_tuple(model, None)
     except ConfigError:
@@ -92,8 +95,6 @@ def _hf_layout(model: nn.Module) -> Any:
     hf = getattr(model, "hf", None)
     if hf is None:
         return None
-    from condense.models.hf_layers import layer_layout
-
     try:
         return layer_layout(hf)
     except ConfigError:
@@ -174,8 +175,6 @@ def _drop(model: nn.Module, names: list[str], returns: dict[str, int]) -> None:
     """Remove `names` from `model` in place (no edit recorded)."""
     hf = _hf_layers(model)
     if hf is not None and all(n.startswith(hf[0] + ".") and n[len(hf[0]) + 1:].isdigit() for n in names):
-        from condense.models.hf import keep_layers
-
         gone = {int(n[len(hf[0]) + 1:]) for n in names}
         keep_layers(model.hf, [i for i in range(len(hf[1])) if i not in gone])
         return
@@ -222,10 +221,6 @@ def reduce_depth(model: nn.Module, config: DepthConfig | dict[str, Any] | None =
         chosen = list(cfg.blocks)
     else:
         if eval_fn is None:
-            from condense.data.loader import as_source
-            from condense.data.views import subset
-            from condense.lowrank.sensitivity import default_metric
-
             n = min(len(as_source(data)), cfg.eval_batches * cfg.batch_size)
             eval_fn = default_metric(model, subset(data, list(range(n))))
         report["baseline"] = float(eval_fn(model))

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.core.errors import ConfigError
+from condense.core.errors import ConfigError, did_you_mean
 from condense.core.linear import is_linear, linear_kinds
+from condense.evaluate.profile import measure_latency
 from condense.lowrank.config import FactorizeConfig
 from condense.lowrank.decompose import conv_geometry, energy, matrix_view, spectrum, whitener
 from condense.lowrank.modules import build_lowrank
@@ -108,8 +109,6 @@ def choose(plans: list[LayerPlan], stats: dict[str, LayerStats], cfg: FactorizeC
     names = {p.name for p in plans}
     unknown = sorted(set(cfg.ranks) - names)
     if unknown:
-        from condense.core.errors import did_you_mean
-
         raise ConfigError(f"factorize: ranks names {unknown[0]!r}, not a selected layer{did_you_mean(unknown[0], sorted(names))}")
     fixed = {p.name: cfg.ranks.get(p.name, cfg.rank) for p in plans
              if p.name in cfg.ranks or cfg.rank is not None}
@@ -150,8 +149,6 @@ def choose(plans: list[LayerPlan], stats: dict[str, LayerStats], cfg: FactorizeC
 
 
 def _faster(original: nn.Module, new: nn.Module, x: torch.Tensor) -> tuple[bool, float, float]:
-    from condense.evaluate.profile import measure_latency
-
     with torch.no_grad():
         t_new = measure_latency(lambda: new(x), warmup=3, repeats=15)["p50_ms"]
         t_old = measure_latency(lambda: original(x), warmup=3, repeats=15)["p50_ms"]

@@ -17,6 +17,8 @@ from torch import nn
 from condense.data.loader import as_source
 from condense.data.views import subset
 from condense.lowrank.config import DepthConfig, FactorizeConfig
+from condense.lowrank.depth import reduce_depth
+from condense.lowrank.factorize import as_factorize_config, factorize
 from condense.train.edit import edit_and_recover
 from condense.train.recover import RecoverConfig, recover_config
 
@@ -35,8 +37,6 @@ def factorize_and_recover(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Factorize `model` (calibrated on `train_data`; sensitivity measured on `val_data`) and
     recover (on `recover_data`, default `train_data`); returns `(model, info)` (module docstring)."""
-    from condense.lowrank.factorize import as_factorize_config, factorize
-
     fcfg = as_factorize_config(factorize_config)
     rcfg = recover_config(recover_config_)
 
@@ -66,8 +66,6 @@ def reduce_depth_and_recover(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Remove blocks (importance measured on `val_data`) and recover (on `recover_data`, default
     `train_data`); returns `(model, info)`."""
-    from condense.lowrank.depth import reduce_depth
-
     dcfg = DepthConfig.from_dict(depth_config) if isinstance(depth_config, dict) else (depth_config or DepthConfig())
     rcfg = recover_config(recover_config_)
 

@@ -12,14 +12,13 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.lowrank.skipped import _first_input, _returns
+from condense.models.signature import model_inputs, signature_of
 
 
 def _call_args(model: nn.Module, example: Any) -> tuple[tuple, dict[str, Any]]:
     """`example` as the (args, kwargs) the model is called with; a missing required argument of
     its forward is a ConfigError naming it."""
     from collections.abc import Mapping
-
-    from condense.models.signature import model_inputs, signature_of
 
     if isinstance(example, torch.Tensor):
         args, kwargs = (example,), {}

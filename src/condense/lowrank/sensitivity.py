@@ -16,8 +16,12 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.evaluate import evaluate
+from condense.evaluate.embedding import cosine_rows
+from condense.evaluate.metrics import predict
 from condense.lowrank.modules import build_lowrank
 from condense.lowrank.rank import Candidate, LayerPlan
+from condense.models.hf import is_encoder
 from condense.prune.sensitivity import allocate_by_tolerance
 
 
@@ -30,14 +34,8 @@ def at_ratio(plan: LayerPlan, ratio: float, budget: str) -> Candidate | None:
 
 def default_metric(model: nn.Module, eval_data: Any) -> Callable[[nn.Module], float]:
     """Accuracy on `eval_data`; for an encoder, mean cosine to `model`'s outputs (computed once)."""
-    from condense.evaluate import evaluate
-    from condense.models.hf import is_encoder
-
     if not is_encoder(model):
         return lambda m: float(evaluate(m, eval_data)["accuracy"])
-    from condense.evaluate.embedding import cosine_rows
-    from condense.evaluate.metrics import predict
-
     ref = predict(model, eval_data)[0]
 
     def cosine(m: nn.Module) -> float:

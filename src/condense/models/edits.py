@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from condense.core.errors import InputFileError
+from condense.core.linear import is_conv1d, swap_conv1d
 from condense.core.registry import Registry
 
 #: kind -> function(model, **params) that re-applies the edit to a freshly built module.
@@ -42,8 +44,6 @@ def record_conv1d_swap(model: nn.Module, names: list[str]) -> list[str]:
     """Swap the named transformers Conv1D layers for bit-identical nn.Linear ones
     (`condense.core.linear.swap_conv1d`) and record it ("conv1d_as_linear"), so a method written
     for nn.Linear (static PTQ, QAT) runs on them and `load()` rebuilds the same layers."""
-    from condense.core.linear import swap_conv1d
-
     done = swap_conv1d(model, names)
     if done:
         record_edit(model, "conv1d_as_linear", modules=done)
@@ -54,8 +54,6 @@ def check_replay_targets(model: nn.Module, kind: str, modules: list[str], fits: 
                          expected: str) -> None:
     """Before a module-swapping edit replays: every module it names exists and is what it swaps
     (`fits`), else an InputFileError naming the edit kind, the module and what was expected."""
-    from condense.core.errors import InputFileError
-
     for name in modules:
         try:
             m = model.get_submodule(name)
@@ -66,8 +64,6 @@ def check_replay_targets(model: nn.Module, kind: str, modules: list[str], fits: 
 
 
 def _replay_conv1d_as_linear(model: nn.Module, modules: list[str]) -> None:
-    from condense.core.linear import is_conv1d, swap_conv1d
-
     check_replay_targets(model, "conv1d_as_linear", modules, is_conv1d, "a transformers Conv1D")
     swap_conv1d(model, modules)
 

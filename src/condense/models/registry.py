@@ -24,6 +24,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError, UnknownNameError, did_you_mean
 from condense.core.registry import Registry
+from condense.models.hf import BUILD_ARGS, build_hf_model
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 HF_PREFIX = "hf:"
@@ -95,8 +96,6 @@ def _import_factory(ref: str) -> Callable[..., nn.Module]:
 
 
 def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
-    from condense.models.hf import BUILD_ARGS, build_hf_model
-
     unknown = sorted(set(kwargs) - set(BUILD_ARGS))
     if unknown:
         raise ConfigError(f"model 'hf:{folder}': unknown argument {unknown[0]!r}{did_you_mean(unknown[0], BUILD_ARGS)}; "
@@ -134,8 +133,6 @@ def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
     argument: a ConfigError with a did-you-mean); a user's `package.module:factory` is not
     imported here, so its arguments are checked when it is built."""
     if name.startswith(HF_PREFIX):
-        from condense.models.hf import BUILD_ARGS
-
         unknown = sorted(set(kwargs) - set(BUILD_ARGS))
         if unknown:
             raise ConfigError(f"model {name!r}: unknown argument {unknown[0]!r}{did_you_mean(unknown[0], BUILD_ARGS)}; "

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from condense.core.errors import ConfigError
+from condense.data.loader import as_source
 from condense.prune.config import PRUNERS, PruneConfig, PruneContext
 from condense.train.recover import RecoverConfig, recalibrate_batchnorm
 
@@ -61,8 +62,6 @@ def _batches_readable(data: Any) -> bool:
     (not a one-shot iterator, which Taylor importance may already have used up)."""
     if isinstance(data, list | tuple):
         return bool(data) and all(isinstance(b, dict) for b in data)
-    from condense.data.loader import as_source
-
     try:
         as_source(data)
     except ConfigError:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.errors import ConfigError, RunError
+from condense.models.hf import HFModel
 from condense.models.signature import batch_to, call_model, model_inputs
 
 #: transformers model types whose blocks have the BERT layout handled here.
@@ -80,8 +81,6 @@ class Block:
 
 
 def _hf_of(model: nn.Module) -> nn.Module:
-    from condense.models.hf import HFModel
-
     if not isinstance(model, HFModel):
         raise ConfigError(f"transformer pruning needs a Hugging Face encoder built with build_model('hf:<folder>'); "
                           f"got {type(model).__name__} (use method 'channel' for other models)")

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from condense.models.hf import config_builds
 from condense.prune.graph import Group
 
 FFN_FIELDS = ("intermediate_size", "n_inner", "ffn_dim", "hidden_dim", "d_ff", "encoder_ffn_dim")
@@ -39,8 +40,6 @@ def _hf_of(model: nn.Module) -> tuple[nn.Module, str] | None:
 
 
 def _shapes_match(hf: nn.Module, config: Any) -> bool:
-    from condense.models.hf import config_builds
-
     return config_builds(type(hf), config, hf.state_dict())
 
 

@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.errors import ConfigError, RunError
+from condense.data.loader import as_source
 from condense.export.onnx import output_tensor
-from condense.models.signature import batch_to, call_model
+from condense.models.signature import batch_to, call_model, model_inputs
 from condense.prune.config import SCORERS, Scorer
-from condense.prune.graph import CONVS, NORMS, Group, Member
+from condense.prune.graph import CONVS, NORMS, Group, Member, layer_kinds
+from condense.prune.heads import calibration_loss
 
 
 def _channel_view(t: torch.Tensor, mem: Member, size: int) -> torch.Tensor:
@@ -90,8 +92,6 @@ def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batche
     if data is None:
         raise ConfigError("importance 'taylor' needs labelled data: pass prune(..., data=...)")
     if not isinstance(data, list | tuple):
-        from condense.data.loader import as_source
-
         with contextlib.suppress(ConfigError):  # else: an iterable of batch dicts, used as it is
             data = as_source(data).batches(64)
     params = {}  # parameter name -> tensor; a masked layer's weight is `parametrizations.weight.original`
@@ -142,8 +142,6 @@ def _batches(data: Any, n: int) -> list[Any]:
     if data is None:
         raise ConfigError("importance 'gradient' needs data: pass prune(..., data=...)")
     if not isinstance(data, list | tuple):
-        from condense.data.loader import as_source
-
         with contextlib.suppress(ConfigError):
             data = as_source(data).batches(32)
     out = []
@@ -157,8 +155,6 @@ def _batches(data: Any, n: int) -> list[Any]:
 
 
 def _gate_loss(model: nn.Module, out: Any, batch: Any, generator: torch.Generator) -> torch.Tensor:
-    from condense.prune.heads import calibration_loss
-
     out = output_tensor(out)
     if isinstance(batch, dict) and "target" in batch and out.dim() == 2 and getattr(model, "task", None) is None:
         return F.cross_entropy(out.float(), batch["target"].to(out.device).long(), reduction="sum")
@@ -167,9 +163,6 @@ def _gate_loss(model: nn.Module, out: Any, batch: Any, generator: torch.Generato
 
 def gradient_scores(model: nn.Module, groups: list[Group], data: Any, batches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     """Gate-gradient importance of every unit of every group (module docstring, "gradient")."""
-    from condense.models.signature import model_inputs
-    from condense.prune.graph import layer_kinds
-
     modules = dict(model.named_modules())
     kinds = layer_kinds()
     sites: dict[str, list[tuple[str, Member]]] = {}  # consumer module -> (group root, member)

@@ -44,6 +44,7 @@ from condense.prune.mha import split_attention
 from condense.prune.report import count_macs, count_params
 from condense.prune.sensitivity import _layer_costs, estimate_cost
 from condense.prune.structured import eligible_groups, example_tuple, group_ratios
+from condense.prune.transformer import batch_macs
 from condense.train.edit import edit_and_recover
 from condense.train.recover import RecoverConfig, check_recovery_data, recalibrate_batchnorm
 from condense.train.recover import recover_config as as_recover_config
@@ -154,12 +155,7 @@ def macs_ratio_to_channel_ratio(
 
 
 def _numbers(model: nn.Module, inputs: Any) -> dict[str, Any]:
-    if isinstance(inputs, dict):
-        from condense.prune.transformer import batch_macs
-
-        macs = batch_macs(model, inputs)
-    else:
-        macs = count_macs(model, inputs)
+    macs = batch_macs(model, inputs) if isinstance(inputs, dict) else count_macs(model, inputs)
     return {"macs": macs, "params": count_params(model),
             "sparsity": sparsity_report(model)["global"]["sparsity"]}
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from condense.evaluate.counts import count_macs  # noqa: F401  (the one counter; re-exported here)
+from condense.evaluate.profile import measure_latency as time_calls
 from condense.prune.masks import maskable_kinds, masked_layers, sparsity_report
 
 ZEROS_NOTE = "zeros are not removed: dense size and latency are unchanged"
@@ -40,8 +41,6 @@ def saved_bytes(model: nn.Module) -> int:
 
 def median_latency_ms(model: nn.Module, example_inputs: Any, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time of an eval-mode forward in PyTorch eager, after warm-up."""
-    from condense.evaluate.profile import measure_latency as time_calls
-
     inputs = _inputs(example_inputs)
     was = model.training
     model.eval()

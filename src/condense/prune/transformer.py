@@ -50,11 +50,16 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from condense.core.errors import ConfigError, InputFileError
+from condense.data.loader import as_source
 from condense.models.edits import EDITS, record_edit
 from condense.models.signature import batch_to, call_model, model_inputs
 from condense.prune.config import PRUNERS, PruneContext, Pruner, TransformerConfig
+from condense.prune.graph import dependency_groups
 from condense.prune.heads import Block, blocks_of, importance_scores, masked
-from condense.prune.structured import keep_count
+from condense.prune.hfconfig import ffn_width
+from condense.prune.mha import split_attention
+from condense.prune.structured import ChannelConfig, example_tuple, keep_count, prune_channels
+from condense.quantize.modules.calibration import calibration_list, is_data
 
 # ----------------------------------------------------------------------------- surgery
 
@@ -176,9 +181,6 @@ def calibration_batches(data: Any, cfg: TransformerConfig) -> list[dict[str, Any
     calibration reader (`quantize.calibration.calibration_list`; an empty set is a ConfigError)."""
     if data is None:
         return None
-    from condense.data.loader import as_source
-    from condense.quantize.modules.calibration import calibration_list, is_data
-
     if is_data(data) and not isinstance(data, torch.Tensor):
         data = islice(as_source(data).batches(cfg.batch_size, shuffle=True, seed=cfg.seed), cfg.calibration_batches)
     return calibration_list(data, max_batches=cfg.calibration_batches)
@@ -200,11 +202,6 @@ def heads_and_ffn_by_engine(model: nn.Module, cfg: TransformerConfig, ctx: Prune
     attention heads, and those as wide as the config's FFN, are cut by `ChannelConfig` ratios
     in every layer (`head_scope="layer"`). Grouped-query attention loses whole key/value groups."""
     import warnings
-
-    from condense.prune.graph import dependency_groups
-    from condense.prune.hfconfig import ffn_width
-    from condense.prune.mha import split_attention
-    from condense.prune.structured import ChannelConfig, example_tuple, prune_channels
 
     if cfg.importance not in ("gradient", "weight"):
         raise ConfigError(f"transformer pruning of {type(getattr(model, 'hf', model)).__name__}: importance "

@@ -24,7 +24,9 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.models.edits import EDITS, record_edit
+from condense.models.hf_tokenizer import load_hf_tokenizer
 from condense.prune.config import PRUNERS, PruneContext, Pruner, VocabConfig
+from condense.quantize.modules.calibration import iter_calibration
 
 __all__ = ["TrimmedEmbedding", "TrimmedLMHead", "count_tokens", "prune_vocab"]
 
@@ -115,8 +117,6 @@ def _word_embeddings(model: nn.Module) -> tuple[str, nn.Embedding]:
 def count_tokens(data: Any, vocab_size: int, batch_size: int = 64, max_batches: int | None = None) -> torch.Tensor:
     """How often each token id occurs in `data`'s `input_ids` (padding excluded by the attention
     mask). `data`: anything calibration takes (a dataset, a batch dict, an iterable of batches)."""
-    from condense.quantize.modules.calibration import iter_calibration
-
     if data is None:
         raise ConfigError("vocabulary trimming needs data (prune(..., data=...)) to count the tokens it uses")
     counts = torch.zeros(vocab_size, dtype=torch.int64)
@@ -141,8 +141,6 @@ def count_tokens(data: Any, vocab_size: int, batch_size: int = 64, max_batches: 
 
 def _special_ids(model: nn.Module) -> tuple[list[int], int]:
     """(every special token id, the [UNK] id) from the model's tokenizer."""
-    from condense.models.hf_tokenizer import load_hf_tokenizer
-
     tok = load_hf_tokenizer(model)
     if tok.unk_token_id is None:
         raise ConfigError(f"{type(tok).__name__} has no unknown token: trimmed-away ids would have nowhere to go")
