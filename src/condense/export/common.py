@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.models.hf import HFModel
 
 SCHEMES = ("auto", "static", "dynamic")
 
@@ -25,6 +26,4 @@ def int8_scheme(model: nn.Module, scheme: str = "auto") -> str:
         raise ConfigError(f"int8 scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     if scheme != "auto":
         return scheme
-    from condense.models.hf import HFModel
-
     return "dynamic" if isinstance(model, HFModel) else "static"

@@ -23,14 +23,14 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, RunError
+from condense.core.io import atomic_write_bytes
+from condense.core.noise import quiet_known_noise
+from condense.export.common import MissingExtraError, int8_scheme
 from condense.export.pt2 import _args_kwargs, capture
 
 
 def require() -> None:
     """Raise MissingExtraError when ExecuTorch is not installed."""
-    from condense.core.noise import quiet_known_noise
-    from condense.export.common import MissingExtraError
-
     quiet_known_noise()  # torchao's known-harmless import messages
     try:
         import executorch.exir  # noqa: F401
@@ -55,8 +55,6 @@ def export_executorch(
     from executorch.exir import to_edge_transform_and_lower
 
     if precision == "int8":
-        from condense.export.common import int8_scheme
-
         scheme = int8_scheme(model, scheme)
         if scheme == "static" and not calibration:
             raise ConfigError("executorch int8 export (static scheme) needs calibration samples (none given)")
@@ -69,8 +67,6 @@ def export_executorch(
     else:
         ep = capture(model, example)
     program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
-    from condense.core.io import atomic_write_bytes
-
     return atomic_write_bytes(path, program.buffer)
 
 

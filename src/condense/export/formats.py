@@ -23,9 +23,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.core.errors import ConfigError, did_you_mean
+from condense.core.errors import ConfigError, InputFileError, did_you_mean
+from condense.evaluate.profile import measure_latency
 from condense.export.common import SCHEMES, MissingExtraError, int8_scheme  # noqa: F401  (re-exported)
-from condense.export.onnx import ExportParityError, output_tensor
+from condense.export.executorch import ExecuTorchRunner, export_executorch
+from condense.export.onnx import (
+    ExportParityError,
+    export_onnx,
+    onnx_session,
+    ort_run,
+    output_tensor,
+)
+from condense.export.pt2 import export_pt2, plain_layers
+from condense.export.tflite import LiteRTRunner, export_tflite
+from condense.models.hf import is_encoder
+from condense.models.signature import model_inputs
+from condense.quantize.attached import int8_plan_of
+from condense.quantize.graph.onnx_int8 import export_int8_onnx
+from condense.quantize.modules.calibration import iter_calibration
+from condense.quantize.modules.fake_quant import quant_wrappers
 
 FORMATS: dict[str, str] = {
     "onnx": ".onnx",
@@ -74,9 +90,6 @@ def deploy_precision(model: nn.Module, precision: str = "auto") -> str:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    from condense.quantize.attached import int8_plan_of
-    from condense.quantize.modules.fake_quant import quant_wrappers
-
     return "int8" if quant_wrappers(model) or int8_plan_of(model) is not None else "fp32"
 
 
@@ -98,9 +111,6 @@ def _samples(model: nn.Module, data: Any, n: int) -> list[Any]:
         return []
     if isinstance(data, list) and not (data and isinstance(data[0], (tuple, list))):
         return data[:n]
-    from condense.models.signature import model_inputs
-    from condense.quantize.modules.calibration import iter_calibration
-
     out: list[Any] = []
     for batch in iter_calibration(data, limit=n):
         inputs = model_inputs(model, {"input": batch} if isinstance(batch, torch.Tensor) else batch)
@@ -158,8 +168,6 @@ def export(
     outputs). Nothing is left at `path` when an export or its check fails. `threads`: the
     runtime's thread count where it takes one (see `load_runner`).
     """
-    from condense.models.hf import is_encoder
-
     fmt = check_format(format)
     prec = deploy_precision(model, precision)
     model = model.eval()
@@ -182,8 +190,6 @@ def export(
         _enforce(fmt, prec, p, atol, min_agreement, min_cosine)
         lat = None
         if latency:
-            from condense.evaluate.profile import measure_latency
-
             lat = measure_latency(lambda: runner(example), warmup=5, repeats=repeats)
         size = sum(f.stat().st_size for f in Path(tmp).iterdir() if f.is_file())
         for f in Path(tmp).iterdir():  # the file (and ONNX external data, if any) moves in after the check
@@ -214,24 +220,18 @@ Writer = Callable[[nn.Module, Any, Path, str, Any, int], tuple[nn.Module, list[s
 
 
 def _write_onnx(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.onnx import export_onnx
-
     if prec == "fp32":
         export_onnx(model, example, path)
         return model, []
     if deploy_precision(model) != "int8":
         raise ConfigError("onnx int8 export needs a quantized model: run `condense quantize` first "
                           "(the int8 ONNX file is written from its calibrated plan)")
-    from condense.quantize import export_int8_onnx
-
     held = _samples(model, calibration, n)
     heldout = torch.cat(held) if held and isinstance(held[0], torch.Tensor) else None
     return model, list(export_int8_onnx(model, example, path, heldout=heldout).notes)
 
 
 def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.pt2 import export_pt2, plain_layers
-
     if prec == "int8":
         raise ConfigError("pt2 stores the float program torch.export captures; for int8 use format "
                           "'executorch' (XNNPACK int8 kernels) or 'onnx'")
@@ -240,9 +240,6 @@ def _write_pt2(model: nn.Module, example: Any, path: Path, prec: str, calibratio
 
 
 def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.executorch import export_executorch
-    from condense.export.pt2 import plain_layers
-
     scheme = int8_scheme(model) if prec == "int8" else None
     calib = _samples(model, calibration, n) if scheme == "static" else []
     export_executorch(model, example, path, precision=prec, calibration=calib, scheme=scheme or "auto")
@@ -256,9 +253,6 @@ def _write_executorch(model: nn.Module, example: Any, path: Path, prec: str, cal
 
 
 def _write_tflite(model: nn.Module, example: Any, path: Path, prec: str, calibration: Any, n: int) -> Any:
-    from condense.export.pt2 import plain_layers
-    from condense.export.tflite import export_tflite
-
     scheme = int8_scheme(model) if prec == "int8" else None
     calib = _samples(model, calibration, n) if scheme == "static" else []
     export_tflite(model, example, path, precision=prec, calibration=calib, scheme=scheme or "auto")
@@ -284,8 +278,6 @@ def runtime_threads(fmt: str, threads: int | None = None) -> int | None:
         return threads or os.cpu_count() or 1
     if fmt == "pt2":
         return torch.get_num_threads()
-    from condense.export.executorch import ExecuTorchRunner
-
     return ExecuTorchRunner.threads()
 
 
@@ -296,8 +288,6 @@ def load_runner(path: str | os.PathLike[str], format: str | None = None, threads
     LiteRT's thread count (None: the machine's CPU count); ExecuTorch uses its own thread pool and
     torch.export programs torch's intra-op threads.
     """
-    from condense.core.errors import InputFileError
-
     p = Path(path)
     if format is None:
         by_suffix = {v: k for k, v in FORMATS.items()}
@@ -310,8 +300,6 @@ def load_runner(path: str | os.PathLike[str], format: str | None = None, threads
         raise InputFileError(f"{format} file not found: {p}")
     threads = runtime_threads(format, threads) if format in ("onnx", "tflite") else None
     if format == "onnx":
-        from condense.export.onnx import onnx_session, ort_run
-
         session = onnx_session(p, threads=threads)
         return lambda x: torch.from_numpy(ort_run(session, x))
     if format == "pt2":
@@ -321,9 +309,5 @@ def load_runner(path: str | os.PathLike[str], format: str | None = None, threads
             raise InputFileError(f"cannot load pt2 program {p}: {e}") from e
         return lambda x: _call(module, x)
     if format == "executorch":
-        from condense.export.executorch import ExecuTorchRunner
-
         return ExecuTorchRunner(p)
-    from condense.export.tflite import LiteRTRunner
-
     return LiteRTRunner(p, threads=threads)

@@ -30,6 +30,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.export.ort import onnx_file_bytes, onnx_session, ort_input, ort_run  # noqa: F401  (re-exported)
+from condense.models.signature import as_batch, signature_of
 
 # Above this many bytes of weights, the protobuf 2 GiB limit forces ONNX external data
 # (a `<name>.data` file next to the `.onnx`); below it the file is self-contained.
@@ -248,8 +249,6 @@ def _parity(
 def export_inputs(model: nn.Module, example: Any, dynamic_batch: bool = True) -> _Inputs:
     """The named inputs `model` reads from `example` (a tensor, or a batch dict: its signature's
     fields, in order), and their symbolic axes (batch, plus the signature's declared ones)."""
-    from condense.models.signature import as_batch, signature_of
-
     if isinstance(example, torch.Tensor):
         if example.dim() < 1 or example.shape[0] < 1:
             raise ConfigError(f"export_onnx: example must be a batch (N, ...) with N >= 1, got {tuple(example.shape)}")

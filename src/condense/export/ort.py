@@ -4,12 +4,14 @@ the model declares) and `onnx_file_bytes` (the file plus its external data)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from condense.core import cpu
 from condense.core.errors import ConfigError, InputFileError
 
 _ORT_TYPES = {
@@ -66,10 +68,6 @@ def onnx_session(
 
 def _warn_if_cpu_saturates(session: Any, path: Path) -> None:
     """Warn when an int8 file built for a CPU with exact u8 x s8 sums runs on one without."""
-    import warnings
-
-    from condense.core import cpu
-
     meta = session.get_modelmeta().custom_metadata_map
     built_for = meta.get("condense.int8_target")
     if meta.get("condense.int8_exact_on") != "u8s8-exact" or not built_for:

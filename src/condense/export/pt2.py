@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import RunError
+from condense.quantize.modules.fake_quant import QuantWrapper
 
 MAX_LOCALISE_TRIES = 200
 
@@ -32,8 +33,6 @@ class ExportTraceError(RunError):
 def plain_layers(model: nn.Module) -> nn.Module:
     """A copy of `model` (eval mode) with every QuantWrapper replaced by its float layer holding
     the fake-quantized weight and bias (plus the absorbed ReLU / ReLU6); other models are copied."""
-    from condense.quantize.modules.fake_quant import QuantWrapper
-
     model = copy.deepcopy(model).eval()
     wrappers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantWrapper)]
     for name, w in wrappers:

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.core.io import atomic_path
+from condense.core.noise import quiet_known_noise
+from condense.export.common import MissingExtraError, int8_scheme
 from condense.export.pt2 import _args_kwargs, plain_layers
 
 
 def require() -> None:
-    from condense.core.noise import quiet_known_noise
-    from condense.export.common import MissingExtraError
-
     quiet_known_noise()  # torchao's known-harmless import messages
     try:
         import litert_torch  # noqa: F401
@@ -38,8 +38,6 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
     `condense.export.formats.int8_scheme`): "static" needs `calibration`, "dynamic" does not."""
     require()
     import litert_torch
-
-    from condense.export.common import int8_scheme
 
     scheme = int8_scheme(model, scheme) if precision == "int8" else scheme
     model = plain_layers(model)
@@ -73,8 +71,6 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
         model = convert_pt2e(prepared, fold_quantize=False)
         options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
     edge = litert_torch.convert(model, args, kwargs or None, **options)
-    from condense.core.io import atomic_path
-
     with atomic_path(path) as tmp:
         edge.export(str(tmp))
     return Path(path)

@@ -29,9 +29,24 @@ import torch
 from torch import nn
 
 from condense.core.cpu import cpu_record
-from condense.export.onnx import onnx_session
+from condense.evaluate.timing import interleaved_latency
+from condense.export.onnx import onnx_session, ort_input
+from condense.quantize import quantize
 from condense.quantize.attached import quant_report_of
 from condense.quantize.graph.emulate import agreement_of, can_emulate, input_name, run_emulated
+from condense.quantize.graph.onnx_int8 import export_int8_onnx
+from condense.quantize.graph.transformer_graph import (
+    agreement,
+    batches_of,
+    output_rows,
+    rows_of,
+)
+from condense.quantize.modules.ptq import QuantizeConfig
+from condense.quantize.transformer import (
+    TransformerInt8Config,
+    TransformerWorkspace,
+    calibration_batches,
+)
 
 STATIC_SCHEMES: dict[str, tuple[str, str]] = {
     # name: (quantize target, export target)
@@ -64,8 +79,6 @@ def compare_static_schemes(
     weight bits and dtype, simulation accuracy, ORT accuracy and agreement on this CPU, the same
     on emulated AVX2 (or None), bytes, and {batch: {fp32_ms, int8_ms, int8_over_fp32}}.
     """
-    from condense.quantize import QuantizeConfig, export_int8_onnx, quantize
-
     rows: dict[str, Any] = {}
     emulated = emulate and can_emulate("avx2")
     with tempfile.TemporaryDirectory(prefix="condense-schemes-") as tmp:
@@ -114,20 +127,6 @@ def compare_dynamic_schemes(
     (full-range int8 weights for VNNI, 7-bit `reduce_range` weights for AVX2), each measured by
     cosine to the fp32 ONNX outputs on this CPU and, for the first `emulated_samples` held-out
     rows, on emulated AVX2 kernels; latency on this CPU at `batches` (interleaved with fp32)."""
-    from condense.export.onnx import ort_input
-    from condense.quantize.graph.onnx_int8 import interleaved_latency
-    from condense.quantize.graph.transformer_graph import (
-        agreement,
-        batches_of,
-        output_rows,
-        rows_of,
-    )
-    from condense.quantize.transformer import (
-        TransformerInt8Config,
-        TransformerWorkspace,
-        calibration_batches,
-    )
-
     cfgs = {t: TransformerInt8Config.from_dict({**(config or {}), "target": t}) for t in targets}
     emulated = emulate and can_emulate("avx2")
     evals = list(batches_of(heldout, 32))

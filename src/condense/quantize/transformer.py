@@ -49,7 +49,12 @@ from condense.core.cpu import dynamic_int8_scheme, resolve_target
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
+from condense.core.select import select_modules
+from condense.export.onnx import onnx_file_bytes
+from condense.models.hf import HFModel
+from condense.models.signature import model_inputs
 from condense.quantize.graph import onnx_smooth as osm
+from condense.quantize.graph.dynamic_onnx import quantize_dynamic_onnx
 from condense.quantize.graph.transformer_graph import (
     agreement,
     batches_of,
@@ -59,6 +64,7 @@ from condense.quantize.graph.transformer_graph import (
     output_rows,
     trim_padding,
 )
+from condense.quantize.modules.calibration import calibration_list
 
 #: ops of ORT's dynamic int8 output that run integer kernels
 INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear")
@@ -146,8 +152,6 @@ class TransformerInt8Result:
 # -- inputs ------------------------------------------------------------------------------------
 def check_hf_model(model: Any, what: str = "the transformer int8 path") -> nn.Module:
     """The model if it is a condense Hugging Face wrapper, else a ConfigError naming its class."""
-    from condense.models.hf import HFModel
-
     if not isinstance(model, HFModel):
         raise ConfigError(f"{what} takes a Hugging Face model built with condense.build_model('hf:<folder>') "
                           f"(an HFModel), got {type(model).__name__}; use method 'static' or 'dynamic' for other models")
@@ -156,8 +160,6 @@ def check_hf_model(model: Any, what: str = "the transformer int8 path") -> nn.Mo
 
 def calibration_batches(cfg: TransformerInt8Config, calibration: Any) -> list[dict[str, Any]] | None:
     """The calibration batches the config needs (None when it needs none and got none)."""
-    from condense.quantize.modules.calibration import calibration_list
-
     if calibration is None:
         if cfg.needs_calibration:
             asked = [f for f, on in (("smoothquant_alpha", cfg.smoothquant_alpha is not None),
@@ -171,8 +173,6 @@ def calibration_batches(cfg: TransformerInt8Config, calibration: Any) -> list[di
 
 
 def _example(model: nn.Module, example: Any, batches: Sequence[dict[str, Any]] | None) -> dict[str, torch.Tensor]:
-    from condense.models.signature import model_inputs
-
     if example is None and batches:
         example = batches[0]
     if example is None:  # a short made-up sentence: the exporter only traces shapes
@@ -232,10 +232,6 @@ class TransformerWorkspace:
     def build(self, cfg: TransformerInt8Config, out: Path) -> TransformerInt8Result:
         """Rewrite the fp32 graph as `cfg` says and quantize it to `out` (written atomically)."""
         import onnx
-
-        from condense.core.select import select_modules
-        from condense.export.onnx import onnx_file_bytes
-        from condense.quantize.graph.dynamic_onnx import quantize_dynamic_onnx
 
         if cfg.needs_calibration and not self.calibration:
             calibration_batches(cfg, None)  # raises the ConfigError that names the fields
@@ -334,6 +330,9 @@ def export_transformer_int8(
 
 def _uneven_heads(model: nn.Module) -> bool:
     """True when a layer has fewer attention heads than the config declares (pruned heads)."""
+    # lazy: condense.prune.transformer imports the calibration reader
+    # (condense.quantize.modules.calibration, which runs condense.quantize/__init__ and so this
+    # module), so a top-level import would close a circle between the two packages
     from condense.prune.transformer import head_counts
 
     try:

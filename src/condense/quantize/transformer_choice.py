@@ -24,6 +24,8 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
+from condense.evaluate.timing import interleaved_latency
+from condense.export.onnx import onnx_file_bytes, onnx_session, ort_input
 from condense.quantize.transformer import (
     TransformerInt8Config,
     TransformerWorkspace,
@@ -157,9 +159,6 @@ def choose_transformer_int8(
     if sum(len(b["attention_mask"] if "attention_mask" in b else next(iter(b.values()))) for b in batches) < 2:
         raise ConfigError("choose_transformer_int8: held-out data needs at least 2 samples")
     bs_list = sorted({int(b) for b in latency_batches})
-
-    from condense.export.onnx import onnx_file_bytes, onnx_session, ort_input
-    from condense.quantize.graph.onnx_int8 import interleaved_latency
 
     parent = Path(work_dir) if work_dir is not None else (Path(out_path).parent if out_path is not None else None)
     if parent is not None:

@@ -41,7 +41,8 @@ from condense.core.cpu import TARGETS, can_saturate, detect_target, resolve_targ
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.evaluate.timing import interleaved_latency, timed_pass  # noqa: F401  (interleaved_latency: its home until issue 27)
-from condense.export.onnx import onnx_session
+from condense.export.onnx import export_onnx, onnx_file_bytes, onnx_session, ort_input
+from condense.models.signature import repeat_batch
 from condense.quantize.attached import int8_plan_of
 from condense.quantize.graph.qdq_graph import insert_qdq, strip_metadata, weight_columns
 from condense.quantize.modules.fake_quant import quant_wrappers, set_quant_mode
@@ -148,8 +149,6 @@ def export_int8_onnx(
     (`ort_latency_comparison`, `threads` intra-op threads) and any slow-down is noted in words.
     """
     import onnx
-
-    from condense.export.onnx import export_onnx, onnx_file_bytes
 
     plan = int8_plan_of(qmodel)
     if plan is not None:  # a method that exports its own way (quantize(..., method "transformer"))
@@ -305,9 +304,6 @@ def ort_latency_comparison(
     "notes"}; a note says so in words wherever int8 is not faster than fp32 on this machine, or
     where the timing stayed unreliable (then no gain or loss is claimed).
     """
-    from condense.export.onnx import ort_input
-    from condense.models.signature import repeat_batch
-
     if warmup < 1 or repeats < 3:
         raise ConfigError(f"ort_latency_comparison: warmup must be >= 1 and repeats >= 3, got {warmup}, {repeats}")
     threads = threads or os.cpu_count() or 1

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from condense.core.errors import ConfigError, RunError
+from condense.export.onnx import onnx_session, ort_input
 
 #: Ops whose output is a normalization of their input: the Linears reading them are smoothed.
 NORM_OPS = frozenset({"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
@@ -252,8 +253,6 @@ def channel_amax(model: Any, tensors: Iterable[str], feeds: Iterable[Mapping[str
     """
     import onnx
     from onnx import TensorProto, helper
-
-    from condense.export.onnx import onnx_session, ort_input
 
     names = list(dict.fromkeys(tensors))
     if not names:

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from condense.core.errors import RunError
+from condense.core.select import select_modules
+from condense.evaluate.embedding import compare_embeddings
+from condense.export import onnx as ex
+from condense.export.onnx import onnx_session, ort_run
+from condense.models.signature import as_batch, batch_size_of
 from condense.quantize.graph import onnx_smooth as osm
+from condense.quantize.graph.dynamic_onnx import quiet_ort_quantizer
+from condense.quantize.modules.calibration import iter_calibration
 
 
 def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
@@ -38,9 +45,6 @@ def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:
 def batches_of(data: Any, batch_size: int, limit: int | None = None) -> Iterator[dict[str, Any]]:
     """Batch dicts of `batch_size` samples from any data condense takes (a batch dict is sliced),
     padding trimmed per batch; read through `condense.quantize.calibration`."""
-    from condense.models.signature import as_batch, batch_size_of
-    from condense.quantize.modules.calibration import iter_calibration
-
     if isinstance(data, dict):
         b = as_batch(data)
         n = batch_size_of(b) if limit is None else min(limit, batch_size_of(b))
@@ -55,9 +59,6 @@ def batches_of(data: Any, batch_size: int, limit: int | None = None) -> Iterator
 # -- fp32 export and fusion --------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    from condense.export import onnx as ex
-    from condense.quantize.graph.dynamic_onnx import quiet_ort_quantizer
-
     with ex._quiet(), quiet_ort_quantizer(), contextlib.redirect_stderr(io.StringIO()):
         yield
 
@@ -65,8 +66,6 @@ def _quiet() -> Iterator[None]:
 def export_fp32_graph(model: nn.Module, example: dict[str, torch.Tensor], path: Path, opset: int = 17) -> Path:
     """fp32 ONNX of the HF wrapper (TorchScript exporter, dynamic batch / sequence), parity-checked
     against PyTorch on the example and on a batch of 3 longer random sequences."""
-    from condense.export import onnx as ex
-
     inputs = ex.export_inputs(model, example)
     device = ex.model_device(model)
     inputs.tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
@@ -91,8 +90,6 @@ def fuse_graph(src: Path, dst: Path, model: nn.Module, example: dict[str, torch.
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    from condense.export.onnx import onnx_session, ort_run
-
     cfg = model.config
     with _quiet(), contextlib.redirect_stdout(io.StringIO()):
         m = optimizer.optimize_model(str(src), model_type="bert", num_heads=int(cfg.num_attention_heads),
@@ -110,8 +107,6 @@ def fuse_graph(src: Path, dst: Path, model: nn.Module, example: dict[str, torch.
 def linear_nodes(gi: osm.GraphIndex, uses: Sequence[osm.WeightUse], model: nn.Module) -> dict[str, str]:
     """Linear module name -> the ONNX node holding its weight, matched by value (W^T, or a block
     of a fused Attention's QKV weight); Linears the graph does not use are absent."""
-    from condense.core.select import select_modules
-
     linears = {n: m.weight.detach().float().cpu().numpy().T for n, m in select_modules(model, None, None,
                                                                                           default=("Linear",)).items()
                if isinstance(m, nn.Linear)}
@@ -142,15 +137,11 @@ def rows_of(y: Any, batch: dict[str, Any]) -> np.ndarray:
 
 def output_rows(session: Any, batches: Sequence[dict[str, Any]]) -> np.ndarray:
     """A session's outputs on `batches` as rows (`rows_of`)."""
-    from condense.export.onnx import ort_run
-
     return np.concatenate([rows_of(ort_run(session, b), b) for b in batches])
 
 
 def agreement(got: np.ndarray, ref: np.ndarray, k: int = 10) -> dict[str, Any]:
     """Cosine / top-k neighbour agreement (`compare_embeddings`) plus the max |difference|."""
-    from condense.evaluate.embedding import compare_embeddings
-
     res: dict[str, Any] = dict(compare_embeddings(got, ref, k=min(k, len(got) - 1))) if len(got) > 1 else {}
     res["max_abs_diff"] = float(np.abs(got - ref).max())
     return res

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
 from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
@@ -24,8 +25,6 @@ BATCH_SIZE = 64
 
 def is_data(obj: Any) -> bool:
     """Data the loaders read (a dataset, DataLoader, ArrayDataset or tensor), not a batch list."""
-    from torch.utils.data import DataLoader, Dataset
-
     return isinstance(obj, ArrayDataset | Dataset | DataLoader | Tensor)
 
 

@@ -44,6 +44,7 @@ from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.modules.fake_quant import INT32_MAX, INT32_MIN, QuantWrapper
+from condense.quantize.modules.gptq import calibration_batches, run_batch
 from condense.quantize.modules.lsq import LSQFakeQuantize
 from condense.quantize.modules.primitives import fake_quantize
 from condense.quantize.registry import QUANTIZERS, QuantMethod
@@ -245,8 +246,6 @@ def prepare_qat(model: nn.Module, config: QATConfig | None = None, calibration: 
         layers[n] = w.spec()
     record_edit(model, "qat", layers=layers, target=target)
     if calibration is not None:
-        from condense.quantize.modules.gptq import calibration_batches, run_batch
-
         batch = calibration_batches(calibration, 1)[0]
         model.eval()
         with torch.no_grad():

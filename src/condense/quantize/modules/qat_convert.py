@@ -21,6 +21,7 @@ from condense.quantize.modules.fake_quant import QuantWrapper
 from condense.quantize.modules.fold import BATCHNORMS, find_bn_pairs, fold_bn_into, trace_calls
 from condense.quantize.modules.primitives import QuantSpec
 from condense.quantize.modules.qat import QATWrapper, qat_wrappers
+from condense.quantize.modules.weight_only import QuantizedLinear, QuantizedWeight
 
 
 def _bn_pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
@@ -134,8 +135,6 @@ def convert_qat(model: nn.Module, example: Tensor | None = None) -> nn.Module:
 
 def _weight_only_form(w: QATWrapper, name: str) -> nn.Module:
     """Weight-only QAT layer -> packed QuantizedLinear (Linear) or float layer with Q(W) (conv)."""
-    from condense.quantize.modules.weight_only import QuantizedLinear, QuantizedWeight
-
     layer, fq = w.module, w.weight_fq
     s = fq.scale.detach().abs().clamp_min(1e-8)
     s_rows = s.reshape(-1, 1) if fq.per_channel else s.expand(layer.weight.shape[0]).reshape(-1, 1)
@@ -150,8 +149,6 @@ def _weight_only_form(w: QATWrapper, name: str) -> nn.Module:
 
 
 def _replay_qat_convert(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    from condense.quantize.modules.weight_only import QuantizedLinear
-
     for name, spec in layers.items():
         m = model.get_submodule(name)
         layer = m.module if isinstance(m, QATWrapper) else m

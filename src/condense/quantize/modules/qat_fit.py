@@ -20,6 +20,8 @@ from typing import Any
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.data.loader import as_source, example_inputs, heldout_inputs
+from condense.distill import DistillConfig, distill_fit
 from condense.quantize.modules.qat import (
     FreezeBatchNormCallback,
     FreezeObserversCallback,
@@ -29,7 +31,8 @@ from condense.quantize.modules.qat import (
 from condense.quantize.modules.qat_convert import convert_qat
 from condense.train.callbacks import Callback
 from condense.train.config import TrainConfig
-from condense.train.fit import FitResult
+from condense.train.fit import FitResult, train_model
+from condense.train.length import run_length
 
 __all__ = ["QATResult", "qat_fit", "qat_schedule"]
 
@@ -80,15 +83,10 @@ def qat_fit(
     `example` is one input for the BatchNorm-pair trace at convert time (default: the first
     training input). With `resume` the run continues from `train.checkpoint_dir`.
     """
-    from condense.data.loader import heldout_inputs
-
     config = config or QATConfig()
     train = train or TrainConfig(epochs=3, lr=5e-4)
     epochs = train.epochs
     if epochs is None:  # the run's length follows from the data (TrainConfig's min_steps floor)
-        from condense.data.loader import as_source
-        from condense.train.length import run_length
-
         epochs = run_length(train, len(as_source(train_data))).epochs
     schedule = qat_schedule(config, epochs)
     init = calibration if calibration is not None else heldout_inputs(train_data, INIT_SAMPLES)
@@ -99,17 +97,11 @@ def qat_fit(
     if schedule["freeze_steps_epoch"] is not None:
         cbs.append(FreezeObserversCallback(at_epoch=schedule["freeze_steps_epoch"]))
     if config.distill:
-        from condense.distill import DistillConfig, distill_fit
-
         dcfg = DistillConfig(alpha=config.alpha, temperature=config.temperature, train=train)
         result = distill_fit(prepared, model, train_data, dcfg, val_data, callbacks=cbs, resume=resume)
     else:
-        from condense.train.fit import train_model
-
         result = train_model(prepared, train_data, train, val_data, cbs, resume=resume)
     if example is None:
-        from condense.data.loader import example_inputs
-
         example = example_inputs(train_data, 1)
     converted = convert_qat(result.model.eval(), example=example)
     return QATResult(model=converted, fit=result, schedule=schedule, distilled=config.distill)
