@@ -27,7 +27,7 @@ MOVED: dict[str, str] = {
     **{m: "modules" for m in (
         "calibration", "fake_quant", "fold", "gptq", "groups", "lsq", "mixed", "observers", "packing",
         "primitives", "ptq", "qat", "qat_convert", "qat_fit", "weight_only")},
-    **{m: "graph" for m in ("dynamic_onnx", "emulate", "onnx_int8", "onnx_smooth", "qdq_graph", "transformer_graph")},
+    **{m: "graph" for m in ("emulate", "onnx_int8", "onnx_smooth", "qdq_graph", "transformer_graph")},
 }
 _PREFIX = "condense.quantize."
 
