@@ -81,7 +81,6 @@ def test_a_new_stage_kind_is_one_record(tmp_path):
     import torch
 
     import condense
-
     from condense.cli import main
     from condense.core.config import Config
     from condense.core.errors import ConfigError
@@ -179,3 +178,27 @@ def test_a_misspelt_recovery_loss_fails_validation_at_its_line(tmp_path):
             "    recover:\n      method: distill\n      losses: [{name: soft_kdd, weight: 1.0}]\n")
     with pytest.raises(ConfigError, match=r"r.yaml:11: RecoverConfig.losses: unknown distillation loss 'soft_kdd'.*soft_kd"):
         validate_recipe(_recipe(tmp_path, text))
+
+
+def test_a_dynamic_quantize_stage_deploys_the_ort_dynamic_file_and_keeps_a_storable_model(tmp_path):
+    """The dynamic scheme's record deploys "int8_dynamic": the stage's measured file is ONNX
+    Runtime's dynamic-int8 model, and its artifact the float model (torch's packed dynamic layers
+    cannot be stored), so a recipe with a dynamic stage saves and measures instead of failing."""
+    import onnx
+    import torch
+
+    import condense
+    from condense.data import load_dataset
+    from condense.recipes import validate_recipe
+    from condense.recipes.stages import StageContext, run_stage
+
+    recipe = _recipe(tmp_path, "  - {name: q, kind: quantize, from: a, config: {method: dynamic}}\n")
+    cfg = validate_recipe(recipe)[1]
+    splits = load_dataset("digits", seed=0)
+    torch.manual_seed(0)
+    model = condense.build_model("mlp", in_features=64, num_classes=10, hidden=[32])
+    out = run_stage(StageContext(recipe, recipe.stages[1], 1, tmp_path / "q", splits, model, [], resume=False), cfg)
+    ops = {n.op_type for n in onnx.load(str(out.deployed_onnx)).graph.node}
+    assert out.deployed_onnx.name == "model.dynamic.onnx" and {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    condense.save(out.model, tmp_path / "saved")  # the float model: storable
+    assert any("dynamic int8" in n for n in out.notes)

@@ -209,6 +209,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from condense.data.loader import example_inputs, heldout_inputs
     from condense.export.onnx import export_onnx, onnx_file_bytes
     from condense.quantize import export_int8_onnx, quant_wrappers, quantize
+    from condense.quantize.attached import quant_report_of
     from condense.quantize.graph.onnx_int8 import ort_latency_comparison
 
     check_out_folder(args, args.out)
@@ -238,7 +239,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         if args.method == "static":
             qmodel = quantize(model, cfg, calibration=_calibration(args, splits, cfg.calibration_samples))
-            report = getattr(qmodel, "condense_quant_report", None)
+            report = quant_report_of(qmodel)
             if report is not None:
                 info["report"] = report.to_dict()
         elif args.method == "qat":

@@ -3,11 +3,17 @@
 record reads them: whether a stage trains (QAT) and which edit kinds mark a quantized stage."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
 from condense.core.config import Config
 from condense.core.method import METHODS, Job, Method, Outcome, jsonable
 from condense.data.loader import example_inputs
 from condense.quantize import QUANTIZERS, quantize, resolve_config
 from condense.quantize.attached import quant_report_of
+from condense.quantize.dynamic import export_dynamic_int8
 from condense.quantize.modules.qat_fit import qat_fit
 
 
@@ -27,6 +33,8 @@ def apply_quantize(job: Job) -> Outcome:
     (`Method.deploys`); the others (weight-only, dynamic) are measured as their float export."""
     model = job.input()
     info = {"quantize_config": job.config.to_dict()}
+    if QUANTIZERS.get(scheme_of(job.config)).deploys == "int8_dynamic":
+        return _dynamic(job, model, info)
     if trains(job.config):
         res = qat_fit(model, job.splits.train, job.config, job.train(None), job.splits.val,
                       example=example_inputs(job.splits.test, 1), resume=job.resume)
@@ -38,6 +46,19 @@ def apply_quantize(job: Job) -> Outcome:
     if report is not None:
         info["quant_report"] = jsonable(report)
     return Outcome(qmodel, info=info)
+
+
+def _dynamic(job: Job, model: nn.Module, info: dict[str, Any]) -> Outcome:
+    """Dynamic int8 deploys as ONNX Runtime's dynamic-int8 file; torch's dynamic-int8 layers hold
+    packed state that safetensors cannot store, so the stage's artifact is the float model (as
+    `condense quantize --method dynamic` saves it) and its measured file the int8 one."""
+    job.folder.mkdir(parents=True, exist_ok=True)
+    res = export_dynamic_int8(model, example_inputs(job.splits.test, 1), job.folder / "model.dynamic.onnx", job.config,
+                              check_speed=False)
+    info["dynamic_export"] = jsonable(res)
+    return Outcome(model, info=info, deployed_onnx=Path(res["path"]),
+                   notes=["dynamic int8: the measured file is ONNX Runtime's dynamic-int8 model.dynamic.onnx; the "
+                          "artifact holds the float model (torch's dynamic-int8 layers cannot be stored as safetensors)"])
 
 
 def _parse(raw: dict) -> Config:
