@@ -45,16 +45,21 @@ from condense.train.recover import (
 
 def validation_metric(model: nn.Module, data: Any, samples: int | None = None) -> Callable[[nn.Module], float] | None:
     """A function scoring a model on (the first `samples` of) `data`: accuracy, or for an encoder
-    (no class scores) the mean cosine of its outputs to `model`'s, computed once now. None when
+    (no class scores) the mean cosine of its output vectors (sentence embeddings, or per-token hidden
+    states) to `model`'s, computed once now. None when
     there is no data or it has no labels (and `model` is not an encoder)."""
     if data is None or len(as_source(data)) == 0:
         return None
     n = len(as_source(data))
     if samples is not None and samples < n:
         data = subset(data, list(range(samples)))
-    if is_encoder(model):
-        ref = predict(model, data)[0]
-        return lambda m: float(cosine_rows(predict(m, data)[0], ref).mean())
+    if is_encoder(model):  # per-vector cosine: a sentence embedding each, or each token's hidden state
+        def rows(m: nn.Module) -> Any:
+            out = predict(m, data)[0]
+            return out.reshape(-1, out.shape[-1])
+
+        ref = rows(model)
+        return lambda m: float(cosine_rows(rows(m), ref).mean())
     if as_source(data).labelled is False:
         return None
     return lambda m: float(evaluate(m, data)["accuracy"])
