@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError, did_you_mean
+from condense.data.calibration import iter_calibration
 from condense.evaluate.profile import measure_latency
 from condense.export.common import SCHEMES, MissingExtraError, int8_scheme  # noqa: F401  (re-exported)
 from condense.export.executorch import ExecuTorchRunner, export_executorch
@@ -40,7 +41,6 @@ from condense.models.hf import is_encoder
 from condense.models.signature import model_inputs
 from condense.quantize.attached import int8_plan_of
 from condense.quantize.graph.onnx_int8 import export_int8_onnx
-from condense.quantize.modules.calibration import iter_calibration
 from condense.quantize.modules.fake_quant import quant_wrappers
 
 FORMATS: dict[str, str] = {

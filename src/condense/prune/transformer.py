@@ -50,6 +50,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from condense.core.errors import ConfigError, InputFileError
+from condense.data.calibration import calibration_list, is_data
 from condense.data.loader import as_source
 from condense.models.edits import EDITS, record_edit
 from condense.models.signature import batch_to, call_model, model_inputs
@@ -59,7 +60,6 @@ from condense.prune.heads import Block, blocks_of, importance_scores, masked
 from condense.prune.hfconfig import ffn_width
 from condense.prune.mha import split_attention
 from condense.prune.structured import ChannelConfig, example_tuple, keep_count, prune_channels
-from condense.quantize.modules.calibration import calibration_list, is_data
 
 # ----------------------------------------------------------------------------- surgery
 

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
+from condense.data.calibration import iter_calibration
 from condense.models.edits import EDITS, record_edit
 from condense.models.hf_tokenizer import load_hf_tokenizer
 from condense.prune.config import PRUNERS, PruneContext, Pruner, VocabConfig
-from condense.quantize.modules.calibration import iter_calibration
 
 __all__ = ["TrimmedEmbedding", "TrimmedLMHead", "count_tokens", "prune_vocab"]
 

@@ -22,21 +22,21 @@ import importlib.util
 import sys
 from types import ModuleType
 
-#: old module name under condense.quantize -> the subpackage that holds it now
+#: old module name under condense.quantize -> the module's full name now
 MOVED: dict[str, str] = {
-    **{m: "modules" for m in (
-        "calibration", "fake_quant", "fold", "gptq", "groups", "lsq", "mixed", "observers", "packing",
+    **{m: f"condense.quantize.modules.{m}" for m in (
+        "fake_quant", "fold", "gptq", "groups", "lsq", "mixed", "observers", "packing",
         "primitives", "ptq", "qat", "qat_convert", "qat_fit", "weight_only")},
-    **{m: "graph" for m in ("emulate", "onnx_int8", "onnx_smooth", "qdq_graph", "transformer_graph")},
+    **{m: f"condense.quantize.graph.{m}" for m in ("emulate", "onnx_int8", "onnx_smooth", "qdq_graph", "transformer_graph")},
+    # the calibration reader is data handling that pruning reads too: it lives with the data
+    "calibration": "condense.data.calibration",
 }
 _PREFIX = "condense.quantize."
 
 
 def new_name(old: str) -> str | None:
     """`condense.quantize.<old>` -> the module's name now (None: not a moved module)."""
-    short = old.removeprefix(_PREFIX)
-    side = MOVED.get(short) if old.startswith(_PREFIX) else None
-    return None if side is None else f"{_PREFIX}{side}.{short}"
+    return MOVED.get(old.removeprefix(_PREFIX)) if old.startswith(_PREFIX) else None
 
 
 class _Alias(importlib.abc.Loader):

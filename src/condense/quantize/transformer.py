@@ -50,9 +50,11 @@ from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.core.linear import is_conv1d, linear_type_names, swap_conv1d
 from condense.core.select import select_modules
+from condense.data.calibration import calibration_list
 from condense.export.onnx import onnx_file_bytes
 from condense.models.hf import HFModel
 from condense.models.signature import model_inputs
+from condense.prune.transformer import head_counts
 from condense.quantize.graph import onnx_smooth as osm
 from condense.quantize.graph.dynamic_onnx import quantize_dynamic_onnx
 from condense.quantize.graph.transformer_graph import (
@@ -64,7 +66,6 @@ from condense.quantize.graph.transformer_graph import (
     output_rows,
     trim_padding,
 )
-from condense.quantize.modules.calibration import calibration_list
 
 #: ops of ORT's dynamic int8 output that run integer kernels
 INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear")
@@ -330,11 +331,6 @@ def export_transformer_int8(
 
 def _uneven_heads(model: nn.Module) -> bool:
     """True when a layer has fewer attention heads than the config declares (pruned heads)."""
-    # lazy: condense.prune.transformer imports the calibration reader
-    # (condense.quantize.modules.calibration, which runs condense.quantize/__init__ and so this
-    # module), so a top-level import would close a circle between the two packages
-    from condense.prune.transformer import head_counts
-
     try:
         counts = head_counts(model)
     except Exception:  # noqa: BLE001 - not a BERT-family layout the pruner knows: nothing was pruned by it

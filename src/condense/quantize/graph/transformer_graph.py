@@ -21,13 +21,13 @@ from torch import nn
 
 from condense.core.errors import RunError
 from condense.core.select import select_modules
+from condense.data.calibration import iter_calibration
 from condense.evaluate.embedding import compare_embeddings
 from condense.export import onnx as ex
 from condense.export.onnx import onnx_session, ort_run
 from condense.models.signature import as_batch, batch_size_of
 from condense.quantize.graph import onnx_smooth as osm
 from condense.quantize.graph.dynamic_onnx import quiet_ort_quantizer
-from condense.quantize.modules.calibration import iter_calibration
 
 
 def trim_padding(batch: dict[str, Any]) -> dict[str, Any]:

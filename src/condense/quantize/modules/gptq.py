@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from condense.core.errors import RunError
-from condense.quantize.modules.calibration import calibration_list, run_batch
+from condense.data.calibration import calibration_list, run_batch
 from condense.quantize.modules.weight_only import (
     _SCALE_DTYPES,
     ALGORITHMS,

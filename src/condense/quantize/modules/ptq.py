@@ -36,9 +36,9 @@ from condense.core.cpu import max_weight_bits, resolve_target
 from condense.core.errors import CondenseError, ConfigError
 from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
+from condense.data.calibration import input_tensor, iter_calibration
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.attached import attach_quant_report
-from condense.quantize.modules.calibration import input_tensor, iter_calibration
 from condense.quantize.modules.fake_quant import (
     FUSABLE_ACTS,
     SUPPORTED_TYPES,

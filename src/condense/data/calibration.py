@@ -1,4 +1,5 @@
-"""Calibration data for quantization: one reader for every method (static PTQ, GPTQ, QAT, ...).
+"""Calibration data: one reader for every method that runs a model on sample batches (static PTQ,
+GPTQ, QAT, the transformer int8 plan, and the pruning / vocabulary methods that read data).
 
 A calibration set is anything the verbs take as data (`condense.data.loader.as_source`: an
 ArrayDataset, a torch Dataset, a DataLoader, a tensor of inputs) or an iterable of batches
