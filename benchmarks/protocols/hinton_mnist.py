@@ -20,11 +20,17 @@ epoch's weights, nothing chosen on test):
   in the first full run the unclipped T = 20 student collapsed to chance.
 * library defaults: the student trained with `TrainConfig()` defaults (AdamW lr 1e-3, weight
   decay 5e-4, batch 64, the default length: 10 epochs here), and `distill(student, teacher,
-  train, DistillConfig())` (alpha 0.9, T 4, AdamW lr 1e-2 after 20 warm-up steps, same default
-  length), from the same protocol teacher, so that a default that hurts shows.
+  train, DistillConfig())` (alpha 0.9, T 4, AdamW with `condense.distill.config.DISTILL_TRAIN` on
+  top of TrainConfig's defaults, same default length), from the same protocol teacher, so that a
+  default that hurts shows. Only the training seed is set (`train={"seed": S}`), so that seed S's
+  rows differ from seed 0's in batch order as well as in initial weights.
 
     nice -n 5 python benchmarks/protocols/hinton_mnist.py            # one seed, ~22 CPU-min on 1 thread
     nice -n 5 python benchmarks/protocols/hinton_mnist.py --quick    # smoke test: 2,000 images, 1 epoch
+
+`--teacher-cache teacher.pt` stores the trained teacher (with the settings it was trained with) and
+reuses it in later runs with the same settings; the teacher row's `loaded` says which runs did (its
+`cpu_s` is then the training time stored with it).
 
 Writes benchmarks/results/protocol_hinton_mnist.json (`--quick`: ..._quick.json); docs/protocols.md
 is rendered from it by benchmarks/protocols/render_docs.py.
@@ -58,6 +64,9 @@ def main() -> None:
                     help="student rows to run after the teacher (also: distilled_clip)")
     ap.add_argument("--clip", type=float, default=5.0, help="gradient-norm clip of the distilled_clip row")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--teacher-cache", type=Path, default=None,
+                    help="a .pt file: reuse the trained teacher stored there when it was trained with this run's "
+                         "settings (seed, epochs, data, protocol), else train it and store it there")
     args = ap.parse_args()
     setup(1)
     if args.quick:
@@ -102,9 +111,20 @@ def main() -> None:
 
         if clock.over():
             return
-        teacher, t = clock.run(fit_teacher)
+        teacher_recipe = {"seed": seed, "epochs": args.teacher_epochs, "train_images": len(train),
+                          "hidden": [1200, 1200], "dropout": 0.5, "shift": 2, "train": proto}
+        cached = _load_teacher(args.teacher_cache, seed, teacher_recipe)
+        if cached is not None:
+            teacher = mlp([1200, 1200], 0.5, seed)
+            teacher.load_state_dict(cached["state_dict"])
+            teacher.eval()
+            t = cached["times"]
+        else:
+            teacher, t = clock.run(fit_teacher)
+            _save_teacher(args.teacher_cache, seed, teacher_recipe, teacher, t)
         record("teacher", seed, test_errors(teacher, test), t, args.teacher_epochs,
                label="teacher 784-1200-1200-10, dropout 0.5, shift <= 2 px")
+        rows["teacher"].setdefault("loaded", []).append(cached is not None)
 
         student_cfg = TrainConfig(**proto, epochs=args.student_epochs, seed=seed)
         plan = [
@@ -120,10 +140,11 @@ def main() -> None:
             ("default_alone", "student alone, TrainConfig() defaults", 1 if args.quick else TrainConfig().epochs or "default",
              lambda: train_model(mlp([800, 800], 0.0, seed), train,
                                  TrainConfig(seed=seed, progress="off", **({"epochs": 1} if args.quick else {}))).model),
-            ("default_distilled", "student distilled, DistillConfig() defaults (alpha 0.9, T 4)",
+            ("default_distilled", f"student distilled, DistillConfig() defaults (alpha {DistillConfig().alpha:g}, "
+                                  f"T {DistillConfig().temperature:g}, lr {DistillConfig().train.lr:g})",
              1 if args.quick else DistillConfig().train.epochs or "default",
              lambda: distill(mlp([800, 800], 0.0, seed), teacher, train,
-                             DistillConfig() if not args.quick else DistillConfig(train={"epochs": 1, "seed": seed}))),
+                             DistillConfig(train={"seed": seed, **({"epochs": 1} if args.quick else {})}))),
         ]
         for key, label, epochs, fn in plan:
             if key not in args.rows.split(","):
@@ -169,6 +190,41 @@ def main() -> None:
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: {"errors": v["errors"], "cpu_s": v["cpu_s"]} for k, v in rows.items()}, indent=None))
     print(json.dumps(summary), f"-> {path}")
+
+
+def _cache_path(path: Path | None, seed: int) -> Path | None:
+    """One file per seed: `teacher.pt` holds seed 0, `teacher.seed1.pt` seed 1, ..."""
+    if path is None:
+        return None
+    return path if seed == 0 else path.with_name(f"{path.stem}.seed{seed}{path.suffix}")
+
+
+def _load_teacher(path: Path | None, seed: int, recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """The cached teacher of `seed` when its file exists and was trained with `recipe`, else None
+    (a file from other settings is ignored, and overwritten once this run's teacher is trained)."""
+    import torch
+
+    p = _cache_path(path, seed)
+    if p is None or not p.exists():
+        return None
+    blob = torch.load(p, map_location="cpu", weights_only=True)
+    if json.loads(blob["recipe"]) != json.loads(json.dumps(recipe)):
+        print(f"teacher cache {p}: trained with other settings, not used", flush=True)
+        return None
+    print(f"teacher cache {p}: loaded", flush=True)
+    return {"state_dict": blob["state_dict"], "times": json.loads(blob["times"])}
+
+
+def _save_teacher(path: Path | None, seed: int, recipe: dict[str, Any], teacher: Any, times: dict[str, float]) -> None:
+    import torch
+
+    p = _cache_path(path, seed)
+    if p is None:
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": teacher.state_dict(), "recipe": json.dumps(recipe, sort_keys=True),
+                "times": json.dumps(times)}, p)
+    print(f"teacher cache {p}: saved", flush=True)
 
 
 if __name__ == "__main__":
