@@ -283,7 +283,13 @@ def deadline(seconds: int, what: str) -> Iterator[None]:
 
 
 def condense_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`condense ARGS` in a child process, output discarded."""
+    """`condense ARGS` in a child process, output discarded, on one intra-op thread unless `env`
+    says otherwise (as the in-process tests, tests/conftest.py): these runs' models are tiny, and on
+    2 shared cores torch's default two threads made the 4-stage kill-test recipe take 3x the
+    CPU time (44.8 against 15.1 CPU-seconds) for the same promise (an uninterrupted run and its
+    killed-and-resumed twin run with the same threads, so their weights must still be equal)."""
+    env = {**(os.environ if env is None else env)}
+    env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.Popen([sys.executable, "-m", "condense.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
 
