@@ -41,6 +41,67 @@ def pytest_sessionstart(session) -> None:
                     f"{', '.join(missing)}", returncode=1)
 
 
+ONNX_REGISTRY = "torch.onnx._internal.exporter._registration"
+
+
+def _share_onnx_registry(reg) -> None:
+    """torch.onnx's exporter rebuilds its ATen -> ONNX op registry from the installed torchlib on
+    every export (`ONNXRegistry.from_torchlib`: ~0.5 CPU-second each, the same registry every
+    time). In the tests it is built once per opset and each export gets its own copy (its own
+    lists, so an export that registers custom ops changes only its copy). Everything else in an
+    export -- torch.export, decompositions, translation, condense's passes -- runs as before."""
+    build = reg.ONNXRegistry.from_torchlib
+    built: dict = {}
+
+    def from_torchlib(cls, opset_version=None):
+        if opset_version not in built:
+            built[opset_version] = build() if opset_version is None else build(opset_version=opset_version)
+        src = built[opset_version]
+        copy = cls.__new__(cls)
+        copy.__dict__.update(src.__dict__)
+        copy.functions = {k: list(v) for k, v in src.functions.items()}
+        return copy
+
+    reg.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+
+
+class _ShareOnnxRegistryOnImport:
+    """Applies `_share_onnx_registry` when the exporter is first imported (importing it up front
+    would cost every test run ~1.4 CPU-seconds, exporting or not)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != ONNX_REGISTRY:
+            return None
+        import sys
+
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_share(module):
+            exec_module(module)
+            _share_onnx_registry(module)
+
+        spec.loader.exec_module = exec_and_share
+        return spec
+
+
+def _install_registry_hook() -> None:
+    import sys
+
+    if ONNX_REGISTRY in sys.modules:
+        _share_onnx_registry(sys.modules[ONNX_REGISTRY])
+    else:
+        sys.meta_path.insert(0, _ShareOnnxRegistryOnImport())
+
+
+_install_registry_hook()
+
+
 @pytest.fixture(scope="session")
 def digits_splits():
     from sklearn.datasets import load_digits
