@@ -20,7 +20,7 @@ from torch import nn
 
 from condense.prune.config import SCORERS, Scorer
 from condense.prune.graph import Group
-from condense.prune.importance import _channel_view, _normalised_sum
+from condense.prune.importance import channel_view, normalised_sum
 
 
 def fpgm_score(model: nn.Module, group: Group, _state: object = None) -> torch.Tensor | None:
@@ -31,9 +31,9 @@ def fpgm_score(model: nn.Module, group: Group, _state: object = None) -> torch.T
         t = tensors.get(mem.param)
         if mem.role != "out" or t is None or t.dim() < 2:
             continue
-        rows = _channel_view(t.detach().float(), mem, group.size)
+        rows = channel_view(t.detach().float(), mem, group.size)
         vecs.append(torch.cdist(rows[None], rows[None])[0].sum(1))
-    return _normalised_sum(vecs, group.size) if vecs else None
+    return normalised_sum(vecs, group.size) if vecs else None
 
 
 SCORERS.register("fpgm", Scorer(fpgm_score),

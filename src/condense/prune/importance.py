@@ -39,14 +39,14 @@ from condense.prune.graph import CONVS, NORMS, Group, Member, layer_kinds
 from condense.prune.heads import calibration_loss
 
 
-def _channel_view(t: torch.Tensor, mem: Member, size: int) -> torch.Tensor:
+def channel_view(t: torch.Tensor, mem: Member, size: int) -> torch.Tensor:
     """Rows = the group's `size` units of tensor `t` along the member's dim, one row per unit."""
     t = t.transpose(0, mem.dim) if mem.dim else t
     idx = mem.offset + torch.arange(size * mem.expand, device=t.device)
     return t[idx].reshape(size, -1)
 
 
-def _normalised_sum(vectors: list[torch.Tensor], size: int) -> torch.Tensor:
+def normalised_sum(vectors: list[torch.Tensor], size: int) -> torch.Tensor:
     total = torch.zeros(size)
     for v in vectors:
         v = v.detach().float().cpu()
@@ -66,9 +66,9 @@ def magnitude_score(model: nn.Module, group: Group, p: int) -> torch.Tensor:
         t = tensors.get(mem.param)
         if mem.role == "chan" or t is None or t.dim() < 2:
             continue
-        rows = _channel_view(t, mem, group.size)
+        rows = channel_view(t, mem, group.size)
         vecs.append(rows.abs().sum(1) if p == 1 else rows.pow(2).sum(1).sqrt())
-    return _normalised_sum(vecs, group.size)
+    return normalised_sum(vecs, group.size)
 
 
 def bn_gamma_score(model: nn.Module, group: Group) -> torch.Tensor | None:
@@ -78,8 +78,8 @@ def bn_gamma_score(model: nn.Module, group: Group) -> torch.Tensor | None:
     for mem in group.members:
         m = modules.get(mem.module)
         if mem.role == "chan" and isinstance(m, NORMS) and m.affine and mem.param == f"{mem.module}.weight":
-            vecs.append(_channel_view(tensors[mem.param], mem, group.size).abs().sum(1))
-    return _normalised_sum(vecs, group.size) if vecs else None
+            vecs.append(channel_view(tensors[mem.param], mem, group.size).abs().sum(1))
+    return normalised_sum(vecs, group.size) if vecs else None
 
 
 def taylor_grads(model: nn.Module, data: Iterable[dict[str, Any]] | None, batches: int) -> dict[str, torch.Tensor]:
@@ -134,8 +134,8 @@ def taylor_score(grads: dict[str, torch.Tensor], group: Group) -> torch.Tensor:
         g = grads.get(mem.param)
         if g is None:
             continue
-        vecs.append(_channel_view(g, mem, group.size).sum(1))
-    return _normalised_sum(vecs, group.size)
+        vecs.append(channel_view(g, mem, group.size).sum(1))
+    return normalised_sum(vecs, group.size)
 
 
 def _batches(data: Any, n: int) -> list[Any]:

@@ -42,7 +42,7 @@ from condense.prune.graph import dependency_groups
 from condense.prune.masks import get_mask, make_permanent, masked_layers, sparsity_report
 from condense.prune.mha import split_attention
 from condense.prune.report import count_macs, count_params
-from condense.prune.sensitivity import _layer_costs, estimate_cost
+from condense.prune.sensitivity import estimate_cost, layer_costs
 from condense.prune.structured import eligible_groups, example_tuple, group_ratios
 from condense.prune.transformer import batch_macs
 from condense.train.edit import edit_and_recover
@@ -123,7 +123,7 @@ def macs_ratio_to_channel_ratio(
     if cfg.scope == "layer":
         table = {
             "method": "channel", "macs": dense, "params": count_params(model), "round_to": cfg.round_to,
-            "entries": [{"name": g.root, "size": g.size} for g in groups], "layers": _layer_costs(model, inputs, groups),
+            "entries": [{"name": g.root, "size": g.size} for g in groups], "layers": layer_costs(model, inputs, groups),
         }
 
         def cost(r: float) -> float:

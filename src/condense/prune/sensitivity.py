@@ -32,7 +32,7 @@ from condense.prune.unstructured import magnitude_scores, masks_from_scores
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def _layer_costs(model: nn.Module, inputs: tuple[torch.Tensor, ...], groups: list[Group]) -> dict[str, dict[str, Any]]:
+def layer_costs(model: nn.Module, inputs: tuple[torch.Tensor, ...], groups: list[Group]) -> dict[str, dict[str, Any]]:
     """Per Conv/Linear/BatchNorm: MACs, weight/bias counts, and which group owns which positions."""
     costs: dict[str, dict[str, Any]] = {}
     hooks = []
@@ -106,7 +106,7 @@ def layer_sensitivity(
     if method == "channel":
         groups = eligible_groups(base, dependency_groups(base, inputs), ctx)
         scores = group_scores(base, groups, importance, data=data)
-        table["layers"] = _layer_costs(base, inputs, groups)
+        table["layers"] = layer_costs(base, inputs, groups)
         for g in groups:
             order = torch.argsort(-scores[g.root], stable=True)
             entry: dict[str, Any] = {"name": g.root, "size": g.size, "metric": [], "macs": [], "params": []}

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from condense.prune.graph.groups import Group, Member, PruneGraphError
-from condense.prune.graph.layers import _LayerRules
+from condense.prune.graph.layers import LayerRules
 from condense.prune.graph.nodes import (
     ELEMENTWISE,
     EXACT_REDUCE,
@@ -18,24 +18,24 @@ from condense.prune.graph.nodes import (
     POINTWISE,
     POOL,
     REDUCE,
-    _opname,
-    _shape,
-    _Stop,
-    _where,
+    TraceStop,
+    op_name,
+    shape_of,
+    where_of,
 )
-from condense.prune.graph.reshape import _ReshapeRules
-from condense.prune.graph.slicing import _SliceRules
-from condense.prune.graph.spaces import Desc, Fold, Segs, _inner, _outerish
+from condense.prune.graph.reshape import ReshapeRules
+from condense.prune.graph.slicing import SliceRules
+from condense.prune.graph.spaces import Desc, Fold, Segs, is_inner, is_outerish
 
 
-class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
+class _Builder(LayerRules, ReshapeRules, SliceRules):
     """Walks the exported graph once, giving every tensor dim a descriptor, and reads the groups off."""
 
     # -- the walk --------------------------------------------------------------------------------
     def run(self) -> list[Group]:
         for node in self.ep.graph.nodes:
             if node.op == "placeholder":
-                shape = _shape(node)
+                shape = shape_of(node)
                 fqn = self.params.get(node.name)
                 if shape is None:
                     self.desc[node] = None
@@ -53,20 +53,20 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
                 continue
             try:
                 out = self.visit(node)
-            except _Stop as e:
-                self.freeze_all(node, f"{_where(node)}: {e}")
+            except TraceStop as e:
+                self.freeze_all(node, f"{where_of(node)}: {e}")
                 out = None
             self.desc[node] = self.checked(node, out)
         return self.groups()
 
     def checked(self, node: Any, out: Any) -> Any:
-        shape = _shape(node)
+        shape = shape_of(node)
         if shape is None:
             if isinstance(out, tuple):
                 return out
             val = node.meta.get("val")
             if out is not None:  # a handler answered for one tensor, the op returns several: lose nothing
-                self.freeze_all(node, f"{_where(node)} returns several tensors")
+                self.freeze_all(node, f"{where_of(node)} returns several tensors")
                 out = None
             if isinstance(val, list | tuple) and out is None:
                 return tuple([None] * v.dim() if isinstance(v, torch.Tensor) else None for v in val)
@@ -74,14 +74,14 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
         if out is None:
             return [None] * len(shape)
         if len(out) != len(shape):
-            self.freeze_all(node, f"{_where(node)}: channel bookkeeping lost the rank")
+            self.freeze_all(node, f"{where_of(node)}: channel bookkeeping lost the rank")
             return [None] * len(shape)
         for i, d in enumerate(out):
-            if _inner(d):
+            if is_inner(d):
                 continue  # positions inside a unit may be sliced (rotary halves)
             width = self.width(d)
             if width is not None and width != shape[i]:
-                self.freeze(d, f"{_where(node)}: channel bookkeeping does not match the shape")
+                self.freeze(d, f"{where_of(node)}: channel bookkeeping does not match the shape")
                 out[i] = None
         return out
 
@@ -95,7 +95,7 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
         return False
 
     def visit(self, node: Any) -> Any:
-        op = _opname(node)
+        op = op_name(node)
         if op == "getitem":
             src, idx = node.args
             d = self.desc.get(src)
@@ -117,18 +117,18 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
             return self.pool(node)
         if op in FACTORIES:
             return None
-        raise _Stop("this operation is not known to preserve or map channels")
+        raise TraceStop("this operation is not known to preserve or map channels")
 
     # elementwise & friends
     def elementwise(self, node: Any) -> list[Desc]:
-        out_shape = _shape(node)
+        out_shape = shape_of(node)
         if out_shape is None:
-            raise _Stop("no tensor output")
+            raise TraceStop("no tensor output")
         res: list[Desc] = [None] * len(out_shape)
         sizes = [1] * len(out_shape)
         first = [True] * len(out_shape)
         for a in self.tensor_args(node):
-            dims, shape = self.dims_of(a), _shape(a)
+            dims, shape = self.dims_of(a), shape_of(a)
             if dims is None:
                 continue
             lead = len(out_shape) - len(shape)
@@ -137,28 +137,28 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
                 if first[i]:
                     res[i], sizes[i], first[i] = d, size, False
                 else:
-                    res[i] = self.tie(res[i], d, sizes[i], size, f"{_where(node)} combines channels with other values")
+                    res[i] = self.tie(res[i], d, sizes[i], size, f"{where_of(node)} combines channels with other values")
                     sizes[i] = max(sizes[i], size)
         return res
 
     def reduce(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
-        k = 2 if _opname(node) in ("linalg_vector_norm", "norm") else 1  # norm(x, ord, dim, keepdim)
+        k = 2 if op_name(node) in ("linalg_vector_norm", "norm") else 1  # norm(x, ord, dim, keepdim)
         rd = node.args[k] if len(node.args) > k else node.kwargs.get("dim")
         keep = node.args[k + 1] if len(node.args) > k + 1 else node.kwargs.get("keepdim", False)
         if rd is None or rd == []:
             rd = list(range(len(shape)))
         rd = [rd] if isinstance(rd, int) else list(rd)
         rd = {r % len(shape) for r in rd}
-        op = _opname(node)
+        op = op_name(node)
         out: list[Desc] = []
         for i, d in enumerate(dims):
             if i in rd:
-                if _outerish(d) or isinstance(d, Fold):
-                    self.freeze(d, f"{_where(node)} reduces over heads")
+                if is_outerish(d) or isinstance(d, Fold):
+                    self.freeze(d, f"{where_of(node)} reduces over heads")
                 elif isinstance(d, Segs) and op not in EXACT_REDUCE and not (op in NORM_STATS and keep):
                     # a max / prod / mean-as-a-feature over channels changes when channels go
-                    self.freeze(d, f"{_where(node)} reduces over channels ({op})")
+                    self.freeze(d, f"{where_of(node)} reduces over channels ({op})")
                 if keep:
                     out.append(None)
             else:
@@ -169,20 +169,20 @@ class _Builder(_LayerRules, _ReshapeRules, _SliceRules):
 
     def pool(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
-        nspatial = {"1d": 1, "2d": 2, "3d": 3}.get(_opname(node)[-2:], len(shape) - 2)
-        if _opname(node) in ("pad", "constant_pad_nd"):
+        nspatial = {"1d": 1, "2d": 2, "3d": 3}.get(op_name(node)[-2:], len(shape) - 2)
+        if op_name(node) in ("pad", "constant_pad_nd"):
             pads = list(node.args[1])  # (last dim's before, after, the one before it, ...)
             out = list(dims)
             for k in range(len(pads) // 2):
                 i = len(dims) - 1 - k
                 if pads[2 * k] or pads[2 * k + 1]:
-                    self.freeze(dims[i], f"{_where(node)} pads a channel dim")
+                    self.freeze(dims[i], f"{where_of(node)} pads a channel dim")
                     out[i] = None
             return out
         for d in dims[len(dims) - nspatial:]:
-            self.freeze(d, f"{_where(node)} pools or pads over a channel dim")
+            self.freeze(d, f"{where_of(node)} pools or pads over a channel dim")
         out = dims[: len(dims) - nspatial] + [None] * nspatial
-        if _opname(node) == "max_pool2d_with_indices":
+        if op_name(node) == "max_pool2d_with_indices":
             return (out, list(out))  # type: ignore[return-value]
         return out
 

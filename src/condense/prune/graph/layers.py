@@ -6,12 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from condense.prune.graph.nodes import _fq, _shape, _Stop, _where
+from condense.prune.graph.nodes import TraceStop, module_fq, shape_of, where_of
 from condense.prune.graph.spaces import Desc, Segs
-from condense.prune.graph.tracer import _Tracer
+from condense.prune.graph.tracer import Tracer
 
 
-class _LayerRules(_Tracer):
+class LayerRules(Tracer):
     # layers
     def op_linear(self, node: Any) -> list[Desc]:
         x, dims, shape = self.arg_dims(node)
@@ -19,19 +19,19 @@ class _LayerRules(_Tracer):
         bn = node.args[2] if len(node.args) > 2 else None
         w = self.dims_of(wn)
         if w is None or len(w) != 2:
-            raise _Stop("a weight that is not a 2-d parameter")
-        why = f"{_where(node)} (linear)"
+            raise TraceStop("a weight that is not a 2-d parameter")
+        why = f"{where_of(node)} (linear)"
         self.contract(dims[-1], w[1], shape[-1], why)
         self.role(wn, 0, "out")
         self.role(wn, 1, "in")
         out = dims[:-1] + [w[0]]
         if bn is not None:
             b = self.dims_of(bn)
-            out[-1] = self.tie(out[-1], b[0] if b else None, _shape(wn)[0], _shape(bn)[0], why)
+            out[-1] = self.tie(out[-1], b[0] if b else None, shape_of(wn)[0], shape_of(bn)[0], why)
             self.role(bn, 0, "chan")
-        if _fq(node) in self.mha or _fq(node).rsplit(".", 1)[0] in self.mha:
+        if module_fq(node) in self.mha or module_fq(node).rsplit(".", 1)[0] in self.mha:
             for d in (w[0], w[1]):
-                self.freeze(d, f"nn.MultiheadAttention {_fq(node)!r} checks its widths against its own attributes")
+                self.freeze(d, f"nn.MultiheadAttention {module_fq(node)!r} checks its widths against its own attributes")
         return out
 
     def contract(self, a: Desc, b: Desc, size: int, why: str) -> None:
@@ -39,18 +39,18 @@ class _LayerRules(_Tracer):
 
     def op_addmm(self, node: Any) -> list[Desc]:
         bn, x, wn = node.args[:3]
-        dims, shape = self.dims_of(x), _shape(x)
+        dims, shape = self.dims_of(x), shape_of(x)
         w = self.dims_of(wn)
         if dims is None or w is None or len(dims) != 2 or len(w) != 2:
-            raise _Stop("addmm on operands that are not matrices")
-        why = f"{_where(node)} (addmm)"
+            raise TraceStop("addmm on operands that are not matrices")
+        why = f"{where_of(node)} (addmm)"
         self.contract(dims[1], w[0], shape[1], why)
         self.role(wn, 1, "out")
         self.role(wn, 0, "in")
         out = [dims[0], w[1]]
         b = self.dims_of(bn) if hasattr(bn, "op") else None
         if b:
-            out[1] = self.tie(out[1], b[-1], _shape(wn)[1], _shape(bn)[-1], why)
+            out[1] = self.tie(out[1], b[-1], shape_of(wn)[1], shape_of(bn)[-1], why)
             self.role(bn, len(b) - 1, "chan")
         return out
 
@@ -58,8 +58,8 @@ class _LayerRules(_Tracer):
         a, da, sa = self.arg_dims(node, 0)
         b, db, sb = self.arg_dims(node, 1)
         if len(sa) < 2 or len(sb) < 2:
-            raise _Stop("a matrix-vector product")
-        why = f"{_where(node)} (matmul)"
+            raise TraceStop("a matrix-vector product")
+        why = f"{where_of(node)} (matmul)"
         self.contract(da[-1], db[-2], sa[-1], why)
         self.role(b, len(sb) - 1, "out")
         self.role(b, len(sb) - 2, "in")
@@ -90,13 +90,13 @@ class _LayerRules(_Tracer):
         bn = node.args[2] if len(node.args) > 2 else None
         if groups is None:
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-        w, wshape = self.dims_of(wn), _shape(wn)
+        w, wshape = self.dims_of(wn), shape_of(wn)
         if w is None or wshape is None:
-            raise _Stop("a convolution weight that is not a parameter")
-        why = f"{_where(node)} (convolution)"
+            raise TraceStop("a convolution weight that is not a parameter")
+        why = f"{where_of(node)} (convolution)"
         out_dim, in_dim = (1, 0) if transposed else (0, 1)
         if transposed and groups != 1:
-            raise _Stop("grouped transposed convolution")
+            raise TraceStop("grouped transposed convolution")
         if groups == 1:
             self.contract(dims[1], w[in_dim], shape[1], why)
         else:
@@ -117,7 +117,7 @@ class _LayerRules(_Tracer):
         out = [dims[0], w[out_dim]] + [None] * (len(shape) - 2)
         if bn is not None and hasattr(bn, "op"):
             b = self.dims_of(bn)
-            out[1] = self.tie(out[1], b[0] if b else None, wshape[out_dim], _shape(bn)[0], why)
+            out[1] = self.tie(out[1], b[0] if b else None, wshape[out_dim], shape_of(bn)[0], why)
             self.role(bn, 0, "chan")
         return out
 
@@ -129,20 +129,20 @@ class _LayerRules(_Tracer):
             if p is None or not hasattr(p, "op"):
                 continue
             pd = self.dims_of(p)
-            d = self.tie(d, pd[0] if pd else None, shape[x_dim], _shape(p)[0], why)
+            d = self.tie(d, pd[0] if pd else None, shape[x_dim], shape_of(p)[0], why)
             self.role(p, 0, "chan")
         dims[x_dim] = d
         return dims
 
     def op_batch_norm(self, node: Any) -> list[Desc]:
-        return self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (batch norm)")
+        return self.per_channel(node, 1, node.args[1:5], f"{where_of(node)} (batch norm)")
 
     def op__native_batch_norm_legit_no_training(self, node: Any) -> Any:
-        dims = self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (batch norm)")
+        dims = self.per_channel(node, 1, node.args[1:5], f"{where_of(node)} (batch norm)")
         return (dims, None, None)
 
     def op_instance_norm(self, node: Any) -> list[Desc]:
-        return self.per_channel(node, 1, node.args[1:5], f"{_where(node)} (instance norm)")
+        return self.per_channel(node, 1, node.args[1:5], f"{where_of(node)} (instance norm)")
 
     def op_layer_norm(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
@@ -150,27 +150,27 @@ class _LayerRules(_Tracer):
         params = [node.args[i] if len(node.args) > i else None for i in (2, 3)]
         if len(nshape) != 1:
             for d in dims[len(dims) - len(nshape):]:
-                self.freeze(d, f"{_where(node)} normalises over several dims")
+                self.freeze(d, f"{where_of(node)} normalises over several dims")
             return dims
         if params[0] is None and dims[-1] is not None:
-            self.freeze(dims[-1], f"{_where(node)}: a norm without a weight keeps its width in its attributes")
-        return self.per_channel(node, len(dims) - 1, params, f"{_where(node)} (layer norm)")
+            self.freeze(dims[-1], f"{where_of(node)}: a norm without a weight keeps its width in its attributes")
+        return self.per_channel(node, len(dims) - 1, params, f"{where_of(node)} (layer norm)")
 
     def op_rms_norm(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
         if len(node.args[1]) != 1:
             for d in dims[-len(node.args[1]):]:
-                self.freeze(d, f"{_where(node)} normalises over several dims")
+                self.freeze(d, f"{where_of(node)} normalises over several dims")
             return dims
         w = node.args[2] if len(node.args) > 2 else None
         if w is None and dims[-1] is not None:
-            self.freeze(dims[-1], f"{_where(node)}: a norm without a weight keeps its width in its attributes")
-        return self.per_channel(node, len(dims) - 1, [w], f"{_where(node)} (rms norm)")
+            self.freeze(dims[-1], f"{where_of(node)}: a norm without a weight keeps its width in its attributes")
+        return self.per_channel(node, len(dims) - 1, [w], f"{where_of(node)} (rms norm)")
 
     def op_group_norm(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
         groups = node.args[1]
-        why = f"{_where(node)} (group norm)"
+        why = f"{where_of(node)} (group norm)"
         c = self.outer(dims[1], why)
         if isinstance(c, Segs) and len(self.segs(c)) == 1:
             s0 = self.segs(c)[0][0]
@@ -182,7 +182,7 @@ class _LayerRules(_Tracer):
         for p in node.args[2:4]:
             if p is not None and hasattr(p, "op"):
                 pd = self.dims_of(p)
-                dims[1] = self.tie(dims[1], pd[0] if pd else None, shape[1], _shape(p)[0], why)
+                dims[1] = self.tie(dims[1], pd[0] if pd else None, shape[1], shape_of(p)[0], why)
                 self.role(p, 0, "chan")
         return dims
 
@@ -191,18 +191,18 @@ class _LayerRules(_Tracer):
         w = self.dims_of(wn)
         idims = self.dims_of(idx) or []
         for d in idims:
-            self.freeze(d, f"{_where(node)} indexes with channels")
+            self.freeze(d, f"{where_of(node)} indexes with channels")
         if w is None or len(w) != 2:
-            raise _Stop("an embedding table that is not a 2-d parameter")
-        self.freeze(w[0], f"{_where(node)}: rows are looked up by index")
+            raise TraceStop("an embedding table that is not a 2-d parameter")
+        self.freeze(w[0], f"{where_of(node)}: rows are looked up by index")
         self.role(wn, 1, "out")
-        return [None] * len(_shape(idx)) + [w[1]]
+        return [None] * len(shape_of(idx)) + [w[1]]
 
     def op_scaled_dot_product_attention(self, node: Any) -> list[Desc]:
         q, dq, sq = self.arg_dims(node, 0)
         k, dk, sk = self.arg_dims(node, 1)
         v, dv, sv = self.arg_dims(node, 2)
-        why = f"{_where(node)} (attention)"
+        why = f"{where_of(node)} (attention)"
         self.contract(dq[-1], dk[-1], sq[-1], why)
         for d in (dk[-2], dv[-2]):  # the softmax runs over the key positions
             self.freeze(d, f"{why}: channels as key positions")
@@ -211,7 +211,7 @@ class _LayerRules(_Tracer):
             dq[j] = self.heads_tie(dq[j], dv[j], sq[j], sv[j], why)
         mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
         if mask is not None and hasattr(mask, "op") and self.dims_of(mask) is not None:
-            dm, sm = self.dims_of(mask), _shape(mask)  # broadcast to (..., L, S): a per-head bias joins the heads
+            dm, sm = self.dims_of(mask), shape_of(mask)  # broadcast to (..., L, S): a per-head bias joins the heads
             lead = len(sq) - len(sm)
             for i, d in enumerate(dm):
                 j = i + lead

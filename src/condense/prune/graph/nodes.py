@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 
-def _fq(node: Any) -> str:
+def module_fq(node: Any) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
 
 
-def _where(node: Any) -> str:
-    mod = _fq(node)
+def where_of(node: Any) -> str:
+    mod = module_fq(node)
     op = str(node.target).replace("aten.", "").split(".")[0] if not isinstance(node.target, str) else node.target
     return f"{op} in {mod!r}" if mod else f"{op} at model level"
 
@@ -54,7 +54,7 @@ EXACT_REDUCE = {"sum"}
 NORM_STATS = {"mean", "var", "std", "norm", "linalg_vector_norm"}
 
 
-def _opname(node: Any) -> str:
+def op_name(node: Any) -> str:
     t = node.target
     if t is operator.getitem:
         return "getitem"
@@ -62,7 +62,7 @@ def _opname(node: Any) -> str:
     return name.split(".")[0]
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
+def shape_of(node: Any) -> tuple[int, ...] | None:
     v = node.meta.get("val") if hasattr(node, "meta") else None
     if isinstance(v, torch.Tensor):
         try:
@@ -72,7 +72,7 @@ def _shape(node: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
+def reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
     """Pair runs of input dims with runs of output dims of equal product (reshape / view)."""
     out, i, j = [], 0, 0
     while i < len(a) or j < len(b):
@@ -106,6 +106,6 @@ def _reshape_groups(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int],
     return out
 
 
-class _Stop(Exception):
+class TraceStop(Exception):
     pass
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from condense.prune.graph.nodes import _fq, _reshape_groups, _shape, _Stop, _where
-from condense.prune.graph.spaces import Desc, Fold, Segs, Split, _inner, _outerish
-from condense.prune.graph.tracer import _Tracer
+from condense.prune.graph.nodes import TraceStop, module_fq, reshape_groups, shape_of, where_of
+from condense.prune.graph.spaces import Desc, Fold, Segs, Split, is_inner, is_outerish
+from condense.prune.graph.tracer import Tracer
 
 
-class _ReshapeRules(_Tracer):
+class ReshapeRules(Tracer):
     # shape ops
     def op_t(self, node: Any) -> list[Desc]:
         return self.arg_dims(node)[1][::-1]
@@ -39,7 +39,7 @@ class _ReshapeRules(_Tracer):
 
     def op_expand(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
-        out_shape = _shape(node)
+        out_shape = shape_of(node)
         lead = len(out_shape) - len(dims)
         return [None] * lead + [d if shape[i] == out_shape[i + lead] else None for i, d in enumerate(dims)]
 
@@ -53,17 +53,17 @@ class _ReshapeRules(_Tracer):
         out: list[Desc] = [None] * lead
         for i, d in enumerate(dims):
             if reps[i + lead] != 1:
-                self.freeze(d, f"{_where(node)} tiles channels")
+                self.freeze(d, f"{where_of(node)} tiles channels")
                 out.append(None)
             else:
                 out.append(d)
         return out
 
     def op_flatten(self, node: Any) -> list[Desc]:
-        return self.reshape_to(node, _shape(node))
+        return self.reshape_to(node, shape_of(node))
 
     def op_view(self, node: Any) -> list[Desc]:
-        return self.reshape_to(node, _shape(node))
+        return self.reshape_to(node, shape_of(node))
 
     op_reshape = op_view
     op__unsafe_view = op_view
@@ -74,12 +74,12 @@ class _ReshapeRules(_Tracer):
     def reshape_to(self, node: Any, out_shape: tuple[int, ...] | None) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
         if out_shape is None:
-            raise _Stop("a reshape to a symbolic shape")
-        groups = _reshape_groups(shape, out_shape)
+            raise TraceStop("a reshape to a symbolic shape")
+        groups = reshape_groups(shape, out_shape)
         if groups is None:
-            raise _Stop(f"a reshape {list(shape)} -> {list(out_shape)} the tracer cannot pair up")
+            raise TraceStop(f"a reshape {list(shape)} -> {list(out_shape)} the tracer cannot pair up")
         out: list[Desc] = [None] * len(out_shape)
-        why = f"{_where(node)} reshapes {list(shape)} -> {list(out_shape)}"
+        why = f"{where_of(node)} reshapes {list(shape)} -> {list(out_shape)}"
         for gi, gj in groups:
             first = next((k for k, i in enumerate(gi) if dims[i] is not None), None)
             ins = [(dims[i], shape[i]) for k, i in enumerate(gi)
@@ -98,7 +98,7 @@ class _ReshapeRules(_Tracer):
             if len(outs) == 1:
                 out[outs[0]] = merged
             elif len(outs) > 1:
-                for k, d in enumerate(self.split(merged, [out_shape[j] for j in outs], why, _fq(node))):
+                for k, d in enumerate(self.split(merged, [out_shape[j] for j in outs], why, module_fq(node))):
                     out[outs[k]] = d
         return out
 
@@ -113,7 +113,7 @@ class _ReshapeRules(_Tracer):
             return Segs(((d0.space, math.prod(d0.sizes)),))
         if all(d is None for d, _ in ins[:-1]) and ins[-1][0] is not None and not isinstance(ins[-1][0], Fold):
             last = ins[-1][0]
-            if not _inner(last):
+            if not is_inner(last):
                 return Fold(last, math.prod(sz for _, sz in ins[:-1]))
         head, rest = ins[0], ins[1:]
         d = self.outer(head[0], why)
@@ -146,7 +146,7 @@ class _ReshapeRules(_Tracer):
                 if module and module not in self.sp.heads[r]:
                     self.sp.heads[r].append(module)
                 return [Split(segs[0][0], tuple(sizes), k) for k in range(len(sizes))]
-        if _outerish(d) and math.prod(sizes) == d.sizes[d.idx]:
+        if is_outerish(d) and math.prod(sizes) == d.sizes[d.idx]:
             d2 = self.outer(d, why)
             if isinstance(d2, Segs):
                 return self.split(d2, sizes, why, module)

@@ -6,16 +6,16 @@ import itertools
 import math
 from typing import Any
 
-from condense.prune.graph.nodes import _shape, _Stop, _where
-from condense.prune.graph.spaces import Desc, Seg, Segs, Split, _inner, _outerish
-from condense.prune.graph.tracer import _Tracer
+from condense.prune.graph.nodes import TraceStop, shape_of, where_of
+from condense.prune.graph.spaces import Desc, Seg, Segs, Split, is_inner, is_outerish
+from condense.prune.graph.tracer import Tracer
 
 
-class _SliceRules(_Tracer):
+class SliceRules(Tracer):
     def op_select(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
         dim, index = node.args[1] % len(dims), node.args[2]
-        parts = self.pick(dims, shape, dim, f"{_where(node)} selects one channel")
+        parts = self.pick(dims, shape, dim, f"{where_of(node)} selects one channel")
         if parts is None:
             return dims[:dim] + dims[dim + 1:]
         return parts[index % len(parts)]
@@ -23,7 +23,7 @@ class _SliceRules(_Tracer):
     def op_unbind(self, node: Any) -> Any:
         _, dims, shape = self.arg_dims(node)
         dim = (node.args[1] if len(node.args) > 1 else 0) % len(dims)
-        parts = self.pick(dims, shape, dim, f"{_where(node)} unbinds channels")
+        parts = self.pick(dims, shape, dim, f"{where_of(node)} unbinds channels")
         if parts is None:
             return tuple(dims[:dim] + dims[dim + 1:] for _ in range(shape[dim]))
         return tuple(parts)
@@ -33,7 +33,7 @@ class _SliceRules(_Tracer):
         d = dims[dim]
         if d is None:
             return None
-        if _outerish(d) and len(self.sp.live((d.space, math.prod(d.sizes)))) == 1:
+        if is_outerish(d) and len(self.sp.live((d.space, math.prod(d.sizes)))) == 1:
             n, parts = self.sp.size(d.space), d.sizes[d.idx]
             if n % parts == 0:
                 kids = self.sp.refine(d.space, [n // parts] * parts)
@@ -68,9 +68,9 @@ class _SliceRules(_Tracer):
         d = dims[dim]
         if d is None or (start == 0 and end == shape[dim] and step == 1):
             return dims
-        if _inner(d):
+        if is_inner(d):
             return dims  # inside a unit (rotary halves of a head)
-        d = self.outer(d, f"{_where(node)} slices channels")
+        d = self.outer(d, f"{where_of(node)} slices channels")
         if isinstance(d, Segs) and step == 1 and self._cut(d, [start, end]):
             pos, keep = 0, []
             for s, w in self.segs(d):
@@ -80,7 +80,7 @@ class _SliceRules(_Tracer):
             if sum(w for _, w in keep) == end - start:
                 dims[dim] = Segs(tuple(keep))
                 return dims
-        self.freeze(d, f"{_where(node)} slices channels")
+        self.freeze(d, f"{where_of(node)} slices channels")
         dims[dim] = None
         return dims
 
@@ -103,9 +103,9 @@ class _SliceRules(_Tracer):
 
     def split_at(self, node: Any, dims: list[Desc], dim: int, sizes: list[int]) -> Any:
         d = dims[dim]
-        why = f"{_where(node)} splits channels"
+        why = f"{where_of(node)} splits channels"
         if isinstance(d, Split):
-            d = self.outer(d, why) if _outerish(d) else d
+            d = self.outer(d, why) if is_outerish(d) else d
         if isinstance(d, Split) or d is None:
             return tuple(dims[:dim] + [d] + dims[dim + 1:] for _ in sizes)
         cuts = list(itertools.accumulate(sizes[:-1]))
@@ -125,14 +125,14 @@ class _SliceRules(_Tracer):
 
     def op_cat(self, node: Any) -> list[Desc]:
         tensors = node.args[0]
-        out_shape = _shape(node)
+        out_shape = shape_of(node)
         dim = (node.args[1] if len(node.args) > 1 else 0) % len(out_shape)
-        why = f"{_where(node)} concatenates"
+        why = f"{where_of(node)} concatenates"
         parts: list[tuple[list[Desc], tuple[int, ...]]] = []
         for t in tensors:
-            dims, shape = self.dims_of(t), _shape(t)
+            dims, shape = self.dims_of(t), shape_of(t)
             if dims is None or shape is None:
-                raise _Stop("concatenates something that is not a tensor")
+                raise TraceStop("concatenates something that is not a tensor")
             if len(shape) != len(out_shape):
                 continue  # legacy empty tensors
             parts.append((list(dims), shape))
@@ -149,7 +149,7 @@ class _SliceRules(_Tracer):
             return res
         for dims, shape in parts:
             d = dims[dim]
-            if _inner(d):
+            if is_inner(d):
                 inner = True
                 continue
             d = self.outer(d, why)
@@ -158,9 +158,9 @@ class _SliceRules(_Tracer):
             else:
                 segs += self.segs(d)
         if inner:
-            res[dim] = next(dims[dim] for dims, _ in parts if _inner(dims[dim]))
+            res[dim] = next(dims[dim] for dims, _ in parts if is_inner(dims[dim]))
             for dims, _ in parts:
-                if dims[dim] is not None and not _inner(dims[dim]):
+                if dims[dim] is not None and not is_inner(dims[dim]):
                     self.freeze(dims[dim], why)
         else:
             res[dim] = Segs(tuple(segs))
@@ -170,14 +170,14 @@ class _SliceRules(_Tracer):
 
     def op_stack(self, node: Any) -> list[Desc]:
         tensors = node.args[0]
-        out_shape = _shape(node)
+        out_shape = shape_of(node)
         dim = (node.args[1] if len(node.args) > 1 else 0) % len(out_shape)
         first = self.dims_of(tensors[0])
         res = list(first)
         for t in tensors[1:]:
             dims = self.dims_of(t)
             for i in range(len(res)):
-                res[i] = self.tie(res[i], dims[i], _shape(tensors[0])[i], _shape(t)[i], f"{_where(node)} stacks")
+                res[i] = self.tie(res[i], dims[i], shape_of(tensors[0])[i], shape_of(t)[i], f"{where_of(node)} stacks")
         return res[:dim] + [None] + res[dim:]
 
     def op_index(self, node: Any) -> list[Desc]:
@@ -185,26 +185,26 @@ class _SliceRules(_Tracer):
         idx = node.args[1]
         used = [i for i, t in enumerate(idx) if t is not None]
         for i in used:
-            self.freeze(dims[i], f"{_where(node)} indexes channels")
+            self.freeze(dims[i], f"{where_of(node)} indexes channels")
         for t in idx:
             if t is not None and hasattr(t, "op"):
                 for d in self.dims_of(t) or ():
-                    self.freeze(d, f"{_where(node)} indexes with channels")
-        out_shape = _shape(node)
+                    self.freeze(d, f"{where_of(node)} indexes with channels")
+        out_shape = shape_of(node)
         rest = [d for i, d in enumerate(dims) if i not in used]
         if used == list(range(len(used))):
             return [None] * (len(out_shape) - len(rest)) + rest
         for d in rest:
-            self.freeze(d, f"{_where(node)} indexes")
+            self.freeze(d, f"{where_of(node)} indexes")
         return [None] * len(out_shape)
 
     def op_gather(self, node: Any) -> list[Desc]:
         _, dims, shape = self.arg_dims(node)
         dim = node.args[1] % len(dims)
-        self.freeze(dims[dim], f"{_where(node)} gathers channels")
+        self.freeze(dims[dim], f"{where_of(node)} gathers channels")
         idx = self.dims_of(node.args[2]) or []
         for d in idx:
-            self.freeze(d, f"{_where(node)} gathers with channels")
+            self.freeze(d, f"{where_of(node)} gathers with channels")
         return [d if i != dim and (i >= len(idx) or idx[i] is None) else None for i, d in enumerate(dims)]
 
     def op_roll(self, node: Any) -> list[Desc]:
@@ -216,7 +216,7 @@ class _SliceRules(_Tracer):
             which = list(range(len(dims)))
         for w in which:
             if dims[w % len(dims)] is not None:
-                self.freeze(dims[w % len(dims)], f"{_where(node)} rolls channels")
+                self.freeze(dims[w % len(dims)], f"{where_of(node)} rolls channels")
                 dims[w % len(dims)] = None
         return dims
 
@@ -224,7 +224,7 @@ class _SliceRules(_Tracer):
         _, dims, shape = self.arg_dims(node)
         for w in node.args[1]:
             if dims[w % len(dims)] is not None:
-                self.freeze(dims[w % len(dims)], f"{_where(node)} flips channels")
+                self.freeze(dims[w % len(dims)], f"{where_of(node)} flips channels")
                 dims[w % len(dims)] = None
         return dims
 

@@ -1,5 +1,5 @@
 """Dimension descriptors (`Segs`, `Split`, `Fold`) and the union-find over channel spaces
-(`_Spaces`: tie, coarsen into whole units, refine into parts) that the tracer builds groups with."""
+(`Spaces`: tie, coarsen into whole units, refine into parts) that the tracer builds groups with."""
 from __future__ import annotations
 
 import dataclasses
@@ -34,17 +34,17 @@ class Fold:
 Desc = Segs | Split | Fold | None
 
 
-def _inner(d: Any) -> bool:
+def is_inner(d: Any) -> bool:
     """Positions inside a unit (a head's own dims): free to slice, contract or reduce."""
     return isinstance(d, Split) and d.idx > 0
 
 
-def _outerish(d: Any) -> bool:
+def is_outerish(d: Any) -> bool:
     """A lazy split's outer dim (the heads): tying it coarsens the space into whole units."""
     return isinstance(d, Split) and d.idx == 0
 
 
-class _Spaces:
+class Spaces:
     """Union-find over spaces. A live space has `n` units; a refined space has `children`.
     Member records `(param, dim, offset, width)` live on spaces; classes hold spaces."""
 

@@ -8,17 +8,17 @@ from typing import Any
 
 from torch import nn
 
-from condense.prune.graph.nodes import _shape, _Stop, _where
-from condense.prune.graph.spaces import Desc, Fold, Seg, Segs, Split, _inner, _Spaces
+from condense.prune.graph.nodes import TraceStop, shape_of, where_of
+from condense.prune.graph.spaces import Desc, Fold, Seg, Segs, Spaces, Split, is_inner
 
 
-class _Tracer:
+class Tracer:
     def __init__(self, model: nn.Module, ep: Any) -> None:
         self.model = model
         self.ep = ep
         sig = ep.graph_signature
         self.params: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
-        self.sp = _Spaces()
+        self.sp = Spaces()
         self.desc: dict[Any, Any] = {}
         self.param_dims: dict[tuple[str, int], int] = {}
         self.roles: dict[tuple[str, int], str] = {}
@@ -57,7 +57,7 @@ class _Tracer:
             self.sp.fix(s, why)
 
     def freeze_all(self, node: Any, why: str | None = None) -> None:
-        why = why or f"{_where(node)} is not followed by the channel tracer"
+        why = why or f"{where_of(node)} is not followed by the channel tracer"
         for a in node.all_input_nodes:
             for d in self.desc.get(a) or ():
                 if isinstance(d, list | tuple):  # a tuple output: a list of per-tensor dims
@@ -97,7 +97,7 @@ class _Tracer:
             self.freeze(b, why)
             return a if isinstance(a, Fold) else b
         a, b = self.outer(a, why), self.outer(b, why)
-        inner_a, inner_b = _inner(a), _inner(b)
+        inner_a, inner_b = is_inner(a), is_inner(b)
         if inner_a or inner_b:  # positions inside a unit: free as long as whole units go
             if isinstance(a, Segs):
                 self.freeze(a, why)
@@ -191,10 +191,10 @@ class _Tracer:
     def arg_dims(self, node: Any, i: int = 0) -> tuple[Any, list[Desc], tuple[int, ...]]:
         x = node.args[i]
         dims = self.dims_of(x) if hasattr(x, "op") else None
-        shape = _shape(x) if hasattr(x, "op") else None
+        shape = shape_of(x) if hasattr(x, "op") else None
         if dims is None or shape is None:
-            raise _Stop("an operand is not a tensor the tracer follows")
+            raise TraceStop("an operand is not a tensor the tracer follows")
         return x, list(dims), shape
 
     def tensor_args(self, node: Any) -> list[Any]:
-        return [a for a in list(node.args) + list(node.kwargs.values()) if hasattr(a, "op") and _shape(a) is not None]
+        return [a for a in list(node.args) + list(node.kwargs.values()) if hasattr(a, "op") and shape_of(a) is not None]
