@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.artifacts.checkpoint import _PICKLE_SUFFIXES, _load_checkpoint
+from condense.artifacts.checkpoint import PICKLE_SUFFIXES, load_checkpoint
 from condense.artifacts.header import (
     ALLOC_MARGIN,
     BASE_FACTOR,
@@ -50,24 +50,24 @@ from condense.artifacts.layout import (
     FORMAT,
     META_NAME,
     WEIGHTS_NAME,
-    _listed_files,
-    _sha256,
-    _verify_files,
     artifact_bytes,
+    file_sha256,
+    listed_files,
     read_metadata,
+    verify_files,
 )
-from condense.artifacts.materialize import _materialize, retie, tied_parameters
+from condense.artifacts.materialize import materialize_model, retie, tied_parameters
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import (
     OutsideFolderError,
-    _fsync_dir,
     atomic_path,
     atomic_write_json,
     deletable,
     delete_inside,
+    fsync_dir,
     inside,
 )
-from condense.models.edits import replay_edits
+from condense.models.edits import edit_log, replay_edits
 from condense.models.hf import (
     HFModel,
     artifact_info,
@@ -173,12 +173,12 @@ def save(
         meta = {
             "format": FORMAT,
             "architecture": spec.to_dict(),
-            "edits": list(getattr(model, "condense_edits", []) or []),
+            "edits": list(edit_log(model)),
             "condense_version": __version__,
             "torch_version": torch.__version__,
             **({"transformers_version": section["hf"]["transformers_version"]} if section else {}),
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "files": {n: {"bytes": (staging / n).stat().st_size, "sha256": _sha256(staging / n)} for n in names},
+            "files": {n: {"bytes": (staging / n).stat().st_size, "sha256": file_sha256(staging / n)} for n in names},
             **({"signature": sig.to_dict()} if sig != DEFAULT_SIGNATURE else {}),
             **section,
             "metrics": metrics or {},
@@ -207,24 +207,24 @@ def _publish(staging: Path, folder: Path, names: list[str]) -> None:
     if not folder.is_symlink() and (not folder.exists() or not any(folder.iterdir())):
         try:
             os.rename(staging, folder)  # atomic; replaces an empty folder too
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
             return
         except OSError:
             if not folder.is_dir():
                 raise
-    stale = sorted(_listed_files(folder) - set(names))
+    stale = sorted(listed_files(folder) - set(names))
     _check_paths(folder, names, stale)  # before anything changes: no write or delete leaves the folder
     (folder / META_NAME).unlink(missing_ok=True)  # from here on the folder reads as incomplete
-    _fsync_dir(folder)
+    fsync_dir(folder)
     for name in names:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     for name in stale:
         delete_inside(folder, name)
     os.replace(staging / META_NAME, folder / META_NAME)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _check_paths(folder: Path, names: list[str], stale: list[str]) -> None:
@@ -270,10 +270,10 @@ def load(
     the built architecture, so the model carries a spec and `save()` can write it as an artifact.
     """
     p = Path(path)
-    if p.suffix.lower() in _PICKLE_SUFFIXES and (p.is_file() or not p.exists()):
+    if p.suffix.lower() in PICKLE_SUFFIXES and (p.is_file() or not p.exists()):
         if not p.exists():
             raise InputFileError(f"{p}: no such file")
-        return _load_checkpoint(p, spec, trust_pickle, map_location)
+        return load_checkpoint(p, spec, trust_pickle, map_location)
     if spec is not None:
         raise ConfigError(f"{p}: an artifact records its own architecture; a spec (--model) is for a .pt checkpoint")
     meta = read_metadata(p)
@@ -286,7 +286,7 @@ def load(
     weights = p / WEIGHTS_NAME
     if not weights.exists():
         raise InputFileError(f"{weights}: missing")
-    _verify_files(p, meta)
+    verify_files(p, meta)
     header = read_header(weights)
     edits = meta.get("edits", [])
     if not isinstance(edits, list) or not all(isinstance(e, dict) and isinstance(e.get("kind"), str)
@@ -317,7 +317,7 @@ def load(
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as e:
         raise InputFileError(f"{weights}: not a readable safetensors file ({e})") from None
-    model = _materialize(model, build, map_location)
+    model = materialize_model(model, build, map_location)
     if hf:
         state = from_hf_state(model, state)
     load_state_strict(model, state, source=str(weights))

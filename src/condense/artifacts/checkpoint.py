@@ -10,11 +10,11 @@ from torch import nn
 
 from condense.artifacts.header import load_state_strict
 from condense.core.errors import ConfigError, InputFileError
-from condense.models.edits import replay_edits
+from condense.models.edits import edit_log, replay_edits
 from condense.models.registry import ModelSpec
 from condense.models.signature import DEFAULT_SIGNATURE, set_signature, signature_of
 
-_PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin"}
 
 #: keys under which training scripts commonly nest the state_dict of a checkpoint
 _STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -38,7 +38,7 @@ def _state_of(obj: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _load_checkpoint(p: Path, spec: ModelSpec | None, trust_pickle: bool, map_location: Any) -> nn.Module:
+def load_checkpoint(p: Path, spec: ModelSpec | None, trust_pickle: bool, map_location: Any) -> nn.Module:
     """A `.pt` file: a state_dict into `spec`'s architecture, or a trusted pickled module (see `load`)."""
     import pickle
 
@@ -79,7 +79,7 @@ def _load_checkpoint(p: Path, spec: ModelSpec | None, trust_pickle: bool, map_lo
 def _into_spec(spec: ModelSpec, state: dict[str, torch.Tensor], p: Path, module: nn.Module | None) -> nn.Module:
     """Build `spec`, replay the pickled `module`'s recorded edits (if any), load `state` strictly."""
     model = spec.build()
-    edits = list(getattr(module, "condense_edits", None) or [])
+    edits = list(edit_log(module))
     if edits:
         replay_edits(model, edits)
     load_state_strict(model, state, source=f"{p} (into {spec.name})")

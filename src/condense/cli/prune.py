@@ -78,6 +78,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from condense.core.errors import ConfigError
     from condense.core.seed import seed_everything
     from condense.data.loader import example_inputs
+    from condense.models.edits import edit_report
     from condense.prune.recover import RecoverConfig, prune_and_recover
 
     check_out_folder(args, args.out)
@@ -133,7 +134,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         with contextlib.suppress(ConfigError):  # BERT-style blocks only; other families went through the engine
             summary["heads_per_layer"] = head_counts(model)
             summary["intermediate_size"] = int(model.hf.config.intermediate_size)
-    vocab = getattr(model, "condense_vocab_report", None)
+    vocab = edit_report(model, "vocab")
     if vocab is not None:
         summary["vocabulary"] = vocab
     text = (

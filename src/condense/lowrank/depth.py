@@ -49,7 +49,7 @@ from condense.lowrank.residual import _call_args, discover_blocks
 from condense.lowrank.sensitivity import default_metric
 from condense.lowrank.skipped import SkippedBlock, _first_input, _returns
 from condense.lowrank.skipped import _replay_drop as _replay_drop  # importable from here as before
-from condense.models.edits import record_edit
+from condense.models.edits import attach_edit_report, edit_log, record_edit
 from condense.models.hf import keep_layers
 from condense.models.hf_layers import layer_layout
 from condense.prune.structured import example_tuple
@@ -201,7 +201,7 @@ def reduce_depth(model: nn.Module, config: DepthConfig | dict[str, Any] | None =
     candidates, _ = _candidates(model, cfg.targets, cfg.ignore, example)
     hf = _hf_layers(model)
     hf_path = hf is not None and all(n.startswith(hf[0] + ".") and n[len(hf[0]) + 1:].isdigit() for n in candidates)
-    if hf_path and getattr(model, "condense_edits", None):
+    if hf_path and edit_log(model):
         raise ConfigError("reduce_depth: this encoder already carries structural edits (pruned heads, factorized "
                           "layers) that name layers by index; remove layers first, then prune or factorize")
     report: dict[str, Any] = {"candidates": candidates}
@@ -236,5 +236,5 @@ def reduce_depth(model: nn.Module, config: DepthConfig | dict[str, Any] | None =
     if not hf_path:
         record_edit(model, "drop_blocks", blocks=chosen, returns={n: returns.get(n, 0) for n in chosen})
     report["dropped"] = chosen
-    model.condense_depth_report = report  # type: ignore[assignment]
+    attach_edit_report(model, "depth", report)
     return model

@@ -33,7 +33,7 @@ from condense.lowrank.rank import (
 )
 from condense.lowrank.sensitivity import allocate_ranks, default_metric, rank_sensitivity
 from condense.lowrank.stats import LayerStats, collect_stats
-from condense.models.edits import record_edit
+from condense.models.edits import attach_edit_report, record_edit
 from condense.prune.selection import select_layers
 from condense.prune.structured import example_tuple
 
@@ -213,5 +213,5 @@ def factorize(
               "factorized": len(replaced), **summarize(plans, chosen)}
     if sens_table:
         report["sensitivity"] = sens_table
-    model.condense_lowrank_report = report  # type: ignore[assignment]
+    attach_edit_report(model, "lowrank", report)
     return model

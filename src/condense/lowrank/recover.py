@@ -19,6 +19,7 @@ from condense.data.views import subset
 from condense.lowrank.config import DepthConfig, FactorizeConfig
 from condense.lowrank.depth import reduce_depth
 from condense.lowrank.factorize import as_factorize_config, factorize
+from condense.models.edits import edit_report
 from condense.train.edit import edit_and_recover
 from condense.train.recover import RecoverConfig, recover_config
 
@@ -49,7 +50,7 @@ def factorize_and_recover(
 
     return edit_and_recover(model, edit, rcfg, train_data, val_data, teacher=teacher, resume=resume,
                             recover_data=recover_data, val_samples=val_samples,
-                            report=lambda m: getattr(m, "condense_lowrank_report", None))
+                            report=lambda m: edit_report(m, "lowrank"))
 
 
 def reduce_depth_and_recover(
@@ -74,4 +75,4 @@ def reduce_depth_and_recover(
 
     return edit_and_recover(model, edit, rcfg, train_data, val_data, teacher=teacher, resume=resume,
                             recover_data=recover_data, val_samples=val_samples,
-                            report=lambda m: getattr(m, "condense_depth_report", None))
+                            report=lambda m: edit_report(m, "depth"))

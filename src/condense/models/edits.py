@@ -22,21 +22,44 @@ from condense.core.registry import Registry
 EDITS: Registry[Callable[..., None]] = Registry("edit")
 
 
+#: the model attribute holding its edit log (named once, here; `edit_log` / `set_edit_log` read and write it)
+EDITS_ATTR = "condense_edits"
+#: the model attributes holding a structural edit's own report (`edit_report` / `attach_edit_report`)
+REPORT_ATTRS = {"lowrank": "condense_lowrank_report", "depth": "condense_depth_report",
+                "vocab": "condense_vocab_report"}
+
+
+def edit_log(model: nn.Module) -> list[dict[str, Any]]:
+    """The edits recorded on `model`, in order (empty when there are none)."""
+    return getattr(model, EDITS_ATTR, None) or []
+
+
+def set_edit_log(model: nn.Module, edits: list[dict[str, Any]]) -> None:
+    """Replace `model`'s edit log by a copy of `edits`."""
+    setattr(model, EDITS_ATTR, copy.deepcopy(list(edits)))
+
+
+def attach_edit_report(model: nn.Module, kind: str, report: Any) -> None:
+    """Let `model` carry the report of its last `kind` edit ("lowrank", "depth", "vocab")."""
+    setattr(model, REPORT_ATTRS[kind], report)
+
+
+def edit_report(model: nn.Module, kind: str) -> Any:
+    """The report of `model`'s last `kind` edit, or None."""
+    return getattr(model, REPORT_ATTRS[kind], None)
+
+
 def record_edit(model: nn.Module, kind: str, **params: Any) -> None:
-    """Append an edit to `model.condense_edits` (checked to be replayable)."""
+    """Append an edit to `model`'s edit log (checked to be replayable)."""
     EDITS.get(kind)
-    edits = getattr(model, "condense_edits", None)
-    if edits is None:
-        edits = []
-        model.condense_edits = edits  # type: ignore[assignment]
-    edits.append({"kind": kind, "params": copy.deepcopy(params)})
+    set_edit_log(model, [*edit_log(model), {"kind": kind, "params": params}])
 
 
 def replay_edits(model: nn.Module, edits: list[dict[str, Any]]) -> nn.Module:
     """Re-apply a recorded edit log to a freshly built base model (in order)."""
     for edit in edits:
         EDITS.get(edit["kind"])(model, **edit.get("params", {}))
-    model.condense_edits = copy.deepcopy(list(edits))  # type: ignore[assignment]
+    set_edit_log(model, edits)
     return model
 
 

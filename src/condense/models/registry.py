@@ -24,6 +24,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, InputFileError, UnknownNameError, did_you_mean
 from condense.core.registry import Registry
+from condense.models.edits import set_edit_log
 from condense.models.hf import BUILD_ARGS, build_hf_model
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -102,7 +103,7 @@ def _build_hf(folder: str, kwargs: dict[str, Any]) -> nn.Module:
                           f"it takes {', '.join(BUILD_ARGS)}")
     model = build_hf_model(folder, **kwargs)
     model.condense_spec = ModelSpec(f"{HF_PREFIX}{model.source_dir}", dict(model.build_kwargs))  # type: ignore[assignment]
-    model.condense_edits = []  # type: ignore[assignment]
+    set_edit_log(model, [])
     return model
 
 
@@ -122,7 +123,7 @@ def build_model(name: str, /, **kwargs: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r}: factory returned {type(model).__name__}, not a torch.nn.Module")
     model.condense_spec = ModelSpec(name, dict(kwargs))  # type: ignore[assignment]
-    model.condense_edits = []  # type: ignore[assignment]
+    set_edit_log(model, [])
     return model
 
 

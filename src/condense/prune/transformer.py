@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from condense.core.errors import ConfigError, InputFileError
 from condense.data.calibration import calibration_list, is_data
 from condense.data.loader import as_source
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, edit_log, record_edit, set_edit_log
 from condense.models.signature import batch_to, call_model, model_inputs
 from condense.prune.config import PRUNERS, PruneContext, Pruner, TransformerConfig
 from condense.prune.graph import dependency_groups
@@ -349,7 +349,7 @@ def pad_pruned_heads(model: nn.Module) -> nn.Module:
         b.attention.condense_head_ids = list(range(n))
     if hasattr(cfg, "pruned_heads"):
         del cfg.pruned_heads
-    out.condense_edits = [e for e in getattr(out, "condense_edits", []) if e["kind"] != "prune_heads"]
+    set_edit_log(out, [e for e in edit_log(out) if e["kind"] != "prune_heads"])
     return out
 
 

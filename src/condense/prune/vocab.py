@@ -24,7 +24,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError
 from condense.data.calibration import iter_calibration
-from condense.models.edits import EDITS, record_edit
+from condense.models.edits import EDITS, attach_edit_report, record_edit
 from condense.models.hf_tokenizer import load_hf_tokenizer
 from condense.prune.config import PRUNERS, PruneContext, Pruner, VocabConfig
 
@@ -163,12 +163,12 @@ def prune_vocab(model: nn.Module, cfg: VocabConfig, ctx: PruneContext) -> nn.Mod
     _apply(model, name, emb, kept, unk, head)
     record_edit(model, "trim_vocab", module=name, kept=kept, unk=unk,
                 **({} if head is None else {"head": head[0], "tied": head[2]}))
-    model.condense_vocab_report = {  # type: ignore[assignment]
+    attach_edit_report(model, "vocab", {
         "vocab_size": emb.num_embeddings, "kept": len(kept), "special": len(special),
         "tokens_read": int(counts.sum()), "distinct_tokens_seen": int((counts > 0).sum()),
         "embedding_params_before": emb.weight.numel(), "embedding_params_after": len(kept) * emb.embedding_dim,
         "lm_head": None if head is None else {"module": head[0], "tied": head[2]},
-    }
+    })
     return model
 
 

@@ -42,6 +42,7 @@ from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.evaluate.timing import interleaved_latency, timed_pass  # noqa: F401  (interleaved_latency: its home until issue 27)
 from condense.export.onnx import export_onnx, onnx_file_bytes, onnx_session, ort_input
+from condense.models.edits import edit_log
 from condense.models.signature import repeat_batch
 from condense.quantize.attached import int8_plan_of
 from condense.quantize.graph.qdq_graph import insert_qdq, strip_metadata, weight_columns
@@ -257,7 +258,7 @@ def export_int8_onnx(
 
 def _quantized_for(qmodel: nn.Module) -> str:
     """The target the model was statically quantized for (its edit log), else "auto"."""
-    for edit in reversed(getattr(qmodel, "condense_edits", None) or []):
+    for edit in reversed(edit_log(qmodel)):
         if edit.get("kind") == "quantize_static":
             return str(edit["params"].get("config", {}).get("target", "auto"))
         if edit.get("kind") == "qat":

@@ -37,7 +37,7 @@ from condense.core.errors import CondenseError, ConfigError
 from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
 from condense.data.calibration import input_tensor, iter_calibration
-from condense.models.edits import EDITS, record_conv1d_swap, record_edit
+from condense.models.edits import EDITS, edit_log, record_conv1d_swap, record_edit, set_edit_log
 from condense.quantize.attached import attach_quant_report
 from condense.quantize.modules.fake_quant import (
     FUSABLE_ACTS,
@@ -307,7 +307,7 @@ def quantize_static(
     cfg = cfg.replace(targets=targets, ignore=ignore)
 
     qmodel = copy.deepcopy(model).eval()
-    qmodel.condense_edits = copy.deepcopy(list(getattr(model, "condense_edits", []) or []))  # type: ignore[assignment]
+    set_edit_log(qmodel, edit_log(model))
     names, skipped = _select(qmodel, targets, ignore)
     record_conv1d_swap(qmodel, [n for n in names if is_conv1d(qmodel.get_submodule(n))])
     device = next((t.device for t in [*qmodel.parameters(), *qmodel.buffers()]), torch.device("cpu"))
