@@ -269,6 +269,7 @@ stages:
     kind: quantize
     config: {method: qat, bits: 4}
     train: {epochs: 2, lr: 0.0005}
+measure: {batch_sizes: [1], repeats: 3, warmup: 1}  # latency is not what this checks
 """)
     report = condense.run_recipe(recipe, tmp_path / "run", quiet=True)
     rows = {s["stage"]: s for s in report["stages"]}
