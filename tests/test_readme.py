@@ -32,6 +32,7 @@ def test_your_own_model_section_runs_as_written(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONWARNINGS": ""}
     env.pop("PYTHONPATH", None)  # the commands set what they need themselves
+    env.setdefault("OMP_NUM_THREADS", "1")  # one intra-op thread, as the in-process tests (tests/conftest.py)
 
     def sh(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
