@@ -228,6 +228,7 @@ def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_
     """
     from condense.artifacts import load, read_metadata
     from condense.core.errors import ConfigError
+    from condense.models.registry import model_spec
 
     if arch_args and not arch:
         raise ConfigError("--model-arg needs --model package.module:factory (the architecture they build)")
@@ -249,7 +250,7 @@ def load_model_arg(path: str, trust_pickle: bool, arch: str | None = None, arch_
 
         spec = ModelSpec(arch, kv(arch_args, "--model-arg"))
     model = load(p, trust_pickle=trust_pickle, spec=spec)
-    if need_spec and getattr(model, "condense_spec", None) is None:
+    if need_spec and model_spec(model) is None:
         raise ConfigError(f"{p}: a pickled model carries no architecture spec, so the result could not be saved as a "
                           "condense artifact (safetensors + condense.json); name the code that builds it with "
                           "--model package.module:factory [--model-arg K=V]")

@@ -30,7 +30,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.export.ort import onnx_file_bytes, onnx_session, ort_input, ort_run  # noqa: F401  (re-exported)
-from condense.models.signature import as_batch, signature_of
+from condense.models.signature import as_batch, output_name, signature_of
 
 # Above this many bytes of weights, the protobuf 2 GiB limit forces ONNX external data
 # (a `<name>.data` file next to the `.onnx`); below it the file is self-contained.
@@ -297,7 +297,7 @@ def export_onnx(
     exported in eval mode and its train/eval mode is restored afterwards.
     """
     inputs = export_inputs(model, example, dynamic_batch)
-    output_name = str(getattr(model, "condense_output_name", "logits"))
+    out_name = output_name(model)
     target = Path(path)
     device = model_device(model)
     inputs.tensors = {k: v.to(device) for k, v in inputs.tensors.items()}
@@ -318,14 +318,14 @@ def export_onnx(
         exporter, reason = "dynamo", None
         with _quiet():
             try:
-                _export_dynamo(model, trace, tmp_file, opset, external, output_name)
+                _export_dynamo(model, trace, tmp_file, opset, external, out_name)
             except Exception as e:
                 reason = _short(e)
                 exporter = "torchscript"
                 shutil.rmtree(workdir, ignore_errors=True)
                 workdir.mkdir()
                 try:
-                    _export_torchscript(model, trace, tmp_file, opset, output_name)
+                    _export_torchscript(model, trace, tmp_file, opset, out_name)
                 except Exception as e2:
                     raise RunError(
                         f"ONNX export to {target} failed with both exporters: dynamo: {reason}; "

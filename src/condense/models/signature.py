@@ -114,6 +114,12 @@ def signature_of(model: nn.Module) -> InputSignature:
     return sig if isinstance(sig, InputSignature) else DEFAULT_SIGNATURE
 
 
+def output_name(model: nn.Module) -> str:
+    """The name of the model's output in an exported graph: "logits", or the model's own
+    `condense_output_name` (an encoder's "last_hidden_state" / "sentence_embedding")."""
+    return str(getattr(unwrap(model), "condense_output_name", "logits"))
+
+
 def set_signature(model: nn.Module, signature: InputSignature) -> nn.Module:
     """Declare how `model` is called with a batch; returns the model."""
     if not isinstance(signature, InputSignature):

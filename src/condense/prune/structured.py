@@ -19,6 +19,7 @@ from torch import nn
 
 from condense.core.errors import ConfigError, RunError
 from condense.core.select import select_modules
+from condense.models.registry import model_spec
 from condense.prune.config import PRUNERS, ChannelConfig, PruneContext, Pruner, SlimmingConfig
 from condense.prune.graph import Group, dependency_groups, layer_kinds
 from condense.prune.importance import group_scores
@@ -30,7 +31,7 @@ from condense.prune.surgery import prune_and_record
 def example_tuple(model: nn.Module, example_inputs: Any) -> tuple[torch.Tensor, ...]:
     """Example inputs as a tuple; built from `model.condense_spec` (batch 1) when not given."""
     if example_inputs is None:
-        spec = getattr(model, "condense_spec", None)
+        spec = model_spec(model)
         kw = getattr(spec, "kwargs", {}) or {}
         if "in_features" in kw and kw["in_features"]:
             shape: list[int] = [1, int(kw["in_features"])]

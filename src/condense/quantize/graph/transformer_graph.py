@@ -25,7 +25,7 @@ from condense.data.calibration import iter_calibration
 from condense.evaluate.embedding import compare_embeddings
 from condense.export import onnx as ex
 from condense.export.onnx import onnx_session, ort_run
-from condense.models.signature import as_batch, batch_size_of
+from condense.models.signature import as_batch, batch_size_of, output_name
 from condense.quantize.graph import onnx_smooth as osm
 from condense.quantize.graph.dynamic_onnx import quiet_ort_quantizer
 
@@ -77,7 +77,7 @@ def export_fp32_graph(model: nn.Module, example: dict[str, torch.Tensor], path: 
     model.eval()
     try:
         with _quiet():
-            ex._export_torchscript(model, trace, path, opset, str(getattr(model, "condense_output_name", "logits")))
+            ex._export_torchscript(model, trace, path, opset, output_name(model))
         other = {k: v.to(device) for k, v in ex._other_batch(inputs, 3).items()}
         ex._parity(model, path, [inputs.tensors, other], inputs, 1e-4, 1e-3, path)
     finally:

@@ -38,6 +38,7 @@ from condense.core.linear import is_conv1d
 from condense.core.select import select_modules
 from condense.data.calibration import input_tensor, iter_calibration
 from condense.models.edits import EDITS, edit_log, record_conv1d_swap, record_edit, set_edit_log
+from condense.models.registry import model_spec
 from condense.quantize.attached import attach_quant_report
 from condense.quantize.modules.fake_quant import (
     FUSABLE_ACTS,
@@ -138,7 +139,7 @@ def calibration_inputs(calibration: Any, limit: int, batch_size: int = 64) -> It
 
 def expected_input(model: nn.Module) -> str:
     """A human description of the input shape the model expects (from its spec or first layer)."""
-    spec = getattr(model, "condense_spec", None)
+    spec = model_spec(model)
     kw = getattr(spec, "kwargs", {}) or {}
     if "in_channels" in kw and "image_size" in kw:
         size = kw["image_size"]
