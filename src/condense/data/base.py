@@ -120,7 +120,7 @@ class Splits:
         }
 
 
-def _stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Split positions 0..len(y)-1 into (taken, rest), taking `fraction` of each class (at least 1)."""
     taken, rest = [], []
     for c in np.unique(y):
@@ -169,20 +169,20 @@ def make_splits(
     if test is None:
         if test_fraction <= 0:
             raise ConfigError(f"{name}: no official test set, so test_fraction must be > 0")
-        test_pos, all_pos = _stratified_take(y_np, test_fraction, rng)
+        test_pos, all_pos = stratified_take(y_np, test_fraction, rng)
         x_test, y_test, test_idx = x_t[test_pos], y_np[test_pos], test_pos
     else:
         x_test = torch.as_tensor(np.asarray(test[0]), dtype=torch.float32)
         y_test = np.asarray(test[1]).astype(np.int64)
         test_idx = n + np.arange(len(x_test))  # ids after the training file's ids
     if val_fraction > 0:
-        v, t = _stratified_take(y_np[all_pos], val_fraction, rng)
+        v, t = stratified_take(y_np[all_pos], val_fraction, rng)
         val_pos, train_pos = all_pos[v], all_pos[t]
     else:
         val_pos, train_pos = all_pos[:0], all_pos
     unl_pos = None
     if labelled_fraction is not None and labelled_fraction < 1.0:
-        lab, unl = _stratified_take(y_np[train_pos], labelled_fraction, rng)
+        lab, unl = stratified_take(y_np[train_pos], labelled_fraction, rng)
         train_pos, unl_pos = train_pos[lab], train_pos[unl]
 
     info = dict(info or {})

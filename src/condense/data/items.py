@@ -2,7 +2,7 @@
 
 `epoch_positions` is the sample order of an epoch (DistributedSampler's, a pure function of the
 seed and the epoch; see `condense.data.loader` for why); `item_fields` / `collate_fields` turn a
-Dataset's items (tensor, `(input, target)` tuple or dict) into one dict batch; `_Indexed` makes
+Dataset's items (tensor, `(input, target)` tuple or dict) into one dict batch; `Indexed` makes
 each item under a random state seeded from (seed, epoch, sample id) so random transforms repeat
 exactly in workers and after a resume; `loader_batch` reads a batch of a user's own DataLoader.
 """
@@ -62,7 +62,7 @@ def count_batches(n: int, batch_size: int, drop_last: bool = False, world: int =
     return (m + batch_size - 1) // batch_size
 
 
-def _chunks(positions: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
+def batch_chunks(positions: list[int], batch_size: int, drop_last: bool) -> list[list[int]]:
     n = len(positions)
     stop = n - (n % batch_size) if drop_last and n >= batch_size else n
     return [positions[s : s + batch_size] for s in range(0, stop, batch_size)]
@@ -150,7 +150,7 @@ class _RandomState:
         np.random.set_state(self._np)
 
 
-class _Indexed(Dataset):
+class Indexed(Dataset):
     """Wraps a user's Dataset: `[pos] -> (id, fields)`, made under a per-(seed, epoch, id) random state."""
 
     def __init__(self, dataset: Dataset, ids: np.ndarray | None, item_seed: int | None) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from condense.core.errors import ConfigError, InputFileError
-from condense.data.base import _stratified_take
+from condense.data.base import stratified_take
 
 _WORKER_MARKER = "Original Traceback"
 
@@ -79,15 +79,15 @@ def split_positions(
     if not official_test:
         if test_fraction <= 0:
             raise ConfigError(f"{name}: no official test set, so test_fraction must be > 0")
-        test_pos, all_pos = _stratified_take(y, test_fraction, rng)
+        test_pos, all_pos = stratified_take(y, test_fraction, rng)
     if val_fraction > 0 and len(all_pos):
-        v, t = _stratified_take(y[all_pos], val_fraction, rng)
+        v, t = stratified_take(y[all_pos], val_fraction, rng)
         val_pos, train_pos = all_pos[v], all_pos[t]
     else:
         val_pos, train_pos = all_pos[:0], all_pos
     unl_pos = None
     if labelled_fraction is not None and labelled_fraction < 1.0 and len(train_pos):
-        lab, unl = _stratified_take(y[train_pos], labelled_fraction, rng)
+        lab, unl = stratified_take(y[train_pos], labelled_fraction, rng)
         train_pos, unl_pos = train_pos[lab], train_pos[unl]
     return SplitPositions(train_pos, val_pos, test_pos, unl_pos)
 
@@ -146,7 +146,7 @@ def group_split_positions(
     train_pos = np.flatnonzero(sample_split == 0)
     unl_pos = None
     if labelled_fraction is not None and labelled_fraction < 1.0 and len(train_pos):
-        lab, unl = _stratified_take(y[train_pos], labelled_fraction, rng)
+        lab, unl = stratified_take(y[train_pos], labelled_fraction, rng)
         train_pos, unl_pos = train_pos[lab], train_pos[unl]
     return SplitPositions(train_pos, val_pos, test_pos, unl_pos)
 

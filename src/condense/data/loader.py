@@ -37,8 +37,8 @@ from condense.data.items import (  # noqa: F401  (re-exported: the loader API na
     LABEL_KEYS,
     ORDER_SEED_STRIDE,
     DataError,
-    _chunks,
-    _Indexed,
+    Indexed,
+    batch_chunks,
     collate_fields,
     count_batches,
     epoch_positions,
@@ -51,8 +51,8 @@ from condense.data.sources import (
     BatchSource,
     DatasetSource,
     LoaderSource,
-    _TensorDict,
-    _Unlabelled,
+    TensorDict,
+    Unlabelled,
 )
 
 
@@ -70,7 +70,7 @@ def as_source(data: Any) -> BatchSource:
             raise DataError("expected a batch of inputs (N, ...), got a scalar tensor")
         return ArraySource(ArrayDataset(x, None, torch.arange(len(x))))
     if isinstance(data, Mapping) and data and all(isinstance(v, torch.Tensor | np.ndarray) for v in data.values()):
-        return DatasetSource(_TensorDict(data))
+        return DatasetSource(TensorDict(data))
     if isinstance(data, Dataset):
         ids = getattr(data, "sample_ids", None)
         return DatasetSource(data, None if ids is None else np.asarray(ids, dtype=np.int64))
@@ -80,7 +80,7 @@ def as_source(data: Any) -> BatchSource:
 
 def without_labels(data: Any) -> BatchSource:
     src = as_source(data)
-    return src if src.labelled is False else _Unlabelled(src)
+    return src if src.labelled is False else Unlabelled(src)
 
 
 def example_batch(data: Any, n: int = 1) -> dict[str, torch.Tensor]:

@@ -24,8 +24,8 @@ from condense.data.base import ArrayDataset
 from condense.data.items import (
     ORDER_SEED_STRIDE,
     DataError,
-    _chunks,
-    _Indexed,
+    Indexed,
+    batch_chunks,
     count_batches,
     epoch_positions,
     loader_batch,
@@ -91,7 +91,7 @@ class ArraySource(BatchSource):
                 num_workers=0, pin_memory=False):
         pos = epoch_positions(len(self.data), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world=world,
                               drop_last=drop_last)
-        for chunk in _chunks(pos, batch_size, drop_last)[start:]:
+        for chunk in batch_chunks(pos, batch_size, drop_last)[start:]:
             b = self.data.batch(torch.tensor(chunk, dtype=torch.int64))
             yield {k: v.pin_memory() for k, v in b.items()} if pin_memory else b
 
@@ -134,12 +134,12 @@ class DatasetSource(BatchSource):
     def batches(self, batch_size, *, shuffle=False, seed=0, epoch=0, drop_last=False, start=0, rank=0, world=1,
                 num_workers=0, pin_memory=False):
         pos = epoch_positions(self.n, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world=world, drop_last=drop_last)
-        chunks = _chunks(pos, batch_size, drop_last)[start:]
+        chunks = batch_chunks(pos, batch_size, drop_last)[start:]
         if not chunks:
             return
         # a dataset that declares `uses_random = False` skips the per-item seeding (~0.4 ms an item)
         item_seed = seed * ORDER_SEED_STRIDE + epoch if getattr(self.dataset, "uses_random", True) else None
-        wrapped = _Indexed(self.dataset, self._ids, item_seed)
+        wrapped = Indexed(self.dataset, self._ids, item_seed)
         loader = DataLoader(wrapped, batch_sampler=chunks, num_workers=num_workers, collate_fn=wrapped.collate,
                             pin_memory=pin_memory)
         it = iter(loader)
@@ -151,7 +151,7 @@ class DatasetSource(BatchSource):
                 shutdown()
 
     def head(self, n: int) -> dict[str, torch.Tensor]:
-        wrapped = _Indexed(self.dataset, self._ids, None)
+        wrapped = Indexed(self.dataset, self._ids, None)
         return wrapped.collate([wrapped[i] for i in range(max(1, min(n, self.n)))])
 
     def fingerprint(self) -> str:
@@ -169,7 +169,7 @@ class DatasetSource(BatchSource):
         return h.hexdigest()[:16]
 
     def head_at(self, i: int) -> dict[str, torch.Tensor]:
-        wrapped = _Indexed(self.dataset, self._ids, None)
+        wrapped = Indexed(self.dataset, self._ids, None)
         return wrapped.collate([wrapped[i]])
 
     def ids(self) -> np.ndarray:
@@ -249,7 +249,7 @@ def _hash_batch(h: Any, batch: Mapping[str, Any]) -> None:
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-class _Unlabelled(BatchSource):
+class Unlabelled(BatchSource):
     """A view of a source without its `target` field."""
 
     def __init__(self, inner: BatchSource) -> None:
@@ -283,7 +283,7 @@ class _Unlabelled(BatchSource):
         return self.inner.ids()
 
 
-class _TensorDict(Dataset):
+class TensorDict(Dataset):
     """A dict of equal-length tensors as a map-style dataset of dict items."""
 
     uses_random = False
