@@ -15,7 +15,7 @@ META_NAME = "condense.json"
 FORMAT = "condense-artifact/1"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -28,7 +28,7 @@ def _safe_relative(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts
 
 
-def _listed_files(folder: Path) -> set[str]:
+def listed_files(folder: Path) -> set[str]:
     """Files a previous condense.json in `folder` lists (empty when there is none or it is unreadable)."""
     try:
         files = json.loads((folder / META_NAME).read_text(encoding="utf-8")).get("files") or {}
@@ -55,7 +55,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
+def verify_files(folder: Path, meta: dict[str, Any]) -> None:
     """Every file condense.json lists exists with its recorded size and sha256."""
     files = meta.get("files") or {}
     if not isinstance(files, dict):
@@ -70,7 +70,7 @@ def _verify_files(folder: Path, meta: dict[str, Any]) -> None:
         size = f.stat().st_size
         if "bytes" in expected and size != expected["bytes"]:
             raise InputFileError(f"{f}: truncated or replaced ({size} bytes, metadata says {expected['bytes']})")
-        if "sha256" in expected and _sha256(f) != expected["sha256"]:
+        if "sha256" in expected and file_sha256(f) != expected["sha256"]:
             raise InputFileError(f"{f}: contents do not match the sha256 recorded in {META_NAME} (corrupt file)")
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from condense.models.hf import HFModel
 
 
-def _materialize(model: nn.Module, build: Any, device: str | torch.device) -> nn.Module:
+def materialize_model(model: nn.Module, build: Any, device: str | torch.device) -> nn.Module:
     """Real (uninitialised) storage for a meta-device model whose shapes passed the header check;
     `load_state_strict` then fills every persistent tensor. Non-persistent buffers (not in the
     weights file) are re-initialised by transformers for a Hugging Face model; any other model
