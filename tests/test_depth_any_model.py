@@ -11,7 +11,7 @@ from torch import nn
 import condense
 from condense.core.errors import ConfigError
 from condense.lowrank import droppable_blocks, reduce_depth
-from condense.lowrank.depth import SkippedBlock, _replay_drop
+from condense.lowrank.depth import SkippedBlock, replay_drop
 
 
 class Res(nn.Module):  # a plain residual block, no condense attribute names
@@ -252,7 +252,7 @@ def test_missing_input_is_named():
 
 def test_old_edit_logs_replay():
     net, x = build("net"), example("net")
-    _replay_drop(net, ["a"])  # a log written before `returns` was recorded: a tensor-returning block
+    replay_drop(net, ["a"])  # a log written before `returns` was recorded: a tensor-returning block
     assert isinstance(net.a, SkippedBlock) and isinstance(net.a, nn.Identity)
     with torch.no_grad():
         assert net(x).shape == (2, 5)

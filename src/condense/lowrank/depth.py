@@ -45,10 +45,10 @@ from condense.data.loader import as_source
 from condense.data.loader import example_inputs as from_data
 from condense.data.views import subset
 from condense.lowrank.config import DepthConfig
-from condense.lowrank.residual import _call_args, discover_blocks
+from condense.lowrank.residual import call_args, discover_blocks
 from condense.lowrank.sensitivity import default_metric
-from condense.lowrank.skipped import SkippedBlock, _first_input, _returns
-from condense.lowrank.skipped import _replay_drop as _replay_drop  # importable from here as before
+from condense.lowrank.skipped import SkippedBlock, first_input, returns_of
+from condense.lowrank.skipped import replay_drop as replay_drop  # importable from here as before
 from condense.models.edits import attach_edit_report, edit_log, record_edit
 from condense.models.hf import keep_layers
 from condense.models.hf_layers import layer_layout
@@ -140,11 +140,11 @@ def droppable_blocks(model: nn.Module, targets: list[str] | None = None, ignore:
 def _block_returns(model: nn.Module, names: list[str], example: Any) -> dict[str, int]:
     """Run `model` once: what each named block returns (0: a tensor, n: a tuple of n led by the
     hidden state); ConfigError for one that changes its input's shape or returns something else."""
-    args, kwargs = _call_args(model, example)
+    args, kwargs = call_args(model, example)
     seen: dict[str, tuple[Any, Any]] = {}
 
     def hook(n: str, m: nn.Module, a: tuple, kw: dict, o: Any) -> None:
-        seen.setdefault(n, (_first_input(m, a, kw), o))
+        seen.setdefault(n, (first_input(m, a, kw), o))
 
     hooks = [model.get_submodule(n).register_forward_hook(
         lambda m, a, kw, o, n=n: hook(n, m, a, kw, o), with_kwargs=True) for n in names]
@@ -159,7 +159,7 @@ def _block_returns(model: nn.Module, names: list[str], example: Any) -> dict[str
             raise ConfigError(f"reduce_depth: block {n!r} is not called when the model runs; only blocks in the "
                               "forward pass can be removed")
         x, o = seen[n]
-        r = _returns(o)
+        r = returns_of(o)
         if r is None:
             raise ConfigError(f"reduce_depth: block {n!r} returns {type(o).__name__}; a removable block returns a "
                               "tensor or a tuple led by its hidden state")

@@ -1,6 +1,6 @@
 """Finding residual blocks from the graph (`discover_blocks`): the model is exported with every
 module's first input and returned tensor marked, and a module is a candidate when its output adds
-its own input (see `lowrank.depth`). Also `_call_args`: example inputs as the model's call."""
+its own input (see `lowrank.depth`). Also `call_args`: example inputs as the model's call."""
 from __future__ import annotations
 
 import inspect
@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.lowrank.skipped import _first_input, _returns
+from condense.lowrank.skipped import first_input, returns_of
 from condense.models.signature import model_inputs, signature_of
 
 
-def _call_args(model: nn.Module, example: Any) -> tuple[tuple, dict[str, Any]]:
+def call_args(model: nn.Module, example: Any) -> tuple[tuple, dict[str, Any]]:
     """`example` as the (args, kwargs) the model is called with; a missing required argument of
     its forward is a ConfigError naming it."""
     from collections.abc import Mapping
@@ -154,7 +154,7 @@ def _own_add(path: list[tuple[str, Any]], residual: set[int], repeated: set[str]
 def discover_blocks(model: nn.Module, example: Any) -> dict[str, int]:
     """Residual blocks found in the exported graph (module docstring), in model order, each
     with what it returns (0: a tensor, n: a tuple of n)."""
-    args, kwargs = _call_args(model, example)
+    args, kwargs = call_args(model, example)
     names = [n for n, _ in model.named_modules()]
     mods = dict(model.named_modules())
     calls = dict.fromkeys(names, 0)
@@ -163,7 +163,7 @@ def discover_blocks(model: nn.Module, example: Any) -> dict[str, int]:
 
     def pre(i: int, m: nn.Module, a: tuple, kw: dict) -> Any:
         calls[names[i]] += 1
-        x = _first_input(m, a, kw)
+        x = first_input(m, a, kw)
         if x is None or calls[names[i]] > 1:
             return None
         if a:
@@ -172,7 +172,7 @@ def discover_blocks(model: nn.Module, example: Any) -> dict[str, int]:
         return a, {**kw, key: _mark(x, i, False)}
 
     def post(i: int, m: nn.Module, a: tuple, kw: dict, out: Any) -> Any:
-        r = _returns(out)
+        r = returns_of(out)
         returns[names[i]] = r
         if r is None or calls[names[i]] > 1:
             return None

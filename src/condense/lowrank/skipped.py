@@ -76,7 +76,7 @@ def _first_param(module: nn.Module) -> str | None:
     return p.name if p is not None else None
 
 
-def _first_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+def first_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The tensor a block is called with first (its hidden state), as `SkippedBlock` picks it."""
     if args:
         return args[0] if isinstance(args[0], torch.Tensor) else None
@@ -86,7 +86,7 @@ def _first_input(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor |
     return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
 
 
-def _returns(out: Any) -> int | None:
+def returns_of(out: Any) -> int | None:
     """0 for a tensor, n for a tuple / list of n entries led by a tensor, None otherwise."""
     if isinstance(out, torch.Tensor):
         return 0
@@ -96,7 +96,7 @@ def _returns(out: Any) -> int | None:
 
 
 
-def _replay_drop(model: nn.Module, blocks: list[str], returns: dict[str, int] | None = None) -> None:
+def replay_drop(model: nn.Module, blocks: list[str], returns: dict[str, int] | None = None) -> None:
     for name in blocks:
         try:
             block = model.get_submodule(name)
@@ -105,4 +105,4 @@ def _replay_drop(model: nn.Module, blocks: list[str], returns: dict[str, int] | 
         model.set_submodule(name, SkippedBlock.replacing(block, (returns or {}).get(name, 0)))
 
 
-EDITS.register("drop_blocks", _replay_drop)
+EDITS.register("drop_blocks", replay_drop)
