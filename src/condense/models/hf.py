@@ -76,13 +76,18 @@ from condense.models.hf_layers import (
     keep_layers,
     resolve_layers,
 )
-from condense.models.hf_runtime import TORCHVISION_FIX, _auto, _quiet, guard_torchvision
+from condense.models.hf_runtime import (
+    TORCHVISION_FIX,
+    guard_torchvision,
+    hf_auto_class,
+    quiet_transformers,
+)
 from condense.models.hf_wrappers import (
-    _WRAPPERS,
     CLASSIFIER_TASKS,
     ENCODER_TASKS,
     POOLINGS,
     SIGNATURE,
+    WRAPPERS,
     HFCausalLM,
     HFEncoder,
     HFImageClassifier,
@@ -158,7 +163,7 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
                               f"pass num_labels={have}, or build task='encoder', save it, and put a fresh head on that")
         if num_labels is not None:
             extra["num_labels"] = num_labels
-    wrapper = _WRAPPERS[task]
+    wrapper = WRAPPERS[task]
     fresh = task in CLASSIFIER_TASKS and folder_num_labels(cfg) is None
     model = _from_pretrained(path, wrapper.auto_class, attn_implementation, extra, fresh)
     if task == "sentence-embedding":
@@ -177,9 +182,9 @@ def build_hf_model(folder: str | Path, task: str = "auto", *, num_labels: int | 
 def _from_pretrained(path: Path, auto_class: str, attn: str, extra: dict[str, Any], fresh_head: bool) -> nn.Module:
     """from_pretrained, local safetensors only; weights the file lacks are an error, except a
     fresh classifier head (`fresh_head`) and the pooler an AutoModel task never uses."""
-    cls = _auto(auto_class)
+    cls = hf_auto_class(auto_class)
     try:
-        with _quiet():
+        with quiet_transformers():
             model, info = cls.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                               attn_implementation=attn, output_loading_info=True, **extra)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -211,15 +216,15 @@ def build_from_artifact(folder: Path, kwargs: dict[str, Any]) -> HFModel:
     kwargs.pop("layers", None)  # config.json carries the kept depth; the weights are the kept blocks
     if kwargs:
         raise InputFileError(f"{folder}: unknown hf: build arguments {sorted(kwargs)} in condense.json")
-    if task not in _WRAPPERS:
-        raise InputFileError(f"{folder}: unknown hf: task {task!r} in condense.json (one of {tuple(_WRAPPERS)})")
+    if task not in WRAPPERS:
+        raise InputFileError(f"{folder}: unknown hf: task {task!r} in condense.json (one of {tuple(WRAPPERS)})")
     _check_kwargs(task, None, pooling, normalize, attn)
     path = model_folder(folder)
     read_config(path)
-    wrapper = _WRAPPERS[task]
-    with _quiet(), torch.random.fork_rng(devices=[]):
-        config = _auto("AutoConfig").from_pretrained(str(path), local_files_only=True)
-        hf = _auto(wrapper.auto_class).from_config(config, attn_implementation=attn)
+    wrapper = WRAPPERS[task]
+    with quiet_transformers(), torch.random.fork_rng(devices=[]):
+        config = hf_auto_class("AutoConfig").from_pretrained(str(path), local_files_only=True)
+        hf = hf_auto_class(wrapper.auto_class).from_config(config, attn_implementation=attn)
     if task == "sentence-embedding":
         out: HFModel = HFSentenceEmbedding(hf, path, pooling or "mean", True if normalize is None else normalize)
     else:

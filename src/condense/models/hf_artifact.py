@@ -13,7 +13,7 @@ from torch import nn
 
 from condense.core.io import atomic_path, atomic_write_text
 from condense.models.hf_folder import CONFIG_NAME, side_files, transformers_module
-from condense.models.hf_runtime import _auto, _quiet
+from condense.models.hf_runtime import hf_auto_class, quiet_transformers
 from condense.models.hf_wrappers import HFModel
 
 STATE_PREFIX = "hf."  # wrapper state-dict keys = STATE_PREFIX + transformers key names
@@ -49,7 +49,7 @@ def config_builds(build: Any, config: Any, hf_state: dict[str, torch.Tensor]) ->
     """Whether `build(config)` (a transformers class or `AutoModel...from_config`), made on the
     meta device, has exactly the keys and shapes of `hf_state`."""
     try:
-        with _quiet(), torch.device("meta"):
+        with quiet_transformers(), torch.device("meta"):
             ref = build(config)
     except Exception:  # noqa: BLE001  (a config transformers cannot rebuild: not loadable)
         return False
@@ -60,7 +60,7 @@ def config_builds(build: Any, config: Any, hf_state: dict[str, torch.Tensor]) ->
 def transformers_loadable(model: HFModel, hf_state: dict[str, torch.Tensor]) -> bool:
     """Whether `hf_state` has exactly the keys and shapes transformers builds from the config
     (False after structural edits such as pruned channels: then only condense.load opens it)."""
-    return config_builds(_auto(model.auto_class).from_config, model.hf.config, hf_state)
+    return config_builds(hf_auto_class(model.auto_class).from_config, model.hf.config, hf_state)
 
 
 def artifact_info(model: HFModel, loadable: bool) -> dict[str, Any]:

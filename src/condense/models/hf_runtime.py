@@ -1,5 +1,5 @@
-"""Running transformers quietly and safely: `_quiet` (no progress bars / load reports),
-`guard_torchvision` (a torchvision that does not import must not break transformers) and `_auto`
+"""Running transformers quietly and safely: `quiet_transformers` (no progress bars / load reports),
+`guard_torchvision` (a torchvision that does not import must not break transformers) and `hf_auto_class`
 (a transformers Auto class, guarded)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from condense.models.hf_folder import transformers_module
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and load reports; condense reports problems itself."""
     tf = transformers_module()
     log = tf.utils.logging
@@ -79,6 +79,6 @@ def guard_torchvision() -> str | None:
 _TORCHVISION_BLOCKED: str | None = None
 
 
-def _auto(auto_class: str) -> Any:
+def hf_auto_class(auto_class: str) -> Any:
     guard_torchvision()  # before transformers imports a model module that imports torchvision
     return getattr(transformers_module(), auto_class)

@@ -15,7 +15,7 @@ import torch
 from condense.core.errors import ConfigError, InputFileError
 from condense.core.io import read_json
 from condense.models.hf_folder import max_seq_length, model_folder
-from condense.models.hf_runtime import _auto, _quiet
+from condense.models.hf_runtime import hf_auto_class, quiet_transformers
 from condense.models.hf_wrappers import HFModel
 
 
@@ -32,8 +32,8 @@ def load_hf_tokenizer(source: str | Path | HFModel) -> Any:
         raise ConfigError(f"{tcfg_path}: declares auto_map (custom tokenizer code); refused: condense never runs "
                           "code from a model folder")
     try:
-        with _quiet():
-            tok = _auto("AutoTokenizer").from_pretrained(str(folder), local_files_only=True)
+        with quiet_transformers():
+            tok = hf_auto_class("AutoTokenizer").from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise InputFileError(f"{folder}: no usable tokenizer ({str(e).strip().splitlines()[0] if str(e).strip() else e!r})") from None
     limit = max_seq_length(folder)

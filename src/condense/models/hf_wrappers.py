@@ -162,7 +162,7 @@ class HFImageClassifier(HFModel):
                               f"{first}") from None
 
 
-_WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
+WRAPPERS: dict[str, type[HFModel]] = {"encoder": HFEncoder, "sentence-embedding": HFSentenceEmbedding,
                                        "sequence-classification": HFSequenceClassifier,
                                        "image-classification": HFImageClassifier, "causal-lm": HFCausalLM}
 CLASSIFIER_TASKS = ("sequence-classification", "image-classification")
