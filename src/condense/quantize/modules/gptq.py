@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from condense.core.errors import RunError
 from condense.data.calibration import calibration_list, run_batch
 from condense.quantize.modules.weight_only import (
-    _SCALE_DTYPES,
     ALGORITHMS,
+    SCALE_DTYPES,
     QuantizedLinear,
     QuantizedWeight,
-    _n_groups,
+    group_count,
     group_qparams,
     quantize_to_int,
 )
@@ -117,7 +117,7 @@ def gptq_quantize(
     W[:, dead] = 0.0
     Hinv = _inverse_cholesky(H, percdamp)
     gs = cols if group_size <= 0 else group_size
-    ng = _n_groups(cols, group_size)
+    ng = group_count(cols, group_size)
     Q = torch.zeros(rows, cols, dtype=torch.int16, device=W.device)
     scales = torch.zeros(rows, ng, dtype=torch.float32, device=W.device)
     zeros = torch.zeros(rows, ng, dtype=torch.float32, device=W.device)
@@ -159,7 +159,7 @@ def gptq_quantize_model(
 ) -> nn.Module:
     """GPTQ every layer in `layer_bits` (names of nn.Linear in `model`), swapping in place."""
     batches = calibration_batches(calibration, config.max_calibration_batches)
-    scale_dtype = _SCALE_DTYPES[config.scale_dtype]
+    scale_dtype = SCALE_DTYPES[config.scale_dtype]
     was_training = model.training
     model.eval()
     names = list(layer_bits)

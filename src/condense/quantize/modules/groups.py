@@ -18,7 +18,7 @@ from condense.quantize.modules.packing import int_range
 from condense.quantize.modules.primitives import quantize as quantize_tensor
 
 
-def _check_bits(bits: int, field: str) -> None:
+def check_bits(bits: int, field: str) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         raise ConfigError(f"{field}: bits must be an integer in 2..8, got {bits!r}")
 
@@ -38,31 +38,31 @@ class QuantizedWeight:
         return dequantize_groups(self.q, self.scales, self.zeros, self.group_size)
 
 
-def _n_groups(in_features: int, group_size: int) -> int:
+def group_count(in_features: int, group_size: int) -> int:
     return 1 if group_size <= 0 else math.ceil(in_features / group_size)
 
 
-def _round_scale(scale: Tensor, scale_dtype: torch.dtype) -> Tensor:
+def round_scale(scale: Tensor, scale_dtype: torch.dtype) -> Tensor:
     """Scales as they will be stored (fp16 rounding included), never zero."""
     tiny = torch.finfo(scale_dtype).smallest_normal if scale_dtype == torch.float32 else 2.0**-24
     return scale.clamp_min(tiny).to(scale_dtype).to(torch.float32)
 
 
-def _qparams_from_range(
+def qparams_from_range(
     lo: Tensor, hi: Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype
 ) -> tuple[Tensor, Tensor]:
     if symmetric:
         qmax = int_range(bits, True)[1]
-        scale = _round_scale(torch.maximum(lo.abs(), hi.abs()) / qmax, scale_dtype)
+        scale = round_scale(torch.maximum(lo.abs(), hi.abs()) / qmax, scale_dtype)
         return scale, torch.zeros_like(scale)
     qmax = (1 << bits) - 1
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)  # the range holds 0 so z is an integer in range
-    scale = _round_scale((hi - lo) / qmax, scale_dtype)
+    scale = round_scale((hi - lo) / qmax, scale_dtype)
     zero = torch.round(-lo / scale).clamp(0, qmax)
     return scale, zero
 
 
-def _fake(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> Tensor:
+def fake_quantized(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric: bool) -> Tensor:
     qmin, qmax = int_range(bits, symmetric)
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
 
@@ -86,13 +86,13 @@ def group_qparams(
     w = w.float()
     lo = w.min(dim=1, keepdim=True).values
     hi = w.max(dim=1, keepdim=True).values
-    best_s, best_z = _qparams_from_range(lo, hi, bits, symmetric, scale_dtype)
+    best_s, best_z = qparams_from_range(lo, hi, bits, symmetric, scale_dtype)
     if not clip_search:
         return best_s, best_z
-    best_err = (_fake(w, best_s, best_z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
+    best_err = (fake_quantized(w, best_s, best_z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
     for p in torch.linspace(1.0, 1.0 - max_shrink, grid)[1:].tolist():
-        s, z = _qparams_from_range(lo * p, hi * p, bits, symmetric, scale_dtype)
-        err = (_fake(w, s, z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
+        s, z = qparams_from_range(lo * p, hi * p, bits, symmetric, scale_dtype)
+        err = (fake_quantized(w, s, z, bits, symmetric) - w).pow(2).sum(1, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_s = torch.where(better, s, best_s)
@@ -106,12 +106,12 @@ def quantize_to_int(w: Tensor, scale: Tensor, zero: Tensor, bits: int, symmetric
     return quantize_tensor(w, scale, zero, qmin, qmax).to(torch.int16)
 
 
-def _grouped(w: Tensor, group_size: int) -> tuple[Tensor, int]:
+def split_groups(w: Tensor, group_size: int) -> tuple[Tensor, int]:
     """(out, in) -> (out * n_groups, group) with zero padding of the last group."""
     out_f, in_f = w.shape
     if group_size <= 0:
         return w, in_f
-    ng = _n_groups(in_f, group_size)
+    ng = group_count(in_f, group_size)
     pad = ng * group_size - in_f
     if pad:
         w = torch.cat([w, w.new_zeros(out_f, pad)], dim=1)
@@ -128,11 +128,11 @@ def quantize_groups(
     scale_dtype: torch.dtype = torch.float16,
 ) -> QuantizedWeight:
     """Round-to-nearest group-wise quantization of a 2-D weight `(out, in)`."""
-    _check_bits(bits, "quantize_groups")
+    check_bits(bits, "quantize_groups")
     w = w.detach().float()
     out_f, in_f = w.shape
-    ng = _n_groups(in_f, group_size)
-    g, glen = _grouped(w, group_size)
+    ng = group_count(in_f, group_size)
+    g, glen = split_groups(w, group_size)
     if group_size > 0 and in_f % group_size:
         # Padding zeros must not widen the last group's range: fill them with a real value.
         last = g.view(out_f, ng, glen)[:, -1]

@@ -32,7 +32,7 @@ from torch import nn
 from condense.core.config import Config
 from condense.core.errors import ConfigError
 from condense.quantize.modules.weight_only import (
-    _SCALE_DTYPES,
+    SCALE_DTYPES,
     QuantizedLinear,
     WeightOnlyConfig,
     quantize_weight_only,
@@ -219,7 +219,7 @@ def mixed_precision(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped-module warnings are repeated by apply_plan
         linears = select_linears(work, config.targets, list(config.ignore), what="mixed-precision")
-    scale_dtype = _SCALE_DTYPES[config.scale_dtype]
+    scale_dtype = SCALE_DTYPES[config.scale_dtype]
     scale_bytes = torch.empty(0, dtype=scale_dtype).element_size()
     sens: dict[str, dict[int, float]] = {}
     sizes: dict[str, dict[int, int]] = {}

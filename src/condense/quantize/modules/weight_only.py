@@ -37,17 +37,17 @@ from condense.core.select import select_modules
 from condense.models.edits import EDITS, record_conv1d_swap, record_edit
 from condense.quantize.modules.groups import (  # noqa: F401  (re-exported: the module's public math)
     QuantizedWeight,
-    _check_bits,
-    _fake,
-    _grouped,
-    _n_groups,
-    _qparams_from_range,
-    _round_scale,
+    check_bits,
     dequantize_groups,
+    fake_quantized,
+    group_count,
     group_qparams,
+    qparams_from_range,
     quantize_groups,
     quantize_to_int,
+    round_scale,
     rtn_quantize,
+    split_groups,
 )
 from condense.quantize.modules.packing import pack_rows, packed_numel, unpack_rows
 from condense.quantize.registry import QUANTIZERS, QuantMethod
@@ -64,7 +64,7 @@ __all__ = [
     "rtn_quantize",
 ]
 
-_SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 #: rounding algorithm -> fn(model, bits per layer, config, calibration) that swaps the selected
 #: Linears for QuantizedLinear in place; "rtn" (round to nearest) is built in, "gptq" registers
@@ -103,9 +103,9 @@ class WeightOnlyConfig(Config):
     max_calibration_batches: int | None = None
 
     def validate(self) -> None:
-        _check_bits(self.bits, "WeightOnlyConfig.bits")
+        check_bits(self.bits, "WeightOnlyConfig.bits")
         for name, b in self.layer_bits.items():
-            _check_bits(b, f"WeightOnlyConfig.layer_bits[{name!r}]")
+            check_bits(b, f"WeightOnlyConfig.layer_bits[{name!r}]")
         if self.group_size < 0:
             raise ConfigError(f"WeightOnlyConfig.group_size must be >= 0 (0 = per row), got {self.group_size}")
         if not 0.0 < self.percdamp < 1.0:
@@ -132,7 +132,7 @@ def quantized_linear_nbytes(
     bias_bytes: int = 4,
 ) -> int:
     """Bytes of a QuantizedLinear's state (packed weight, scales, zero points, bias)."""
-    ng = _n_groups(in_features, group_size)
+    ng = group_count(in_features, group_size)
     n = out_features * packed_numel(in_features, bits) + out_features * ng * scale_bytes
     if not symmetric:
         n += out_features * packed_numel(ng, bits)
@@ -163,15 +163,15 @@ class QuantizedLinear(LayerFace, nn.Module):
         scale_dtype: torch.dtype | str = torch.float16,
     ) -> None:
         super().__init__()
-        _check_bits(bits, "QuantizedLinear")
+        check_bits(bits, "QuantizedLinear")
         if isinstance(scale_dtype, str):
-            scale_dtype = _SCALE_DTYPES[scale_dtype]
+            scale_dtype = SCALE_DTYPES[scale_dtype]
         self.in_features = in_features
         self.out_features = out_features
         self.bits = bits
         self.group_size = group_size
         self.symmetric = symmetric
-        ng = _n_groups(in_features, group_size)
+        ng = group_count(in_features, group_size)
         self.register_buffer(
             "qweight", torch.zeros(out_features, packed_numel(in_features, bits), dtype=torch.uint8)
         )
@@ -193,7 +193,7 @@ class QuantizedLinear(LayerFace, nn.Module):
 
     @property
     def n_groups(self) -> int:
-        return _n_groups(self.in_features, self.group_size)
+        return group_count(self.in_features, self.group_size)
 
     @classmethod
     def from_quantized(cls, linear: nn.Linear, qw: QuantizedWeight) -> QuantizedLinear:
@@ -352,7 +352,7 @@ def quantize_weight_only(
     model = copy.deepcopy(model)
     linears = select_linears(model, config.targets, config.ignore)
     bits = layer_bits_for(config, linears)
-    scale_dtype = _SCALE_DTYPES[config.scale_dtype]
+    scale_dtype = SCALE_DTYPES[config.scale_dtype]
     if config.algorithm != "rtn":  # error-correcting rounding, registered by its module (gptq.py)
         ALGORITHMS[config.algorithm](model, bits, config, calibration)
     else:
