@@ -26,7 +26,7 @@ from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_write_bytes
 from condense.core.noise import quiet_known_noise
 from condense.export.common import MissingExtraError, int8_scheme
-from condense.export.pt2 import _args_kwargs, capture
+from condense.export.pt2 import args_kwargs, capture
 
 
 def require() -> None:
@@ -88,10 +88,10 @@ def _quantized_program(model: nn.Module, example: Any, calibration: list[Any],
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for sample in calibration:
-            a, kw = _args_kwargs(sample)
+            a, kw = args_kwargs(sample)
             prepared(*a, **kw)
     converted = convert_pt2e(prepared)
-    a, kw = _args_kwargs(example)
+    a, kw = args_kwargs(example)
     with torch.no_grad():
         return torch.export.export(converted, a, kw, strict=False)
 
@@ -135,7 +135,7 @@ class ExecuTorchRunner:
         self.method = Runtime.get().load_program(str(self.path)).load_method("forward")
 
     def __call__(self, example: Any) -> torch.Tensor:
-        a, kw = _args_kwargs(example)
+        a, kw = args_kwargs(example)
         out = self.method.execute([*a, *kw.values()])
         return out[0]
 

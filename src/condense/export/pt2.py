@@ -53,7 +53,7 @@ def plain_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def _args_kwargs(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def args_kwargs(example: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if isinstance(example, dict):
         return (), dict(example)
     if isinstance(example, (tuple, list)):
@@ -73,7 +73,7 @@ def capture(model: nn.Module, example: Any, *, dynamic_batch: bool = False) -> t
     ExportTraceError naming the op and the deepest failing submodule when tracing fails.
     """
     model = plain_layers(model)
-    args, kwargs = _args_kwargs(example)
+    args, kwargs = args_kwargs(example)
     dynamic = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1024)
@@ -132,7 +132,7 @@ def export_pt2(model: nn.Module, example: Any, path: str | Path) -> Path:
     """Capture with a dynamic batch (a static one if the model needs it) and save to `path` (.pt2;
     `formats.export` writes into a temporary folder and moves the file in after its check)."""
     # a batch-1 example would be specialised to 1 (torch.export's 0/1 rule): capture on two copies
-    args, kwargs = _args_kwargs(example)
+    args, kwargs = args_kwargs(example)
     two = [torch.cat([a, a]) if isinstance(a, torch.Tensor) else a for a in args]
     example2 = ({k: torch.cat([v, v]) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
                 if kwargs else tuple(two))

@@ -20,7 +20,7 @@ from condense.core.errors import ConfigError
 from condense.core.io import atomic_path
 from condense.core.noise import quiet_known_noise
 from condense.export.common import MissingExtraError, int8_scheme
-from condense.export.pt2 import _args_kwargs, plain_layers
+from condense.export.pt2 import args_kwargs, plain_layers
 
 
 def require() -> None:
@@ -41,7 +41,7 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
 
     scheme = int8_scheme(model, scheme) if precision == "int8" else scheme
     model = plain_layers(model)
-    args, kwargs = _args_kwargs(example)
+    args, kwargs = args_kwargs(example)
     options: dict[str, Any] = {}
     if precision == "int8" and scheme == "dynamic":
         # The AI Edge Quantizer's dynamic recipe: every weight (Linear and the embedding tables)
@@ -66,7 +66,7 @@ def export_tflite(model: nn.Module, example: Any, path: str | Path, *, precision
         prepared = prepare_pt2e(graph, quantizer)
         with torch.no_grad():
             for sample in calibration:
-                a, kw = _args_kwargs(sample)
+                a, kw = args_kwargs(sample)
                 prepared(*a, **kw)
         model = convert_pt2e(prepared, fold_quantize=False)
         options["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
@@ -92,7 +92,7 @@ class LiteRTRunner:
         self.output = self.interp.get_output_details()[0]
 
     def __call__(self, example: Any) -> torch.Tensor:
-        a, kw = _args_kwargs(example)
+        a, kw = args_kwargs(example)
         pairs = list(zip(self.inputs, [*a, *kw.values()], strict=False))
         by_name = {d["name"].removeprefix("serving_default_").split(":")[0]: d for d in self.inputs}
         if kw and not a and set(kw) <= set(by_name):  # named inputs ("serving_default_input_ids")
