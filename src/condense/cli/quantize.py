@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from condense.cli.quantize_results import _agreement, _quality, _text
+from condense.cli.quantize_results import measure_quality, onnx_agreement, summary_text
 from condense.cli.quantize_transformer import FP32_NAME, quantize_transformer
 
 METHODS = ("static", "dynamic", "weight_only", "qat", "transformer")
@@ -286,11 +286,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                 raise
             if not batches:
                 notes.append("speed not measured (no --latency-batches): a dynamic-int8 slow-down would go unnoticed")
-            agreement = _agreement(qmodel, onnx_path, heldout_inputs(test))
+            agreement = onnx_agreement(qmodel, onnx_path, heldout_inputs(test))
         else:  # weight_only, or weight-only QAT (no activation quantizers): float compute, packed weights
             export_onnx(qmodel, example, onnx_path)
             export_onnx(model, example, fp32_path)
-            agreement = _agreement(qmodel, onnx_path, heldout_inputs(test))
+            agreement = onnx_agreement(qmodel, onnx_path, heldout_inputs(test))
             notes.append("weight-only: weights stay packed in the ONNX file and are dequantized at run time "
                          "(float compute); the gain is bytes on disk, not speed")
         if deployed is not None and latency is None and batches:
@@ -301,7 +301,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     notes += [str(w.message) for w in caught if "condense" in Path(w.filename).parts
               and not issubclass(w.category, (DeprecationWarning, FutureWarning))]
 
-    fp32_metrics, q_metrics, ort_metrics, quality = _quality(model, qmodel, onnx_path if deployed is not None else None,
+    fp32_metrics, q_metrics, ort_metrics, quality = measure_quality(model, qmodel, onnx_path if deployed is not None else None,
                                                              test, args.threads)
     acc = {"fp32": fp32_metrics.get("accuracy"), "quantized_torch": q_metrics.get("accuracy"),
            "quantized_onnxruntime": None if ort_metrics is None else ort_metrics.get("accuracy")}
@@ -339,5 +339,5 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                   extra={"data": {"name": data_name, "kwargs": data_kwargs}, "source": str(args.model),
                          "quantize": {k: v for k, v in summary.items() if k not in ("report",)}})
     summary["bytes"]["artifact"] = artifact_bytes(out)
-    show(summary, args.json, _text(summary))
+    show(summary, args.json, summary_text(summary))
     return EXIT_OK

@@ -10,7 +10,7 @@ from typing import Any
 from condense.cli.quantize_transformer import FP32_NAME
 
 
-def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
+def onnx_agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
     """(top-1 agreement %, max |diff|) of the ONNX file in onnxruntime and `qmodel` in PyTorch."""
     import numpy as np
 
@@ -21,7 +21,7 @@ def _agreement(qmodel: Any, onnx_path: Path, x: Any) -> tuple[float, float]:
     return float(100.0 * (ref.argmax(-1) == got.argmax(-1)).mean()), float(np.abs(ref - got).max())
 
 
-def _quality(model: Any, qmodel: Any, onnx_path: Path | None, test: Any, threads: int | None
+def measure_quality(model: Any, qmodel: Any, onnx_path: Path | None, test: Any, threads: int | None
              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """Test metrics of the float model, the quantized PyTorch model and the ONNX file, and the
     quality line for this kind of output: accuracy (class scores), perplexity and token agreement
@@ -63,7 +63,7 @@ def _quality_line(s: dict[str, Any]) -> str:
     return line
 
 
-def _text(s: dict[str, Any]) -> str:
+def summary_text(s: dict[str, Any]) -> str:
     b = s["bytes"]
     lines = [f"condense quantize --method {s['method']}  ->  {s['artifact']}", _quality_line(s)]
     if b.get("onnx"):
