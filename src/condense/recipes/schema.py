@@ -97,7 +97,7 @@ class Recipe:
                 "measure": self.measure, "stages": [s.to_dict() for s in self.stages]}
 
 
-class _Lines:
+class YamlLines:
     """Line numbers (1-based) of YAML nodes, looked up by key path."""
 
     def __init__(self, node: yaml.Node | None) -> None:
@@ -165,7 +165,7 @@ def _check_duplicate_keys(node: yaml.Node | None, where: str) -> None:
             stack.extend(n.value)
 
 
-def read_yaml(path: str | Path) -> tuple[Any, _Lines]:
+def read_yaml(path: str | Path) -> tuple[Any, YamlLines]:
     """Parse a YAML file with the safe loader: never runs code, refuses duplicate keys, alias
     expansions past `MAX_YAML_NODES` nodes, files past `MAX_RECIPE_BYTES` and undecodable bytes."""
     p = Path(path)
@@ -190,7 +190,7 @@ def read_yaml(path: str | Path) -> tuple[Any, _Lines]:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     except RecursionError:
         raise ConfigError(f"{p}: the YAML is nested too deeply") from None
-    return data, _Lines(node)
+    return data, YamlLines(node)
 
 
 def load_recipe(path: str | Path) -> Recipe:

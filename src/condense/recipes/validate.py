@@ -15,13 +15,13 @@ from condense.core.errors import ConfigError, did_you_mean
 from condense.data import DATASETS, check_dataset_options
 from condense.models.registry import check_model_args, require_trusted
 from condense.recipes.measure import MeasureConfig
-from condense.recipes.schema import Recipe, _Lines
+from condense.recipes.schema import Recipe, YamlLines
 from condense.recipes.stages import FROM_TEACHER, PLANNED, STAGES, stage_kind
 from condense.train.config import TrainConfig
 from condense.train.recover import RecoverConfig
 
 
-def _line_of_error(lines: _Lines, path: tuple[str | int, ...], data: Any, message: str) -> int:
+def _line_of_error(lines: YamlLines, path: tuple[str | int, ...], data: Any, message: str) -> int:
     """The line of the deepest key under `path` that `message` names in quotes (else `path`'s line)."""
     best = lines.line(*path)
     if isinstance(data, dict):
@@ -37,7 +37,7 @@ def _line_of_error(lines: _Lines, path: tuple[str | int, ...], data: Any, messag
 def _parse_at(parse: Callable[[dict[str, Any]], Config], raw: dict[str, Any], recipe: Recipe,
               path: tuple[str | int, ...]) -> Config:
     """Run a parser; prefix its ConfigError with file:line of the key it names."""
-    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    lines: YamlLines = recipe._lines  # type: ignore[attr-defined]
     try:
         return parse(raw)
     except ConfigError as e:
@@ -47,7 +47,7 @@ def _parse_at(parse: Callable[[dict[str, Any]], Config], raw: dict[str, Any], re
 def parse_stage_config(recipe: Recipe, i: int) -> Config:
     """Parse stage `i`'s `config:` into its kind's config object (errors carry file:line)."""
     spec = recipe.stages[i]
-    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    lines: YamlLines = recipe._lines  # type: ignore[attr-defined]
     where = recipe.path
     if spec.kind in PLANNED:
         raise ConfigError(f"{where}:{spec.line}: stage kind {spec.kind!r} is not available: {PLANNED[spec.kind]}")
@@ -85,7 +85,7 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
     return cfg
 
 
-def _check_from_teacher(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> None:
+def _check_from_teacher(recipe: Recipe, lines: YamlLines, i: int, spec: Any) -> None:
     """`model: {name: teacher, kwargs: {layers: ...}}`: a distill stage's student copied from its
     teacher's blocks; the teacher's type is checked when the stage runs."""
     where = f"{recipe.path}:{lines.line('stages', i, 'model')}"
@@ -114,7 +114,7 @@ def _path_key(raw: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ..
     return None
 
 
-def _check_no_paths(recipe: Recipe, lines: _Lines, i: int, spec: Any) -> None:
+def _check_no_paths(recipe: Recipe, lines: YamlLines, i: int, spec: Any) -> None:
     """A recipe never names where a stage writes: its folder in the run does (docs/security.md)."""
     for section in ("config", "train", "recover"):
         found = _path_key(getattr(spec, section), (section,))
@@ -131,7 +131,7 @@ def validate_recipe(recipe: Recipe, *, trust_code: bool = False) -> list[Config]
     `package.module:factory` (code to import and run) needs `trust_code` (`--trust-code`), else
     `UntrustedCodeError` (exit 3) at its line, before anything is imported (docs/security.md)."""
 
-    lines: _Lines = recipe._lines  # type: ignore[attr-defined]
+    lines: YamlLines = recipe._lines  # type: ignore[attr-defined]
     name = recipe.data.get("name")
     if not isinstance(name, str) or name not in DATASETS:
         known = sorted(DATASETS.names())
