@@ -184,3 +184,26 @@ def test_condense_imports_sit_at_module_top():
                     bad.append(f"{p.relative_to(SRC)}:{node.lineno} in {fn.name}(): {ast.unparse(node)}")
     assert not bad, ("condense imports inside functions without a '# lazy: <reason>' comment (hoist them, or say why):\n"
                      + "\n".join(sorted(set(bad))))
+
+
+def test_no_private_name_imported_from_another_module():
+    """A name another module imports is part of its module's interface, so it has a public name
+    (issue 28): no `from condense.<module> import _name` in src/condense from any other module; a
+    package's `__init__` importing from its own submodule counts as another module too. Relative
+    imports are resolved; dunders (`__version__`) are not private."""
+    bad = []
+    for mod, p in sorted(_modules().items()):
+        package = mod if p.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            source = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                source = f"{base}.{source}" if source else base
+            if source != "condense" and not source.startswith("condense.") or source == mod:
+                continue
+            bad += [f"{p.relative_to(SRC)}:{node.lineno}: from {source} import {a.name}" for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, ("private names imported from another module (give them a public name in the module "
+                     "that defines them):\n" + "\n".join(bad))
