@@ -84,7 +84,7 @@ def test_parity_failure_raises_and_leaves_no_file(tmp_path):
 def test_parity_failure_keeps_previous_file(tmp_path, monkeypatch):
     # the legacy exporter is quicker, and the model differs under it too
     def legacy(model, inputs, path, opset, external, output_name):
-        onnx_mod._export_torchscript(model, inputs, path, opset, output_name)
+        onnx_mod.export_torchscript(model, inputs, path, opset, output_name)
 
     monkeypatch.setattr(onnx_mod, "_export_dynamo", legacy)
     path = tmp_path / "m.onnx"
@@ -114,7 +114,7 @@ def test_both_exporters_failing_is_a_run_error(tmp_path, monkeypatch):
         raise RuntimeError("nope")
 
     monkeypatch.setattr(onnx_mod, "_export_dynamo", broken)
-    monkeypatch.setattr(onnx_mod, "_export_torchscript", broken)
+    monkeypatch.setattr(onnx_mod, "export_torchscript", broken)
     with pytest.raises(RunError, match="both exporters"):
         export_onnx(small_cnn(), torch.randn(1, 1, 8, 8), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []

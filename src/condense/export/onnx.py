@@ -74,7 +74,7 @@ def output_tensor(output: Any) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
+def quiet_onnx_export() -> Iterator[io.StringIO]:
     """Silence the exporters: progress prints, warnings (torchvision, deprecations) and log lines."""
     loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
     levels = [lg.level for lg in loggers]
@@ -156,7 +156,7 @@ def _export_dynamo(model: nn.Module, inputs: _Inputs, path: Path, opset: int, ex
     )
 
 
-def _export_torchscript(model: nn.Module, inputs: _Inputs, path: Path, opset: int, output_name: str) -> None:
+def export_torchscript(model: nn.Module, inputs: _Inputs, path: Path, opset: int, output_name: str) -> None:
     axes = {k: {a: _axis_name(k, a) for a in ax} for k, ax in inputs.dynamic.items() if ax}
     if 0 in axes.get(inputs.names[0], {}):
         axes[output_name] = {0: "batch"}
@@ -199,12 +199,12 @@ def _other_tensor(x: torch.Tensor, n: int, axes: tuple[int, ...], g: torch.Gener
     return torch.randint(lo, hi + 1, shape, generator=g).to(x.dtype)
 
 
-def _other_batch(inputs: _Inputs, n: int) -> dict[str, torch.Tensor]:
+def other_batch(inputs: _Inputs, n: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {k: _other_tensor(v, n, inputs.dynamic.get(k, ()), g) for k, v in inputs.tensors.items()}
 
 
-def _parity(
+def check_parity(
     model: nn.Module,
     file: Path,
     batches: list[dict[str, torch.Tensor]],
@@ -316,7 +316,7 @@ def export_onnx(
             trace = dataclasses.replace(inputs, tensors={k: v.expand(2, *v.shape[1:]).contiguous()
                                                           for k, v in inputs.tensors.items()})
         exporter, reason = "dynamo", None
-        with _quiet():
+        with quiet_onnx_export():
             try:
                 _export_dynamo(model, trace, tmp_file, opset, external, out_name)
             except Exception as e:
@@ -325,7 +325,7 @@ def export_onnx(
                 shutil.rmtree(workdir, ignore_errors=True)
                 workdir.mkdir()
                 try:
-                    _export_torchscript(model, trace, tmp_file, opset, out_name)
+                    export_torchscript(model, trace, tmp_file, opset, out_name)
                 except Exception as e2:
                     raise RunError(
                         f"ONNX export to {target} failed with both exporters: dynamo: {reason}; "
@@ -339,8 +339,8 @@ def export_onnx(
         if check:
             batches = [inputs.tensors]
             if dynamic_batch:
-                batches.append({k: v.to(device) for k, v in _other_batch(inputs, 3 if n_example != 3 else 2).items()})
-            max_diff = _parity(model, tmp_file, batches, inputs, atol, rtol, target)
+                batches.append({k: v.to(device) for k, v in other_batch(inputs, 3 if n_example != 3 else 2).items()})
+            max_diff = check_parity(model, tmp_file, batches, inputs, atol, rtol, target)
             checked = [len(next(iter(b.values()))) for b in batches]
 
         # External-data files (large models only) first, the .onnx itself last and atomically.

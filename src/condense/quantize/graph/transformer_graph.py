@@ -59,7 +59,7 @@ def batches_of(data: Any, batch_size: int, limit: int | None = None) -> Iterator
 # -- fp32 export and fusion --------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    with ex._quiet(), quiet_ort_quantizer(), contextlib.redirect_stderr(io.StringIO()):
+    with ex.quiet_onnx_export(), quiet_ort_quantizer(), contextlib.redirect_stderr(io.StringIO()):
         yield
 
 
@@ -77,9 +77,9 @@ def export_fp32_graph(model: nn.Module, example: dict[str, torch.Tensor], path: 
     model.eval()
     try:
         with _quiet():
-            ex._export_torchscript(model, trace, path, opset, output_name(model))
-        other = {k: v.to(device) for k, v in ex._other_batch(inputs, 3).items()}
-        ex._parity(model, path, [inputs.tensors, other], inputs, 1e-4, 1e-3, path)
+            ex.export_torchscript(model, trace, path, opset, output_name(model))
+        other = {k: v.to(device) for k, v in ex.other_batch(inputs, 3).items()}
+        ex.check_parity(model, path, [inputs.tensors, other], inputs, 1e-4, 1e-3, path)
     finally:
         model.train(was_training)
     return path
