@@ -122,7 +122,7 @@ def _ready() -> bool:
 
 def barrier() -> None:
     if _ready():
-        _collective(torch.distributed.barrier)
+        run_collective(torch.distributed.barrier)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
@@ -130,7 +130,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not _ready():
         return obj
     box = [obj]
-    _collective(torch.distributed.broadcast_object_list, box, src=src)
+    run_collective(torch.distributed.broadcast_object_list, box, src=src)
     return box[0]
 
 
@@ -139,7 +139,7 @@ def any_flags(*flags: bool, device: torch.device | None = None) -> tuple[bool, .
     if not _ready():
         return tuple(bool(f) for f in flags)
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device or "cpu")
-    _collective(torch.distributed.all_reduce, t, op=torch.distributed.ReduceOp.MAX)
+    run_collective(torch.distributed.all_reduce, t, op=torch.distributed.ReduceOp.MAX)
     return tuple(bool(v > 0) for v in t.tolist())
 
 
@@ -182,10 +182,10 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
         return
     with torch.no_grad():
         for t in [*module.parameters(), *module.buffers()]:
-            _collective(torch.distributed.broadcast, t.data, src=src)
+            run_collective(torch.distributed.broadcast, t.data, src=src)
 
 
-def _collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def run_collective(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a collective; a dead or failed peer becomes one clear RunError (exit 4)."""
     try:
         return fn(*args, **kwargs)
@@ -228,7 +228,7 @@ def destroy(graceful: bool = True) -> None:
         return
     if graceful:
         with contextlib.suppress(PeerError):  # a peer left already; nothing to wait for
-            _collective(torch.distributed.barrier)
+            run_collective(torch.distributed.barrier)
     torch.distributed.destroy_process_group()
     gc.collect()  # drop the last Python references to collective tensors while the interpreter is whole
 

@@ -114,7 +114,7 @@ def _mean_over_ranks(sums: dict[str, torch.Tensor], device: torch.device) -> dic
         return sums
     keys = sorted(sums)
     t = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).detach().to(device) for k in keys])
-    dist._collective(torch.distributed.all_reduce, t)
+    dist.run_collective(torch.distributed.all_reduce, t)
     return dict(zip(keys, (t / dist.world().size).cpu().unbind(), strict=True))
 
 
