@@ -207,3 +207,24 @@ def test_no_private_name_imported_from_another_module():
                     if a.name.startswith("_") and not a.name.startswith("__")]
     assert not bad, ("private names imported from another module (give them a public name in the module "
                      "that defines them):\n" + "\n".join(bad))
+
+
+def test_no_private_name_reached_through_another_module():
+    """The same rule for attribute access (issue 28): a module bound by `import condense.x as m` or
+    `from condense.pkg import x` is not used as `m._name` outside x."""
+    mods = _modules()
+    bad = []
+    for mod, p in sorted(mods.items()):
+        tree = ast.parse(p.read_text())
+        bound: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bound |= {a.asname: a.name for a in node.names if a.asname and a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                bound |= {a.asname or a.name: f"{node.module}.{a.name}" for a in node.names
+                          if f"{node.module}.{a.name}" in mods}
+        bad += [f"{p.relative_to(SRC)}:{node.lineno}: {node.value.id}._{node.attr[1:]} ({bound[node.value.id]})"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and bound[node.value.id] != mod and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not bad, "private names reached through another module:\n" + "\n".join(bad)
