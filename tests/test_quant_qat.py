@@ -6,12 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from condense.core.errors import ConfigError, RunError
-from condense.data.base import ArrayDataset
-from condense.models.cnn import ConvBNAct
-from condense.models.edits import replay_edits
 from condense.quantize.fake_quant import QuantWrapper
 from condense.quantize.lsq import LSQFakeQuantize
 from condense.quantize.qat import (
@@ -22,6 +16,12 @@ from condense.quantize.qat import (
     prepare_qat,
 )
 from condense.quantize.qat_convert import convert_qat
+from torch import nn
+
+from condense.core.errors import ConfigError, RunError
+from condense.data.base import ArrayDataset
+from condense.models.cnn import ConvBNAct
+from condense.models.edits import replay_edits
 from condense.train.callbacks import Callback, FitState
 from condense.train.config import TrainConfig
 from condense.train.fit import fit

@@ -91,10 +91,15 @@ def _python_files(root: Path, skip: frozenset[str]) -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
 
 
-@functools.lru_cache(maxsize=4)
 def stdlib_paragraphs(min_chars: int = 40, max_chars: int = 600) -> tuple[dict[str, str], ...]:
     """Docstring paragraphs of the standard library: `{"text", "package", "module"}` records,
-    deduplicated (case-insensitively), in file order. Test suites and site-packages are skipped."""
+    deduplicated (case-insensitively), in file order. Test suites and site-packages are skipped.
+    Read once per (min_chars, max_chars), however the arguments are passed."""
+    return _stdlib_paragraphs(int(min_chars), int(max_chars))
+
+
+@functools.lru_cache(maxsize=4)
+def _stdlib_paragraphs(min_chars: int, max_chars: int) -> tuple[dict[str, str], ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise ConfigError(f"stdlib-text: the standard library's sources are not at {root}")
