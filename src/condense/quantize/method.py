@@ -13,7 +13,7 @@ from condense.core.method import METHODS, Job, Method, Outcome, jsonable
 from condense.data.loader import example_inputs
 from condense.quantize import QUANTIZERS, quantize, resolve_config
 from condense.quantize.attached import quant_report_of
-from condense.quantize.dynamic import export_dynamic_int8
+from condense.quantize.dynamic import DynamicConfig, export_dynamic_int8
 from condense.quantize.modules.qat_fit import qat_fit
 
 
@@ -33,7 +33,7 @@ def apply_quantize(job: Job) -> Outcome:
     (`Method.deploys`); the others (weight-only, dynamic) are measured as their float export."""
     model = job.input()
     info = {"quantize_config": job.config.to_dict()}
-    if QUANTIZERS.get(scheme_of(job.config)).deploys == "int8_dynamic":
+    if isinstance(job.config, DynamicConfig):  # torch's dynamic int8 (the transformer scheme deploys its own plan)
         return _dynamic(job, model, info)
     if trains(job.config):
         res = qat_fit(model, job.splits.train, job.config, job.train(None), job.splits.val,
