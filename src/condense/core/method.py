@@ -20,7 +20,6 @@ This module is on the ground floor: it names the types of the floors above (`Spl
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from torch import nn
 
 from condense.core.config import Config
 from condense.core.errors import ConfigError
+from condense.core.jsonio import plain_default, strict_data
 from condense.core.registry import Registry
 
 if TYPE_CHECKING:
@@ -122,6 +122,14 @@ class Method:
 METHODS: Registry[Method] = Registry("method")
 
 
+def _plain_or_str(o: Any) -> Any:
+    try:
+        return plain_default(o)
+    except TypeError:
+        return str(o)
+
+
 def jsonable(obj: Any) -> Any:
-    """`obj` as plain JSON values (objects with `to_dict` through it, anything else as `str`)."""
-    return json.loads(json.dumps(obj, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+    """`obj` as plain JSON values for a stage's `info` (`core.jsonio.strict_data`: `to_dict()`,
+    paths, arrays and scalars as plain data, non-finite numbers as null; anything else as `str`)."""
+    return strict_data(obj, default=_plain_or_str, what="stage info")

@@ -61,9 +61,13 @@ class Registry(Generic[T]):
         return self._help.get(name, "")
 
     def names(self) -> list[str]:
+        """Every registered name, the providers' included."""
+        self.load_providers()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._items:
+            self.load_providers()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:

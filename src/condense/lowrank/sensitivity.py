@@ -16,13 +16,10 @@ import torch
 from torch import nn
 
 from condense.core.errors import ConfigError
-from condense.evaluate import evaluate
-from condense.evaluate.embedding import cosine_rows
-from condense.evaluate.metrics import predict
 from condense.lowrank.modules import build_lowrank
 from condense.lowrank.rank import Candidate, LayerPlan
-from condense.models.hf import is_encoder
 from condense.prune.sensitivity import allocate_by_tolerance
+from condense.train.edit import validation_metric
 
 
 def at_ratio(plan: LayerPlan, ratio: float, budget: str) -> Candidate | None:
@@ -33,14 +30,13 @@ def at_ratio(plan: LayerPlan, ratio: float, budget: str) -> Candidate | None:
 
 
 def default_metric(model: nn.Module, eval_data: Any) -> Callable[[nn.Module], float]:
-    """Accuracy on `eval_data`; for an encoder, mean cosine to `model`'s outputs (computed once)."""
-    if not is_encoder(model):
-        return lambda m: float(evaluate(m, eval_data)["accuracy"])
-    ref = predict(model, eval_data)[0]
-
-    def cosine(m: nn.Module) -> float:
-        return float(cosine_rows(predict(m, eval_data)[0], ref).mean())
-    return cosine
+    """Accuracy on `eval_data`; for an encoder, mean cosine to `model`'s outputs (computed once):
+    `condense.train.edit.validation_metric`, the metric every structural edit reports."""
+    metric = validation_metric(model, eval_data)
+    if metric is None:
+        raise ConfigError("low-rank sensitivity needs labelled evaluation data (or an encoder, scored by cosine "
+                          "to its own outputs)")
+    return metric
 
 
 def rank_sensitivity(model: nn.Module, plans: list[LayerPlan], metric: Callable[[nn.Module], float],

@@ -53,7 +53,7 @@ from condense.data.loader import example_inputs
 from condense.evaluate.timing import onnx_latency_pass
 from condense.recipes.measure import MeasureConfig, measure_model
 from condense.recipes.schema import Recipe, check_stage_name, load_recipe
-from condense.recipes.stages import StageContext, stage_kind
+from condense.recipes.stages import STAGES, StageContext
 from condense.recipes.stages import run_stage as run_kind
 from condense.recipes.validate import validate_recipe
 from condense.report import write_report
@@ -136,7 +136,7 @@ def _stage_model(recipe: Recipe, run: Path, name: str | None, trust_code: bool =
         return None
     j = next(k for k, s in enumerate(recipe.stages) if s.name == name)
     folder = stage_dir(run, j, name)
-    if not stage_kind(recipe.stages[j].kind).measured:  # a data stage passes its input model through
+    if not STAGES.get(recipe.stages[j].kind).measured:  # a data stage passes its input model through
         return _stage_model(recipe, run, recipe.stages[j].source, trust_code)
     return load(folder, trust_code=trust_code)  # its condense.json names the factory the recipe named
 
@@ -154,7 +154,7 @@ def _execute(recipe: Recipe, run: Path, *, quiet: bool, trust_code: bool = False
     with stop_on_signals():
         for i, (spec, cfg) in enumerate(zip(recipe.stages, configs, strict=True)):
             folder = stage_dir(run, i, spec.name)
-            kind = stage_kind(spec.kind)
+            kind = STAGES.get(spec.kind)
             # rank 0's view of the folder decides for every process (it alone writes there)
             done, resuming = dist.broadcast_object(((folder / DONE).exists(), folder.exists()))
             if done and not kind.measured:
@@ -213,7 +213,7 @@ def latency_pass(recipe: Recipe, run: Path, rows: list[dict[str, Any]], splits: 
     """Every measured stage's deployed ONNX file timed against the first stage's in one interleaved
     ONNX Runtime pass (`condense.evaluate.timing.onnx_latency_pass`): the report states its
     latency ratios from this pass, not from stages timed minutes apart."""
-    measured = [(i, s) for i, s in enumerate(recipe.stages) if stage_kind(s.kind).measured]
+    measured = [(i, s) for i, s in enumerate(recipe.stages) if STAGES.get(s.kind).measured]
     by_name = {r["stage"]: r for r in rows}
     files = {}
     for i, spec in measured:
@@ -245,7 +245,7 @@ def _measure_stage(recipe: Recipe, spec: Any, folder: Path, splits: Any, measure
     """Save, export and measure a stage's model; write metrics.json, then DONE (rank 0 only)."""
     meta = {"extra": {"stage": spec.to_dict(), "data": recipe.data, "run_info": out.info},
             "recipe": recipe.to_dict()}
-    first = next(s.name for s in recipe.stages if stage_kind(s.kind).measured)
+    first = next(s.name for s in recipe.stages if STAGES.get(s.kind).measured)
     # encoders are scored against the run's first model (e.g. the uncompressed teacher); read lazily
     reference = None if first == spec.name else partial(_stage_model, recipe, folder.parent, first)
     row = measure_model(out.model, spec.name, folder, splits, measure_cfg, deployed_onnx=out.deployed_onnx,

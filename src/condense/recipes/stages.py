@@ -38,29 +38,11 @@ PLANNED: dict[str, str] = {}  # kind -> why it is not available yet (none at pre
 FROM_TEACHER = "teacher"
 
 __all__ = ["FROM_TEACHER", "PLANNED", "STAGES", "StageContext", "StageOutput", "all_training_images",
-           "build_stage_model", "model_kwargs_for", "run_stage", "stage_kind"]
+           "build_stage_model", "model_kwargs_for", "run_stage"]
 
 
-class _Stages:
-    """The stage kinds a recipe may name: the `Method` records (`METHODS`), loaded on first use."""
-
-    def get(self, kind: str) -> Method:
-        return METHODS.get(kind)
-
-    def names(self) -> list[str]:
-        METHODS.load_providers()
-        return METHODS.names()
-
-    def __contains__(self, kind: object) -> bool:
-        return kind in self.names()
-
-
-STAGES = _Stages()
-
-
-def stage_kind(kind: str) -> Method:
-    """The record of stage kind `kind` (an `UnknownNameError` with did-you-mean on a miss)."""
-    return METHODS.get(kind)
+#: the stage kinds a recipe may name: the `Method` records, filled by their packages on first lookup
+STAGES = METHODS
 
 
 @dataclasses.dataclass
@@ -128,7 +110,7 @@ def job_for(ctx: StageContext, cfg: Config, record: Method) -> Job:
 def run_stage(ctx: StageContext, cfg: Config) -> StageOutput:
     """Run stage `ctx` with its parsed config `cfg` through its kind's record; deploy int8 where
     the record says so and the result is int8 (the one int8-or-fp32 decision)."""
-    record = stage_kind(ctx.spec.kind)
+    record = STAGES.get(ctx.spec.kind)
     job = job_for(ctx, cfg, record)
     out = record.apply(job)
     # (an int8 stage's torch latency is the simulation's: `measure_model` keeps it out of the row's latency)

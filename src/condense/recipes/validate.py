@@ -16,7 +16,7 @@ from condense.data import DATASETS, check_dataset_options
 from condense.models.registry import check_model_args, require_trusted
 from condense.recipes.measure import MeasureConfig
 from condense.recipes.schema import Recipe, YamlLines
-from condense.recipes.stages import FROM_TEACHER, PLANNED, STAGES, stage_kind
+from condense.recipes.stages import FROM_TEACHER, PLANNED, STAGES
 from condense.train.config import TrainConfig
 from condense.train.recover import RecoverConfig
 
@@ -55,7 +55,7 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
         known = sorted([*STAGES.names(), *PLANNED])
         raise ConfigError(f"{where}:{spec.line}: unknown stage kind {spec.kind!r}{did_you_mean(spec.kind, known)}; "
                           f"known: {', '.join(known)}")
-    kind = stage_kind(spec.kind)
+    kind = STAGES.get(spec.kind)
     if (kind.trains or kind.trains_when is not None) and "train" in spec.config:
         raise ConfigError(f"{where}:{lines.line('stages', i, 'config', 'train')}: put training settings in the "
                           "stage's 'train:', not in 'config:'")
@@ -67,13 +67,13 @@ def parse_stage_config(recipe: Recipe, i: int) -> Config:
             raise ConfigError(f"{where}:{lines.line('stages', i, 'train')}: {what} does not train; remove 'train:'")
         _parse_at(TrainConfig.from_dict, spec.train, recipe, ("stages", i, "train"))
     if spec.recover and not kind.edits_structure:
-        editing = [n for n in STAGES.names() if stage_kind(n).edits_structure]
+        editing = [n for n in STAGES.names() if STAGES.get(n).edits_structure]
         raise ConfigError(f"{where}:{lines.line('stages', i, 'recover')}: only {' / '.join(editing)} stages take 'recover:'")
     if spec.recover:
         _parse_at(RecoverConfig.from_dict, {k: v for k, v in spec.recover.items() if k != "train"}, recipe,
                   ("stages", i, "recover"))
     if spec.model is not None and not kind.takes_model:
-        takes = [n for n in STAGES.names() if stage_kind(n).takes_model]
+        takes = [n for n in STAGES.names() if STAGES.get(n).takes_model]
         raise ConfigError(f"{where}:{lines.line('stages', i, 'model')}: a {spec.kind} stage takes its model from "
                           f"'from: <stage>', not 'model:' (stages that build one: {', '.join(takes)})")
     if kind.needs_input and spec.source is None and spec.model is None:
