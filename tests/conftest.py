@@ -17,6 +17,17 @@ torch.set_num_threads(1)
 os.environ.setdefault("CONDENSE_INT8_TARGET", "avx2")
 
 
+#: at most this many pytest-xdist workers under `-n auto` (pyproject's addopts): each worker imports
+#: torch and holds up to ~2 GB while a real-model test runs, and the suite gains little past 4
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` = the CPUs this process may use, at most `MAX_WORKERS` (and at least 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_WORKERS))
+
+
 def pytest_sessionstart(session) -> None:
     """In CI (`.ci/run` sets CONDENSE_REQUIRE_ALL=1) a missing optional dependency is a failure,
     not a silent skip: the MiniLM and transformers tests and the browser test must run there."""
