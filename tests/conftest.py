@@ -56,24 +56,13 @@ ONNX_REGISTRY = "torch.onnx._internal.exporter._registration"
 
 
 def _share_onnx_registry(reg) -> None:
-    """torch.onnx's exporter rebuilds its ATen -> ONNX op registry from the installed torchlib on
-    every export (`ONNXRegistry.from_torchlib`: ~0.5 CPU-second each, the same registry every
-    time). In the tests it is built once per opset and each export gets its own copy (its own
-    lists, so an export that registers custom ops changes only its copy). Everything else in an
-    export -- torch.export, decompositions, translation, condense's passes -- runs as before."""
-    build = reg.ONNXRegistry.from_torchlib
-    built: dict = {}
+    """torch.onnx's exporter rebuilds its ATen -> ONNX op registry on every export (about 1
+    CPU-second each). `condense.export.onnx` shares one within its own exports; the tests share it
+    for the whole session, so direct `torch.onnx.export` calls in tests are cheap too
+    (`condense.export.torchlib`)."""
+    from condense.export.torchlib import share_torchlib_registry
 
-    def from_torchlib(cls, opset_version=None):
-        if opset_version not in built:
-            built[opset_version] = build() if opset_version is None else build(opset_version=opset_version)
-        src = built[opset_version]
-        copy = cls.__new__(cls)
-        copy.__dict__.update(src.__dict__)
-        copy.functions = {k: list(v) for k, v in src.functions.items()}
-        return copy
-
-    reg.ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    share_torchlib_registry(reg)
 
 
 class _ShareOnnxRegistryOnImport:

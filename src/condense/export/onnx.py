@@ -30,6 +30,7 @@ from torch import nn
 from condense.core.errors import ConfigError, RunError
 from condense.core.io import atomic_path
 from condense.export.ort import onnx_file_bytes, onnx_session, ort_input, ort_run  # noqa: F401  (re-exported)
+from condense.export.torchlib import shared_torchlib_registry
 from condense.models.signature import as_batch, output_name, signature_of
 
 # Above this many bytes of weights, the protobuf 2 GiB limit forces ONNX external data
@@ -141,19 +142,20 @@ def _export_dynamo(model: nn.Module, inputs: _Inputs, path: Path, opset: int, ex
     dynamic_shapes: Any = None
     if any(v for v in shapes.values()):
         dynamic_shapes = shapes if inputs.keyword else tuple(shapes[k] for k in inputs.names)
-    torch.onnx.export(
-        model,
-        args,
-        str(path),
-        kwargs=kwargs or None,
-        dynamo=True,
-        input_names=inputs.names,
-        output_names=[output_name],
-        opset_version=opset,
-        dynamic_shapes=dynamic_shapes,
-        external_data=external,
-        verbose=False,
-    )
+    with shared_torchlib_registry():  # the op registry built once per process, not per export
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            kwargs=kwargs or None,
+            dynamo=True,
+            input_names=inputs.names,
+            output_names=[output_name],
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            external_data=external,
+            verbose=False,
+        )
 
 
 def export_torchscript(model: nn.Module, inputs: _Inputs, path: Path, opset: int, output_name: str) -> None:
