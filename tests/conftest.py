@@ -56,7 +56,7 @@ ONNX_REGISTRY = "torch.onnx._internal.exporter._registration"
 
 
 def _share_onnx_registry(reg) -> None:
-    """torch.onnx's exporter rebuilds its ATen -> ONNX op registry on every export (about 1
+    """torch.onnx's exporter rebuilds its ATen -> ONNX op registry on every export (~0.4-0.7
     CPU-second each). `condense.export.onnx` shares one within its own exports; the tests share it
     for the whole session, so direct `torch.onnx.export` calls in tests are cheap too
     (`condense.export.torchlib`)."""
