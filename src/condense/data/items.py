@@ -131,7 +131,10 @@ def collate_fields(rows: Sequence[dict[str, Any]], positions: Sequence[int]) -> 
 
 
 class _RandomState:
-    """Seed torch, `random` and NumPy for one item, and restore their state afterwards."""
+    """Seed torch's CPU generator, `random` and NumPy for one item, and restore their state
+    afterwards. Only the CPU generator: `torch.manual_seed` also queues a seed for every device
+    type with a recorded stack trace, about 2.5 ms a call on CPU torch, which made an epoch over a
+    user's Dataset cost 2.5 ms more per item; the CPU stream it gives is the same."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed % (2**63)
@@ -140,7 +143,7 @@ class _RandomState:
         self._torch = torch.random.get_rng_state()
         self._py = random.getstate()
         self._np = np.random.get_state()
-        torch.manual_seed(self.seed)
+        torch.random.default_generator.manual_seed(self.seed)
         random.seed(self.seed)
         np.random.seed(self.seed % (2**32))
 
