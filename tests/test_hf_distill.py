@@ -27,8 +27,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
-    sentences = stdlib_sentences(240)
-    assert len(sentences) >= 200
+    sentences = stdlib_sentences(120)  # 72 train / 24 val / 24 test sentences
+    assert len(sentences) >= 100
     return write_jsonl(path, sentences)
 
 
@@ -36,17 +36,18 @@ def test_distill_minilm_into_three_layers_on_a_text_file(corpus, tmp_path):
     from condense.models.hf import minilm_dir
 
     folder = minilm_dir()
-    splits = condense.load_dataset("text", path=str(corpus), tokenizer=str(folder), max_length=64, seed=0)
+    splits = condense.load_dataset("text", path=str(corpus), tokenizer=str(folder), max_length=32, seed=0)
     teacher = condense.build_model(f"hf:{folder}")
     torch.manual_seed(0)
     student = condense.build_model(f"hf:{folder}", layers=3)
     before = condense.evaluate(student, splits.test, reference=teacher)["reference"]
     cfg = condense.DistillConfig(losses=[{"name": "embedding", "kind": "cosine"}],
-                                 train=condense.TrainConfig(epochs=2, batch_size=16, lr=1e-4, progress="off",
+                                 train=condense.TrainConfig(epochs=1, batch_size=16, lr=1e-4, progress="off",
                                                             checkpoint_dir=str(tmp_path / "ckpt")))
     student = condense.distill(student, teacher, splits.train, cfg)
     after = condense.evaluate(student, splits.test, reference=teacher)["reference"]
     # held-out sentences: the distilled student follows the teacher more closely than the copy did
+    # (one epoch, 5 steps: +0.13 to +0.15 mean cosine on seeds 0-2; two epochs on 240 sentences, +0.19 to +0.20)
     assert after["mean_cosine"] > before["mean_cosine"] + 0.005, (before, after)
     assert after["n"] == len(splits.test)
     assert (tmp_path / "ckpt" / "teacher_cache" / "cache.json").exists()  # the teacher ran once
@@ -81,7 +82,11 @@ def test_cli_distills_an_hf_teacher_on_a_text_file(corpus, tmp_path, capsys):
     assert meta["distill_config"]["train"]["lr"] == 1e-4
 
 
-def test_recipe_scores_encoder_stages_against_the_first_model(corpus, tmp_path):
+@pytest.mark.parametrize("teacher_layers,student_layers", [
+    pytest.param(3, 1, id="3-layer-teacher"),  # MiniLM's layers 0, 2, 5 as the first model: half the ONNX export
+    pytest.param(None, 2, id="6-layer-teacher", marks=pytest.mark.slow),
+])
+def test_recipe_scores_encoder_stages_against_the_first_model(corpus, tmp_path, teacher_layers, student_layers):
     import yaml
 
     from condense.models.hf import minilm_dir
@@ -90,13 +95,14 @@ def test_recipe_scores_encoder_stages_against_the_first_model(corpus, tmp_path):
     from condense.report.summary import summarize
 
     folder = minilm_dir()
+    teacher_kwargs = {} if teacher_layers is None else {"kwargs": {"layers": teacher_layers}}
     recipe = {
         "version": 1, "name": "nlp", "seed": 0,
         "data": {"name": "text", "path": str(corpus), "tokenizer": str(folder), "max_length": 32},
         "measure": {"batch_sizes": [1], "repeats": 3, "runtimes": ["onnxruntime"]},
         "stages": [
-            {"name": "teacher", "kind": "evaluate", "model": {"name": f"hf:{folder}"}},
-            {"name": "student", "kind": "distill", "model": {"name": f"hf:{folder}", "kwargs": {"layers": 2}},
+            {"name": "teacher", "kind": "evaluate", "model": {"name": f"hf:{folder}", **teacher_kwargs}},
+            {"name": "student", "kind": "distill", "model": {"name": f"hf:{folder}", "kwargs": {"layers": student_layers}},
              "teacher": "teacher", "config": {"losses": [{"name": "embedding", "kind": "cosine"}]},
              "train": {"epochs": 1, "lr": 1e-4, "batch_size": 32}},
         ],
