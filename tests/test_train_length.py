@@ -78,3 +78,23 @@ def test_default_run_is_quiet_and_reaches_the_floor():
         warnings.simplefilter("error", ShortRunWarning)
         res = fit(SupervisedTask(nn.Linear(6, 2)), _data(90), TrainConfig(progress="off", min_steps=120))
     assert res.steps == 120 and res.epochs_run == 60
+
+
+def test_recovery_default_is_five_epochs_with_the_step_floor():
+    """RecoverConfig() (after a prune / factorization / depth cut): 5 epochs, at least 500
+    optimizer steps. A fixed 5 epochs were 100 steps on digits (benchmarks/recovery_length.py)."""
+    from condense.cli import build_parser
+    from condense.train.recover import RECOVER_TRAIN, RecoverConfig
+
+    rcfg = RecoverConfig()
+    assert run_length(rcfg.train, 1295).total_steps == 500  # digits: 25 epochs of 20 batches
+    assert run_length(rcfg.train, 55_000).epochs == 5  # MNIST-sized: 5 epochs, as before
+    assert run_length(TrainConfig(), 55_000).epochs == 10  # a plain run keeps 10
+    partial = RecoverConfig.from_dict({"method": "distill", "train": {"lr": 0.01}})
+    assert partial.train.auto_epochs == 5 and partial.train.select_best == "last" and partial.train.lr == 0.01
+    assert RecoverConfig.from_dict(rcfg.to_dict()) == rcfg
+    assert {k: getattr(rcfg.train, k) for k in RECOVER_TRAIN} == RECOVER_TRAIN
+    for command in (["prune", "m", "--out", "o"], ["factorize", "m", "--out", "o"]):
+        assert build_parser().parse_args(command).epochs is None  # the CLI leaves the length to the default
+    with pytest.raises(Exception, match="auto_epochs must be >= 1"):
+        TrainConfig(auto_epochs=0)

@@ -13,8 +13,8 @@ class TrainConfig(Config):
     """Optimizer, schedule, length, device and bookkeeping for one `fit()` run.
 
     Length is exactly `max_steps` optimizer steps when set, else `epochs` when set; with neither
-    (the default) it is 10 epochs stretched to whole epochs of at least `min_steps` optimizer
-    steps, so small data trains long enough (`condense.train.length`; a run shorter than its
+    (the default) it is `auto_epochs` (10) epochs stretched to whole epochs of at least `min_steps`
+    optimizer steps, so small data trains long enough (`condense.train.length`; a run shorter than its
     warm-up or under 100 steps warns). `drop_last: "auto"` drops the last partial batch only when
     it is at most 2 % of the training set.
     `warmup_steps` ramps the learning rate linearly from 0. `checkpoint_dir` enables an atomic
@@ -25,6 +25,7 @@ class TrainConfig(Config):
     epochs: int | None = None  # None: 10 epochs, at least `min_steps` optimizer steps
     max_steps: int | None = None
     min_steps: int = 500  # only when neither `epochs` nor `max_steps` is set
+    auto_epochs: int = 10  # epochs before the `min_steps` floor, when neither is set
     batch_size: int = 64
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
@@ -73,6 +74,8 @@ class TrainConfig(Config):
             raise ConfigError(f"TrainConfig.max_steps must be >= 1, got {self.max_steps}")
         if self.min_steps < 1:
             raise ConfigError(f"TrainConfig.min_steps must be >= 1, got {self.min_steps}")
+        if self.auto_epochs < 1:
+            raise ConfigError(f"TrainConfig.auto_epochs must be >= 1, got {self.auto_epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:

@@ -3,8 +3,8 @@
 A run's length is counted in optimizer steps, which is what a schedule and an optimizer see:
 - `max_steps` set: exactly that many steps;
 - `epochs` set: that many epochs (what the user asked, however short);
-- neither (the default, `epochs: None`): `AUTO_EPOCHS` epochs, stretched to whole epochs of at
-  least `min_steps` optimizer steps. 10 epochs of 377 images in batches of 64 are 60 steps;
+- neither (the default, `epochs: None`): `auto_epochs` epochs (`AUTO_EPOCHS`, 10; a recovery
+  after an edit takes 5), stretched to whole epochs of at least `min_steps` optimizer steps. 10 epochs of 377 images in batches of 64 are 60 steps;
   the same default on 55,000 images is 8,600. The floor makes small data train long enough and
   leaves large data at 10 epochs.
 
@@ -30,7 +30,8 @@ from condense.data.items import count_batches
 from condense.train.config import TrainConfig
 
 #: epochs of a run whose config sets neither `epochs` nor `max_steps`, before the `min_steps` floor
-AUTO_EPOCHS = 10
+#: (`TrainConfig.auto_epochs`' default)
+AUTO_EPOCHS = TrainConfig.auto_epochs
 #: `drop_last: "auto"` drops a partial last batch holding at most this share of the training set
 DROP_LAST_FRACTION = 0.02
 #: a run with fewer optimizer steps than this gets a `ShortRunWarning`
@@ -83,9 +84,9 @@ def run_length(config: TrainConfig, samples: int, batch_size: int | None = None,
         total, rule = config.epochs * spe, "epochs"
         why = f"epochs {config.epochs} x {batches}"
     else:
-        epochs = max(AUTO_EPOCHS, math.ceil(config.min_steps / spe))
+        epochs = max(config.auto_epochs, math.ceil(config.min_steps / spe))
         total, rule = epochs * spe, "auto"
-        why = (f"epochs not set: {AUTO_EPOCHS} epochs, at least min_steps {config.min_steps} optimizer steps "
+        why = (f"epochs not set: {config.auto_epochs} epochs, at least min_steps {config.min_steps} optimizer steps "
                f"-> {epochs} epochs x {batches}")
     return RunLength(samples, rank_batch * world, drop, spe, math.ceil(total / spe), total, rule, why)
 
