@@ -204,12 +204,16 @@ def test_rewrites_are_exact_on_the_plain_minilm_graph(minilm, g_int8, tmp_path):
 
 
 @needs_minilm
-def test_chooser_measures_candidates_and_picks_one_meeting_the_floor(minilm, tmp_path):
+@pytest.mark.parametrize("layers", [pytest.param(2, id="2-layers"),  # MiniLM's first and last blocks: a third of the builds
+                                    pytest.param(None, id="6-layers", marks=pytest.mark.slow)])
+def test_chooser_measures_candidates_and_picks_one_meeting_the_floor(minilm, tmp_path, layers):
     from condense.quantize import TransformerInt8Config, choose_transformer_int8
 
+    model = minilm["model"] if layers is None else condense.build_model(f"hf:{minilm['folder']}", layers=layers)
+    assert model.config.num_hidden_layers == (layers or 6)
     cands = {"plain": TransformerInt8Config(fuse=False, outlier_channels=0, smoothquant_alpha=None),
              "fused+outliers+smooth": TransformerInt8Config(calibration_samples=64)}
-    choice = choose_transformer_int8(minilm["model"], minilm["calib"], minilm["held"], cands, min_cosine=0.98,
+    choice = choose_transformer_int8(model, minilm["calib"], minilm["held"], cands, min_cosine=0.98,
                                      latency_batches=(1, 32), repeats={1: 15, 32: 3}, out_path=tmp_path / "best.onnx")
     assert choice.chosen in cands and choice.path is not None and choice.path.is_file()
     rows = {r["name"]: r for r in choice.rows}
