@@ -119,47 +119,65 @@ def minilm():
             "held": text_dataset(texts[-96:], tokenizer=folder, max_length=128)}
 
 
-@pytest.fixture(scope="module")
-def g_int8(minilm, tmp_path_factory):
-    """The default setting through the verbs a recipe stage calls: quantize() then export_int8_onnx()."""
+@pytest.fixture(scope="module", params=[pytest.param(2, id="2-layers"), pytest.param(None, id="6-layers", marks=pytest.mark.slow)])
+def int8_case(minilm, tmp_path_factory, request):
+    """The default setting through the verbs a recipe stage calls: quantize() then export_int8_onnx(),
+    on MiniLM's first and last blocks (layers=2, the real weights: the same per-layer graph, a
+    third of the build) in the default run, on all six layers with -m slow. (model, result)."""
     from condense.data.loader import example_inputs, heldout_inputs
     from condense.quantize import export_int8_onnx, quantize
 
+    layers = request.param
+    model = minilm["model"] if layers is None else condense.build_model(f"hf:{minilm['folder']}", layers=layers)
+    assert model.config.num_hidden_layers == (layers or 6)
     work = tmp_path_factory.mktemp("g")
-    q = quantize(minilm["model"], {"method": "transformer", "calibration_samples": 64}, calibration=minilm["calib"])
+    q = quantize(model, {"method": "transformer", "calibration_samples": 64}, calibration=minilm["calib"])
     res = export_int8_onnx(q, example_inputs(minilm["held"], 1), work / "model.int8.onnx",
                            heldout=heldout_inputs(minilm["held"]), fp32_path=work / "model.fp32.onnx")
-    return res
+    return model, res
+
+
+@pytest.fixture(scope="module")
+def g_int8(int8_case):
+    return int8_case[1]
+
+
+@pytest.fixture(scope="module")
+def g_model(int8_case):
+    """The float model `g_int8` was built from (and is compared with)."""
+    return int8_case[0]
 
 
 @needs_minilm
-def test_int8_onnx_holds_int8_weights_and_is_small(g_int8):
+def test_int8_onnx_holds_int8_weights_and_is_small(g_int8, g_model):
     import onnx
     from onnx import TensorProto
 
     from condense.export.onnx import onnx_file_bytes
 
+    layers = g_model.config.num_hidden_layers
     m = onnx.load(str(g_int8.path))
     big = [t for t in m.graph.initializer if int(np.prod(t.dims)) >= 100_000]
     assert big and all(t.data_type in (TensorProto.INT8, TensorProto.UINT8) for t in big), \
         [(t.name, t.data_type) for t in big if t.data_type not in (TensorProto.INT8, TensorProto.UINT8)]
-    assert sum(t.data_type == TensorProto.INT8 for t in m.graph.initializer) >= 36 - 12  # QAttention holds q,k,v in one
+    # 6 Linear layers a block, QAttention holds q,k,v in one (6 layers: >= 36 - 12)
+    assert sum(t.data_type == TensorProto.INT8 for t in m.graph.initializer) >= 6 * layers - 2 * layers
     ops = {n.op_type for n in m.graph.node}
     assert {"QAttention", "QEmbedLayerNormalization", "MatMulInteger"} <= ops
     assert onnx_file_bytes(g_int8.path) < 0.35 * onnx_file_bytes(g_int8.fp32_path)
     assert g_int8.size_ratio < 0.35
     build = g_int8.details["transformer"]
-    assert len(build["smoothed"]) >= 6 and len(build["outlier_splits"]) == 6 and build["graph"] == "fused"
-    assert len(build["int8_layers"]) == 36
+    assert len(build["smoothed"]) >= layers and len(build["outlier_splits"]) == layers and build["graph"] == "fused"
+    assert len(build["int8_layers"]) == 6 * layers
 
 
 @needs_minilm
-def test_int8_onnx_has_dynamic_batch_and_sequence_and_follows_fp32(minilm, g_int8):
+def test_int8_onnx_has_dynamic_batch_and_sequence_and_follows_fp32(minilm, g_int8, g_model):
     from condense.data.text import text_dataset
     from condense.export.onnx import onnx_session, ort_run
 
     session = onnx_session(g_int8.path)
-    model, texts = minilm["model"], minilm["texts"]
+    model, texts = g_model, minilm["texts"]
     for batch, seq in ((3, 17), (1, 40)):
         ds = text_dataset(texts, tokenizer=minilm["folder"], max_length=seq)
         rows = [i for i in range(len(ds)) if ds.lengths[i] == seq][:batch]
@@ -174,15 +192,15 @@ def test_int8_onnx_has_dynamic_batch_and_sequence_and_follows_fp32(minilm, g_int
 
 
 @needs_minilm
-def test_int8_mean_cosine_to_fp32_on_heldout_sentences(minilm, g_int8):
-    res = condense.evaluate(str(g_int8.path), minilm["held"], reference=minilm["model"])
+def test_int8_mean_cosine_to_fp32_on_heldout_sentences(minilm, g_int8, g_model):
+    res = condense.evaluate(str(g_int8.path), minilm["held"], reference=g_model)
     assert res["reference"]["mean_cosine"] > 0.98
     assert g_int8.details["agreement"]["mean_cosine"] > 0.98  # against the fp32 ONNX file, as exported
     assert any("mean cosine" in n for n in g_int8.notes)
 
 
 @needs_minilm
-def test_rewrites_are_exact_on_the_plain_minilm_graph(minilm, g_int8, tmp_path):
+def test_rewrites_are_exact_on_the_plain_minilm_graph(minilm, g_int8, g_model, tmp_path):
     import onnx
 
     from condense.export.onnx import onnx_session
@@ -191,7 +209,8 @@ def test_rewrites_are_exact_on_the_plain_minilm_graph(minilm, g_int8, tmp_path):
     gi = osm.load_graph(g_int8.fp32_path)  # the plain export: decomposed GELU, separate q/k/v MatMuls
     uses = osm.weight_uses(gi)
     groups, pairs = osm.smooth_groups(gi, uses), osm.ffn_pairs(gi, uses)
-    assert len(pairs) == 6 and len(groups) == 12  # 6 x (QKV input, FFN input)
+    layers = g_model.config.num_hidden_layers
+    assert len(pairs) == layers and len(groups) == 2 * layers  # per layer: (QKV input, FFN input)
     amax = osm.channel_amax(gi.model, [*groups, *(p.second.activation for p in pairs)], batches_of(minilm["calib"], 32))
     osm.apply_smoothquant(gi, groups, amax, alpha=0.5)
     osm.apply_outlier_split(gi, pairs, amax, k=4)
