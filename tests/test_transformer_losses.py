@@ -331,10 +331,10 @@ def minilm(tmp_path_factory):
 
     folder = minilm_dir()
     path = tmp_path_factory.mktemp("text") / "sentences.jsonl"
-    sentences = stdlib_sentences(130)
+    sentences = stdlib_sentences(100)  # 72 train / 14 test sentences
     assert len(sentences) >= 100
     write_jsonl(path, sentences)
-    splits = condense.load_dataset("text", path=str(path), tokenizer=str(folder), max_length=48, seed=0)
+    splits = condense.load_dataset("text", path=str(path), tokenizer=str(folder), max_length=32, seed=0)
     return folder, splits, condense.build_model(f"hf:{folder}")
 
 
@@ -376,6 +376,7 @@ def test_minilm_teaches_its_three_layer_copy(minilm, tmp_path):
     probe.close()
     after = condense.evaluate(student, splits.test, reference=teacher)["reference"]["mean_cosine"]
     # held-out sentences: both losses fall and the student's embedding follows the teacher's more closely
+    # (+0.046 to +0.054 mean cosine on seeds 0-2 with these 100 sentences; +0.062 with 130 at 48 tokens)
     assert loss_after["hidden_state"] < loss_before["hidden_state"], (loss_before, loss_after)
     assert loss_after["minilm"] < loss_before["minilm"], (loss_before, loss_after)
     assert after > before + 0.02, (before, after)
