@@ -17,7 +17,7 @@ from condense.lowrank import droppable_blocks, reduce_depth, reduce_depth_and_re
 @pytest.fixture(scope="module")
 def resnet(digits_splits):
     torch.manual_seed(0)
-    m = condense.build_model("resnet", in_channels=1, image_size=8, num_classes=10, depth=20, width=8)
+    m = condense.build_model("resnet", in_channels=1, image_size=8, num_classes=10, depth=14, width=8)  # 4 droppable
     return condense.train_model(m, digits_splits.train, condense.TrainConfig(epochs=3, lr=0.003, progress="off")).model
 
 
