@@ -223,7 +223,7 @@ def test_rewrites_are_exact_on_the_plain_minilm_graph(minilm, g_int8, g_model, t
 
 
 @needs_minilm
-@pytest.mark.parametrize("layers", [pytest.param(2, id="2-layers"),  # MiniLM's first and last blocks: a third of the builds
+@pytest.mark.parametrize("layers", [pytest.param(1, id="1-layer"),  # one MiniLM block: a sixth of the builds
                                     pytest.param(None, id="6-layers", marks=pytest.mark.slow)])
 def test_chooser_measures_candidates_and_picks_one_meeting_the_floor(minilm, tmp_path, layers):
     from condense.quantize import TransformerInt8Config, choose_transformer_int8
