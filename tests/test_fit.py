@@ -66,6 +66,25 @@ def test_resume_with_changed_config_is_an_error(tmp_path, digits_splits):
         fit(SupervisedTask(_model()), digits_splits.train, _cfg(epochs=2, lr=0.1, checkpoint_dir=str(tmp_path)), None, resume=True)
 
 
+def test_resume_of_a_checkpoint_written_before_a_config_field_existed(tmp_path, digits_splits):
+    """A checkpoint lacks a TrainConfig field added later (`auto_epochs`): it ran with the field's
+    default, so resuming with the default is no change (and bit-identical), another value is."""
+    ref = fit(SupervisedTask(_model()), digits_splits.train, _cfg(epochs=2, checkpoint_dir=str(tmp_path / "a")), None)
+    cfg = _cfg(epochs=2, checkpoint_dir=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(SupervisedTask(_model()), digits_splits.train, cfg, None, [StopAt(1)])
+    path = tmp_path / "b" / "last.ckpt"
+    ck = torch.load(path, weights_only=True)
+    del ck["config"]["auto_epochs"]  # as written before the field existed
+    torch.save(ck, path)
+    with pytest.raises(ConfigError, match=r"changed: auto_epochs \(10 -> 3\)"):
+        fit(SupervisedTask(_model()), digits_splits.train, cfg.replace(auto_epochs=3), None, [StopAt(None)], resume=True)
+    resumed = fit(SupervisedTask(_model()), digits_splits.train, cfg, None, [StopAt(None)], resume=True)
+    assert resumed.resumed_from_epoch == 1
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
 class NaNTask(TaskBase):
     def __init__(self, model, bad_steps):
         super().__init__(model)

@@ -22,6 +22,7 @@ CHECKPOINT_NAME = "last.ckpt"
 # Fields that may differ between the interrupted run and the resumed one without changing results.
 # (epochs / max_steps are not among them: they set the length of the learning-rate schedule.)
 _RESUME_FREE = {"checkpoint_dir", "log_file", "progress", "threads", "device", "num_workers", "pin_memory"}
+_FIELD_DEFAULTS = {k: v for k, v in TrainConfig().to_dict().items() if k not in _RESUME_FREE}
 
 
 def save_checkpoint(
@@ -64,7 +65,9 @@ def load_checkpoint(
         raise InputFileError(f"{path}: not a readable condense checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(ck, dict) or ck.get("format") != "condense-checkpoint/1":
         raise InputFileError(f"{path}: not a condense checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
-    old = {k: v for k, v in ck["config"].items() if k not in _RESUME_FREE}
+    # a field the checkpoint does not name was added to TrainConfig after it was written: it ran
+    # with that field's default (e.g. `auto_epochs`, 10), so only a non-default value is a change
+    old = {**_FIELD_DEFAULTS, **{k: v for k, v in ck["config"].items() if k not in _RESUME_FREE}}
     new = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE}
     changed = sorted(k for k in new if old.get(k) != new[k])
     if changed:
