@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from condense.core.errors import ConfigError
 from condense.data.base import ArrayDataset
 from condense.distill.config import DistillConfig
 from condense.train import SupervisedTask, TrainConfig, fit
@@ -96,5 +97,5 @@ def test_recovery_default_is_five_epochs_with_the_step_floor():
     assert {k: getattr(rcfg.train, k) for k in RECOVER_TRAIN} == RECOVER_TRAIN
     for command in (["prune", "m", "--out", "o"], ["factorize", "m", "--out", "o"]):
         assert build_parser().parse_args(command).epochs is None  # the CLI leaves the length to the default
-    with pytest.raises(Exception, match="auto_epochs must be >= 1"):
+    with pytest.raises(ConfigError, match="auto_epochs must be >= 1"):
         TrainConfig(auto_epochs=0)

@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="finetune on labels, distill from the unedited model, or none (default: distill for "
                              "hf: encoders, finetune otherwise)")
         sp.add_argument("--epochs", type=int, default=None,
-                    help="recovery epochs (default: 5, at least 500 optimizer steps)")
+                        help="recovery epochs (default: 5, at least 500 optimizer steps)")
         sp.add_argument("--lr", type=float, default=None, help="recovery learning rate (default 1e-3)")
         sp.add_argument("--batch-size", type=int, default=64)
         sp.add_argument("--alpha", type=float, default=0.9, help="distill: weight of the teacher's soft targets")

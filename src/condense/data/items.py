@@ -133,8 +133,8 @@ def collate_fields(rows: Sequence[dict[str, Any]], positions: Sequence[int]) -> 
 class _RandomState:
     """Seed torch's CPU generator, `random` and NumPy for one item, and restore their state
     afterwards. Only the CPU generator: `torch.manual_seed` also queues a seed for every device
-    type with a recorded stack trace, about 2.5 ms a call on CPU torch, which made an epoch over a
-    user's Dataset cost 2.5 ms more per item; the CPU stream it gives is the same."""
+    type with a recorded stack trace (an epoch over 2,000 items: 0.69 against 0.31 CPU-s,
+    benchmarks/overheads.py); the CPU stream it gives is the same."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed % (2**63)

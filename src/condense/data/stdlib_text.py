@@ -105,9 +105,7 @@ def _python_files(root: Path, skip: frozenset[str]) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in skip]
-        if skip & set(Path(folder).relative_to(root).parts):
-            continue
-        found += [Path(folder) / f for f in files if f.endswith(".py") and f not in skip]
+        found += [Path(folder) / f for f in files if f.endswith(".py")]
     return sorted(found)
 
 

@@ -1,10 +1,9 @@
 """One ATen -> ONNX op registry per process for torch.onnx's exporter.
 
 torch.onnx's torch.export-based exporter rebuilds its registry of ATen -> ONNX decompositions
-from the installed torchlib on every export (`ONNXRegistry.from_torchlib`: about 0.4 CPU-second
-once warm, the same registry each time). A recipe exports every stage (the measured `.onnx` of
-each model); a small MLP's second and third exports took 0.72 / 0.96 CPU-s rebuilding it and
-0.48 / 0.26 CPU-s sharing it.
+from the installed torchlib on every export (`ONNXRegistry.from_torchlib`, the same registry each
+time). A recipe exports every stage (the measured `.onnx` of each model); three warm exports of a
+small MLP took 2.10 CPU-s rebuilding it and 0.96 sharing it (benchmarks/overheads.py).
 
 `shared_torchlib_registry()` builds it once per opset and process, and hands each export a copy
 of its own (its own lists, so an export that registers a custom op changes only its copy).

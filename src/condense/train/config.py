@@ -13,16 +13,16 @@ class TrainConfig(Config):
     """Optimizer, schedule, length, device and bookkeeping for one `fit()` run.
 
     Length is exactly `max_steps` optimizer steps when set, else `epochs` when set; with neither
-    (the default) it is `auto_epochs` (10) epochs stretched to whole epochs of at least `min_steps`
-    optimizer steps, so small data trains long enough (`condense.train.length`; a run shorter than its
-    warm-up or under 100 steps warns). `drop_last: "auto"` drops the last partial batch only when
+    (the default) it is `auto_epochs` (10) epochs stretched to whole epochs of at least
+    `min_steps` optimizer steps, so small data trains long enough (`condense.train.length`; a run
+    shorter than its warm-up or under 100 steps warns). `drop_last: "auto"` drops the last partial batch only when
     it is at most 2 % of the training set.
     `warmup_steps` ramps the learning rate linearly from 0. `checkpoint_dir` enables an atomic
     checkpoint at each epoch end and `resume`. `select_best` picks the weights returned at the
     end by a *validation* metric (never test data); "last" keeps the final weights.
     """
 
-    epochs: int | None = None  # None: 10 epochs, at least `min_steps` optimizer steps
+    epochs: int | None = None  # None: `auto_epochs` epochs, at least `min_steps` optimizer steps
     max_steps: int | None = None
     min_steps: int = 500  # only when neither `epochs` nor `max_steps` is set
     auto_epochs: int = 10  # epochs before the `min_steps` floor, when neither is set

@@ -4,8 +4,8 @@ A run's length is counted in optimizer steps, which is what a schedule and an op
 - `max_steps` set: exactly that many steps;
 - `epochs` set: that many epochs (what the user asked, however short);
 - neither (the default, `epochs: None`): `auto_epochs` epochs (`AUTO_EPOCHS`, 10; a recovery
-  after an edit takes 5), stretched to whole epochs of at least `min_steps` optimizer steps. 10 epochs of 377 images in batches of 64 are 60 steps;
-  the same default on 55,000 images is 8,600. The floor makes small data train long enough and
+  after an edit takes 5), stretched to whole epochs of at least `min_steps` optimizer steps.
+  10 epochs of 377 images in batches of 64 are 60 steps; the same default on 55,000 images is 8,600. The floor makes small data train long enough and
   leaves large data at 10 epochs.
 
 `drop_last: "auto"` drops the last partial batch of an epoch only when it holds at most
